@@ -1,0 +1,1 @@
+"""Node side of finetune: `python -m launch` trains from a FineTuneSpec. Imports torch & friends lazily."""

