@@ -1,0 +1,78 @@
+"""Node entrypoint: `python -m launch --run-dir <store URI>/<run_id> [--spec spec.json]`.
+
+Reads the spec (from --spec, else the run folder's spec.json), trains, evaluates and commits the
+adapter; status.json ends as succeeded, failed (with the error) or cancelled. Exit codes: 0
+succeeded, 1 failed, 2 bad spec or data, 130 cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m launch", description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", required=True, help="the run folder: <store URI>/<run_id>")
+    parser.add_argument("--spec", help="spec JSON file (default: spec.json in the run folder)")
+    parser.add_argument("--sync-interval", type=float, default=float(os.environ.get("FINETUNE_SYNC_INTERVAL", 3)))
+    args = parser.parse_args(argv)
+
+    from sdk.errors import FinetuneError
+    from sdk.runfolder import SPEC, RunFolder
+    from sdk.spec import FineTuneSpec
+
+    try:
+        folder = RunFolder.from_uri(args.run_dir)
+        if args.spec:
+            spec = FineTuneSpec.from_json(Path(args.spec).read_text(encoding="utf-8"), source=args.spec)
+            stored = folder.read_json(SPEC)
+            if stored is not None and FineTuneSpec.model_validate(stored) != spec:
+                raise FinetuneError(f"{folder.uri}: holds a different run's spec; refusing to overwrite it")
+            if stored is None:
+                folder.write_json(SPEC, spec.model_dump(mode="json"))
+        else:
+            stored = folder.read_json(SPEC)
+            if stored is None:
+                raise FinetuneError(f"{folder.uri}/{SPEC}: no spec in the run folder (pass --spec)")
+            spec = FineTuneSpec.from_json(__import__("json").dumps(stored), source=f"{folder.uri}/{SPEC}")
+    except FinetuneError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+
+    from launch.node import Cancelled, run
+    from launch.sink import RunSink
+
+    rank = int(os.environ.get("RANK", "0"))
+    sink = RunSink(folder, interval=args.sync_interval, log_file=os.environ.get("FINETUNE_LOG_FILE"), enabled=rank == 0)
+    sink.install_signal_handlers()
+    sink.start("running", phase="starting")
+    try:
+        summary = run(spec, folder, sink).summary
+    except Cancelled:
+        sink.close("cancelled")
+        print("[finetune] cancelled", flush=True)
+        return 130
+    except FinetuneError as exc:
+        sink.close("failed", error=str(exc))
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except BaseException as exc:  # the node must always leave a terminal status behind
+        traceback.print_exc()
+        sink.close("failed", error=f"{type(exc).__name__}: {exc}")
+        return 1
+    state = "cancelled" if sink.cancel_requested else "succeeded"
+    sink.close(state, step=summary["steps"])
+    acc = summary["label_accuracy"]
+    line = f"[finetune] {state}: {summary['steps']} steps, loss {summary['first_loss']} -> {summary['last_loss']}"
+    if acc["before"] and acc["after"]:
+        line += f", label accuracy {acc['before']['accuracy']:.0%} -> {acc['after']['accuracy']:.0%}"
+    print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Label accuracy by greedy generation, and side-by-side generations (base vs tuned)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from launch.data import Example
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[\s\.\!\,\;\:\"']+$", "", text.strip().lower())
+
+
+def match_label(output: str, labels: list[str]) -> str | None:
+    """The label the generated text starts with (longest first), or None."""
+    first = _norm(output.strip().splitlines()[0] if output.strip() else "")
+    for label in sorted(labels, key=len, reverse=True):
+        if first.startswith(_norm(label)):
+            return label
+    return None
+
+
+def prompt_text(tokenizer: Any, prompt: Any) -> str:
+    if isinstance(prompt, list):  # chat turns
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return prompt
+
+
+def generate(model: Any, tokenizer: Any, prompts: list[Any], *, max_new_tokens: int, batch_size: int = 16) -> list[str]:
+    """Greedy completions, batched with left padding."""
+    import torch
+
+    texts = [prompt_text(tokenizer, p) for p in prompts]
+    device = next(p.device for p in model.parameters())
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    was_training = model.training
+    model.eval()
+    outputs: list[str] = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with torch.no_grad():
+                out = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+            new = out[:, batch["input_ids"].shape[1]:]
+            outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return outputs
+
+
+@dataclass
+class LabelScore:
+    accuracy: float
+    correct: int
+    total: int
+    outputs: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"accuracy": self.accuracy, "correct": self.correct, "total": self.total}
+
+
+def label_accuracy(model: Any, tokenizer: Any, examples: list[Example], labels: list[str], *, max_new_tokens: int) -> LabelScore:
+    outputs = generate(model, tokenizer, [e.prompt for e in examples], max_new_tokens=max_new_tokens)
+    correct = sum(match_label(out, labels) == ex.response for out, ex in zip(outputs, examples))
+    total = len(examples)
+    return LabelScore(correct / total if total else 0.0, correct, total, outputs)
+
+
+def side_by_side(examples: list[Example], base: list[str], tuned: list[str], n: int) -> list[dict[str, str]]:
+    return [
+        {"prompt": prompt if isinstance(prompt, str) else str(prompt), "expected": ex.response, "base": b.strip(), "tuned": t.strip()}
+        for ex, b, t in list(zip(examples, base, tuned))[:n]
+        for prompt in [ex.prompt]
+    ]

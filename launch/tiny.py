@@ -1,0 +1,139 @@
+"""Tiny models for dry runs and tests: the target architecture shrunk, with a tokenizer trained locally.
+
+`tiny:llama` (also qwen2, mistral, ...) builds a ~150k-parameter model in about a second and caches
+it. `finetune tiny-model --like <recipe | config.json | model dir> OUT` shrinks a real architecture
+(keeping its model_type, activation, tying and attention layout) so the node code runs end to end
+on a CPU without downloading weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from launch.models import cache_dir
+
+TINY_VERSION = "v2"
+VOCAB_SIZE = 512
+SHRINK = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{% if m['role'] == 'assistant' %}<|end|>{% endif %}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def _train_tokenizer() -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from launch.builtin_data import corpus
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|end|>", "<|pad|>", "<|user|>", "<|assistant|>", "<|system|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    texts = corpus() + ["The quick brown fox jumps over the lazy dog. 0123456789 ,.;:!?'\"()[]{}<>/\\-_=+*&%$#@"]
+    tok.train_from_iterator(texts * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|end|>", pad_token="<|pad|>", bos_token=None)
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def shrink_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A small config of the same architecture: few layers, small hidden, the GQA ratio kept."""
+    out = {k: v for k, v in config.items() if not k.startswith("_") and k not in ("quantization_config", "auto_map")}
+    heads = config.get("num_attention_heads") or SHRINK["num_attention_heads"]
+    kv = config.get("num_key_value_heads") or heads
+    out.update(SHRINK)
+    out["num_key_value_heads"] = max(1, SHRINK["num_attention_heads"] // max(1, heads // kv))
+    out["head_dim"] = SHRINK["hidden_size"] // SHRINK["num_attention_heads"]
+    out["vocab_size"] = VOCAB_SIZE
+    out["max_position_embeddings"] = min(int(config.get("max_position_embeddings") or 2048), 2048)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id", "sliding_window", "layer_types", "max_window_layers",
+                "rope_scaling", "torch_dtype", "dtype", "transformers_version", "architectures"):
+        out.pop(key, None)
+    return out
+
+
+def build_tiny(out: Path, config: dict[str, Any] | None = None, *, seed: int = 0) -> Path:
+    """Write a tiny model + tokenizer to `out` (atomically). `config` is the architecture to shrink."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = config or {"model_type": "llama"}
+    model_type = config.get("model_type")
+    if not model_type:
+        raise ValueError("config has no model_type")
+    tokenizer = _train_tokenizer()
+    small = shrink_config(config)
+    small.pop("model_type", None)
+    # Default init (std 0.02) behind RMSNorm bounds logits to about ±1.3: a frozen random head could
+    # never become confident. A wider init lets adapters on a random tiny model really learn.
+    small.update(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None, initializer_range=0.25)
+    cfg = AutoConfig.for_model(model_type, **small)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "finetune_tiny.json").write_text(json.dumps({"version": TINY_VERSION, "shrunk_from": model_type}))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except OSError:
+        if not (out / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def ensure_tiny(arch: str) -> Path:
+    """The cached tiny model for an architecture name (llama, qwen2, mistral, ...)."""
+    from transformers import CONFIG_MAPPING
+
+    if arch not in CONFIG_MAPPING:
+        from sdk.errors import SpecError
+
+        raise SpecError(f"model.id: tiny:{arch}: unknown architecture (try tiny:llama, tiny:qwen2, tiny:mistral)")
+    out = cache_dir("tiny", f"{arch}-{TINY_VERSION}")
+    if not (out / "config.json").is_file():
+        build_tiny(out, {"model_type": arch})
+    return out
+
+
+def config_like(reference: str) -> dict[str, Any]:
+    """The architecture config of a recipe, a config.json, or a model directory (no download)."""
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    from sdk.errors import SpecError
+    from sdk.recipes import load_recipe
+
+    spec = load_recipe(reference)
+    if spec.model.id.startswith("tiny:"):
+        return {"model_type": spec.model.id.partition(":")[2] or "llama"}
+    local = Path(spec.model.id).expanduser()
+    if (local / "config.json").is_file():
+        return json.loads((local / "config.json").read_text())
+    try:
+        from sdk.architectures import config_for
+    except ImportError:
+        config_for = None
+    config = config_for(spec.model.id) if config_for else None
+    if config is None:
+        raise SpecError(f"{reference}: no local config for {spec.model.id!r}; pass --like path/to/config.json")
+    return config

@@ -1,0 +1,175 @@
+"""Trainer construction (trl SFTTrainer / DPOTrainer) and the callback that feeds the run folder."""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+from sdk.spec import FineTuneSpec
+
+# Our optimizer names -> transformers' OptimizerNames.
+OPTIMIZERS = {
+    "adamw_torch": "adamw_torch",
+    "adamw_8bit": "adamw_bnb_8bit",
+    "paged_adamw_8bit": "paged_adamw_8bit",
+    "paged_adamw_32bit": "paged_adamw_32bit",
+    "adafactor": "adafactor",
+    "sgd": "sgd",
+}
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_precision(spec: FineTuneSpec) -> str:
+    """'auto' becomes bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU."""
+    if spec.train.precision != "auto":
+        return spec.train.precision
+    import torch
+
+    if not torch.cuda.is_available():
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def weight_dtype(spec: FineTuneSpec, precision: str) -> Any:
+    """dtype the base weights load in. Full fine-tuning keeps fp32 master weights under fp16 AMP."""
+    import torch
+
+    if spec.model.dtype != "auto":
+        return getattr(torch, spec.model.dtype)
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16" and spec.method.name != "full":
+        return torch.float16
+    return torch.float32
+
+
+def compute_dtype(spec: FineTuneSpec, precision: str) -> Any:
+    import torch
+
+    declared = getattr(spec.method, "compute_dtype", "auto")
+    if declared != "auto":
+        return getattr(torch, declared)
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def peak_memory() -> tuple[int, str]:
+    """Peak memory so far and how it was measured."""
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated()), "cuda_max_memory_allocated"
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu_peak_rss"
+
+
+def make_callback(sink: Any) -> Any:
+    """A TrainerCallback that turns trainer logs into metrics rows and honours cancellation."""
+    from transformers import TrainerCallback
+
+    class RunFolderCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.last_time = time.time()
+            self.last_tokens = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            sink.progress(step=state.global_step, total=state.max_steps)
+            self.last_time = time.time()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            sink.progress(step=state.global_step, total=state.max_steps)
+            if sink.cancel_requested:
+                control.should_training_stop = True
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = dict(logs or {})
+            now = time.time()
+            tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+            row: dict[str, Any] = {"step": state.global_step, "epoch": state.epoch, "time": now}
+            renames = {"loss": "loss", "learning_rate": "lr", "grad_norm": "grad_norm", "eval_loss": "eval_loss"}
+            for key, value in logs.items():
+                if key in renames:
+                    row[renames[key]] = float(value)
+                elif key.startswith(("eval_", "rewards/", "logps/", "mean_token_accuracy")) or key in ("entropy",):
+                    row[key.replace("/", "_")] = float(value) if isinstance(value, (int, float)) else value
+            if "loss" in row and tokens:
+                elapsed = max(now - self.last_time, 1e-9)
+                row["tokens_per_s"] = (tokens - self.last_tokens) / elapsed
+                row["tokens_seen"] = tokens
+                self.last_time, self.last_tokens = now, tokens
+            row["peak_mem_bytes"] = peak_memory()[0]
+            if len(row) > 4:
+                sink.metric(row)
+                shown = " ".join(
+                    f"{k} {row[k]:.4g}" for k in ("loss", "lr", "grad_norm", "tokens_per_s", "eval_loss") if k in row
+                )
+                print(f"[finetune] step {state.global_step}/{state.max_steps} {shown}", flush=True)
+
+    return RunFolderCallback()
+
+
+def build_trainer(
+    spec: FineTuneSpec, model: Any, tokenizer: Any, train_rows: list[dict], eval_rows: list[dict], *, workdir: Path, sink: Any
+) -> Any:
+    from datasets import Dataset
+
+    t = spec.train
+    precision = resolve_precision(spec)
+    cuda = has_cuda()
+    common: dict[str, Any] = dict(
+        output_dir=str(workdir / "trainer"),
+        max_steps=t.max_steps or -1,
+        num_train_epochs=t.epochs or 1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_steps or t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=OPTIMIZERS[t.optimizer],
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="no",
+        eval_strategy="steps" if (t.eval_steps and eval_rows) else "no",
+        eval_steps=t.eval_steps,
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=not cuda,
+        include_num_input_tokens_seen=True,
+        dataloader_pin_memory=cuda,
+        max_length=spec.data.max_length,
+    )
+    train_ds = Dataset.from_list(train_rows)
+    eval_ds = Dataset.from_list(eval_rows) if eval_rows else None
+    callbacks = [make_callback(sink)]
+    if spec.objective == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        args = DPOConfig(**common, beta=t.dpo_beta)
+        trainer = DPOTrainer(
+            model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, callbacks=callbacks
+        )
+    else:
+        from trl import SFTConfig, SFTTrainer
+
+        args = SFTConfig(**common, packing=spec.data.packing, completion_only_loss=spec.data.completion_only_loss)
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, callbacks=callbacks
+        )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our callback prints one compact line per log step
+    return trainer
