@@ -8,9 +8,10 @@ with `PeftModel.from_pretrained`; `full` saves the whole model; `head_only` save
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from sdk.spec import FineTuneSpec
 

@@ -141,6 +141,25 @@ def load_model(model: ModelSpec, *, dtype: Any, quantization_config: Any = None,
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu"
     try:
-        return AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except OSError as exc:
         raise SpecError(f"model.id: cannot load {model.id!r}: {exc}".splitlines()[0]) from None
+    if quantization_config is not None:
+        keep_exact_4bit_on_cpu(loaded, quantization_config)
+    return loaded
+
+
+def keep_exact_4bit_on_cpu(model: Any, quantization_config: Any) -> None:
+    """Stop bitsandbytes' CPU fast path from repacking 4-bit weights for bf16 inference.
+
+    On CPUs with AVX512-BF16, Linear4bit repacks its weight in place on the first eval-mode forward
+    and then computes in bf16 even when the compute dtype is fp32: evaluation before training, the
+    trained model and a reloaded adapter would each see slightly different numbers.
+    """
+    import torch
+
+    if getattr(quantization_config, "bnb_4bit_compute_dtype", None) != torch.float32:
+        return
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False

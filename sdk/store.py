@@ -142,6 +142,7 @@ class LocalStore:
 
 def _retry(uri: str, action: str, fn: Callable[[], T], *, attempts: int = 5, base_delay: float = 0.5) -> T:
     """Run fn, retrying connection-level failures with exponential backoff; name the URI on failure."""
+    from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import (
         ClientError,
         ConnectionClosedError,
@@ -150,7 +151,6 @@ def _retry(uri: str, action: str, fn: Callable[[], T], *, attempts: int = 5, bas
         PartialCredentialsError,
         ReadTimeoutError,
     )
-    from boto3.exceptions import S3UploadFailedError
 
     transient = (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, ConnectionError)
     delay = base_delay

@@ -1,0 +1,151 @@
+"""Node side on the tiny model: every method trains, the loss falls, and the artifact reloads exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sdk.recipes import load_recipe
+from sdk.runfolder import RunFolder
+from sdk.spec import FineTuneSpec
+from sdk.store import LocalStore, fetch_dir
+
+torch = pytest.importorskip("torch")
+
+# method -> (spec overrides, learning rate): each trains 8 steps, logging every step.
+METHODS = {
+    "lora": ({"name": "lora", "r": 8, "alpha": 16}, 5e-3),
+    "dora": ({"name": "dora", "r": 8, "alpha": 16}, 5e-3),
+    "qlora": ({"name": "qlora", "r": 8, "alpha": 16, "compute_dtype": "float32"}, 5e-3),
+    "full": ({"name": "full"}, 2e-3),
+    "head_only": ({"name": "head_only"}, 1e-2),
+    "prompt_tuning": ({"name": "prompt_tuning", "num_virtual_tokens": 8, "init_text": "Classify the topic"}, 3e-2),
+    "prefix_tuning": ({"name": "prefix_tuning", "num_virtual_tokens": 8}, 1e-2),
+    "ia3": ({"name": "ia3"}, 5e-2),
+}
+
+
+def tiny_spec(method: dict, lr: float, **extra) -> FineTuneSpec:
+    data = load_recipe("tiny").model_dump(mode="json")
+    data["method"] = method
+    data["train"].update(max_steps=8, lr=lr, logging_steps=1, batch_size=8)
+    data["data"]["max_samples"] = 64
+    data["eval"].update(num_samples=8, max_new_tokens=3, generations=2)
+    for key, value in extra.items():
+        data[key] = value
+    return FineTuneSpec.model_validate(data)
+
+
+def _run(spec: FineTuneSpec, tmp_path):
+    from launch.node import run
+    from launch.sink import RunSink
+
+    folder = RunFolder(LocalStore(tmp_path / "store"), "run")
+    sink = RunSink(folder, interval=3600)
+    sink.start()
+    outcome = run(spec, folder, sink, workdir=tmp_path / "work")
+    sink.close("succeeded")
+    return folder, sink, outcome
+
+
+def _logits(model, tokenizer):
+    batch = tokenizer(["### Instruction:\nClassify\n\n### Response:\n", "Reports say the striker won"], return_tensors="pt", padding=True)
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).logits.float()
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_method_trains_and_artifact_reloads(name, tmp_path):
+    from launch.methods import get_method
+    from launch.models import load_model, local_source
+
+    method, lr = METHODS[name]
+    spec = tiny_spec(method, lr)
+    folder, sink, outcome = _run(spec, tmp_path)
+    losses = [row["loss"] for row in sink.rows if "loss" in row]
+    assert len(losses) >= 5, losses
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, f"{name}: loss did not fall: {losses}"
+
+    summary = folder.read_json("summary.json")
+    assert summary["steps"] == 8 and summary["method"] == name
+    assert 0 < summary["trainable_params"] <= summary["total_params"]
+    assert summary["label_accuracy"]["before"] is not None and summary["label_accuracy"]["after"] is not None
+    assert len(summary["generations"]) == 2
+    metrics = folder.metrics()
+    assert {"step", "loss", "lr", "grad_norm", "peak_mem_bytes"} <= set(metrics[1])
+
+    artifact = fetch_dir(folder.store, "run/adapter", tmp_path / "fetched")
+    if name in ("lora", "dora", "qlora", "prompt_tuning", "prefix_tuning", "ia3"):
+        assert (artifact / "adapter_config.json").is_file() and (artifact / "adapter_model.safetensors").is_file()
+    base_method = get_method(name)
+    quant = base_method.quantization_config(spec, torch.float32)
+    base = load_model(spec.model, dtype=torch.float32, quantization_config=quant, source=local_source(spec.model))
+    reloaded = base_method.reload(base, artifact)
+    diff = (_logits(reloaded, outcome.tokenizer) - _logits(outcome.model, outcome.tokenizer)).abs().max().item()
+    assert diff <= 1e-5, f"{name}: reloaded logits differ by {diff}"
+
+
+def test_peft_adapter_loads_with_plain_peft(tmp_path):
+    """A user with only transformers + peft loads the adapter the documented way."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    spec = tiny_spec(*METHODS["lora"])
+    folder, _, outcome = _run(spec, tmp_path)
+    artifact = fetch_dir(folder.store, "run/adapter", tmp_path / "adapter")
+    config = json.loads((artifact / "adapter_config.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"], dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, artifact)
+    diff = (_logits(model, outcome.tokenizer) - _logits(outcome.model, outcome.tokenizer)).abs().max().item()
+    assert diff <= 1e-5
+
+
+def test_dpo_trains_on_tiny_model(tmp_path):
+    spec = load_recipe("tiny-dpo", ["train.max_steps=6", "train.logging_steps=1", "data.max_samples=48"])
+    folder, sink, _ = _run(spec, tmp_path)
+    rows = [r for r in sink.rows if "loss" in r]
+    assert len(rows) >= 5 and all(r["loss"] == r["loss"] for r in rows)  # finite, not NaN
+    assert any(k.startswith("rewards_") for r in rows for k in r), rows[0]
+    assert folder.adapter_manifest() is not None
+    assert folder.read_json("summary.json")["objective"] == "dpo"
+
+
+def test_qlora_gradients_match_dequantized_fp32_twin():
+    """LoRA gradients through the 4-bit NF4 (double-quant) base match an fp32 model holding the dequantized weights."""
+    import bitsandbytes as bnb
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from launch.tiny import ensure_tiny
+
+    path = ensure_tiny("llama")
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32
+    )
+    q = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, device_map="cpu", dtype=torch.float32)
+    f = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    quantized = 0
+    for name, module in q.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).float()
+            f.get_submodule(name).weight.data.copy_(weight)
+            quantized += 1
+    assert quantized == 14  # 7 projections x 2 layers
+    config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False)
+    torch.manual_seed(0)
+    pq = get_peft_model(q, config)
+    pf = get_peft_model(f, config)
+    lora_state = {k: v for k, v in pq.state_dict().items() if "lora_" in k}
+    pf.load_state_dict(lora_state, strict=False)
+    tok = AutoTokenizer.from_pretrained(path)
+    batch = tok(["Reports say the striker won the final in Lagos.", "Researchers unveiled a faster chip."], return_tensors="pt", padding=True)
+    for model in (pq, pf):
+        model.train()
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+    gq = {n: p.grad for n, p in pq.named_parameters() if p.requires_grad}
+    gf = {n: p.grad for n, p in pf.named_parameters() if p.requires_grad}
+    assert gq.keys() == gf.keys() and len(gq) == 28
+    worst = max(((gq[n] - gf[n]).norm() / gf[n].norm()).item() for n in gq)
+    assert worst <= 0.01, f"relative gradient error {worst:.4%}"
