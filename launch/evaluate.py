@@ -72,14 +72,13 @@ class LabelScore:
 
 def label_accuracy(model: Any, tokenizer: Any, examples: list[Example], labels: list[str], *, max_new_tokens: int) -> LabelScore:
     outputs = generate(model, tokenizer, [e.prompt for e in examples], max_new_tokens=max_new_tokens)
-    correct = sum(match_label(out, labels) == ex.response for out, ex in zip(outputs, examples))
+    correct = sum(match_label(out, labels) == ex.response for out, ex in zip(outputs, examples, strict=True))
     total = len(examples)
     return LabelScore(correct / total if total else 0.0, correct, total, outputs)
 
 
 def side_by_side(examples: list[Example], base: list[str], tuned: list[str], n: int) -> list[dict[str, str]]:
     return [
-        {"prompt": prompt if isinstance(prompt, str) else str(prompt), "expected": ex.response, "base": b.strip(), "tuned": t.strip()}
-        for ex, b, t in list(zip(examples, base, tuned))[:n]
-        for prompt in [ex.prompt]
+        {"prompt": str(ex.prompt), "expected": ex.response, "base": b.strip(), "tuned": t.strip()}
+        for ex, b, t in list(zip(examples, base, tuned, strict=True))[:n]
     ]
