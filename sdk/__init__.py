@@ -17,6 +17,12 @@ _EXPORTS = {
     "LoraMethod": "sdk.spec",
     "QloraMethod": "sdk.spec",
     "load_recipe": "sdk.recipes",
+    "submit": "sdk.runs",
+    "get_run": "sdk.runs",
+    "list_runs": "sdk.runs",
+    "Run": "sdk.runs",
+    "RunStatus": "sdk.runs",
+    "evaluate": "sdk.evaluation",
     "FinetuneError": "sdk.errors",
     "SpecError": "sdk.errors",
     "StoreError": "sdk.errors",
@@ -27,7 +33,9 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from sdk.errors import FinetuneError, IntegrityError, LaunchError, RunNotFound, SpecError, StoreError
+    from sdk.evaluation import evaluate
     from sdk.recipes import load_recipe
+    from sdk.runs import Run, RunStatus, get_run, list_runs, submit
     from sdk.spec import (
         DataSpec,
         DistributedSpec,

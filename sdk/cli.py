@@ -87,6 +87,242 @@ def schema(output: Path | None = typer.Option(None, "--output", "-o", help="writ
         sys.stdout.write(text + "\n")
 
 
+# -------------------------------------------------------------------------------------------- runs
+
+
+def _fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    acc = summary.get("label_accuracy") or {}
+    rows = [
+        ("model", f"{summary['model']} ({summary['method']}, {summary['objective']}, {summary['precision']}, {summary['device']})"),
+        ("trainable", f"{summary['trainable_params']:,} of {summary['total_params']:,} ({summary['trainable_percent']:.3f}%)"),
+        ("steps", f"{summary['steps']}, loss {summary['first_loss']:.4f} → {summary['last_loss']:.4f}" if summary.get("first_loss") is not None else str(summary["steps"])),
+        ("eval loss", f"{summary['eval_loss']:.4f}" if summary.get("eval_loss") is not None else "-"),
+        ("memory", f"resident {_fmt_bytes(summary['resident_memory_bytes'])}, peak {_fmt_bytes(summary['peak_memory_bytes'])} ({summary['peak_memory_kind']})"),
+        ("adapter", _fmt_bytes(summary.get("adapter_bytes"))),
+        ("runtime", ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in summary["runtime_s"].items())),
+    ]
+    if acc.get("before") and acc.get("after"):
+        b, a = acc["before"], acc["after"]
+        rows.append(("label accuracy", f"{b['accuracy']:.1%} → {a['accuracy']:.1%} ({a['correct']}/{a['total']} held-out)"))
+    for key, value in rows:
+        table.add_row(f"[bold]{key}[/bold]", value)
+    _console().print(table)
+    for gen in summary.get("generations") or []:
+        _console().print(f"  expected [green]{gen['expected']!r}[/green]  base {gen['base']!r}  tuned {gen['tuned']!r}", markup=True)
+
+
+@app.command()
+def launch(
+    recipe: str = typer.Argument(..., help="recipe file or shipped recipe name"),
+    overrides: list[str] | None = SetOption,
+    local: bool = typer.Option(False, "--local", help="run on this machine (default: SkyPilot when the recipe names accelerators or an infra)"),
+    backend: str = typer.Option("auto", "--backend", help="auto | local | skypilot"),
+    detach: bool = typer.Option(False, "--detach", "-d", help="return after submitting"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate and show what would run; start nothing"),
+) -> None:
+    """Submit a run and (unless --detach) follow it to the end with a progress bar."""
+    from sdk.runs import submit
+
+    spec = _load(recipe, overrides)
+    chosen = "local" if local else backend
+    if dry_run:
+        from sdk.backends import choose_backend
+
+        _console().print(f"would run {spec.method.name} on {spec.model.id} ({spec.train.length}) with backend "
+                         f"{choose_backend(spec, chosen)}, output {spec.output}")
+        _console().print_json(spec.to_json())
+        return
+    run = submit(spec, backend=chosen)
+    console = _console()
+    console.print(f"run [bold]{run.id}[/bold] → {run.uri}", markup=True)
+    if detach:
+        console.print(f"follow it with: finetune status {run.id}  |  finetune logs {run.id} -f")
+        return
+    try:
+        status = run.wait(progress=True)
+    except KeyboardInterrupt:
+        console.print(f"\ndetached; the run goes on. Stop it with: finetune cancel {run.id}")
+        raise typer.Exit(130) from None
+    if status.state == "succeeded":
+        summary = run.summary()
+        if summary:
+            _print_summary(summary)
+        console.print(f"[green]succeeded[/green]; adapter: finetune fetch {run.id} ./adapter", markup=True)
+        return
+    _console(stderr=True).print(f"run {run.id} {status.state}" + (f": {status.error}" if status.error else ""), markup=False)
+    log_tail = "\n".join(str(run.logs()).splitlines()[-15:])
+    if status.state == "failed" and log_tail:
+        _console(stderr=True).print(log_tail, markup=False)
+    raise typer.Exit(130 if status.state == "cancelled" else 1)
+
+
+@app.command()
+def runs(store: str | None = typer.Option(None, "--store", help="list the runs in this store instead of the local registry")) -> None:
+    """List runs: the local registry, or every run folder in a store."""
+    from rich.table import Table
+
+    from sdk.runs import list_runs
+
+    table = Table("run", "state", "step", "loss", "uri", box=None, pad_edge=False)
+    for run in list_runs(store=store):
+        try:
+            status = run.status()
+            step = f"{status.step or 0}/{status.total_steps or '?'}"
+            loss = f"{status.last_loss:.4f}" if status.last_loss is not None else "-"
+            table.add_row(run.id, status.state, step, loss, run.uri)
+        except Exception as exc:  # one unreadable run must not hide the others
+            table.add_row(run.id, "?", "-", "-", f"{run.uri} ({exc})")
+    _console().print(table)
+
+
+@app.command()
+def status(run: str = typer.Argument(..., help="run id or run folder URI"), json_out: bool = typer.Option(False, "--json")) -> None:
+    """The state of a run (from its store), with step and loss."""
+    from sdk.runs import get_run
+
+    handle = get_run(run)
+    st = handle.status()
+    if json_out:
+        _console().print_json(st.model_dump_json())
+        return
+    line = f"{handle.id}: {st.state}"
+    if st.step is not None:
+        line += f", step {st.step}/{st.total_steps}"
+    if st.last_loss is not None:
+        line += f", loss {st.last_loss:.4f}"
+    if st.phase and not st.done:
+        line += f" ({st.phase})"
+    if st.error:
+        line += f"\n  error: {st.error}"
+    _console().print(line, markup=False)
+
+
+@app.command()
+def logs(run: str = typer.Argument(...), follow: bool = typer.Option(False, "--follow", "-f")) -> None:
+    """Print the node's log (follow it with -f until the run ends)."""
+    from sdk.runs import get_run
+
+    handle = get_run(run)
+    if follow:
+        for chunk in handle.logs(follow=True):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    else:
+        sys.stdout.write(str(handle.logs()))
+
+
+@app.command()
+def metrics(
+    run: str = typer.Argument(...),
+    plot: Path | None = typer.Option(None, "--plot", help="save loss and lr curves to this PNG"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Metrics logged by the run (one row per logged step), and its summary."""
+    import json
+
+    from rich.table import Table
+
+    from sdk.runs import get_run
+
+    handle = get_run(run)
+    rows = handle.metrics()
+    if json_out:
+        sys.stdout.write(json.dumps({"metrics": rows, "summary": handle.summary()}) + "\n")
+    else:
+        table = Table("step", "loss", "lr", "grad_norm", "tokens/s", "eval_loss", "peak mem", box=None, pad_edge=False)
+
+        def cell(row: dict, key: str, fmt: str = "{:.4g}") -> str:
+            return fmt.format(row[key]) if row.get(key) is not None else "-"
+
+        for row in rows:
+            table.add_row(str(row.get("step")), cell(row, "loss"), cell(row, "lr"), cell(row, "grad_norm"),
+                          cell(row, "tokens_per_s", "{:.0f}"), cell(row, "eval_loss"), _fmt_bytes(row.get("peak_mem_bytes")))
+        _console().print(table)
+        summary = handle.summary()
+        if summary:
+            _print_summary(summary)
+    if plot:
+        handle.plot(plot)
+        _console(stderr=True).print(f"saved {plot}")
+
+
+@app.command()
+def fetch(
+    run: str = typer.Argument(...),
+    dest: Path = typer.Argument(..., help="destination directory (created; must be empty unless --force)"),
+    force: bool = typer.Option(False, "--force", help="replace a non-empty destination"),
+) -> None:
+    """Download the run's adapter, verifying every file against its manifest."""
+    from sdk.runs import get_run
+
+    path = get_run(run).fetch_adapter(dest, overwrite=force)
+    _console().print(f"adapter → {path}")
+
+
+@app.command()
+def cancel(run: str = typer.Argument(...)) -> None:
+    """Stop a run; its state becomes cancelled."""
+    from sdk.runs import get_run
+
+    st = get_run(run).cancel()
+    _console().print(f"{run}: {st.state}")
+
+
+@app.command(name="eval")
+def eval_command(
+    run: str = typer.Argument(...),
+    data: str = typer.Option(..., "--data", help="labelled file (jsonl/csv/parquet with text + label columns)"),
+    text_field: str = typer.Option("text", "--text-field"),
+    label_field: str = typer.Option("label", "--label-field"),
+    limit: int | None = typer.Option(None, "--limit", help="score at most this many rows"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Label accuracy of the base and the tuned model on a labelled file you bring."""
+    import json
+
+    from sdk.evaluation import evaluate
+
+    result = evaluate(run, data=data, text_field=text_field, label_field=label_field, limit=limit)
+    if json_out:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    b, t = result["base"], result["tuned"]
+    _console().print(f"{result['rows']} rows of {data}: base {b['accuracy']:.1%} ({b['correct']}/{b['total']}) → "
+                     f"tuned {t['accuracy']:.1%} ({t['correct']}/{t['total']})")
+
+
+@app.command(name="tiny-model")
+def tiny_model(
+    out: Path = typer.Argument(..., help="output directory"),
+    like: str = typer.Option("llama", "--like", help="recipe, config.json, model dir, or an architecture name"),
+) -> None:
+    """Build a tiny model of a target architecture (few layers, small hidden, local tokenizer) for dry runs."""
+    from launch.tiny import build_tiny, config_like
+
+    reference = Path(like).expanduser()
+    if not reference.exists() and "/" not in like and not like.endswith((".yaml", ".yml", ".json")):
+        from sdk.recipes import RECIPES_DIR
+
+        config = config_like(like) if (RECIPES_DIR / f"{like}.yaml").is_file() else {"model_type": like}
+    else:
+        config = config_like(like)
+    path = build_tiny(out, config)
+    _console().print(f"tiny {config.get('model_type')} model → {path}")
+
+
 # ------------------------------------------------------------------------------------------- entry
 
 

@@ -140,8 +140,9 @@ class LocalStore:
 # ---------------------------------------------------------------------------------------------- s3
 
 
-def _retry(uri: str, action: str, fn: Callable[[], T], *, attempts: int = 5, base_delay: float = 0.5) -> T:
+def _retry(uri: str, action: str, fn: Callable[[], T], *, attempts: int | None = None, base_delay: float = 0.5) -> T:
     """Run fn, retrying connection-level failures with exponential backoff; name the URI on failure."""
+    attempts = attempts or int(os.environ.get("FINETUNE_STORE_ATTEMPTS", "5"))
     from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import (
         ClientError,

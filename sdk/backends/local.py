@@ -1,0 +1,116 @@
+"""Local backend: the node entrypoint as a detached process on this machine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sdk.errors import LaunchError, SpecError
+from sdk.registry import home
+from sdk.runfolder import LOG, TERMINAL, RunFolder
+from sdk.spec import FineTuneSpec
+from sdk.store import LocalStore
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)  # reap our own finished child so it is not a zombie
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class LocalBackend:
+    name = "local"
+
+    def log_path(self, folder: RunFolder) -> Path:
+        if isinstance(folder.store, LocalStore):
+            return Path(folder.store.url(folder.key(LOG)))
+        return home() / "logs" / f"{folder.run_id}.log"
+
+    def submit(self, spec: FineTuneSpec, folder: RunFolder) -> dict[str, Any]:
+        if spec.resources.nodes > 1:
+            raise SpecError(
+                f"resources.nodes: {spec.resources.nodes} nodes need a cluster; the local backend runs on this machine "
+                "only (drop --local, or set resources.nodes=1)"
+            )
+        if (spec.distributed.nproc_per_node or 1) > 1:
+            raise SpecError("distributed.nproc_per_node: multi-process local runs are not supported yet; set it to 1")
+        missing = [name for name in spec.secrets if name not in os.environ]
+        if missing:
+            raise SpecError(f"secrets: {', '.join(missing)} not set in this environment")
+        log = self.log_path(folder)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **spec.env, "FINETUNE_LOG_FILE": str(log), "PYTHONUNBUFFERED": "1"}
+        command = [sys.executable, "-m", "launch", "--run-dir", folder.uri]
+        with open(log, "ab") as handle:
+            try:
+                process = subprocess.Popen(
+                    command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+                )
+            except OSError as exc:
+                raise LaunchError(f"cannot start {' '.join(command)}: {exc}") from None
+        return {"pid": process.pid, "log": str(log), "host": os.uname().nodename}
+
+    def _ours(self, info: dict[str, Any]) -> bool:
+        return info.get("host") == os.uname().nodename and bool(info.get("pid"))
+
+    def status(self, folder: RunFolder, info: dict[str, Any]) -> str | None:
+        """'failed' when the node process is gone without having written a final state."""
+        if not self._ours(info) or pid_alive(info["pid"]):
+            return None
+        # A final state may land just as the process exits: read once more before declaring failure.
+        if folder.status().get("state") in TERMINAL:
+            return None
+        time.sleep(0.5)
+        if folder.status().get("state") in TERMINAL:
+            return None
+        folder.write_status("failed", error=f"node process {info['pid']} exited without a final status; see its log")
+        return "failed"
+
+    def cancel(self, folder: RunFolder, info: dict[str, Any], *, grace: float = 10.0) -> None:
+        if not self._ours(info):
+            raise LaunchError(f"run {folder.run_id} was started on {info.get('host')}; cancel it there")
+        pid = info["pid"]
+        if pid_alive(pid):
+            try:
+                os.killpg(pid, signal.SIGTERM)  # the node stops after its current step and writes 'cancelled'
+            except ProcessLookupError:
+                pass
+            deadline = time.time() + grace
+            while pid_alive(pid) and time.time() < deadline:
+                time.sleep(0.2)
+            if pid_alive(pid):
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                deadline = time.time() + 5
+                while pid_alive(pid) and time.time() < deadline:
+                    time.sleep(0.1)
+        if folder.status().get("state") not in TERMINAL:
+            folder.write_status("cancelled")
+
+    def logs(self, folder: RunFolder, info: dict[str, Any]) -> str | None:
+        path = Path(info.get("log") or self.log_path(folder))
+        if self._ours(info) and path.is_file():
+            return path.read_text(errors="replace")
+        return None

@@ -1,0 +1,243 @@
+"""Run handles: submit a spec, watch it, read its metrics and fetch its adapter — all from the store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from sdk import registry
+from sdk.errors import LaunchError, RunNotFound, StoreError
+from sdk.runfolder import ADAPTER, LOG, SPEC, SUMMARY, TERMINAL, RunFolder, new_run_id
+from sdk.spec import DEFAULT_OUTPUT, FineTuneSpec
+from sdk.store import fetch_dir, open_store, split_run_uri
+
+RunState = Literal["pending", "provisioning", "running", "recovering", "succeeded", "failed", "cancelled"]
+
+
+class RunStatus(BaseModel):
+    """status.json, typed. Unknown keys are kept (the node may add more)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    state: RunState = "pending"
+    heartbeat: float | None = None
+    phase: str | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    last_loss: float | None = None
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL
+
+
+class Run:
+    """A handle on one run. Everything it reports is read from the run folder in the store."""
+
+    def __init__(self, uri: str, *, backend: str | None = None, info: dict[str, Any] | None = None):
+        self.folder = RunFolder.from_uri(uri)
+        self.id = self.folder.run_id
+        self.uri = self.folder.uri
+        self.backend = backend
+        self.info = info or {}
+
+    def __repr__(self) -> str:
+        return f"Run(id={self.id!r}, uri={self.uri!r}, backend={self.backend!r})"
+
+    def _backend(self) -> Any:
+        if not self.backend:
+            return None
+        from sdk.backends import get_backend
+
+        return get_backend(self.backend)
+
+    # -- state
+
+    def status(self) -> RunStatus:
+        status = RunStatus.model_validate(self.folder.status())
+        if not status.done and (backend := self._backend()) is not None:
+            state = backend.status(self.folder, self.info)
+            if state is not None:
+                status = RunStatus.model_validate(self.folder.status())
+        return status
+
+    def wait(self, *, progress: bool = True, timeout: float | None = None, poll: float = 1.0) -> RunStatus:
+        """Block until the run ends; show step/total and loss on a progress bar (notebook or terminal)."""
+        deadline = None if timeout is None else time.time() + timeout
+        bar = None
+        try:
+            while True:
+                status = self.status()
+                if progress:
+                    bar = _update_bar(bar, status, self.id)
+                if status.done:
+                    return status
+                if deadline is not None and time.time() > deadline:
+                    raise TimeoutError(f"run {self.id} still {status.state} after {timeout} s")
+                time.sleep(poll)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def cancel(self) -> RunStatus:
+        backend = self._backend()
+        if backend is None:
+            raise LaunchError(f"run {self.id}: unknown backend; cancel it where it was submitted")
+        backend.cancel(self.folder, self.info)
+        return self.status()
+
+    # -- artifacts
+
+    def spec(self) -> FineTuneSpec:
+        data = self.folder.read_json(SPEC)
+        if data is None:
+            raise RunNotFound(f"{self.uri}: no {SPEC}")
+        return FineTuneSpec.model_validate(data)
+
+    def metrics(self, *, as_frame: bool = False) -> Any:
+        rows = self.folder.metrics()
+        if as_frame:
+            import pandas as pd
+
+            return pd.DataFrame(rows)
+        return rows
+
+    def summary(self) -> dict[str, Any] | None:
+        return self.folder.read_json(SUMMARY)
+
+    def logs(self, *, follow: bool = False, poll: float = 1.0) -> str | Iterator[str]:
+        """The node's log: all of it, or (follow=True) an iterator of new text until the run ends."""
+        if follow:
+            return self._follow(poll)
+        return self._log_text()
+
+    def _log_text(self) -> str:
+        backend = self._backend()
+        text = backend.logs(self.folder, self.info) if backend is not None else None
+        if text is None:
+            key = self.folder.key(LOG)
+            text = self.folder.store.get_bytes(key).decode(errors="replace") if self.folder.store.exists(key) else ""
+        return text
+
+    def _follow(self, poll: float) -> Iterator[str]:
+        seen = 0
+        while True:
+            done = self.status().done
+            text = self._log_text()
+            if len(text) > seen:
+                yield text[seen:]
+                seen = len(text)
+            if done:
+                return
+            time.sleep(poll)
+
+    def fetch_adapter(self, dest: str | Path, *, overwrite: bool = False) -> Path:
+        """Download the committed adapter, verified against its manifest; all or nothing."""
+        if self.folder.adapter_manifest() is None:
+            state = self.status().state
+            raise StoreError(f"{self.uri}/{ADAPTER}: no committed adapter (run is {state})")
+        return fetch_dir(self.folder.store, self.folder.key(ADAPTER), Path(dest), overwrite=overwrite)
+
+    def plot(self, path: str | Path | None = None) -> Any:
+        """Loss and learning-rate curves (matplotlib); saved to `path` when given."""
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = [r for r in self.metrics() if "loss" in r]
+        fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.5))
+        ax_loss.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss")
+        evals = [r for r in self.metrics() if "eval_loss" in r]
+        if evals:
+            ax_loss.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss")
+        ax_loss.set_xlabel("step")
+        ax_loss.set_title(f"{self.id}: loss")
+        ax_loss.legend()
+        ax_lr.plot([r["step"] for r in rows if "lr" in r], [r["lr"] for r in rows if "lr" in r])
+        ax_lr.set_xlabel("step")
+        ax_lr.set_title("learning rate")
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+        return fig
+
+
+def _update_bar(bar: Any, status: RunStatus, run_id: str) -> Any:
+    from tqdm.auto import tqdm
+
+    if bar is None:
+        bar = tqdm(total=status.total_steps or None, desc=run_id, unit="step", dynamic_ncols=True)
+    if status.total_steps and bar.total != status.total_steps:
+        bar.total = status.total_steps
+    if status.step is not None and status.step > bar.n:
+        bar.update(status.step - bar.n)
+    post = {"state": status.state}
+    if status.phase and not status.done:
+        post["phase"] = status.phase
+    if status.last_loss is not None:
+        post["loss"] = f"{status.last_loss:.4f}"
+    bar.set_postfix(post, refresh=True)
+    return bar
+
+
+# ---------------------------------------------------------------------------------------- functions
+
+
+def submit(spec: FineTuneSpec, *, backend: str = "auto") -> Run:
+    """Create the run folder (spec.json, never overwriting a run) and start the node on the backend."""
+    from sdk.backends import choose_backend, get_backend
+
+    name = choose_backend(spec, backend)
+    impl = get_backend(name)
+    store = open_store(spec.output)
+    folder = RunFolder(store, new_run_id(spec.name))
+    if folder.exists():
+        raise LaunchError(f"{folder.uri} already exists; refusing to overwrite a run")
+    folder.write_json(SPEC, spec.model_dump(mode="json"))
+    folder.write_status("pending", backend=name)
+    try:
+        info = impl.submit(spec, folder)
+    except BaseException as exc:
+        folder.write_status("failed", error=f"submit failed: {exc}")
+        raise
+    registry.record(folder.run_id, folder.uri, name, **info)
+    return Run(folder.uri, backend=name, info=info)
+
+
+def get_run(id_or_uri: str, *, store: str | None = None) -> Run:
+    """A run by id (registry, then the given or default store) or by its folder URI."""
+    entry = registry.lookup(id_or_uri)
+    if entry is not None:
+        return Run(entry["uri"], backend=entry["backend"], info=entry["info"])
+    if "://" in id_or_uri or "/" in id_or_uri or Path(id_or_uri).expanduser().is_dir():
+        run = Run(id_or_uri)
+        if not run.folder.exists():
+            raise RunNotFound(f"{run.uri}: no run here (no {SPEC})")
+        return run
+    root = open_store(store or DEFAULT_OUTPUT)
+    folder = RunFolder(root, id_or_uri)
+    if folder.exists():
+        return Run(folder.uri)
+    raise RunNotFound(f"no run {id_or_uri!r} in the registry or in {root.uri}")
+
+
+def list_runs(*, store: str | None = None, limit: int = 100) -> list[Run]:
+    """Runs in a store (read from the store alone), or the locally registered ones."""
+    if store is None:
+        return [Run(e["uri"], backend=e["backend"], info=e["info"]) for e in registry.entries(limit)]
+    root = open_store(store)
+    ids = sorted({key.split("/")[0] for key in root.list("") if key.count("/") == 1 and key.endswith(f"/{SPEC}")}, reverse=True)
+    return [Run(root.url(run_id)) for run_id in ids[:limit]]
+
+
+def run_from_uri(run_uri: str) -> Run:
+    split_run_uri(run_uri)
+    return Run(run_uri)

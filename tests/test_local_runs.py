@@ -1,0 +1,138 @@
+"""Local runs end to end: submit from Python or the CLI, watch, cancel, and fetch from the store alone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+import sdk
+from sdk.recipes import load_recipe
+
+FAST = ["train.max_steps=6", "train.logging_steps=2", "data.max_samples=48", "eval.num_samples=8", "eval.max_new_tokens=6"]
+
+
+def tiny(output: str, *extra: str) -> sdk.FineTuneSpec:
+    return load_recipe("tiny", [*FAST, f"output={output}", *extra])
+
+
+def test_local_run_to_local_store(tmp_path, finetune_home):
+    run = sdk.submit(tiny(str(tmp_path / "runs")))
+    assert run.backend == "local" and run.status().state in ("pending", "running")
+    final = run.wait(progress=False, timeout=180)
+    assert final.state == "succeeded", run.logs()
+    assert final.step == 6
+    metrics = run.metrics()
+    assert [m["step"] for m in metrics if "loss" in m][:3] == [1, 2, 4]
+    summary = run.summary()
+    assert summary["steps"] == 6 and summary["label_accuracy"]["after"]["total"] == 8
+    adapter = run.fetch_adapter(tmp_path / "adapter")
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert "succeeded" in run.logs()
+    # the handle is found again by id (registry) and by URI (store)
+    assert sdk.get_run(run.id).uri == run.uri
+    assert sdk.get_run(run.uri).summary() == summary
+    assert run.id in [r.id for r in sdk.list_runs(store=str(tmp_path / "runs"))]
+
+
+def test_s3_run_then_fetch_from_another_machine(tmp_path, s3_env, finetune_home):
+    env, bucket = s3_env
+    run = sdk.submit(tiny(f"s3://{bucket}/team/runs"))
+    assert run.uri == f"s3://{bucket}/team/runs/{run.id}"
+    assert run.wait(progress=False, timeout=180).state == "succeeded", run.logs()
+
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=f"team/runs/{run.id}/")["Contents"]}
+    prefix = f"team/runs/{run.id}/"
+    assert {prefix + k for k in ("spec.json", "status.json", "metrics.jsonl", "summary.json", "adapter/MANIFEST.json",
+                                 "adapter/adapter_model.safetensors", "logs/node.log")} <= keys
+    # "another machine": a fresh process with an empty registry, knowing only the URI
+    other_home = tmp_path / "other-home"
+    dest = tmp_path / "elsewhere"
+    code = (
+        "import sdk, sys; r = sdk.get_run(sys.argv[1]); print(r.status().state); r.fetch_adapter(sys.argv[2]);"
+        "print(len(sdk.list_runs(store=sys.argv[3])))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, run.uri, str(dest), f"s3://{bucket}/team/runs"],
+        capture_output=True, text=True, env={**os.environ, **env, "FINETUNE_HOME": str(other_home)}, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["succeeded", "1"]
+    for rel in json.loads((dest / "MANIFEST.json").read_text())["files"]:
+        body = client.get_object(Bucket=bucket, Key=f"{prefix}adapter/{rel}")["Body"].read()
+        assert hashlib.sha256(body).digest() == hashlib.sha256((dest / rel).read_bytes()).digest()
+
+
+def test_two_runs_at_once_stay_separate(tmp_path, finetune_home):
+    runs = [sdk.submit(tiny(str(tmp_path / "runs"), f"name=twin{i}", f"train.seed={i}")) for i in range(2)]
+    assert runs[0].id != runs[1].id
+    states = [r.wait(progress=False, timeout=240).state for r in runs]
+    assert states == ["succeeded", "succeeded"], [r.logs() for r in runs]
+    specs = [r.spec() for r in runs]
+    assert [s.train.seed for s in specs] == [0, 1]
+    assert all(r.summary()["run_id"] == r.id for r in runs)
+
+
+def test_cancel_stops_a_running_run(tmp_path, finetune_home):
+    run = sdk.submit(tiny(str(tmp_path / "runs"), "train.max_steps=100000"))
+    deadline = time.time() + 120
+    while run.status().phase != "training" and time.time() < deadline:
+        time.sleep(0.5)
+    assert run.status().state == "running"
+    start = time.time()
+    final = run.cancel()
+    assert time.time() - start < 15
+    assert final.state == "cancelled"
+    assert run.folder.adapter_manifest() is None  # a cancelled run leaves no adapter
+    assert run.wait(progress=False, timeout=5).state == "cancelled"
+
+
+def test_cli_launch_local_end_to_end(run_cli, tmp_path, finetune_home):
+    out = tmp_path / "runs"
+    env = {"FINETUNE_HOME": str(finetune_home)}
+    result = run_cli("launch", "tiny", "--local", *[f"--set={o}" for o in FAST], f"--set=output={out}", timeout=240, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "label accuracy" in result.stdout and "succeeded" in result.stdout
+    run_id = next(p.name for p in out.iterdir())
+    for args in (["status", run_id], ["metrics", run_id, "--plot", str(tmp_path / "loss.png")], ["runs"], ["logs", run_id]):
+        res = run_cli(*args, env=env)
+        assert res.returncode == 0, (args, res.stderr)
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    fetched = run_cli("fetch", run_id, str(tmp_path / "adapter"), env=env)
+    assert fetched.returncode == 0 and (tmp_path / "adapter" / "adapter_config.json").is_file()
+    again = run_cli("fetch", run_id, str(tmp_path / "adapter"), env=env)
+    assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["launch", "tiny", "--local", "--set=resources.nodes=2"], "resources.nodes"),
+        (["launch", "tiny", "--local", "--set=train.lr=-1"], "train.lr"),
+        (["status", "no-such-run"], "no run 'no-such-run'"),
+        (["fetch", "/tmp/definitely/not/a/run", "/tmp/x"], "no run here"),
+    ],
+)
+def test_cli_errors_are_clean(run_cli, tmp_path, finetune_home, args, expected):
+    if args[0] == "launch":
+        args = [*args, f"--set=output={tmp_path}"]
+    result = run_cli(*args, env={"FINETUNE_HOME": str(finetune_home)})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert expected in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_data_path_fails_the_run_with_a_named_error(run_cli, tmp_path, finetune_home):
+    result = run_cli("launch", "tiny", "--local", "--detach", "--set=data.source=/nope/train.jsonl",
+                     f"--set=output={tmp_path}", env={"FINETUNE_HOME": str(finetune_home)})
+    assert result.returncode == 0, result.stderr
+    run = sdk.get_run(result.stdout.split()[1])
+    assert run.wait(progress=False, timeout=120).state == "failed"
+    assert "data.source: /nope/train.jsonl does not exist" in (run.status().error or "")
