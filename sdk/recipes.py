@@ -157,16 +157,6 @@ def resolve_recipe(path: str | Path) -> Path:
     raise SpecError(f"{path}: no such recipe file or shipped recipe (shipped: {known})")
 
 
-def dump_recipe(spec: FineTuneSpec) -> str:
-    """The spec as YAML, with defaults left out so the file stays readable."""
-    import yaml
-
-    data = spec.model_dump(mode="json", exclude_defaults=True)
-    data["method"] = {"name": spec.method.name, **data.get("method", {})}
-    data["model"] = spec.model.model_dump(mode="json", exclude_defaults=True)
-    return yaml.safe_dump(data, sort_keys=False)
-
-
 def shipped_recipes() -> list[tuple[str, str]]:
     """(name, one-line description) for every recipe in recipes/."""
     import yaml

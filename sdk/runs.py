@@ -221,6 +221,9 @@ def get_run(id_or_uri: str, *, store: str | None = None) -> Run:
         run = Run(id_or_uri)
         if not run.folder.exists():
             raise RunNotFound(f"{run.uri}: no run here (no {SPEC})")
+        entry = registry.lookup(run.id)
+        if entry is not None and entry["uri"] == run.uri:  # submitted here: the backend can cancel it
+            return Run(entry["uri"], backend=entry["backend"], info=entry["info"])
         return run
     root = open_store(store or DEFAULT_OUTPUT)
     folder = RunFolder(root, id_or_uri)

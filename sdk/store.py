@@ -168,7 +168,10 @@ def _retry(uri: str, action: str, fn: Callable[[], T], *, attempts: int | None =
                 time.sleep(delay)
                 delay *= 2
                 continue
-            raise StoreError(f"{uri}: cannot {action}: {code} {message}".rstrip()) from None
+            hint = ""
+            if code in ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "403"):
+                hint = " (check the AWS credentials or profile for this endpoint)"
+            raise StoreError(f"{uri}: cannot {action}: {code} {message}".rstrip() + hint) from None
         except S3UploadFailedError as exc:
             if attempt < attempts:
                 time.sleep(delay)
@@ -224,15 +227,19 @@ class S3Store:
 
         return TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=8)
 
+    def _where(self, key: str) -> str:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") or (self._client.meta.endpoint_url if self._client else None)
+        return f"{self.url(key)} (endpoint {endpoint})" if endpoint else self.url(key)
+
     def put_bytes(self, key: str, data: bytes) -> None:
-        _retry(self.url(key), "write", lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data))
+        _retry(self._where(key), "write", lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data))
 
     def get_bytes(self, key: str) -> bytes:
         def get() -> bytes:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
 
         try:
-            return _retry(self.url(key), "read", get)
+            return _retry(self._where(key), "read", get)
         except StoreError as exc:
             if "NoSuchKey" in str(exc):
                 raise StoreError(f"{self.url(key)}: no such object") from None
@@ -250,7 +257,7 @@ class S3Store:
                     return False
                 raise
 
-        return _retry(self.url(key), "check", head)
+        return _retry(self._where(key), "check", head)
 
     def list(self, prefix: str) -> list[str]:
         full = self._key(prefix)
@@ -264,18 +271,18 @@ class S3Store:
                 keys.extend(obj["Key"][len(root):] for obj in page.get("Contents", []))
             return sorted(keys)
 
-        return _retry(self.url(prefix), "list", collect)
+        return _retry(self._where(prefix), "list", collect)
 
     def upload_file(self, path: Path, key: str) -> None:
         _retry(
-            self.url(key),
+            self._where(key),
             "upload",
             lambda: self.client.upload_file(str(path), self.bucket, self._key(key), Config=self._transfer_config()),
         )
 
     def download_file(self, key: str, path: Path) -> None:
         _retry(
-            self.url(key),
+            self._where(key),
             "download",
             lambda: self.client.download_file(self.bucket, self._key(key), str(path), Config=self._transfer_config()),
         )
@@ -284,7 +291,7 @@ class S3Store:
         keys = self.list(prefix)
         for start in range(0, len(keys), 1000):
             batch = [{"Key": self._key(k)} for k in keys[start:start + 1000]]
-            _retry(self.url(prefix), "delete", lambda b=batch: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": b}))
+            _retry(self._where(prefix), "delete", lambda b=batch: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": b}))
 
 
 # ---------------------------------------------------------------------------- committed directories

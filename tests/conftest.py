@@ -87,7 +87,7 @@ def s3_env(moto_server, monkeypatch):
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     bucket = f"ft-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket=bucket)
+    boto3.session.Session().client("s3", endpoint_url=moto_server).create_bucket(Bucket=bucket)
     return env, bucket
 
 

@@ -48,7 +48,7 @@ def test_s3_run_then_fetch_from_another_machine(tmp_path, s3_env, finetune_home)
 
     import boto3
 
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
+    client = boto3.session.Session().client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=f"team/runs/{run.id}/")["Contents"]}
     prefix = f"team/runs/{run.id}/"
     assert {prefix + k for k in ("spec.json", "status.json", "metrics.jsonl", "summary.json", "adapter/MANIFEST.json",

@@ -118,7 +118,7 @@ def test_dead_endpoint_names_the_uri(monkeypatch):
 
 
 def test_missing_bucket_is_a_clear_error(s3_env):
-    with pytest.raises(StoreError, match="s3://no-such-bucket-here/p/k: cannot write: NoSuchBucket"):
+    with pytest.raises(StoreError, match=r"s3://no-such-bucket-here/p/k \(endpoint http://127.0.0.1:\d+\): cannot write: NoSuchBucket"):
         open_store("s3://no-such-bucket-here/p").put_bytes("k", b"v")
 
 
