@@ -239,6 +239,9 @@ class HeadOnlyBuilder:
                     param.requires_grad_(True)
         if not found:
             raise ValueError(f"method.head_modules: none of {heads} exists in the model")
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()  # the trained head (and its Adam states) in fp32
         return model
 
     def save(self, model: Any, tokenizer: Any, out: Path) -> None:

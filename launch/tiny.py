@@ -18,8 +18,9 @@ from typing import Any
 from launch.models import cache_dir
 
 TINY_VERSION = "v2"
-VOCAB_SIZE = 512
-SHRINK = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+from sdk.architectures import TINY_SHAPE as SHRINK  # noqa: E402  (client and node agree on the tiny shapes)
+from sdk.architectures import TINY_VOCAB as VOCAB_SIZE  # noqa: E402
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{% if m['role'] == 'assistant' %}<|end|>{% endif %}\n"
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
@@ -129,11 +130,9 @@ def config_like(reference: str) -> dict[str, Any]:
     local = Path(spec.model.id).expanduser()
     if (local / "config.json").is_file():
         return json.loads((local / "config.json").read_text())
-    try:
-        from sdk.architectures import config_for
-    except ImportError:
-        config_for = None
-    config = config_for(spec.model.id) if config_for else None
+    from sdk.architectures import config_for
+
+    config = config_for(spec.model.id)
     if config is None:
         raise SpecError(f"{reference}: no local config for {spec.model.id!r}; pass --like path/to/config.json")
     return config

@@ -38,14 +38,17 @@ def resolve_precision(spec: FineTuneSpec) -> str:
 
 
 def weight_dtype(spec: FineTuneSpec, precision: str) -> Any:
-    """dtype the base weights load in. Full fine-tuning keeps fp32 master weights under fp16 AMP."""
+    """dtype the base weights load in. Full fine-tuning keeps fp32 master weights (mixed precision:
+    bf16/fp16 autocast on top); pure 16-bit weights would also keep Adam's states in 16 bits."""
     import torch
 
     if spec.model.dtype != "auto":
         return getattr(torch, spec.model.dtype)
+    if spec.method.name == "full":
+        return torch.float32
     if precision == "bf16":
         return torch.bfloat16
-    if precision == "fp16" and spec.method.name != "full":
+    if precision == "fp16":
         return torch.float16
     return torch.float32
 

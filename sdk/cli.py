@@ -87,14 +87,51 @@ def schema(output: Path | None = typer.Option(None, "--output", "-o", help="writ
         sys.stdout.write(text + "\n")
 
 
+@app.command()
+def estimate(
+    recipe: str = typer.Argument(..., help="recipe file or shipped recipe name"),
+    overrides: list[str] | None = SetOption,
+    device: str = typer.Option("gpu", "--device", help="gpu (per-GPU bytes, bf16 by default) or cpu (fp32 process)"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Memory per GPU by component, which GPUs fit, and their price where SkyPilot's catalog is present."""
+    from rich.table import Table
+
+    from sdk.plan import estimate as plan_estimate
+
+    if device not in ("gpu", "cpu"):
+        raise typer.BadParameter("use gpu or cpu", param_hint="--device")
+    result = plan_estimate(_load(recipe, overrides), device=device)
+    if json_out:
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+        return
+    console = _console()
+    console.print(f"{result.model}: {result.method}, {result.total_params:,} params, {result.trainable_params:,} trainable "
+                  f"({result.trainable_percent:.3f}%), seq {result.seq_len} × micro-batch {result.micro_batch}, "
+                  f"{result.world_size} {'GPU' if device == 'gpu' else 'process'}(s)")
+    table = Table("component", "memory", "how", box=None, pad_edge=False)
+    for part in result.components:
+        table.add_row(part.name, _fmt_bytes(part.bytes), part.note)
+    table.add_row("[bold]allocated[/bold]", f"[bold]{_fmt_bytes(result.allocated_bytes)}[/bold]", "peak of torch's allocator")
+    table.add_row("[bold]required[/bold]", f"[bold]{_fmt_bytes(result.required_bytes)}[/bold]", "what each device must hold")
+    console.print(table)
+    if device == "gpu":
+        fits = Table("gpu", "memory", "fits", "headroom", "$/h", box=None, pad_edge=False)
+        for fit in result.fits:
+            price = f"{fit.hourly_usd:.2f}" if fit.hourly_usd is not None else "-"
+            fits.add_row(fit.gpu, f"{fit.memory_gb} GB", "[green]yes[/green]" if fit.fits else "[red]no[/red]",
+                         f"{fit.headroom_gb:+.1f} GB", price)
+        console.print(fits)
+
+
 # -------------------------------------------------------------------------------------------- runs
 
 
 def _fmt_bytes(n: float | None) -> str:
     if n is None:
         return "-"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return str(n)

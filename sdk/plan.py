@@ -1,0 +1,252 @@
+"""Planner: per-GPU memory by component, which GPUs fit, and what they cost — from the spec alone.
+
+Bytes per component (N = data-parallel world size, P = total params, T = trainable params):
+  frozen weights   16-bit: 2·P (full fine-tuning: fp32 master weights, 4·P) · NF4/FP4: 0.5 B per Linear weight + quantization constants
+                   (fp32 absmax per 64 → 0.5 bit/param; double quant: 8-bit absmax + fp32 per 256 blocks
+                   → 0.127 bit/param) with embeddings, norms and head kept in 16-bit
+  trainable        adapters in fp32 (peft up-casts them); QLoRA adapters in bf16 (trl's cast)
+  gradients        T in the trainable dtype
+  optimizer        AdamW 2 states in the parameter's dtype; 8-bit: 2 B/param; SGD: 0; Adafactor ≈ 0.5 B/param
+                   DeepSpeed: fp32 master + 2 states = 12 B/param, sharded over N from ZeRO-1 on
+  activations      per layer per token (Llama-style, SDPA attention): (6h + 2·kv + 4·I) values saved
+                   for backward, + fp32 RMSNorm intermediates, + a copy of each LoRA input when dropout > 0;
+                   with gradient checkpointing only each layer's input, + one layer recomputed
+  logits           s·b·V·(a + 4 + 4): the logits, their fp32 up-cast and the fp32 log-softmax for the loss
+  runtime          CUDA context and allocator slack (not part of max_memory_allocated)
+Sharding: DDP replicates everything; ZeRO-2 shards grads + optimizer; ZeRO-3 / FSDP also parameters.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from sdk.architectures import Shapes, config_for
+from sdk.errors import SpecError
+from sdk.spec import FineTuneSpec
+
+GiB = 1024**3
+CUDA_CONTEXT = int(0.6 * GiB)
+
+# Common cloud GPUs and their memory (GB as sold). Order: smallest first.
+GPUS: dict[str, int] = {
+    "T4": 16, "V100": 16, "L4": 24, "A10G": 24, "RTX4090": 24, "A10": 24, "V100-32GB": 32, "A100": 40,
+    "L40S": 48, "A40": 48, "RTX6000-Ada": 48, "A100-80GB": 80, "H100": 80, "H200": 141, "B200": 180,
+}
+
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+FEEDFORWARD = ("gate_proj", "up_proj", "down_proj")
+
+
+class Component(BaseModel):
+    name: str
+    bytes: int
+    note: str = ""
+
+
+class GpuFit(BaseModel):
+    gpu: str
+    memory_gb: int
+    fits: bool
+    headroom_gb: float
+    hourly_usd: float | None = None
+
+
+class MemoryEstimate(BaseModel):
+    model: str
+    method: str
+    device: str
+    total_params: int
+    trainable_params: int
+    world_size: int
+    seq_len: int
+    micro_batch: int
+    components: list[Component]
+    allocated_bytes: int  # comparable with torch.cuda.max_memory_allocated()
+    required_bytes: int  # allocated + runtime overhead: what a GPU must hold
+    fits: list[GpuFit]
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable_params / self.total_params if self.total_params else 0.0
+
+
+def _targets(spec: FineTuneSpec, shapes: Shapes) -> dict[str, tuple[int, int]]:
+    linears = shapes.linears()
+    target = getattr(spec.method, "target_modules", "all-linear")
+    if target == "all-linear":
+        return linears
+    if target == "attention":
+        return {k: v for k, v in linears.items() if k in ATTENTION}
+    return {k: v for k, v in linears.items() if k in target}
+
+
+def trainable_params(spec: FineTuneSpec, shapes: Shapes) -> int:
+    m = spec.method
+    name = m.name
+    if name == "full":
+        return shapes.total_params()
+    if name == "head_only":
+        return shapes.vocab * shapes.h
+    if name in ("lora", "dora", "qlora"):
+        per_layer = sum(m.r * (i + o) + (o if m.use_dora else 0) for i, o in _targets(spec, shapes).values())
+        return per_layer * shapes.layers
+    if name == "ia3":
+        # IA3 learns one vector per target: the input size for feed-forward modules, else the output size.
+        per_layer = sum(i if k in FEEDFORWARD else o for k, (i, o) in _targets(spec, shapes).items())
+        return per_layer * shapes.layers
+    if name == "prompt_tuning":
+        return m.num_virtual_tokens * shapes.h
+    if name == "prefix_tuning":
+        per_token = 2 * shapes.layers * shapes.kv_heads * shapes.head_dim
+        if m.projection:
+            return m.num_virtual_tokens * shapes.h + shapes.h * shapes.h + shapes.h + shapes.h * per_token + per_token
+        return m.num_virtual_tokens * per_token
+    raise SpecError(f"method.name: no estimate for {name!r}")
+
+
+def _precision(spec: FineTuneSpec, device: str) -> str:
+    if spec.train.precision != "auto":
+        return spec.train.precision
+    return "bf16" if device == "gpu" else "fp32"
+
+
+def _dtype_bytes(name: str) -> int:
+    return {"float32": 4, "bfloat16": 2, "float16": 2}[name]
+
+
+def estimate(
+    spec: FineTuneSpec, *, device: str = "gpu", seq_len: int | None = None, micro_batch: int | None = None,
+    config: dict[str, Any] | None = None,
+) -> MemoryEstimate:
+    """Per-GPU (or per-process on CPU) training memory for the spec, by component."""
+    config = config or config_for(spec.model.id)
+    if config is None:
+        raise SpecError(f"model.id: no architecture known for {spec.model.id!r}; give a local model directory "
+                        "(with config.json) or one of the registry's models (finetune estimate --help)")
+    try:
+        shapes = Shapes(config)
+    except KeyError as exc:
+        raise SpecError(f"model.id: config of {spec.model.id!r} lacks {exc.args[0]!r}") from None
+    method = spec.method.name
+    precision = _precision(spec, device)
+    act = 4 if precision == "fp32" else 2
+    weight = _dtype_bytes(spec.model.dtype) if spec.model.dtype != "auto" else act
+    if method == "full" and spec.model.dtype == "auto":
+        weight = 4  # mixed precision: fp32 master weights under 16-bit autocast (as the node trains)
+    s = seq_len or spec.data.max_length
+    b = micro_batch or spec.train.batch_size
+    total = shapes.total_params()
+    trainable = trainable_params(spec, shapes)
+    dist = spec.distributed
+    world = spec.resources.nodes * max(1, spec.resources.gpus_per_node) if device == "gpu" else 1
+    deepspeed = dist.strategy == "deepspeed"
+    stage = dist.zero_stage if deepspeed else (3 if dist.strategy == "fsdp" else 0)
+    shard_params = world if stage == 3 else 1
+    shard_states = world if stage >= 2 or (deepspeed and stage >= 1) else 1
+    parts: list[Component] = []
+
+    # -- frozen / model weights
+    if method == "qlora":
+        linear = shapes.linear_params()
+        per_block = (1 / 64 + 4 / (64 * 256)) if spec.method.double_quant else 4 / 64
+        quantized = int(linear * (0.5 + per_block))
+        rest = (total - linear) * weight
+        parts.append(Component(name="weights (4-bit)", bytes=quantized // shard_params,
+                               note=f"{linear:,} Linear params at 4 bits + {'double-quantized ' if spec.method.double_quant else ''}constants"))
+        parts.append(Component(name="weights (16-bit rest)", bytes=rest // shard_params, note="embeddings, norms, head"))
+    else:
+        parts.append(Component(name="weights", bytes=total * weight // shard_params, note=f"{total:,} params × {weight} B"))
+
+    # -- trainable parameters, gradients, optimizer
+    if method == "full":
+        param_bytes = weight
+    elif method == "head_only":
+        param_bytes = 4  # the node trains the head in fp32
+    elif method == "qlora" and precision != "fp32":
+        param_bytes = 2  # trl casts QLoRA adapters to bf16
+    else:
+        param_bytes = 4  # peft keeps adapters in fp32
+    if method not in ("full", "head_only"):
+        parts.append(Component(name="trainable params", bytes=trainable * param_bytes // shard_params,
+                               note=f"{trainable:,} × {param_bytes} B"))
+    parts.append(Component(name="gradients", bytes=trainable * param_bytes // shard_states, note=f"{param_bytes} B each"))
+    optimizer = spec.train.optimizer
+    if deepspeed:
+        opt_bytes, note = 12, "DeepSpeed fp32 master + Adam m, v"
+    elif optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        opt_bytes, note = 2, f"{optimizer}: 2 × 1 B states"
+    elif optimizer == "sgd":
+        opt_bytes, note = 0, "SGD without momentum"
+    elif optimizer == "adafactor":
+        opt_bytes, note = 0.5, "factored second moment (approx.)"
+    else:
+        state = 4 if optimizer == "paged_adamw_32bit" else param_bytes
+        opt_bytes, note = 2 * state, f"AdamW m, v at {state} B"
+    parts.append(Component(name="optimizer", bytes=int(trainable * opt_bytes) // shard_states, note=note))
+
+    # -- activations
+    h, inter, kv = shapes.h, shapes.inter, shapes.kv_heads * shapes.head_dim
+    tokens = s * b
+    norm_fp32 = 2 * (8 if act == 2 else 4) * h  # HF RMSNorm computes in fp32 and keeps its intermediates
+    per_layer = tokens * (act * (6 * h + 2 * kv + 4 * inter) + norm_fp32)
+    dropout = getattr(spec.method, "dropout", 0.0)
+    if method in ("lora", "dora", "qlora"):
+        for _, (i, _o) in _targets(spec, shapes).items():
+            per_layer += tokens * (spec.method.r * act + ((act + 1) * i if dropout > 0 else 0))
+    if spec.train.gradient_checkpointing:
+        activations = shapes.layers * tokens * h * act + per_layer
+        note = f"checkpointed: {shapes.layers} layer inputs + one layer recomputed"
+    else:
+        activations = shapes.layers * per_layer
+        note = f"{shapes.layers} layers × {tokens:,} tokens"
+    if method == "prompt_tuning" or method == "prefix_tuning":
+        activations = activations * (s + spec.method.num_virtual_tokens) // s
+    parts.append(Component(name="activations", bytes=int(activations), note=note))
+    parts.append(Component(name="logits", bytes=tokens * shapes.vocab * (act + 4 + 4),
+                           note=f"{tokens:,} tokens × {shapes.vocab:,} vocab"))
+    allocated = sum(p.bytes for p in parts)
+    overhead = CUDA_CONTEXT + int(0.05 * allocated) if device == "gpu" else 0
+    required = allocated + overhead
+    if device == "gpu":
+        parts.append(Component(name="runtime overhead", bytes=overhead, note="CUDA context + 5% allocator slack"))
+    fits = [
+        GpuFit(gpu=name, memory_gb=gb, fits=required <= gb * 1e9, headroom_gb=round(gb - required / 1e9, 1),
+               hourly_usd=_hourly_price(name, spec))
+        for name, gb in GPUS.items()
+    ]
+    return MemoryEstimate(
+        model=spec.model.id, method=method, device=device, total_params=total, trainable_params=trainable,
+        world_size=world, seq_len=s, micro_batch=b, components=parts, allocated_bytes=allocated,
+        required_bytes=required, fits=fits,
+    )
+
+
+def _hourly_price(gpu: str, spec: FineTuneSpec) -> float | None:
+    """Cheapest hourly price of a 1-GPU instance from SkyPilot's local catalog, when it has been fetched."""
+    catalog_root = Path.home() / ".sky" / "catalogs"
+    if not catalog_root.is_dir():
+        return None
+    best: float | None = None
+    for vms in catalog_root.glob("v*/*/vms.csv"):
+        try:
+            with open(vms, newline="") as handle:
+                for row in csv.DictReader(handle):
+                    if row.get("AcceleratorName") != gpu or row.get("AcceleratorCount") not in ("1", "1.0"):
+                        continue
+                    price = row.get("SpotPrice" if spec.resources.spot else "Price")
+                    if price:
+                        value = float(price)
+                        best = value if best is None else min(best, value)
+        except (OSError, ValueError):
+            continue
+    return best
+
+
+def rank_accelerators(spec: FineTuneSpec) -> list[str]:
+    """GPUs that fit, cheapest known price first, else smallest memory first (for recipes that pin none)."""
+    fits = [f for f in estimate(spec).fits if f.fits]
+    return [f.gpu for f in sorted(fits, key=lambda f: (f.hourly_usd is None, f.hourly_usd or 0, f.memory_gb))]
