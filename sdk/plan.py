@@ -12,6 +12,7 @@ Bytes per component (N = data-parallel world size, P = total params, T = trainab
                    for backward, + fp32 RMSNorm intermediates, + a copy of each LoRA input when dropout > 0;
                    with gradient checkpointing only each layer's input, + one layer recomputed
   logits           s·b·V·(a + 4 + 4): the logits, their fp32 up-cast and the fp32 log-softmax for the loss
+  attention (CPU)  SDPA's backward holds the s² scores and their gradient for one layer (not on CUDA)
   runtime          CUDA context and allocator slack (not part of max_memory_allocated)
 Sharding: DDP replicates everything; ZeRO-2 shards grads + optimizer; ZeRO-3 / FSDP also parameters.
 """
@@ -208,6 +209,11 @@ def estimate(
     parts.append(Component(name="activations", bytes=int(activations), note=note))
     parts.append(Component(name="logits", bytes=tokens * shapes.vocab * (act + 4 + 4),
                            note=f"{tokens:,} tokens × {shapes.vocab:,} vocab"))
+    if device == "cpu":
+        # CPU SDPA's backward materialises the attention matrix and its gradient, one layer at a time;
+        # CUDA's flash / memory-efficient kernels never hold the s² matrix.
+        parts.append(Component(name="attention workspace", bytes=2 * b * shapes.heads * s * s * 4,
+                               note="CPU SDPA backward: scores + their gradient, one layer"))
     allocated = sum(p.bytes for p in parts)
     overhead = CUDA_CONTEXT + int(0.05 * allocated) if device == "gpu" else 0
     required = allocated + overhead
