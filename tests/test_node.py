@@ -149,3 +149,13 @@ def test_qlora_gradients_match_dequantized_fp32_twin():
     assert gq.keys() == gf.keys() and len(gq) == 28
     worst = max(((gq[n] - gf[n]).norm() / gf[n].norm()).item() for n in gq)
     assert worst <= 0.01, f"relative gradient error {worst:.4%}"
+
+
+def test_tiny_model_like_a_recipe_trains_from_its_directory(tmp_path, run_cli):
+    result = run_cli("tiny-model", str(tmp_path / "tiny-qwen"), "--like", "qwen05b-agnews")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "tiny-qwen" / "config.json").read_text())
+    assert config["model_type"] == "qwen2" and config["tie_word_embeddings"] is True
+    spec = tiny_spec(*METHODS["lora"], model=str(tmp_path / "tiny-qwen"))
+    folder, sink, _ = _run(spec, tmp_path)
+    assert folder.adapter_manifest() is not None and folder.read_json("summary.json")["steps"] == 8
