@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -77,16 +76,24 @@ def resolve_targets(model: Any, target: Any, *, family: tuple[str, ...] = ATTENT
 # ---------------------------------------------------------------------------------------- adapters
 
 
-class _PeftMethod:
-    """Shared by every method that trains a PEFT adapter."""
+class _Method:
+    """Defaults every method shares: a 16-bit (unquantized) base, no PEFT config, save_pretrained."""
 
     name = ""
 
     def quantization_config(self, spec: FineTuneSpec, compute_dtype: Any) -> Any | None:
         return None
 
-    def peft_config(self, model: Any, spec: FineTuneSpec, tokenizer: Any, source_path: str) -> Any:
-        raise NotImplementedError
+    def peft_config(self, model: Any, spec: FineTuneSpec, tokenizer: Any, source_path: str) -> Any | None:
+        return None
+
+    def save(self, model: Any, tokenizer: Any, out: Path) -> None:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+
+class _PeftMethod(_Method):
+    """Shared by every method that trains a PEFT adapter."""
 
     def attach(self, model: Any, spec: FineTuneSpec, tokenizer: Any, source_path: str) -> Any:
         from peft import get_peft_model
@@ -94,10 +101,6 @@ class _PeftMethod:
         if spec.train.gradient_checkpointing:
             model.enable_input_require_grads()
         return get_peft_model(model, self.peft_config(model, spec, tokenizer, source_path))
-
-    def save(self, model: Any, tokenizer: Any, out: Path) -> None:
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
 
     def reload(self, base: Any, artifact: Path) -> Any:
         from peft import PeftModel
@@ -191,23 +194,11 @@ class PrefixTuningBuilder(_PeftMethod):
 
 
 @register("full")
-class FullBuilder:
-    name = "full"
-
-    def quantization_config(self, spec: FineTuneSpec, compute_dtype: Any) -> Any | None:
-        return None
-
-    def peft_config(self, model: Any, spec: FineTuneSpec, tokenizer: Any, source_path: str) -> None:
-        return None
-
+class FullBuilder(_Method):
     def attach(self, model: Any, spec: FineTuneSpec, tokenizer: Any, source_path: str) -> Any:
         for param in model.parameters():
             param.requires_grad_(True)
         return model
-
-    def save(self, model: Any, tokenizer: Any, out: Path) -> None:
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
 
     def reload(self, base: Any, artifact: Path) -> Any:
         from transformers import AutoModelForCausalLM
@@ -215,17 +206,9 @@ class FullBuilder:
         return AutoModelForCausalLM.from_pretrained(artifact, dtype=next(base.parameters()).dtype)
 
 
-@dataclass
-class HeadOnlyBuilder:
+@register("head_only")
+class HeadOnlyBuilder(_Method):
     """Feature extraction: the body stays frozen, the output head trains. Saves only the head tensors."""
-
-    name: str = "head_only"
-
-    def quantization_config(self, spec: FineTuneSpec, compute_dtype: Any) -> Any | None:
-        return None
-
-    def peft_config(self, model: Any, spec: FineTuneSpec, tokenizer: Any, source_path: str) -> None:
-        return None
 
     def attach(self, model: Any, spec: FineTuneSpec, tokenizer: Any, source_path: str) -> Any:
         for param in model.parameters():
@@ -265,5 +248,3 @@ class HeadOnlyBuilder:
         base.load_state_dict(state, strict=False)
         return base
 
-
-REGISTRY["head_only"] = HeadOnlyBuilder()

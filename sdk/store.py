@@ -172,13 +172,7 @@ def _retry(uri: str, action: str, fn: Callable[[], T], *, attempts: int | None =
             if code in ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "403"):
                 hint = " (check the AWS credentials or profile for this endpoint)"
             raise StoreError(f"{uri}: cannot {action}: {code} {message}".rstrip() + hint) from None
-        except S3UploadFailedError as exc:
-            if attempt < attempts:
-                time.sleep(delay)
-                delay *= 2
-                continue
-            raise StoreError(f"{uri}: cannot {action}: {exc}") from None
-        except transient as exc:
+        except (S3UploadFailedError, *transient) as exc:
             if attempt < attempts:
                 time.sleep(delay)
                 delay *= 2
