@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sdk.errors import FinetuneError
     from sdk.runfolder import SPEC, RunFolder
-    from sdk.spec import FineTuneSpec
+    from sdk.spec import FineTuneSpec, parse_spec
 
     try:
         folder = RunFolder.from_uri(args.run_dir)
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             stored = folder.read_json(SPEC)
             if stored is None:
                 raise FinetuneError(f"{folder.uri}/{SPEC}: no spec in the run folder (pass --spec)")
-            spec = FineTuneSpec.from_json(__import__("json").dumps(stored), source=f"{folder.uri}/{SPEC}")
+            spec = parse_spec(stored, source=f"{folder.uri}/{SPEC}")
     except FinetuneError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2

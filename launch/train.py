@@ -62,12 +62,6 @@ def compute_dtype(spec: FineTuneSpec, precision: str) -> Any:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
-def _float32() -> Any:
-    import torch
-
-    return torch.float32
-
-
 def peak_memory() -> tuple[int, str]:
     """Peak memory so far and how it was measured."""
     import torch
@@ -178,7 +172,9 @@ def build_trainer(
         trainer = SFTTrainer(
             model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, callbacks=callbacks
         )
-    if spec.method.name == "qlora" and compute_dtype(spec, precision) == _float32():
+    import torch
+
+    if spec.method.name == "qlora" and compute_dtype(spec, precision) == torch.float32:
         # trl casts QLoRA adapters to bf16 (the paper's GPU recipe). With fp32 compute that only adds
         # rounding, and the saved adapter would then compute differently from the trained one on reload.
         for param in trainer.model.parameters():

@@ -5,17 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from sdk import registry
 from sdk.errors import LaunchError, RunNotFound, StoreError
-from sdk.runfolder import ADAPTER, LOG, SPEC, SUMMARY, TERMINAL, RunFolder, new_run_id
+from sdk.runfolder import ADAPTER, LOG, SPEC, SUMMARY, TERMINAL, RunFolder, RunState, new_run_id
 from sdk.spec import DEFAULT_OUTPUT, FineTuneSpec
-from sdk.store import fetch_dir, open_store, split_run_uri
-
-RunState = Literal["pending", "provisioning", "running", "recovering", "succeeded", "failed", "cancelled"]
+from sdk.store import fetch_dir, open_store
 
 
 class RunStatus(BaseModel):
@@ -240,7 +238,3 @@ def list_runs(*, store: str | None = None, limit: int = 100) -> list[Run]:
     ids = sorted({key.split("/")[0] for key in root.list("") if key.count("/") == 1 and key.endswith(f"/{SPEC}")}, reverse=True)
     return [Run(root.url(run_id)) for run_id in ids[:limit]]
 
-
-def run_from_uri(run_uri: str) -> Run:
-    split_run_uri(run_uri)
-    return Run(run_uri)

@@ -15,7 +15,7 @@ import posixpath
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -363,11 +363,3 @@ def fetch_dir(store: Store, key: str, dest: Path, *, overwrite: bool = False) ->
             shutil.rmtree(staging, ignore_errors=True)
     return dest
 
-
-def iter_committed(store: Store, prefix: str) -> Iterator[str]:
-    """Keys of committed sub-directories directly under prefix (those with a manifest)."""
-    for key in store.list(prefix):
-        if key.endswith(f"/{MANIFEST}"):
-            parent = key[: -len(MANIFEST) - 1]
-            if posixpath.dirname(parent) == prefix.rstrip("/"):
-                yield parent
