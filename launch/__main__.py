@@ -32,13 +32,19 @@ def main(argv: list[str] | None = None) -> int:
             stored = folder.read_json(SPEC)
             if stored is not None and FineTuneSpec.model_validate(stored) != spec:
                 raise FinetuneError(f"{folder.uri}: holds a different run's spec; refusing to overwrite it")
-            if stored is None:
+            if stored is None and int(os.environ.get("RANK", "0")) == 0:
                 folder.write_json(SPEC, spec.model_dump(mode="json"))
         else:
             stored = folder.read_json(SPEC)
             if stored is None:
                 raise FinetuneError(f"{folder.uri}/{SPEC}: no spec in the run folder (pass --spec)")
             spec = parse_spec(stored, source=f"{folder.uri}/{SPEC}")
+        # A restart (a crash, a preempted VM, a managed-job recovery) resumes the run; a finished one stays finished.
+        prior = folder.status().get("state")
+        if prior == "succeeded" and folder.adapter_manifest() is not None:
+            raise FinetuneError(f"{folder.uri}: this run already succeeded; start a new run instead of overwriting it")
+        if prior == "cancelled":
+            raise FinetuneError(f"{folder.uri}: this run was cancelled; start a new run")
     except FinetuneError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -66,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     state = "cancelled" if sink.cancel_requested else "succeeded"
     sink.close(state, step=summary["steps"])
+    if rank != 0:
+        return 0
     acc = summary["label_accuracy"]
     line = f"[finetune] {state}: {summary['steps']} steps, loss {summary['first_loss']} -> {summary['last_loss']}"
     if acc["before"] and acc["after"]:

@@ -6,6 +6,7 @@ is built in a scratch directory and committed with its manifest last.
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import tempfile
@@ -33,12 +34,17 @@ class Outcome:
 
 
 def _quiet_libraries() -> None:
+    import logging
     import os
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", message=".*kernels.*")
+    # DeepSpeed calls torch.distributed APIs that torch 2.13 deprecates, once per step.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    # bitsandbytes warns at import, on AVX512-BF16 CPUs, that an optional Hub kernel is missing.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -80,14 +86,19 @@ def run(spec: FineTuneSpec, folder: RunFolder, sink: Any, *, workdir: Path | Non
     import torch
 
     from launch import data as data_mod
+    from launch import ranks
+    from launch.checkpoints import commit_checkpoint, prepare_resume
     from launch.evaluate import label_accuracy, side_by_side
     from launch.methods import get_method
     from launch.models import load_model, load_tokenizer, local_source
-    from launch.train import build_trainer, compute_dtype, peak_memory, resolve_precision, weight_dtype
+    from launch.train import build_trainer, compute_dtype, full_parameters, peak_memory, resolve_precision, weight_dtype
 
     timings: dict[str, float] = {}
     started = time.time()
-    workdir = Path(workdir or tempfile.mkdtemp(prefix=f"finetune-{folder.run_id}-"))
+    ranks.init()
+    # The ranks of one node share a scratch folder (the launcher sets it), so a checkpoint is one folder.
+    workdir = Path(workdir or os.environ.get("FINETUNE_WORKDIR") or tempfile.mkdtemp(prefix=f"finetune-{folder.run_id}-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     method = get_method(spec.method.name)
     precision = resolve_precision(spec)
     torch.manual_seed(spec.train.seed)
@@ -125,9 +136,22 @@ def run(spec: FineTuneSpec, folder: RunFolder, sink: Any, *, workdir: Path | Non
     model = method.attach(model, spec, tokenizer, source.path)
     trainable, total = count_parameters(model)
     sink.set_state("running", phase="training", trainable_params=trainable)
-    trainer = build_trainer(spec, model, tokenizer, prepared.train, prepared.eval, workdir=workdir, sink=sink)
+
+    def on_checkpoint(local_dir: Path, step: int) -> None:
+        sink.flush()  # the metrics up to this step are stored before the checkpoint that resumes after them
+        commit_checkpoint(folder, local_dir, step, keep=spec.train.keep_checkpoints)
+
+    trainer = build_trainer(
+        spec, model, tokenizer, prepared.train, prepared.eval, workdir=workdir, sink=sink, on_checkpoint=on_checkpoint
+    )
+    resume = prepare_resume(folder, Path(trainer.args.output_dir))
+    if resume is not None:
+        step, _ = resume
+        sink.resume_from(step)
+        if ranks.is_main():
+            print(f"[finetune] resuming from committed checkpoint {step}", flush=True)
     t0 = time.time()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(resume[1]) if resume else None)
     timings["train_s"] = time.time() - t0
     check_cancel()
     model = trainer.model
@@ -142,11 +166,13 @@ def run(spec: FineTuneSpec, folder: RunFolder, sink: Any, *, workdir: Path | Non
         timings["eval_after_s"] = time.time() - t0
     check_cancel()
 
-    # -- save and commit: built in scratch, then committed to the store with the manifest last
+    # -- save and commit: built in scratch, then committed to the store with the manifest last (rank 0)
     sink.set_state("running", phase="saving")
     artifact = workdir / "artifact"
-    method.save(model, tokenizer, artifact)
-    manifest = commit_dir(folder.store, artifact, folder.key(ADAPTER))
+    with full_parameters(model):  # a collective under ZeRO-3: every rank takes part, rank 0 saves
+        if ranks.is_main():
+            method.save(model, tokenizer, artifact)
+    manifest = commit_dir(folder.store, artifact, folder.key(ADAPTER)) if ranks.is_main() else {"files": {}}
     peak, peak_kind = peak_memory()
     rows = sink.rows
     losses = [r["loss"] for r in rows if "loss" in r]
@@ -179,8 +205,14 @@ def run(spec: FineTuneSpec, folder: RunFolder, sink: Any, *, workdir: Path | Non
         else [],
         "adapter_bytes": sum(f["size"] for f in manifest["files"].values()),
         "runtime_s": {**timings, "total_s": time.time() - started},
+        "resumed_from_step": resume[0] if resume else None,
+        "world_size": ranks.world_size(),
+        "strategy": spec.distributed.strategy if ranks.world_size() > 1 else "single",
         "versions": _versions(),
     }
-    folder.write_json(SUMMARY, summary)
-    shutil.rmtree(workdir, ignore_errors=True)
+    if ranks.is_main():
+        folder.write_json(SUMMARY, summary)
+    ranks.barrier()
+    if ranks.local_rank() == 0:
+        shutil.rmtree(workdir, ignore_errors=True)
     return Outcome(model, tokenizer, summary)

@@ -55,6 +55,16 @@ class RunSink:
             self.rows.append(row)
             self._dirty = True
 
+    def resume_from(self, step: int) -> None:
+        """Keep the metrics rows up to the resumed step, so the curve continues instead of restarting."""
+        if not self.enabled:
+            return
+        kept = [row for row in self.folder.metrics() if row.get("step", 0) <= step]
+        with self._lock:
+            self.rows[:0] = kept
+            self.extra["resumed_from"] = step
+            self._dirty = True
+
     def flush(self) -> None:
         if not self.enabled:
             return

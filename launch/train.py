@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sdk.errors import FinetuneError
 from sdk.spec import FineTuneSpec
 
 # Our optimizer names -> transformers' OptimizerNames.
@@ -71,9 +74,28 @@ def peak_memory() -> tuple[int, str]:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu_peak_rss"
 
 
-def make_callback(sink: Any) -> Any:
-    """A TrainerCallback that turns trainer logs into metrics rows and honours cancellation."""
+@contextmanager
+def full_parameters(model: Any) -> Iterator[None]:
+    """Under ZeRO-3 each rank holds a shard of every parameter: gather the trained ones (all of them
+    for full fine-tuning) so they can be saved. Elsewhere this does nothing."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        yield
+        return
+    import deepspeed
+
+    trained = [p for p in model.parameters() if p.requires_grad]
+    with deepspeed.zero.GatheredParameters(trained, modifier_rank=None):
+        yield
+
+
+def make_callback(sink: Any, on_checkpoint: Callable[[Path, int], None] | None = None) -> Any:
+    """A TrainerCallback that turns trainer logs into metrics rows, honours cancellation (on every rank
+    at the same step) and hands each saved checkpoint to `on_checkpoint(dir, step)`."""
     from transformers import TrainerCallback
+
+    from launch import ranks
 
     class RunFolderCallback(TrainerCallback):
         def __init__(self) -> None:
@@ -83,11 +105,21 @@ def make_callback(sink: Any) -> Any:
         def on_train_begin(self, args, state, control, **kwargs):
             sink.progress(step=state.global_step, total=state.max_steps)
             self.last_time = time.time()
+            self.last_tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)  # nonzero after a resume
 
         def on_step_end(self, args, state, control, **kwargs):
             sink.progress(step=state.global_step, total=state.max_steps)
-            if sink.cancel_requested:
+            if ranks.any_rank(sink.cancel_requested):
+                sink.cancel_requested = True
                 control.should_training_stop = True
+                control.should_save = False
+            elif control.should_save and state.global_step >= state.max_steps:
+                # The Trainer saves once more at the end; the committed adapter is that final state.
+                control.should_save = args.save_steps > 0 and state.global_step % args.save_steps == 0
+
+        def on_save(self, args, state, control, **kwargs):
+            if on_checkpoint is not None:
+                on_checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = dict(logs or {})
@@ -106,7 +138,7 @@ def make_callback(sink: Any) -> Any:
                 row["tokens_seen"] = tokens
                 self.last_time, self.last_tokens = now, tokens
             row["peak_mem_bytes"] = peak_memory()[0]
-            if len(row) > 4:
+            if len(row) > 4 and ranks.is_main():
                 sink.metric(row)
                 shown = " ".join(
                     f"{k} {row[k]:.4g}" for k in ("loss", "lr", "grad_norm", "tokens_per_s", "eval_loss") if k in row
@@ -116,8 +148,65 @@ def make_callback(sink: Any) -> Any:
     return RunFolderCallback()
 
 
+def distributed_args(spec: FineTuneSpec) -> dict[str, Any]:
+    """TrainingArguments for the spec's strategy: DDP needs none beyond torchrun's environment."""
+    from launch import ranks
+    from launch.launcher import deepspeed_config
+
+    strategy = spec.distributed.strategy
+    if strategy == "deepspeed":
+        return {"deepspeed": deepspeed_config(spec)}
+    if strategy == "fsdp" and ranks.world_size() > 1:
+        if not has_cuda():
+            # accelerate has no FSDP on CPU and would silently train plain DDP instead.
+            raise FinetuneError("distributed.strategy: fsdp needs GPUs; on CPU use ddp or deepspeed")
+        return {
+            "fsdp": "full_shard auto_wrap",
+            # use_orig_params lets frozen and trainable parameters share a flat FSDP unit (PEFT).
+            "fsdp_config": {"use_orig_params": True, "sync_module_states": True, "cpu_ram_efficient_loading": False},
+        }
+    if ranks.world_size() == 1:
+        return {}
+    # Adapters use every trainable parameter each step; the search for unused ones only costs time.
+    args: dict[str, Any] = {"ddp_find_unused_parameters": spec.method.name == "full"}
+    if not has_cuda():
+        args["ddp_backend"] = "gloo"
+    return args
+
+
+def with_cpu_resume_fix(trainer_cls: type) -> type:
+    """transformers resumes a multi-process optimizer with map_location=args.device, which on CPU is
+    torch.device('cpu', 0): a location torch.load cannot restore to. Load such checkpoints to 'cpu'."""
+
+    class Trainer(trainer_cls):  # type: ignore[misc, valid-type]
+        def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+            import os
+
+            import torch
+
+            plain_cpu_ddp = self.args.world_size > 1 and self.args.device.type == "cpu" and not (
+                self.is_deepspeed_enabled or self.is_fsdp_enabled
+            )
+            optimizer = os.path.join(checkpoint or "", "optimizer.pt")
+            if not (checkpoint and plain_cpu_ddp and os.path.isfile(optimizer)):
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            self.optimizer.load_state_dict(torch.load(optimizer, map_location="cpu", weights_only=True))
+            self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, "scheduler.pt"), weights_only=True))
+
+    Trainer.__name__ = trainer_cls.__name__
+    return Trainer
+
+
 def build_trainer(
-    spec: FineTuneSpec, model: Any, tokenizer: Any, train_rows: list[dict], eval_rows: list[dict], *, workdir: Path, sink: Any
+    spec: FineTuneSpec,
+    model: Any,
+    tokenizer: Any,
+    train_rows: list[dict],
+    eval_rows: list[dict],
+    *,
+    workdir: Path,
+    sink: Any,
+    on_checkpoint: Callable[[Path, int], None] | None = None,
 ) -> Any:
     from datasets import Dataset
 
@@ -145,7 +234,9 @@ def build_trainer(
         data_seed=t.seed,
         logging_steps=t.logging_steps,
         logging_first_step=True,
-        save_strategy="no",
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=2,  # local scratch only; the store keeps what `train.keep_checkpoints` says
         eval_strategy="steps" if (t.eval_steps and eval_rows) else "no",
         eval_steps=t.eval_steps,
         report_to=[],
@@ -154,22 +245,23 @@ def build_trainer(
         include_num_input_tokens_seen=True,
         dataloader_pin_memory=cuda,
         max_length=spec.data.max_length,
+        **distributed_args(spec),
     )
     train_ds = Dataset.from_list(train_rows)
     eval_ds = Dataset.from_list(eval_rows) if eval_rows else None
-    callbacks = [make_callback(sink)]
+    callbacks = [make_callback(sink, on_checkpoint)]
     if spec.objective == "dpo":
         from trl import DPOConfig, DPOTrainer
 
         args = DPOConfig(**common, beta=t.dpo_beta)
-        trainer = DPOTrainer(
+        trainer = with_cpu_resume_fix(DPOTrainer)(
             model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, callbacks=callbacks
         )
     else:
         from trl import SFTConfig, SFTTrainer
 
         args = SFTConfig(**common, packing=spec.data.packing, completion_only_loss=spec.data.completion_only_loss)
-        trainer = SFTTrainer(
+        trainer = with_cpu_resume_fix(SFTTrainer)(
             model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, callbacks=callbacks
         )
     import torch

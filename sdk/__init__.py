@@ -22,7 +22,8 @@ _EXPORTS = {
     "list_runs": "sdk.runs",
     "Run": "sdk.runs",
     "RunStatus": "sdk.runs",
-    "evaluate": "sdk.evaluation",
+    "evaluate": "sdk.node_tools",
+    "merge": "sdk.node_tools",
     "FinetuneError": "sdk.errors",
     "SpecError": "sdk.errors",
     "StoreError": "sdk.errors",
@@ -33,7 +34,7 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from sdk.errors import FinetuneError, IntegrityError, LaunchError, RunNotFound, SpecError, StoreError
-    from sdk.evaluation import evaluate
+    from sdk.node_tools import evaluate, merge
     from sdk.recipes import load_recipe
     from sdk.runs import Run, RunStatus, get_run, list_runs, submit
     from sdk.spec import (

@@ -330,7 +330,7 @@ def eval_command(
     """Label accuracy of the base and the tuned model on a labelled file you bring."""
     import json
 
-    from sdk.evaluation import evaluate
+    from sdk.node_tools import evaluate
 
     result = evaluate(run, data=data, text_field=text_field, label_field=label_field, limit=limit)
     if json_out:
@@ -339,6 +339,35 @@ def eval_command(
     b, t = result["base"], result["tuned"]
     _console().print(f"{result['rows']} rows of {data}: base {b['accuracy']:.1%} ({b['correct']}/{b['total']}) → "
                      f"tuned {t['accuracy']:.1%} ({t['correct']}/{t['total']})")
+
+
+@app.command()
+def merge(
+    run: str = typer.Argument(...),
+    out: Path = typer.Argument(..., help="output directory for the standalone model (must be empty unless --force)"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (the run's compute dtype), fp32, bf16 or fp16"),
+    prompts: int = typer.Option(8, "--prompts", help="eval prompts the merged logits are checked on"),
+    max_logit_diff: float | None = typer.Option(None, "--max-logit-diff", help="tolerance (default by dtype)"),
+    force: bool = typer.Option(False, "--force", help="replace a non-empty output directory"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Merge the adapter into its base and write a standalone model, checked against the adapter's logits.
+    QLoRA merges into the dequantized 16-bit base, never into the 4-bit weights."""
+    import json
+
+    from sdk.errors import SpecError
+    from sdk.node_tools import merge as merge_run
+
+    if dtype not in ("auto", "fp32", "bf16", "fp16"):
+        raise SpecError(f"--dtype: {dtype!r} is not one of auto, fp32, bf16, fp16")
+    report = merge_run(run, out, dtype=dtype, prompts=prompts, max_logit_diff=max_logit_diff, force=force)
+    if json_out:
+        sys.stdout.write(json.dumps(report) + "\n")
+        return
+    line = f"merged {report['method']} into the {report['merged_into']}: max logit diff vs adapter {report['max_logit_diff']:.3g}"
+    if "max_logit_diff_4bit_merge" in report:
+        line += f" (merging into the 4-bit base would give {report['max_logit_diff_4bit_merge']:.3g})"
+    _console().print(f"{line}\nmodel → {report['out']}")
 
 
 @app.command(name="tiny-model")

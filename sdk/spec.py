@@ -193,6 +193,9 @@ class TrainSpec(_Part):
     seed: int = 42
     logging_steps: int = Field(1, ge=1)
     save_steps: int | None = Field(None, ge=1, description="commit a resumable checkpoint every N steps")
+    keep_checkpoints: int | None = Field(
+        2, ge=1, description="committed checkpoints kept in the store, oldest deleted first; null keeps all"
+    )
     eval_steps: int | None = Field(None, ge=1)
     dpo_beta: float = Field(0.1, gt=0)
 

@@ -97,3 +97,24 @@ def finetune_home(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("FINETUNE_HOME", str(home))
     return home
+
+
+def run_node(spec, store: Path | str, run_id: str = "r1", *, env: dict | None = None, timeout: float = 240):
+    """Write the spec into a run folder (once) and run the node through the launcher, in the foreground,
+    as a cluster node would. Returns (CompletedProcess, RunFolder)."""
+    from sdk.runfolder import SPEC, RunFolder
+    from sdk.store import open_store
+
+    folder = RunFolder(open_store(str(store)), run_id)
+    if not folder.exists():
+        folder.write_json(SPEC, spec.model_dump(mode="json"))
+    result = subprocess.run(
+        [sys.executable, "-m", "launch.launcher", "--run-dir", folder.uri],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env={**os.environ, "FINETUNE_SYNC_INTERVAL": "0.5", **(env or {})},
+    )
+    return result, folder
+
+
+def losses(folder) -> dict[int, float]:
+    return {row["step"]: row["loss"] for row in folder.metrics() if "loss" in row}

@@ -95,6 +95,30 @@ def test_cancel_stops_a_running_run(tmp_path, finetune_home):
     assert run.wait(progress=False, timeout=5).state == "cancelled"
 
 
+def test_two_process_local_run_goes_through_torchrun_and_cancels(tmp_path, finetune_home):
+    done = sdk.submit(tiny(str(tmp_path / "runs"), "distributed.nproc_per_node=2"))
+    assert done.wait(progress=False, timeout=240).state == "succeeded", done.logs()
+    assert "torch.distributed.run" in done.logs() and done.summary()["world_size"] == 2
+
+    run = sdk.submit(tiny(str(tmp_path / "runs"), "distributed.nproc_per_node=2", "train.max_steps=100000"))
+    deadline = time.time() + 120
+    while (run.status().step or 0) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    start = time.time()
+    assert run.cancel().state == "cancelled"
+    assert time.time() - start < 20
+    # every rank is gone, not only the launcher
+    pgid = run.info["pid"]
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pgid]
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
 def test_cli_launch_local_end_to_end(run_cli, tmp_path, finetune_home):
     out = tmp_path / "runs"
     env = {"FINETUNE_HOME": str(finetune_home)}

@@ -52,15 +52,14 @@ class LocalBackend:
                 f"resources.nodes: {spec.resources.nodes} nodes need a cluster; the local backend runs on this machine "
                 "only (drop --local, or set resources.nodes=1)"
             )
-        if (spec.distributed.nproc_per_node or 1) > 1:
-            raise SpecError("distributed.nproc_per_node: multi-process local runs are not supported yet; set it to 1")
         missing = [name for name in spec.secrets if name not in os.environ]
         if missing:
             raise SpecError(f"secrets: {', '.join(missing)} not set in this environment")
         log = self.log_path(folder)
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **spec.env, "FINETUNE_LOG_FILE": str(log), "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "launch", "--run-dir", folder.uri]
+        # The same launcher as on a cluster: torchrun when the spec asks for several processes (or DeepSpeed).
+        command = [sys.executable, "-m", "launch.launcher", "--run-dir", folder.uri]
         with open(log, "ab") as handle:
             try:
                 process = subprocess.Popen(

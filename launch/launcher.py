@@ -1,0 +1,222 @@
+"""Launcher builder: the command that starts `python -m launch` on every rank of every node.
+
+`python -m launch.launcher --run-dir URI` reads the spec from the run folder and the node's
+environment, then execs that command. SkyPilot sets SKYPILOT_NODE_RANK, SKYPILOT_NODE_IPS
+(newline-separated, head first), SKYPILOT_NUM_NODES and SKYPILOT_NUM_GPUS_PER_NODE; without them
+the run is a single node (this machine).
+
+Every multi-process run goes through torchrun, DeepSpeed included: the Trainer initialises DeepSpeed
+from the generated config, and torchrun needs no ssh/pdsh between nodes (the `deepspeed` launcher
+does). accelerate is not used as a launcher: `accelerate launch --cpu --num_processes 2` silently
+runs a single process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import socket
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdk.spec import FineTuneSpec
+
+DEFAULT_MASTER_PORT = 29500
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where this process sits: node count and rank, node IPs (head first), accelerators per node."""
+
+    num_nodes: int = 1
+    node_rank: int = 0
+    node_ips: tuple[str, ...] = ("127.0.0.1",)
+    gpus_per_node: int = 0
+    from_skypilot: bool = False
+
+    @property
+    def head_ip(self) -> str:
+        return self.node_ips[0]
+
+    @property
+    def node_ip(self) -> str:
+        return self.node_ips[self.node_rank] if self.node_rank < len(self.node_ips) else self.node_ips[0]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Topology:
+        env = os.environ if env is None else env
+        ips = tuple(line.strip() for line in env.get("SKYPILOT_NODE_IPS", "").splitlines() if line.strip())
+        if not ips:
+            return cls(gpus_per_node=local_gpu_count(env))
+        num_nodes = int(env.get("SKYPILOT_NUM_NODES") or len(ips))
+        node_rank = int(env.get("SKYPILOT_NODE_RANK") or 0)
+        if len(ips) != num_nodes or not 0 <= node_rank < num_nodes:
+            raise ValueError(
+                f"inconsistent SkyPilot environment: SKYPILOT_NUM_NODES={num_nodes}, SKYPILOT_NODE_RANK={node_rank}, "
+                f"{len(ips)} line(s) in SKYPILOT_NODE_IPS"
+            )
+        gpus = int(env.get("SKYPILOT_NUM_GPUS_PER_NODE") or 0)
+        return cls(num_nodes=num_nodes, node_rank=node_rank, node_ips=ips, gpus_per_node=gpus, from_skypilot=True)
+
+
+def local_gpu_count(env: Mapping[str, str]) -> int:
+    """GPUs visible here, without importing torch: CUDA_VISIBLE_DEVICES, else /dev/nvidiaN."""
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return len([p for p in Path("/dev").glob("nvidia[0-9]*")])
+
+
+def interface_for(ip: str) -> str | None:
+    """The network interface that carries `ip` (gloo would otherwise resolve the hostname, often to
+    127.0.1.1, and fail to connect across nodes)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.family in (socket.AF_INET, socket.AF_INET6) and a.address.split("%")[0] == ip for a in addrs):
+            return name
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LaunchPlan:
+    """The command for this node and the environment it adds. `launcher` is 'python' or 'torchrun'."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    launcher: str = "python"
+    world_size: int = 1
+    nproc_per_node: int = 1
+
+    def render(self) -> str:
+        assignments = [f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items())]
+        return " ".join([*assignments, shlex.join(self.argv)])
+
+
+def processes_per_node(spec: FineTuneSpec, topology: Topology) -> int:
+    return spec.distributed.nproc_per_node or max(topology.gpus_per_node, 1)
+
+
+def build_plan(
+    spec: FineTuneSpec,
+    run_dir: str,
+    topology: Topology,
+    *,
+    python: str = sys.executable,
+    master_port: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> LaunchPlan:
+    """The command that starts the node entrypoint on every rank of this node."""
+    env = os.environ if env is None else env
+    nproc = processes_per_node(spec, topology)
+    world = nproc * topology.num_nodes
+    node_args = ["-m", "launch", "--run-dir", run_dir]
+    # DeepSpeed needs a launcher's rendezvous even for one process (else it asks for mpi4py).
+    if world == 1 and spec.distributed.strategy != "deepspeed":
+        return LaunchPlan(argv=[python, *node_args])
+    added: dict[str, str] = {}
+    interface = interface_for(topology.node_ip)
+    for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+        if interface and var not in env:
+            added[var] = interface
+    if topology.num_nodes == 1:
+        master, port = "127.0.0.1", master_port or free_port()
+    else:
+        master, port = topology.head_ip, master_port or int(env.get("FINETUNE_MASTER_PORT") or DEFAULT_MASTER_PORT)
+    argv = [
+        python, "-m", "torch.distributed.run",
+        "--nnodes", str(topology.num_nodes),
+        "--node-rank", str(topology.node_rank),
+        "--nproc-per-node", str(nproc),
+        "--master-addr", master,
+        "--master-port", str(port),
+        "--max-restarts", "0",  # a failed rank fails the run; resuming is the store's job, not torchrun's
+        *node_args,
+    ]
+    return LaunchPlan(argv=argv, env=added, launcher="torchrun", world_size=world, nproc_per_node=nproc)
+
+
+# ------------------------------------------------------------------------------- DeepSpeed config
+
+
+def deepspeed_config(spec: FineTuneSpec) -> dict[str, Any]:
+    """A DeepSpeed config from the spec. "auto" values are filled in by the Trainer from its arguments,
+    so batch size, accumulation, clipping and precision have one source of truth: the spec."""
+    dist = spec.distributed
+    zero: dict[str, Any] = {
+        "stage": dist.zero_stage or 2,
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": "auto",
+    }
+    if zero["stage"] == 3:
+        zero.update(
+            stage3_prefetch_bucket_size="auto",
+            stage3_param_persistence_threshold="auto",
+            # Without this a ZeRO-3 save writes no weights, only the sharded optimizer checkpoint.
+            stage3_gather_16bit_weights_on_model_save=True,
+        )
+    if dist.offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        if zero["stage"] == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "train_micro_batch_size_per_gpu": "auto",
+        "train_batch_size": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "zero_optimization": zero,
+    }
+
+
+# ------------------------------------------------------------------------------------ entrypoint
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m launch.launcher", description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", required=True, help="the run folder: <store URI>/<run_id>")
+    parser.add_argument("--print", action="store_true", help="print the command instead of running it")
+    args = parser.parse_args(argv)
+
+    from sdk.errors import FinetuneError
+    from sdk.runfolder import SPEC, RunFolder
+    from sdk.spec import parse_spec
+
+    try:
+        folder = RunFolder.from_uri(args.run_dir)
+        stored = folder.read_json(SPEC)
+        if stored is None:
+            raise FinetuneError(f"{folder.uri}/{SPEC}: no spec in the run folder")
+        spec = parse_spec(stored, source=f"{folder.uri}/{SPEC}")
+        plan = build_plan(spec, folder.uri, Topology.from_env())
+    except (FinetuneError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    print(f"[finetune] launch: {plan.render()}", flush=True)
+    if args.print:
+        return 0
+    env = {**os.environ, **plan.env}
+    # Ranks on one node share a scratch folder, so a checkpoint written by all of them is one folder.
+    env.setdefault("FINETUNE_WORKDIR", tempfile.mkdtemp(prefix=f"finetune-{folder.run_id}-"))
+    sys.stdout.flush()
+    os.execvpe(plan.argv[0], plan.argv, env)  # same PID: signals from the backend reach the launcher
+    return 0  # unreachable
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""`finetune merge`: a standalone model whose logits match the adapter model; QLoRA merges into the
+dequantized base, never into the 4-bit weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_node
+
+import sdk
+from sdk.recipes import load_recipe
+
+FAST = ["train.max_steps=10", "data.max_samples=64", "eval.num_samples=4", "eval.max_new_tokens=4"]
+
+
+def trained(tmp_path, method: str) -> str:
+    spec = load_recipe("tiny", [*FAST, f"method={method}", f"output={tmp_path / 'runs'}"])
+    result, folder = run_node(spec, tmp_path / "runs")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder.uri
+
+
+def test_lora_merge_matches_the_adapter_in_fp32(tmp_path, run_cli):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from launch.models import local_source
+
+    run = trained(tmp_path, "lora")
+    out = tmp_path / "merged"
+    result = run_cli("merge", run, str(out), "--json", timeout=180)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["dtype"] == "fp32" and report["max_logit_diff"] < 1e-4
+    assert json.loads((out / "merge_report.json").read_text()) == {k: v for k, v in report.items() if k != "out"}
+    # independently: the merged folder is a plain model whose logits match base + adapter
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    base_dir = local_source(sdk.get_run(run).spec().model).path
+    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
+                                        sdk.get_run(run).fetch_adapter(tmp_path / "adapter"))
+    ids = AutoTokenizer.from_pretrained(out)("### Instruction:\nClassify: stocks rally\n\n### Response:\n", return_tensors="pt")
+    with torch.no_grad():
+        diff = (merged(**ids).logits - adapter(**ids).logits).abs().max().item()
+    assert diff < 1e-4
+    # an existing output is never overwritten silently
+    again = run_cli("merge", run, str(out), timeout=180)
+    assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_qlora_merges_into_the_dequantized_base(tmp_path):
+    run = trained(tmp_path, "qlora")
+    report = sdk.merge(run, tmp_path / "merged")
+    assert "dequantized" in report["merged_into"]
+    assert report["max_logit_diff"] < 1e-4  # what was written
+    # merging into the 4-bit weights re-quantizes W + BA and loses most of the update
+    assert report["max_logit_diff_4bit_merge"] > 100 * max(report["max_logit_diff"], 1e-6)
+    config = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert "quantization_config" not in config
+
+
+def test_soft_prompts_cannot_be_merged(tmp_path):
+    run = trained(tmp_path, "prompt_tuning")
+    with pytest.raises(sdk.FinetuneError, match="method.name: prompt_tuning .* cannot be merged"):
+        sdk.merge(run, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
+def test_a_tolerance_breach_writes_nothing(tmp_path):
+    run = trained(tmp_path, "qlora")
+    with pytest.raises(sdk.FinetuneError, match="exceeds 1e-12; nothing written"):
+        sdk.merge(run, tmp_path / "merged", max_logit_diff=1e-12)
+    assert not (tmp_path / "merged").exists() and not list(tmp_path.glob(".merged.partial-*"))
