@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
             raise FinetuneError(f"{folder.uri}: this run already succeeded; start a new run instead of overwriting it")
         if prior == "cancelled":
             raise FinetuneError(f"{folder.uri}: this run was cancelled; start a new run")
+        # On SkyPilot the run folder belongs to one task: its recoveries resume it, another task may not.
+        task_id, owner = os.environ.get("SKYPILOT_TASK_ID"), folder.status().get("task_id")
+        if task_id and owner and owner != task_id:
+            raise FinetuneError(f"{folder.uri}: belongs to SkyPilot task {owner}, not {task_id}; refusing to resume it")
     except FinetuneError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -55,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     sink = RunSink(folder, interval=args.sync_interval, log_file=os.environ.get("FINETUNE_LOG_FILE"), enabled=rank == 0)
     sink.install_signal_handlers()
-    sink.start("running", phase="starting")
+    task = {"task_id": os.environ["SKYPILOT_TASK_ID"]} if os.environ.get("SKYPILOT_TASK_ID") else {}
+    sink.start("running", phase="starting", **task)
     try:
         summary = run(spec, folder, sink).summary
     except Cancelled:

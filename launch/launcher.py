@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     print(f"[finetune] launch: {plan.render()}", flush=True)
-    if args.print:
+    if args.print or os.environ.get("FINETUNE_LAUNCHER_PRINT") == "1":  # the env form reaches a cluster's run script
         return 0
     env = {**os.environ, **plan.env}
     # Ranks on one node share a scratch folder, so a checkpoint written by all of them is one folder.

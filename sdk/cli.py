@@ -178,9 +178,13 @@ def launch(
     if dry_run:
         from sdk.backends import choose_backend
 
+        name = choose_backend(spec, chosen)
         _console().print(f"would run {spec.method.name} on {spec.model.id} ({spec.train.length}) with backend "
-                         f"{choose_backend(spec, chosen)}, output {spec.output}")
-        _console().print_json(spec.to_json())
+                         f"{name}, output {spec.output}")
+        if name == "skypilot":
+            _print_cloud_plan(spec)
+        else:
+            _console().print_json(spec.to_json())
         return
     run = submit(spec, backend=chosen)
     console = _console()
@@ -204,6 +208,45 @@ def launch(
     if status.state == "failed" and log_tail:
         _console(stderr=True).print(log_tail, markup=False)
     raise typer.Exit(130 if status.state == "cancelled" else 1)
+
+
+def _print_cloud_plan(spec) -> None:
+    """Accelerator, nodes, estimated memory and the task YAML; provisions nothing."""
+    from sdk.backends.skypilot import build_dist, forwarded_secrets, task_config, to_yaml
+    from sdk.errors import FinetuneError
+    from sdk.plan import estimate
+    from sdk.runfolder import RunFolder, new_run_id
+    from sdk.store import open_store
+
+    console = _console()
+    accel = spec.resources.accelerators or {}
+    wanted = ", ".join(f"{name}:{count}" for name, count in accel.items()) or "none (CPU nodes)"
+    console.print(f"accelerators: {wanted} × {spec.resources.nodes} node(s); infra: {spec.resources.infra or 'any'}")
+    try:
+        est = estimate(spec)
+    except FinetuneError as exc:
+        console.print(f"estimated memory: unknown ({exc})")
+    else:
+        console.print(f"estimated memory per process: {est.required_bytes / 2**30:.1f} GiB "
+                      f"(world size {est.world_size}, {est.trainable_params:,} trainable parameters)")
+        for fit in est.fits:
+            if fit.gpu in accel:
+                price = f", ${fit.hourly_usd:.2f}/h" if fit.hourly_usd is not None else ""
+                console.print(f"  {fit.gpu}: {fit.memory_gb} GB, {'fits' if fit.fits else 'DOES NOT FIT'}{price}")
+    secrets = forwarded_secrets(spec)
+    if secrets:
+        console.print(f"secrets forwarded by name (values never written): {', '.join(secrets)}")
+    folder = RunFolder(open_store(spec.output), new_run_id(spec.name))
+    sys.stdout.write("---\n" + to_yaml(task_config(spec, folder, build_dist())))
+
+
+@app.command()
+def down(run: str = typer.Argument(...)) -> None:
+    """Tear down the cluster a SkyPilot run left up (infra without autodown, such as Slurm)."""
+    from sdk.runs import get_run
+
+    get_run(run).down()
+    _console().print(f"{run}: cluster torn down")
 
 
 @app.command()

@@ -89,6 +89,13 @@ class Run:
         backend.cancel(self.folder, self.info)
         return self.status()
 
+    def down(self) -> None:
+        """Tear down the cluster this run left up (SkyPilot runs on infra without autodown, e.g. Slurm)."""
+        backend = self._backend()
+        if backend is None or not hasattr(backend, "down"):
+            raise LaunchError(f"run {self.id} ran on the {self.backend or 'unknown'} backend: there is no cluster to tear down")
+        backend.down(self.info)
+
     # -- artifacts
 
     def spec(self) -> FineTuneSpec:
@@ -195,6 +202,7 @@ def submit(spec: FineTuneSpec, *, backend: str = "auto") -> Run:
 
     name = choose_backend(spec, backend)
     impl = get_backend(name)
+    impl.check(spec)
     store = open_store(spec.output)
     folder = RunFolder(store, new_run_id(spec.name))
     if folder.exists():

@@ -11,6 +11,9 @@ from sdk.spec import FineTuneSpec
 class Backend(Protocol):
     name: str
 
+    def check(self, spec: FineTuneSpec) -> None:
+        """Refuse a spec this backend cannot run (SpecError naming the field), before anything is created."""
+
     def submit(self, spec: FineTuneSpec, folder: RunFolder) -> dict[str, Any]:
         """Start the node for a run whose folder already holds spec.json; return info for the registry."""
 

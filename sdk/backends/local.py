@@ -46,7 +46,7 @@ class LocalBackend:
             return Path(folder.store.url(folder.key(LOG)))
         return home() / "logs" / f"{folder.run_id}.log"
 
-    def submit(self, spec: FineTuneSpec, folder: RunFolder) -> dict[str, Any]:
+    def check(self, spec: FineTuneSpec) -> None:
         if spec.resources.nodes > 1:
             raise SpecError(
                 f"resources.nodes: {spec.resources.nodes} nodes need a cluster; the local backend runs on this machine "
@@ -55,6 +55,9 @@ class LocalBackend:
         missing = [name for name in spec.secrets if name not in os.environ]
         if missing:
             raise SpecError(f"secrets: {', '.join(missing)} not set in this environment")
+
+    def submit(self, spec: FineTuneSpec, folder: RunFolder) -> dict[str, Any]:
+        self.check(spec)
         log = self.log_path(folder)
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **spec.env, "FINETUNE_LOG_FILE": str(log), "PYTHONUNBUFFERED": "1"}

@@ -1,0 +1,349 @@
+"""SkyPilot backend: a spec compiled into a `sky.Task` that runs the same node code on every node.
+
+- setup installs the exact client package (a wheel built from this source tree, file-mounted; or the
+  released version from PyPI) with `finetune[train]` and the client's own versions of the training
+  stack as pip constraints, into a venv keyed on both;
+- run starts `python -m launch.launcher`, which builds the torchrun command from SKYPILOT_* env;
+- secrets (spec.secrets, and AWS credentials when the output is in S3) travel as SkyPilot secrets:
+  their values never appear in the task YAML, spec.json, logs or the registry;
+- on-demand runs launch a cluster; spot runs are managed jobs that recover onto new VMs and resume
+  from the newest committed checkpoint of the same run folder (the node checks SKYPILOT_TASK_ID).
+
+Every task passes SkyPilot's own schema validation before anything is launched.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.metadata as md
+import io
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from sdk.errors import LaunchError, SpecError
+from sdk.registry import home
+from sdk.runfolder import TERMINAL, RunFolder
+from sdk.spec import FineTuneSpec
+
+# Pinned on the node to what this client runs (when installed here): the versions the tests passed with.
+PINNED = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "safetensors",
+          "tokenizers", "boto3", "pydantic", "deepspeed")
+AWS_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+AWS_PLAIN = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
+NODE_DIST = "~/.finetune/dist"  # a file-mount destination; in scripts it is $HOME/.finetune/dist
+# Where autostop/autodown exist only for container clusters, a cluster is left up: `finetune down`.
+NO_AUTODOWN = ("slurm", "kubernetes", "k8s", "ssh")
+
+
+def cluster_name(run_id: str) -> str:
+    name = re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-")
+    return f"ft-{name}"[:48].rstrip("-")
+
+
+def infra_of(spec: FineTuneSpec) -> str | None:
+    r = spec.resources
+    if r.region and not r.infra:
+        raise SpecError("resources.region: name the cloud too, in resources.infra (e.g. infra: aws, region: us-east-1)")
+    if r.infra and r.region and "/" not in r.infra:
+        return f"{r.infra}/{r.region}"
+    return r.infra
+
+
+# ------------------------------------------------------------------------------- what the node installs
+
+
+def project_root() -> Path | None:
+    """The source tree this client runs from, when it is one (an editable install or a checkout)."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() and (root / "launch" / "__main__.py").is_file() else None
+
+
+def constraints() -> str:
+    lines = []
+    for name in PINNED:
+        try:
+            version = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+        lines.append(f"{name}=={version.split('+')[0]}")  # '2.13.0+cpu' is a local build; pin the release
+    return "\n".join(lines) + "\n"
+
+
+def build_dist() -> dict[str, Path]:
+    """The package the node installs, built once per source state: {'wheel': ..., 'constraints': ...}.
+    A released install (no source tree) is pinned by version instead: {} and setup uses PyPI."""
+    root = project_root()
+    if root is None:
+        return {}
+    digest = hashlib.sha256()
+    for path in sorted([root / "pyproject.toml", *root.glob("sdk/**/*.py"), *root.glob("launch/**/*.py")]):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    pins = constraints()
+    digest.update(pins.encode())
+    out = home() / "dist" / digest.hexdigest()[:16]
+    wheels = list(out.glob("finetune-*.whl"))
+    if not wheels:
+        out.mkdir(parents=True, exist_ok=True)
+        build = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(root)],
+            capture_output=True, text=True,
+        )
+        wheels = list(out.glob("finetune-*.whl"))
+        if build.returncode != 0 or not wheels:
+            raise LaunchError(f"cannot build the finetune wheel from {root}: {build.stderr.strip()[-500:]}")
+    (out / "constraints.txt").write_text(pins)
+    return {"wheel": wheels[0], "constraints": out / "constraints.txt"}
+
+
+def setup_script(spec: FineTuneSpec, dist: dict[str, Path]) -> str:
+    extras = "train,deepspeed" if spec.distributed.strategy == "deepspeed" else "train"
+    if dist:
+        package = f"$HOME/.finetune/dist/{dist['wheel'].name}[{extras}]"
+        key = dist["wheel"].parent.name
+        pins = '-c "$HOME/.finetune/dist/constraints.txt"'
+    else:
+        version = md.version("finetune")
+        package, key, pins = f"finetune[{extras}]=={version}", version, ""
+    torch_pin = next((line for line in constraints().splitlines() if line.startswith("torch==")), "torch")
+    # Setup runs on every node at once, and nodes may share a home: one venv, built under a lock.
+    # FINETUNE_NODE_PYTHON picks the interpreter (an image's own Python), FINETUNE_VENV_SYSTEM_SITE=1
+    # lets the venv see that interpreter's preinstalled packages (a CUDA torch in a GPU image).
+    return f"""set -euo pipefail
+VENV="${{FINETUNE_VENV:-$HOME/.finetune/venv-{key}}}"
+mkdir -p "$(dirname "$VENV")"
+(
+  flock 9
+  if ! "$VENV/bin/python" -c "import launch.launcher" 2>/dev/null; then
+    "${{FINETUNE_NODE_PYTHON:-python3}}" -m venv ${{FINETUNE_VENV_SYSTEM_SITE:+--system-site-packages}} "$VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check {pins} {shlex.quote(torch_pin)}
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check {pins} "{package}"
+  fi
+) 9>"$VENV.lock"
+"""
+
+
+def run_script(folder: RunFolder) -> str:
+    # The launcher reads SKYPILOT_* and execs torchrun (or the node directly for one process).
+    return f"""set -uo pipefail
+VENV="${{FINETUNE_VENV:-$HOME/.finetune/venv-$FINETUNE_DIST_KEY}}"
+mkdir -p ~/.finetune/logs
+export FINETUNE_LOG_FILE=~/.finetune/logs/{folder.run_id}-node$SKYPILOT_NODE_RANK.log
+"$VENV/bin/python" -m launch.launcher --run-dir {shlex.quote(folder.uri)} 2>&1 | tee -a "$FINETUNE_LOG_FILE"
+exit "${{PIPESTATUS[0]}}"
+"""
+
+
+# -------------------------------------------------------------------------------------- the task
+
+
+def forwarded_secrets(spec: FineTuneSpec) -> list[str]:
+    names = list(spec.secrets)
+    if spec.output.startswith("s3://"):
+        names += [n for n in AWS_SECRETS if n in os.environ and n not in names]
+    return names
+
+
+def resources_config(spec: FineTuneSpec, *, managed: bool) -> dict[str, Any]:
+    r = spec.resources
+    res: dict[str, Any] = {}
+    infra = infra_of(spec)
+    if infra:
+        res["infra"] = infra
+    for key, value in (("cpus", r.cpus), ("memory", r.memory), ("disk_size", r.disk_size), ("image_id", r.image)):
+        if value is not None:
+            res[key] = value
+    if r.spot:
+        res["use_spot"] = True
+    if managed:
+        # Preemptions are always recovered; a crash of the node itself is retried once (it resumes).
+        res["job_recovery"] = {"strategy": "FAILOVER", "max_restarts_on_errors": 1}
+    if r.accelerators:
+        candidates = [{"accelerators": {name: count}} for name, count in r.accelerators.items()]
+        if len(candidates) == 1:
+            res.update(candidates[0])
+        else:
+            res["any_of"] = candidates  # SkyPilot picks the cheapest one that is available
+    return res
+
+
+def check_output(spec: FineTuneSpec) -> None:
+    if not spec.output.startswith("s3://"):
+        raise SpecError(
+            f"output: {spec.output} is a directory on this machine, which cloud nodes cannot reach; "
+            "use an s3:// store for SkyPilot runs (or --local)"
+        )
+
+
+def task_config(spec: FineTuneSpec, folder: RunFolder, dist: dict[str, Path], *, managed: bool | None = None) -> dict[str, Any]:
+    """The task as a SkyPilot YAML dict. Secrets appear by name only, with no value."""
+    check_output(spec)
+    managed = spec.resources.spot if managed is None else managed
+    envs = {**spec.env, "FINETUNE_RUN_DIR": folder.uri, "FINETUNE_DIST_KEY": dist["wheel"].parent.name if dist else md.version("finetune")}
+    envs.update({n: os.environ[n] for n in AWS_PLAIN if n in os.environ and n not in spec.env})
+    config: dict[str, Any] = {
+        "name": cluster_name(folder.run_id),
+        "num_nodes": spec.resources.nodes,
+        "resources": resources_config(spec, managed=managed),
+        "envs": envs,
+        "setup": setup_script(spec, dist),
+        "run": run_script(folder),
+    }
+    secrets = forwarded_secrets(spec)
+    if secrets:
+        config["secrets"] = {name: None for name in secrets}
+    if dist:
+        config["file_mounts"] = {
+            f"{NODE_DIST}/{dist['wheel'].name}": str(dist["wheel"]),
+            f"{NODE_DIST}/constraints.txt": str(dist["constraints"]),
+        }
+    validate(config)
+    return config
+
+
+def validate(config: dict[str, Any]) -> None:
+    """SkyPilot's own schema, then its Task parser (which checks resources and infra names)."""
+    from sky.utils import common_utils, schemas
+
+    try:
+        common_utils.validate_schema(config, schemas.get_task_schema(), "Invalid task YAML: ")
+    except Exception as exc:  # sky raises its own InvalidSkyPilotConfigError / ValueError types
+        raise SpecError(f"the generated SkyPilot task is invalid: {exc}") from None
+
+
+def build_task(config: dict[str, Any], secret_values: dict[str, str]) -> Any:
+    import sky
+
+    try:
+        task = sky.Task.from_yaml_config(copy.deepcopy(config))  # it empties the dict it is given
+    except Exception as exc:
+        raise SpecError(f"resources: SkyPilot rejects the task: {exc}") from None
+    if secret_values:
+        task.update_secrets(secret_values)
+    return task
+
+
+def to_yaml(config: dict[str, Any]) -> str:
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> Any:
+        style = "|" if "\n" in value else None  # scripts read as scripts
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    return yaml.dump(config, Dumper=Dumper, sort_keys=False, width=120)
+
+
+# ------------------------------------------------------------------------------------- the backend
+
+# SkyPilot's job states → ours. Cluster jobs and managed jobs have different enums; names suffice.
+STATES = {
+    "INIT": "provisioning", "PENDING": "provisioning", "SETTING_UP": "provisioning", "STARTING": "provisioning",
+    "RUNNING": "running", "RECOVERING": "recovering", "SUCCEEDED": "succeeded", "CANCELLING": "running",
+    "CANCELLED": "cancelled", "FAILED": "failed", "FAILED_SETUP": "failed", "FAILED_DRIVER": "failed",
+    "FAILED_PRECHECKS": "failed", "FAILED_NO_RESOURCE": "failed", "FAILED_CONTROLLER": "failed",
+}
+
+
+class SkyPilotBackend:
+    name = "skypilot"
+
+    def check(self, spec: FineTuneSpec) -> None:
+        missing = [name for name in spec.secrets if name not in os.environ]
+        if missing:
+            raise SpecError(f"secrets: {', '.join(missing)} not set in this environment")
+        check_output(spec)
+
+    def submit(self, spec: FineTuneSpec, folder: RunFolder) -> dict[str, Any]:
+        import sky
+
+        managed = spec.resources.spot
+        config = task_config(spec, folder, build_dist(), managed=managed)
+        task = build_task(config, {n: os.environ[n] for n in forwarded_secrets(spec) if n in os.environ})
+        cluster = config["name"]
+        try:
+            if managed:
+                job_ids, _ = sky.stream_and_get(sky.jobs.launch(task, name=cluster))
+                return {"managed": True, "job_id": (job_ids or [None])[0], "name": cluster}
+            infra = (spec.resources.infra or "").split("/")[0]
+            autodown = {} if infra in NO_AUTODOWN else {"down": True, "idle_minutes_to_autostop": 5}
+            job_id, _ = sky.stream_and_get(sky.launch(task, cluster_name=cluster, **autodown))
+        except Exception as exc:
+            raise LaunchError(f"SkyPilot could not launch {cluster}: {type(exc).__name__}: {exc}") from None
+        return {"managed": False, "cluster": cluster, "job_id": job_id, "autodown": bool(autodown)}
+
+    def _sky_state(self, info: dict[str, Any]) -> str | None:
+        import sky
+
+        if info.get("managed"):
+            records = sky.get(sky.jobs.queue_v2(refresh=False, job_ids=[info["job_id"]]))[0]
+            status = records[0].status if records else None
+        else:
+            status = sky.get(sky.job_status(info["cluster"], [info["job_id"]])).get(info["job_id"])
+        return None if status is None else getattr(status, "name", str(status)).split(".")[-1]
+
+    def status(self, folder: RunFolder, info: dict[str, Any]) -> str | None:
+        """SkyPilot's view when the store cannot know: provisioning, or a node that died without a word."""
+        stored = folder.status().get("state")
+        if stored in TERMINAL:
+            return None
+        try:
+            state = STATES.get(self._sky_state(info) or "")
+        except Exception:  # the cluster is gone (autodown) or the API server is unreachable: trust the store
+            return None
+        if state in (None, "running"):
+            return None
+        if state in ("provisioning", "recovering"):
+            if state == "recovering" or stored == "pending":
+                folder.write_status(state)
+            return state
+        if folder.status().get("state") in TERMINAL:  # the node's own final word landed meanwhile
+            return None
+        error = None if state == "cancelled" else f"SkyPilot reports the job {state}; see `finetune logs {folder.run_id}`"
+        folder.write_status(state, **({"error": error} if error else {}))
+        return state
+
+    def cancel(self, folder: RunFolder, info: dict[str, Any]) -> None:
+        import sky
+
+        try:
+            if info.get("managed"):
+                sky.get(sky.jobs.cancel(job_ids=[info["job_id"]]))
+            else:
+                sky.get(sky.cancel(info["cluster"], job_ids=[info["job_id"]]))
+        except Exception as exc:
+            raise LaunchError(f"SkyPilot could not cancel {folder.run_id}: {exc}") from None
+        if folder.status().get("state") not in TERMINAL:
+            folder.write_status("cancelled")
+
+    def logs(self, folder: RunFolder, info: dict[str, Any]) -> str | None:
+        import sky
+
+        buffer = io.StringIO()
+        try:
+            if info.get("managed"):
+                sky.jobs.tail_logs(job_id=info["job_id"], follow=False, output_stream=buffer)
+            else:
+                sky.tail_logs(info["cluster"], info["job_id"], follow=False, output_stream=buffer)
+        except Exception:
+            return None  # the cluster is gone: the store's copy of the log is the record
+        return buffer.getvalue() or None
+
+    def down(self, info: dict[str, Any]) -> None:
+        import sky
+
+        if info.get("managed"):
+            raise LaunchError("managed jobs tear down their own clusters")
+        try:
+            sky.get(sky.down(info["cluster"]))
+        except Exception as exc:
+            raise LaunchError(f"SkyPilot could not tear down {info['cluster']}: {exc}") from None
