@@ -95,7 +95,6 @@ def run(spec: FineTuneSpec, folder: RunFolder, sink: Any, *, workdir: Path | Non
 
     timings: dict[str, float] = {}
     started = time.time()
-    ranks.init()
     # The ranks of one node share a scratch folder (the launcher sets it), so a checkpoint is one folder.
     workdir = Path(workdir or os.environ.get("FINETUNE_WORKDIR") or tempfile.mkdtemp(prefix=f"finetune-{folder.run_id}-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -110,6 +109,9 @@ def run(spec: FineTuneSpec, folder: RunFolder, sink: Any, *, workdir: Path | Non
     # -- load
     sink.set_state("running", phase="loading model")
     source = local_source(spec.model)
+    # Join the process group only now: under an initialized group transformers' save_pretrained writes
+    # on rank 0 alone, and a cache that another rank builds above (tiny model, GGUF) would stay empty.
+    ranks.init()
     tokenizer = load_tokenizer(spec.model, source)
     quant = method.quantization_config(spec, compute_dtype(spec, precision))
     model = load_model(spec.model, dtype=weight_dtype(spec, precision), quantization_config=quant, source=source)

@@ -109,8 +109,15 @@ def ensure_tiny(arch: str) -> Path:
 
         raise SpecError(f"model.id: tiny:{arch}: unknown architecture (try tiny:llama, tiny:qwen2, tiny:mistral)")
     out = cache_dir("tiny", f"{arch}-{TINY_VERSION}")
-    if not (out / "config.json").is_file():
-        build_tiny(out, {"model_type": arch})
+    if not (out / "model.safetensors").is_file():
+        import fcntl
+
+        # The nodes and ranks of a cluster often share this cache (an NFS home): one builds, the rest wait.
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out.parent / f".{out.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (out / "model.safetensors").is_file():
+                build_tiny(out, {"model_type": arch})
     return out
 
 

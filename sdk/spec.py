@@ -370,6 +370,15 @@ class FineTuneSpec(_Part):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_strings(cls, value: Any) -> Any:
+        # `--set env.HF_HUB_OFFLINE=1` parses as an int; an environment only holds strings.
+        if isinstance(value, dict):
+            return {k: (str(v).lower() if isinstance(v, bool) else str(v)) if isinstance(v, (int, float)) else v
+                    for k, v in value.items()}
+        return value
+
     @field_validator("secrets")
     @classmethod
     def _secrets(cls, value: list[str]) -> list[str]:

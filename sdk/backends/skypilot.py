@@ -220,12 +220,15 @@ def validate(config: dict[str, Any]) -> None:
 def build_task(config: dict[str, Any], secret_values: dict[str, str]) -> Any:
     import sky
 
+    config = copy.deepcopy(config)  # from_yaml_config empties the dict it is given
+    names = config.pop("secrets", None) or {}  # by name only in the YAML; values go straight to the Task
     try:
-        task = sky.Task.from_yaml_config(copy.deepcopy(config))  # it empties the dict it is given
+        task = sky.Task.from_yaml_config(config)
     except Exception as exc:
         raise SpecError(f"resources: SkyPilot rejects the task: {exc}") from None
-    if secret_values:
-        task.update_secrets(secret_values)
+    values = {name: secret_values[name] for name in names if name in secret_values}
+    if values:
+        task.update_secrets(values)
     return task
 
 
