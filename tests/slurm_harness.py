@@ -72,6 +72,8 @@ class SlurmHarness:
         self.conf = self.work / "etc" / "slurm.conf"
         self.key = self.work / "id_ed25519"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        self.pids_before = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
+        self.tmp_before = set(Path(tempfile.gettempdir()).iterdir())
 
     # ------------------------------------------------------------------------------------ start
 
@@ -288,11 +290,25 @@ SetEnv SLURM_CONF={self.conf} PATH={path} UV_NATIVE_TLS=1 SSL_CERT_FILE=/etc/ssl
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=5)
-        # Job steps run by slurmstepd in their own sessions; end any left from this harness's spool.
-        for pid in _pids_matching(str(self.work)):
+        # What the cluster started on its own: job steps and SkyPilot's runtime (as the login user), and the
+        # API server's subprocess daemons, which outlive `sky api stop`. Found by PID, started after us.
+        uid = pwd.getpwnam(USER).pw_uid if _user_exists() else None
+        for pid in _new_pids(self.pids_before):
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+                owner = (Path("/proc") / str(pid)).stat().st_uid
+                cmd = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if owner == uid or str(self.work) in cmd or "skylet/subprocess_daemon" in cmd:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for path in set(Path(tempfile.gettempdir()).iterdir()) - self.tmp_before:
+            try:
+                if uid is not None and path.stat().st_uid == uid:
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:
                 pass
         for undo in reversed(self.undo):
             try:
@@ -300,6 +316,19 @@ SetEnv SLURM_CONF={self.conf} PATH={path} UV_NATIVE_TLS=1 SSL_CERT_FILE=/etc/ssl
             except OSError:
                 pass
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+def _user_exists() -> bool:
+    try:
+        pwd.getpwnam(USER)
+        return True
+    except KeyError:
+        return False
+
+
+def _new_pids(before: set[int]) -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir()
+            if p.name.isdigit() and int(p.name) not in before and int(p.name) != os.getpid()]
 
 
 def _pids_matching(text: str) -> list[int]:

@@ -105,12 +105,11 @@ def build_dist() -> dict[str, Path]:
 def setup_script(spec: FineTuneSpec, dist: dict[str, Path]) -> str:
     extras = "train,deepspeed" if spec.distributed.strategy == "deepspeed" else "train"
     if dist:
-        package = f"$HOME/.finetune/dist/{dist['wheel'].name}[{extras}]"
-        key = dist["wheel"].parent.name
-        pins = '-c "$HOME/.finetune/dist/constraints.txt"'
+        base = f"$HOME/.finetune/dist/{dist['wheel'].name}"
+        package, key, pins = f"{base}[{extras}]", dist["wheel"].parent.name, '-c "$HOME/.finetune/dist/constraints.txt"'
     else:
         version = md.version("finetune")
-        package, key, pins = f"finetune[{extras}]=={version}", version, ""
+        base, package, key, pins = f"finetune=={version}", f"finetune[{extras}]=={version}", version, ""
     torch_pin = next((line for line in constraints().splitlines() if line.startswith("torch==")), "torch")
     # Setup runs on every node at once, and nodes may share a home: one venv, built under a lock.
     # FINETUNE_NODE_PYTHON picks the interpreter (an image's own Python), FINETUNE_VENV_SYSTEM_SITE=1
@@ -120,10 +119,13 @@ VENV="${{FINETUNE_VENV:-$HOME/.finetune/venv-{key}}}"
 mkdir -p "$(dirname "$VENV")"
 (
   flock 9
-  if ! "$VENV/bin/python" -c "import launch.launcher" 2>/dev/null; then
-    "${{FINETUNE_NODE_PYTHON:-python3}}" -m venv ${{FINETUNE_VENV_SYSTEM_SITE:+--system-site-packages}} "$VENV"
+  # A venv is reused only for the exact package it was built for (the marker names it).
+  if [ ! -f "$VENV/.finetune-{key}" ]; then
+    [ -x "$VENV/bin/python" ] || "${{FINETUNE_NODE_PYTHON:-python3}}" -m venv ${{FINETUNE_VENV_SYSTEM_SITE:+--system-site-packages}} "$VENV"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check {pins} {shlex.quote(torch_pin)}
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "{base}"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check {pins} "{package}"
+    touch "$VENV/.finetune-{key}"
   fi
 ) 9>"$VENV.lock"
 """
@@ -199,10 +201,8 @@ def task_config(spec: FineTuneSpec, folder: RunFolder, dist: dict[str, Path], *,
     if secrets:
         config["secrets"] = {name: None for name in secrets}
     if dist:
-        config["file_mounts"] = {
-            f"{NODE_DIST}/{dist['wheel'].name}": str(dist["wheel"]),
-            f"{NODE_DIST}/constraints.txt": str(dist["constraints"]),
-        }
+        # One folder (the wheel and its constraints): one sync per node instead of one per file.
+        config["file_mounts"] = {NODE_DIST: str(dist["wheel"].parent)}
     validate(config)
     return config
 
