@@ -247,6 +247,9 @@ class ResourcesSpec(_Part):
     infra: str | None = Field(None, description="aws, gcp, azure, kubernetes, slurm, ... optionally /region")
     region: str | None = None
     spot: bool = False
+    managed: bool | None = Field(
+        None, description="run as a SkyPilot managed job (recovers onto new VMs, resumes); default: when spot"
+    )
     disk_size: int | None = Field(None, ge=10, description="GB")
     image: str | None = None
     cpus: str | None = None

@@ -94,3 +94,48 @@ def test_cancel_a_running_skypilot_job(slurm, s3_env, finetune_home):
         assert run.folder.adapter_manifest() is None
     finally:
         run.down()
+
+
+@pytest.fixture
+def consolidated_jobs_controller():
+    """Managed jobs with the controller inside the local API server (no controller VM to provision)."""
+    from slurm_harness import stop_skypilot
+
+    config = os.path.expanduser("~/.sky/config.yaml")
+    old = open(config).read() if os.path.exists(config) else None
+    stop_skypilot()
+    with open(config, "w") as handle:
+        handle.write("jobs:\n  controller:\n    consolidation_mode: true\n")
+    try:
+        yield
+    finally:
+        stop_skypilot()  # its ~12 controller processes go with it
+        if old is None:
+            os.remove(config)
+        else:
+            with open(config, "w") as handle:
+                handle.write(old)
+
+
+def test_a_managed_job_reaches_running_and_is_cancelled(slurm, s3_env, finetune_home, consolidated_jobs_controller):
+    """Managed jobs cannot finish offline (the controller checks internet reachability): RUNNING, then cancel."""
+    from sdk.recipes import load_recipe
+
+    env, bucket = s3_env
+    spec = load_recipe("tiny", [*node_overrides(slurm, bucket), "resources.managed=true", "train.max_steps=100000"])
+    run = sdk.submit(spec)
+    assert run.info["managed"] is True
+    backend = run._backend()
+    deadline = time.time() + 420
+    state = None
+    while time.time() < deadline:
+        state = backend._sky_state(run.info)
+        if state in ("RUNNING",) or (state or "").startswith("FAILED"):
+            break
+        time.sleep(3)
+    assert state == "RUNNING", (state, run.logs())
+    assert run.cancel().state == "cancelled"
+    deadline = time.time() + 120
+    while backend._sky_state(run.info) not in ("CANCELLED",) and time.time() < deadline:
+        time.sleep(3)
+    assert backend._sky_state(run.info) == "CANCELLED"

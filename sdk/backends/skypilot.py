@@ -175,6 +175,11 @@ def resources_config(spec: FineTuneSpec, *, managed: bool) -> dict[str, Any]:
     return res
 
 
+def is_managed(spec: FineTuneSpec) -> bool:
+    r = spec.resources
+    return r.spot if r.managed is None else r.managed
+
+
 def check_output(spec: FineTuneSpec) -> None:
     if not spec.output.startswith("s3://"):
         raise SpecError(
@@ -186,7 +191,7 @@ def check_output(spec: FineTuneSpec) -> None:
 def task_config(spec: FineTuneSpec, folder: RunFolder, dist: dict[str, Path], *, managed: bool | None = None) -> dict[str, Any]:
     """The task as a SkyPilot YAML dict. Secrets appear by name only, with no value."""
     check_output(spec)
-    managed = spec.resources.spot if managed is None else managed
+    managed = is_managed(spec) if managed is None else managed
     envs = {**spec.env, "FINETUNE_RUN_DIR": folder.uri, "FINETUNE_DIST_KEY": dist["wheel"].parent.name if dist else md.version("finetune")}
     envs.update({n: os.environ[n] for n in AWS_PLAIN if n in os.environ and n not in spec.env})
     config: dict[str, Any] = {
@@ -269,7 +274,7 @@ class SkyPilotBackend:
     def submit(self, spec: FineTuneSpec, folder: RunFolder) -> dict[str, Any]:
         import sky
 
-        managed = spec.resources.spot
+        managed = is_managed(spec)
         config = task_config(spec, folder, build_dist(), managed=managed)
         task = build_task(config, {n: os.environ[n] for n in forwarded_secrets(spec) if n in os.environ})
         cluster = config["name"]
