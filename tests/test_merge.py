@@ -50,8 +50,13 @@ def test_lora_merge_matches_the_adapter_in_fp32(tmp_path, run_cli):
     assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
 
 
-def test_qlora_merges_into_the_dequantized_base(tmp_path):
-    run = trained(tmp_path, "qlora")
+@pytest.fixture(scope="module")
+def qlora_run(tmp_path_factory):
+    return trained(tmp_path_factory.mktemp("qlora"), "qlora")
+
+
+def test_qlora_merges_into_the_dequantized_base(tmp_path, qlora_run):
+    run = qlora_run
     report = sdk.merge(run, tmp_path / "merged")
     assert "dequantized" in report["merged_into"]
     assert report["max_logit_diff"] < 1e-4  # what was written
@@ -68,8 +73,8 @@ def test_soft_prompts_cannot_be_merged(tmp_path):
     assert not (tmp_path / "merged").exists()
 
 
-def test_a_tolerance_breach_writes_nothing(tmp_path):
-    run = trained(tmp_path, "qlora")
+def test_a_tolerance_breach_writes_nothing(tmp_path, qlora_run):
+    run = qlora_run
     with pytest.raises(sdk.FinetuneError, match="exceeds 1e-12; nothing written"):
         sdk.merge(run, tmp_path / "merged", max_logit_diff=1e-12)
     assert not (tmp_path / "merged").exists() and not list(tmp_path.glob(".merged.partial-*"))
