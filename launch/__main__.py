@@ -40,13 +40,14 @@ def main(argv: list[str] | None = None) -> int:
                 raise FinetuneError(f"{folder.uri}/{SPEC}: no spec in the run folder (pass --spec)")
             spec = parse_spec(stored, source=f"{folder.uri}/{SPEC}")
         # A restart (a crash, a preempted VM, a managed-job recovery) resumes the run; a finished one stays finished.
-        prior = folder.status().get("state")
+        status = folder.status()
+        prior = status.get("state")
         if prior == "succeeded" and folder.adapter_manifest() is not None:
             raise FinetuneError(f"{folder.uri}: this run already succeeded; start a new run instead of overwriting it")
         if prior == "cancelled":
             raise FinetuneError(f"{folder.uri}: this run was cancelled; start a new run")
         # On SkyPilot the run folder belongs to one task: its recoveries resume it, another task may not.
-        task_id, owner = os.environ.get("SKYPILOT_TASK_ID"), folder.status().get("task_id")
+        task_id, owner = os.environ.get("SKYPILOT_TASK_ID"), status.get("task_id")
         if task_id and owner and owner != task_id:
             raise FinetuneError(f"{folder.uri}: belongs to SkyPilot task {owner}, not {task_id}; refusing to resume it")
     except FinetuneError as exc:

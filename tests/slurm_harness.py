@@ -345,8 +345,8 @@ def _pids_matching(text: str) -> list[int]:
 
 def stop_skypilot() -> None:
     """Stop the local SkyPilot API server and the ssh control masters it leaves behind."""
-    subprocess.run([sys.executable, "-m", "sky.cli", "api", "stop"], capture_output=True, timeout=60) \
-        if shutil.which("sky") is None else subprocess.run(["sky", "api", "stop"], capture_output=True, timeout=60)
+    sky = shutil.which("sky") or str(Path(sys.executable).with_name("sky"))
+    subprocess.run([sky, "api", "stop"], capture_output=True, timeout=60)
     for pid in _pids_matching("[mux]"):
         try:
             os.kill(pid, signal.SIGTERM)
