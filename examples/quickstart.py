@@ -38,10 +38,10 @@ def main(output: str = "runs") -> sdk.Run:
         raise SystemExit(1)
 
     summary = run.summary()
-    before, after = summary["label_accuracy"]["before"], summary["label_accuracy"]["after"]
-    print(f"trainable {summary['trainable_params']:,} params ({summary['trainable_percent']:.2f}%), "
-          f"loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}, "
-          f"label accuracy {before['accuracy']:.0%} -> {after['accuracy']:.0%}")
+    acc = summary.label_accuracy
+    print(f"trainable {summary.trainable_params:,} params ({summary.trainable_percent:.2f}%), "
+          f"loss {summary.first_loss:.3f} -> {summary.last_loss:.3f}, "
+          f"label accuracy {acc.before.accuracy:.0%} -> {acc.after.accuracy:.0%}")
     print(f"{len(run.metrics())} metric rows; last: {run.metrics()[-1]}")
     run.plot(Path(output) / f"{run.id}-loss.png" if "://" not in output else f"{run.id}-loss.png")
     adapter = run.fetch_adapter(Path("adapters") / run.id if "://" in output else Path(output) / f"{run.id}-adapter")

@@ -76,14 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         sink.close("failed", error=f"{type(exc).__name__}: {exc}")
         return 1
-    state = "cancelled" if sink.cancel_requested else "succeeded"
-    sink.close(state, step=summary["steps"])
+    # The adapter is committed: the run succeeded, even if a cancel arrived during the last evaluation.
+    sink.close("succeeded", step=summary.steps)
     if rank != 0:
         return 0
-    acc = summary["label_accuracy"]
-    line = f"[finetune] {state}: {summary['steps']} steps, loss {summary['first_loss']} -> {summary['last_loss']}"
-    if acc["before"] and acc["after"]:
-        line += f", label accuracy {acc['before']['accuracy']:.0%} -> {acc['after']['accuracy']:.0%}"
+    acc = summary.label_accuracy
+    line = f"[finetune] succeeded: {summary.steps} steps, loss {summary.first_loss} -> {summary.last_loss}"
+    if acc.before and acc.after:
+        line += f", label accuracy {acc.before.accuracy:.0%} -> {acc.after.accuracy:.0%}"
     print(line, flush=True)
     return 0
 

@@ -27,14 +27,14 @@ def main(argv: list[str] | None = None) -> int:
         spec = run.spec()
         if not spec.eval.labels:
             raise SpecError("eval.labels: the run's spec names no labels, so label accuracy is undefined")
-        from launch.node import _quiet_libraries
+        from launch.node import quiet_libraries
 
-        _quiet_libraries()
+        quiet_libraries()
         from launch.data import labelled_examples
         from launch.evaluate import label_accuracy
-        from launch.methods import get_method
-        from launch.models import load_model, load_tokenizer, local_source
-        from launch.train import compute_dtype, resolve_precision, weight_dtype
+        from launch.hardware import capability
+        from launch.models import BaseLoader
+        from sdk.precision import resolve_precision
 
         examples = labelled_examples(spec, args.data, text_field=args.text_field, label_field=args.label_field)
         if args.limit:
@@ -44,18 +44,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SpecError(f"--data: {args.data}: labels {unknown} are not among the run's labels {spec.eval.labels}")
         with tempfile.TemporaryDirectory() as tmp:
             artifact = run.fetch_adapter(Path(tmp) / "adapter")
-            method = get_method(spec.method.name)
-            precision = resolve_precision(spec)
-            source = local_source(spec.model)
-            tokenizer = load_tokenizer(spec.model, source)
-            quant = method.quantization_config(spec, compute_dtype(spec, precision))
-
-            def base_model():
-                return load_model(spec.model, dtype=weight_dtype(spec, precision), quantization_config=quant, source=source)
-
+            loader = BaseLoader.for_spec(spec, resolve_precision(spec.train.precision, capability=capability()))
+            tokenizer = loader.tokenizer()
             kw = {"max_new_tokens": spec.eval.max_new_tokens}
-            base = label_accuracy(base_model(), tokenizer, examples, spec.eval.labels, **kw)
-            tuned = label_accuracy(method.reload(base_model(), artifact), tokenizer, examples, spec.eval.labels, **kw)
+            base = label_accuracy(loader.load(), tokenizer, examples, spec.eval.labels, **kw)
+            tuned = label_accuracy(loader.builder.reload(loader.load(), artifact), tokenizer, examples, spec.eval.labels, **kw)
     except FinetuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -37,7 +37,6 @@ class Topology:
     node_rank: int = 0
     node_ips: tuple[str, ...] = ("127.0.0.1",)
     gpus_per_node: int = 0
-    from_skypilot: bool = False
 
     @property
     def head_ip(self) -> str:
@@ -61,7 +60,7 @@ class Topology:
                 f"{len(ips)} line(s) in SKYPILOT_NODE_IPS"
             )
         gpus = int(env.get("SKYPILOT_NUM_GPUS_PER_NODE") or 0)
-        return cls(num_nodes=num_nodes, node_rank=node_rank, node_ips=ips, gpus_per_node=gpus, from_skypilot=True)
+        return cls(num_nodes=num_nodes, node_rank=node_rank, node_ips=ips, gpus_per_node=gpus)
 
 
 def local_gpu_count(env: Mapping[str, str]) -> int:

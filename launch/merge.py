@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-# Soft prompts are extra input embeddings, not a change of any weight: nothing to merge into.
-UNMERGEABLE = {"prompt_tuning", "prefix_tuning"}
+from sdk.precision import torch_dtype
+
 DEFAULT_TOLERANCE = {"fp32": 1e-3, "bf16": 0.5, "fp16": 0.25}
 FALLBACK_PROMPTS = ["The quick brown fox", "Write one sentence about the sea.", "### Instruction:\nSay hello.\n\n### Response:\n"]
 
@@ -62,13 +62,12 @@ def max_diff(a: list[Any], b: list[Any]) -> float:
 
 def merge(run: str, out: Path, *, dtype: str = "auto", num_prompts: int = 8, tolerance: float | None = None,
           force: bool = False) -> dict[str, Any]:
-    import torch
-
-    from launch.methods import get_method
-    from launch.models import load_model, load_tokenizer, local_source
-    from launch.node import _quiet_libraries
-    from launch.train import compute_dtype, resolve_precision, weight_dtype
+    from launch.hardware import capability
+    from launch.models import BaseLoader
+    from launch.node import quiet_libraries
     from sdk.errors import FinetuneError
+    from sdk.methods import method_of
+    from sdk.precision import DTYPE_OF, PRECISION_OF, compute_dtype, resolve_precision, weight_dtype
     from sdk.runs import get_run
 
     out = Path(out).expanduser().resolve()
@@ -76,49 +75,43 @@ def merge(run: str, out: Path, *, dtype: str = "auto", num_prompts: int = 8, tol
         raise FinetuneError(f"{out}: exists and is not empty (pass --force to replace it)")
     handle = get_run(run)
     spec = handle.spec()
-    name = spec.method.name
-    if name in UNMERGEABLE:
-        raise FinetuneError(
-            f"method.name: {name} learns soft prompts, which are not weights of the base model and cannot be merged; "
-            "load the adapter with PeftModel.from_pretrained instead"
-        )
-    _quiet_libraries()
-    precision = resolve_precision(spec)
-    if dtype == "auto":
-        target = compute_dtype(spec, precision) if name == "qlora" else weight_dtype(spec, precision)
+    method = method_of(spec)
+    if method.merge == "none":
+        raise FinetuneError(f"method.name: {method.name} {method.merge_refusal}")
+    quiet_libraries()
+    precision = resolve_precision(spec.train.precision, capability=capability())
+    if dtype != "auto":
+        target = DTYPE_OF[dtype]
+    elif method.quantized_base:  # the dequantized weights in the dtype the 4-bit base computed in
+        target = compute_dtype(spec, precision)
     else:
-        target = getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype])
-    dtype_name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[target]
+        target = weight_dtype(spec, precision)
+    dtype_name = PRECISION_OF[target]
     tolerance = DEFAULT_TOLERANCE[dtype_name] if tolerance is None else tolerance
-    method = get_method(name)
-    source = local_source(spec.model)
-    tokenizer = load_tokenizer(spec.model, source)
+    loader = BaseLoader.for_spec(spec, precision)
+    builder = loader.builder
+    tokenizer = loader.tokenizer()
     prompts = eval_prompts(spec, tokenizer, num_prompts)
-    report: dict[str, Any] = {"run": handle.id, "method": name, "dtype": dtype_name, "prompts": len(prompts), "tolerance": tolerance}
+    report: dict[str, Any] = {"run": handle.id, "method": method.name, "dtype": dtype_name, "prompts": len(prompts),
+                              "tolerance": tolerance}
+
+    def base() -> Any:
+        return loader.load(dtype=target, compute=target)
 
     with tempfile.TemporaryDirectory(prefix="finetune-merge-") as tmp:
         artifact = handle.fetch_adapter(Path(tmp) / "adapter")
-        if name == "qlora":
-            quant = method.quantization_config(spec, target)
-
-            def four_bit() -> Any:
-                return load_model(spec.model, dtype=target, quantization_config=quant, source=source)
-
-            reference = logits(method.reload(four_bit(), artifact), tokenizer, prompts)  # the model as trained
-            merged_4bit = method.reload(four_bit(), artifact).merge_and_unload()
+        reference = logits(builder.reload(base(), artifact), tokenizer, prompts)  # the model as trained
+        if method.merge == "dequantized":
+            merged_4bit = builder.reload(base(), artifact).merge_and_unload()
             report["max_logit_diff_4bit_merge"] = max_diff(logits(merged_4bit, tokenizer, prompts), reference)
             del merged_4bit
-            dequantized = four_bit().dequantize(dtype=target)  # NF4 values, now in 16-bit
-            merged = method.reload(dequantized, artifact).merge_and_unload()
+            merged = builder.reload(base().dequantize(dtype=torch_dtype(target)), artifact).merge_and_unload()
             report["merged_into"] = f"dequantized {dtype_name} base (the NF4 weights the adapter was trained on)"
-        else:
-            def base() -> Any:
-                return load_model(spec.model, dtype=target, source=source)
-
-            reference = logits(method.reload(base(), artifact), tokenizer, prompts)
-            merged = method.reload(base(), artifact)
-            if hasattr(merged, "merge_and_unload"):
-                merged = merged.merge_and_unload()
+        elif method.merge == "adapter":
+            merged = builder.reload(base(), artifact).merge_and_unload()
+            report["merged_into"] = f"{dtype_name} base"
+        else:  # "load": the artifact holds the trained weights themselves
+            merged = builder.reload(base(), artifact)
             report["merged_into"] = f"{dtype_name} base"
         report["max_logit_diff"] = max_diff(logits(merged, tokenizer, prompts), reference)
         if report["max_logit_diff"] > tolerance:
@@ -126,7 +119,7 @@ def merge(run: str, out: Path, *, dtype: str = "auto", num_prompts: int = 8, tol
                 f"merge of {handle.id}: max logit difference {report['max_logit_diff']:.3g} against the adapter model "
                 f"exceeds {tolerance:g}; nothing written (raise --max-logit-diff to accept it)"
             )
-        merged = merged.to(target)
+        merged = merged.to(torch_dtype(target))
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
         try:

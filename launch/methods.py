@@ -1,29 +1,25 @@
-"""Method registry: one registration per method name (peft style), no if/elif chains.
+"""Method builders: how each registered method (sdk.methods) loads its base and attaches to it, node side.
 
-A method says how the base model is loaded (quantization), how it is made trainable (attach), and
+A builder says how the base model is loaded (quantization), how it is made trainable (attach), and
 how its trained artifact is saved and reloaded. Adapter methods save a PEFT directory that loads
 with `PeftModel.from_pretrained`; `full` saves the whole model; `head_only` saves the head weights.
+The registration in sdk.methods names the builder of each method; nothing here branches on names.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from sdk.spec import FineTuneSpec
 
 HEAD_FILE = "head.safetensors"
-HEAD_META = "finetune_head.json"
 # Projection names used by the common decoder families, to resolve target_modules="attention".
 ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "c_attn", "c_proj", "query_key_value", "Wqkv", "out_proj", "dense")
 FEEDFORWARD_NAMES = ("gate_proj", "up_proj", "down_proj", "fc1", "fc2", "c_fc", "w1", "w2", "w3", "dense_h_to_4h", "dense_4h_to_h", "mlp")
 
 
-class Method(Protocol):
-    name: str
-
+class MethodBuilder(Protocol):
     def quantization_config(self, spec: FineTuneSpec, compute_dtype: Any) -> Any | None: ...
     def attach(self, model: Any, spec: FineTuneSpec, tokenizer: Any, source_path: str) -> Any: ...
     def peft_config(self, model: Any, spec: FineTuneSpec, tokenizer: Any, source_path: str) -> Any | None: ...
@@ -31,22 +27,10 @@ class Method(Protocol):
     def reload(self, base: Any, artifact: Path) -> Any: ...
 
 
-REGISTRY: dict[str, Method] = {}
+def builder_for(spec: FineTuneSpec) -> MethodBuilder:
+    from sdk.methods import method_of
 
-
-def register(*names: str) -> Callable[[type], type]:
-    def wrap(cls: type) -> type:
-        for name in names:
-            instance = cls()
-            instance.name = name
-            REGISTRY[name] = instance
-        return cls
-
-    return wrap
-
-
-def get_method(name: str) -> Method:
-    return REGISTRY[name]
+    return method_of(spec).load_builder()
 
 
 def linear_module_names(model: Any) -> list[str]:
@@ -76,10 +60,8 @@ def resolve_targets(model: Any, target: Any, *, family: tuple[str, ...] = ATTENT
 # ---------------------------------------------------------------------------------------- adapters
 
 
-class _Method:
-    """Defaults every method shares: a 16-bit (unquantized) base, no PEFT config, save_pretrained."""
-
-    name = ""
+class _Builder:
+    """Defaults every builder shares: a 16-bit (unquantized) base, no PEFT config, save_pretrained."""
 
     def quantization_config(self, spec: FineTuneSpec, compute_dtype: Any) -> Any | None:
         return None
@@ -92,7 +74,7 @@ class _Method:
         tokenizer.save_pretrained(out)
 
 
-class _PeftMethod(_Method):
+class _PeftBuilder(_Builder):
     """Shared by every method that trains a PEFT adapter."""
 
     def attach(self, model: Any, spec: FineTuneSpec, tokenizer: Any, source_path: str) -> Any:
@@ -108,8 +90,7 @@ class _PeftMethod(_Method):
         return PeftModel.from_pretrained(base, artifact)
 
 
-@register("lora", "dora")
-class LoraBuilder(_PeftMethod):
+class LoraBuilder(_PeftBuilder):
     def peft_config(self, model: Any, spec: FineTuneSpec, tokenizer: Any, source_path: str) -> Any:
         from peft import LoraConfig
 
@@ -127,7 +108,6 @@ class LoraBuilder(_PeftMethod):
         )
 
 
-@register("qlora")
 class QloraBuilder(LoraBuilder):
     def quantization_config(self, spec: FineTuneSpec, compute_dtype: Any) -> Any:
         from transformers import BitsAndBytesConfig
@@ -147,8 +127,7 @@ class QloraBuilder(LoraBuilder):
         return get_peft_model(model, self.peft_config(model, spec, tokenizer, source_path))
 
 
-@register("ia3")
-class Ia3Builder(_PeftMethod):
+class Ia3Builder(_PeftBuilder):
     def peft_config(self, model: Any, spec: FineTuneSpec, tokenizer: Any, source_path: str) -> Any:
         from peft import IA3Config
 
@@ -162,8 +141,7 @@ class Ia3Builder(_PeftMethod):
         return IA3Config(task_type="CAUSAL_LM", target_modules=target, feedforward_modules=feedforward)
 
 
-@register("prompt_tuning")
-class PromptTuningBuilder(_PeftMethod):
+class PromptTuningBuilder(_PeftBuilder):
     def peft_config(self, model: Any, spec: FineTuneSpec, tokenizer: Any, source_path: str) -> Any:
         from peft import PromptTuningConfig, PromptTuningInit
 
@@ -179,8 +157,7 @@ class PromptTuningBuilder(_PeftMethod):
         return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=m.num_virtual_tokens)
 
 
-@register("prefix_tuning")
-class PrefixTuningBuilder(_PeftMethod):
+class PrefixTuningBuilder(_PeftBuilder):
     def peft_config(self, model: Any, spec: FineTuneSpec, tokenizer: Any, source_path: str) -> Any:
         from peft import PrefixTuningConfig
 
@@ -193,8 +170,7 @@ class PrefixTuningBuilder(_PeftMethod):
 # ------------------------------------------------------------------------------------ whole weights
 
 
-@register("full")
-class FullBuilder(_Method):
+class FullBuilder(_Builder):
     def attach(self, model: Any, spec: FineTuneSpec, tokenizer: Any, source_path: str) -> Any:
         for param in model.parameters():
             param.requires_grad_(True)
@@ -206,8 +182,7 @@ class FullBuilder(_Method):
         return AutoModelForCausalLM.from_pretrained(artifact, dtype=next(base.parameters()).dtype)
 
 
-@register("head_only")
-class HeadOnlyBuilder(_Method):
+class HeadOnlyBuilder(_Builder):
     """Feature extraction: the body stays frozen, the output head trains. Saves only the head tensors."""
 
     def attach(self, model: Any, spec: FineTuneSpec, tokenizer: Any, source_path: str) -> Any:
@@ -231,11 +206,8 @@ class HeadOnlyBuilder(_Method):
         from safetensors.torch import save_file
 
         out.mkdir(parents=True, exist_ok=True)
-        names = [n for n, p in model.named_parameters() if p.requires_grad]
         tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
         save_file(tensors, str(out / HEAD_FILE))
-        tied = bool(getattr(model.config, "tie_word_embeddings", False))
-        (out / HEAD_META).write_text(json.dumps({"method": "head_only", "parameters": names, "tied_embeddings": tied}))
         tokenizer.save_pretrained(out)
 
     def reload(self, base: Any, artifact: Path) -> Any:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from sdk.errors import SpecError
-from sdk.spec import ModelSpec
+from sdk.precision import Precision, compute_dtype, torch_dtype, weight_dtype
+from sdk.spec import FineTuneSpec, ModelSpec
 
 
 def cache_dir(*parts: str) -> Path:
@@ -109,12 +110,6 @@ def local_source(model: ModelSpec) -> ModelSource:
     return source
 
 
-def torch_dtype(name: str) -> Any:
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}[name]
-
-
 def load_tokenizer(model: ModelSpec, source: ModelSource | None = None) -> Any:
     from transformers import AutoTokenizer
 
@@ -163,3 +158,33 @@ def keep_exact_4bit_on_cpu(model: Any, quantization_config: Any) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+
+
+@dataclass
+class BaseLoader:
+    """The run's base model as training saw it: same source, tokenizer, dtype and quantization.
+    Used by the node, `finetune eval` and merge, so the three load it the same way."""
+
+    spec: FineTuneSpec
+    precision: Precision
+    source: ModelSource
+
+    @classmethod
+    def for_spec(cls, spec: FineTuneSpec, precision: Precision) -> BaseLoader:
+        return cls(spec, precision, local_source(spec.model))
+
+    @property
+    def builder(self) -> Any:
+        from launch.methods import builder_for
+
+        return builder_for(self.spec)
+
+    def tokenizer(self) -> Any:
+        return load_tokenizer(self.spec.model, self.source)
+
+    def load(self, *, dtype: str | None = None, compute: str | None = None) -> Any:
+        """The base in `dtype` (default: the run's weight dtype); a quantized method's base computes in
+        `compute` (default: the run's compute dtype)."""
+        quant = self.builder.quantization_config(self.spec, torch_dtype(compute or compute_dtype(self.spec, self.precision)))
+        weights = torch_dtype(dtype or weight_dtype(self.spec, self.precision))
+        return load_model(self.spec.model, dtype=weights, quantization_config=quant, source=self.source)

@@ -1,7 +1,17 @@
-"""The node recipe, flat: load → evaluate base → attach method → train → evaluate → save → commit.
+"""The node recipe, as phases: setup → evaluate base → attach → train → save → commit → evaluate tuned → summary.
 
-Every run, local or cloud, executes this same code. All artifacts go through the store; the adapter
-is built in a scratch directory and committed with its manifest last.
+Every run, local or cloud, executes this same code; `run()` below is the whole recipe. All
+artifacts go through the store; the adapter is built in a scratch folder and committed with its
+manifest last.
+
+Which rank does what (torchrun ranks; a single process is every rank at once):
+  every rank     loads the base, evaluates (under ZeRO-3 a forward pass is a collective), trains,
+                 gathers ZeRO-3 parameters for the save (a collective)
+  global rank 0  writes status.json and metrics.jsonl (RunSink), saves and commits the adapter,
+                 writes summary.json
+  local rank 0   uploads its node's checkpoint files (launch.checkpoints), removes the node's scratch
+  waits          one barrier after the summary, so no rank removes the shared scratch folder while
+                 rank 0 still reads it; checkpoint commits and resumes synchronise on their own
 """
 
 from __future__ import annotations
@@ -11,13 +21,14 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sdk.runfolder import ADAPTER, SUMMARY, RunFolder
 from sdk.spec import FineTuneSpec
 from sdk.store import commit_dir
+from sdk.summary import Generation, LabelAccuracy, LabelScore, RunSummary, Runtime
 
 
 class Cancelled(Exception):
@@ -30,10 +41,11 @@ class Outcome:
 
     model: Any
     tokenizer: Any
-    summary: dict[str, Any]
+    summary: RunSummary
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
+    """Progress bars and per-step deprecation noise off; real warnings (e.g. an attention fallback) stay."""
     import logging
     import os
     import warnings
@@ -68,11 +80,11 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes"):
+    for name in ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "deepspeed"):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -80,141 +92,186 @@ def _versions() -> dict[str, str]:
     return out
 
 
+@dataclass
+class NodeRecipe:
+    """One run on this node. Each phase is a method; state lives on the instance."""
+
+    spec: FineTuneSpec
+    folder: RunFolder
+    sink: Any
+    workdir: Path
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+
+    def check_cancel(self) -> None:
+        if self.sink.cancel_requested:
+            raise Cancelled()
+
+    def _timed(self, name: str, t0: float) -> None:
+        self.timings[name] = time.time() - t0
+
+    # -- phases
+
+    def setup(self) -> None:
+        """Load the tokenizer, the base model (quantized if the method says so) and the data."""
+        import torch
+
+        from launch import data, ranks
+        from launch.hardware import capability, hardware
+        from launch.models import BaseLoader
+        from sdk.methods import method_of
+        from sdk.precision import resolve_precision
+
+        self.sink.set_state("running", phase="loading model")
+        self.hardware = hardware()
+        self.precision = resolve_precision(self.spec.train.precision, capability=capability())
+        torch.manual_seed(self.spec.train.seed)
+        loader = BaseLoader.for_spec(self.spec, self.precision)
+        self.builder = loader.builder
+        self.source = loader.source
+        # Join the process group only now: under an initialized group transformers' save_pretrained writes
+        # on rank 0 alone, and a cache that another rank builds in loader.source (tiny model, GGUF) would stay empty.
+        ranks.init()
+        self.tokenizer = loader.tokenizer()
+        self.model = loader.load()
+        if torch.cuda.is_available() and not method_of(self.spec).quantized_base:  # 4-bit loads onto its GPU
+            self.model = self.model.cuda()
+        if self.model.generation_config is not None and self.model.generation_config.pad_token_id is None:
+            self.model.generation_config.pad_token_id = self.tokenizer.pad_token_id
+        self.data = data.prepare(self.spec)
+        self.eval_examples = self.data.eval_examples[: self.spec.eval.num_samples]
+        self._timed("load_s", self.started)
+        self.check_cancel()
+
+    def _label_accuracy(self, when: str) -> Any:
+        from launch.evaluate import label_accuracy
+
+        ev = self.spec.eval
+        if not (ev.labels and self.eval_examples and getattr(ev, when)):
+            return None
+        t0 = time.time()
+        score = label_accuracy(self.model, self.tokenizer, self.eval_examples, ev.labels, max_new_tokens=ev.max_new_tokens)
+        self._timed(f"eval_{when}_s", t0)
+        return score
+
+    def evaluate_before(self) -> None:
+        """The base model, before any method is attached ("adapter disabled")."""
+        self.sink.set_state("running", phase="evaluating base model")
+        self.before = self._label_accuracy("before")
+        self.check_cancel()
+
+    def attach(self) -> None:
+        """Make the model trainable the method's way (adapters added, or weights unfrozen)."""
+        self.model = self.builder.attach(self.model, self.spec, self.tokenizer, self.source.path)
+        self.trainable, self.total = count_parameters(self.model)
+
+    def train(self) -> None:
+        """Resume from the newest committed checkpoint if any, train, then the eval loss."""
+        from launch import ranks
+        from launch.checkpoints import commit_checkpoint, prepare_resume
+        from launch.train import build_trainer
+
+        self.sink.set_state("running", phase="training", trainable_params=self.trainable)
+
+        def on_checkpoint(local_dir: Path, step: int) -> None:
+            self.sink.flush()  # the metrics up to this step are stored before the checkpoint that resumes after them
+            commit_checkpoint(self.folder, local_dir, step, keep=self.spec.train.keep_checkpoints)
+
+        trainer = build_trainer(self.spec, self.model, self.tokenizer, self.data.train, self.data.eval,
+                                precision=self.precision, workdir=self.workdir, sink=self.sink, on_checkpoint=on_checkpoint)
+        resume = prepare_resume(self.folder, Path(trainer.args.output_dir))
+        self.resumed_from = resume[0] if resume else None
+        if resume is not None:
+            self.sink.resume_from(resume[0])
+            if ranks.is_main():
+                print(f"[finetune] resuming from committed checkpoint {resume[0]}", flush=True)
+        t0 = time.time()
+        self.result = trainer.train(resume_from_checkpoint=str(resume[1]) if resume else None)
+        self._timed("train_s", t0)
+        self.check_cancel()
+        self.model = trainer.model
+        self.eval_loss = None
+        if self.data.eval:
+            self.sink.set_state("running", phase="evaluating")
+            self.eval_loss = trainer.evaluate().get("eval_loss")
+
+    def save(self) -> Path:
+        """The artifact in scratch: under ZeRO-3 every rank gathers the parameters, rank 0 writes."""
+        from launch import ranks
+        from launch.train import full_parameters
+
+        self.sink.set_state("running", phase="saving")
+        t0 = time.time()
+        artifact = self.workdir / "artifact"
+        with full_parameters(self.model):
+            if ranks.is_main():
+                self.builder.save(self.model, self.tokenizer, artifact)
+        self._timed("save_s", t0)
+        return artifact
+
+    def commit(self, artifact: Path) -> None:
+        """Rank 0 uploads the artifact, MANIFEST.json last: until then there is no adapter."""
+        from launch import ranks
+
+        manifest = commit_dir(self.folder.store, artifact, self.folder.key(ADAPTER)) if ranks.is_main() else {"files": {}}
+        self.adapter_bytes = sum(f["size"] for f in manifest["files"].values())
+
+    def evaluate_after(self) -> None:
+        """The tuned model. The adapter is committed by now: a late cancel no longer undoes the run."""
+        self.sink.set_state("running", phase="evaluating tuned model")
+        self.after = self._label_accuracy("after")
+
+    def summary(self) -> RunSummary:
+        from launch import ranks
+        from launch.evaluate import side_by_side
+        from launch.train import peak_memory
+
+        def score(s: Any) -> LabelScore | None:
+            return LabelScore(accuracy=s.accuracy, correct=s.correct, total=s.total) if s else None
+
+        peak, peak_kind = peak_memory()
+        losses = [r["loss"] for r in self.sink.rows if "loss" in r]
+        generations = side_by_side(self.eval_examples, self.before.outputs, self.after.outputs, self.spec.eval.generations) \
+            if self.before and self.after else []
+        self.timings["total_s"] = time.time() - self.started
+        summary = RunSummary(
+            run_id=self.folder.run_id, model=self.spec.model.id, method=self.spec.method.name, objective=self.spec.objective,
+            precision=self.precision, hardware=self.hardware, trainable_params=self.trainable, total_params=self.total,
+            trainable_percent=100.0 * self.trainable / self.total if self.total else 0.0,
+            resident_memory_bytes=int(self.model.get_memory_footprint()), peak_memory_bytes=peak, peak_memory_kind=peak_kind,
+            steps=int(self.result.global_step), train_loss=float(self.result.training_loss),
+            first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None, eval_loss=self.eval_loss,
+            train_rows=len(self.data.train), eval_rows=len(self.data.eval),
+            label_accuracy=LabelAccuracy(before=score(self.before), after=score(self.after)),
+            generations=[Generation(**g) for g in generations], adapter_bytes=self.adapter_bytes,
+            runtime_s=Runtime(**self.timings), resumed_from_step=self.resumed_from, world_size=ranks.world_size(),
+            strategy=self.spec.distributed.strategy if ranks.world_size() > 1 else "single", versions=versions(),
+        )
+        if ranks.is_main():
+            self.folder.write_json(SUMMARY, summary.model_dump(mode="json"))
+        return summary
+
+    def cleanup(self) -> None:
+        from launch import ranks
+
+        ranks.barrier()
+        if ranks.local_rank() == 0:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 def run(spec: FineTuneSpec, folder: RunFolder, sink: Any, *, workdir: Path | None = None) -> Outcome:
-    """Train per the spec and commit the artifact; the summary is also written to the store."""
-    _quiet_libraries()
-    import torch
-
-    from launch import data as data_mod
-    from launch import ranks
-    from launch.checkpoints import commit_checkpoint, prepare_resume
-    from launch.evaluate import label_accuracy, side_by_side
-    from launch.methods import get_method
-    from launch.models import load_model, load_tokenizer, local_source
-    from launch.train import build_trainer, compute_dtype, full_parameters, peak_memory, resolve_precision, weight_dtype
-
-    timings: dict[str, float] = {}
-    started = time.time()
+    """Train per the spec, commit the artifact and write the summary to the store."""
+    quiet_libraries()
     # The ranks of one node share a scratch folder (the launcher sets it), so a checkpoint is one folder.
     workdir = Path(workdir or os.environ.get("FINETUNE_WORKDIR") or tempfile.mkdtemp(prefix=f"finetune-{folder.run_id}-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    method = get_method(spec.method.name)
-    precision = resolve_precision(spec)
-    torch.manual_seed(spec.train.seed)
-
-    def check_cancel() -> None:
-        if sink.cancel_requested:
-            raise Cancelled()
-
-    # -- load
-    sink.set_state("running", phase="loading model")
-    source = local_source(spec.model)
-    # Join the process group only now: under an initialized group transformers' save_pretrained writes
-    # on rank 0 alone, and a cache that another rank builds above (tiny model, GGUF) would stay empty.
-    ranks.init()
-    tokenizer = load_tokenizer(spec.model, source)
-    quant = method.quantization_config(spec, compute_dtype(spec, precision))
-    model = load_model(spec.model, dtype=weight_dtype(spec, precision), quantization_config=quant, source=source)
-    if torch.cuda.is_available() and quant is None:
-        model = model.cuda()
-    if model.generation_config is not None and model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    prepared = data_mod.prepare(spec)
-    timings["load_s"] = time.time() - started
-    check_cancel()
-
-    # -- base model, before any method is attached ("adapter disabled")
-    labels = spec.eval.labels
-    eval_examples = prepared.eval_examples[: spec.eval.num_samples]
-    before = None
-    if labels and eval_examples and spec.eval.before:
-        sink.set_state("running", phase="evaluating base model")
-        t0 = time.time()
-        before = label_accuracy(model, tokenizer, eval_examples, labels, max_new_tokens=spec.eval.max_new_tokens)
-        timings["eval_before_s"] = time.time() - t0
-    check_cancel()
-
-    # -- attach and train
-    model = method.attach(model, spec, tokenizer, source.path)
-    trainable, total = count_parameters(model)
-    sink.set_state("running", phase="training", trainable_params=trainable)
-
-    def on_checkpoint(local_dir: Path, step: int) -> None:
-        sink.flush()  # the metrics up to this step are stored before the checkpoint that resumes after them
-        commit_checkpoint(folder, local_dir, step, keep=spec.train.keep_checkpoints)
-
-    trainer = build_trainer(
-        spec, model, tokenizer, prepared.train, prepared.eval, workdir=workdir, sink=sink, on_checkpoint=on_checkpoint
-    )
-    resume = prepare_resume(folder, Path(trainer.args.output_dir))
-    if resume is not None:
-        step, _ = resume
-        sink.resume_from(step)
-        if ranks.is_main():
-            print(f"[finetune] resuming from committed checkpoint {step}", flush=True)
-    t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=str(resume[1]) if resume else None)
-    timings["train_s"] = time.time() - t0
-    check_cancel()
-    model = trainer.model
-    eval_loss = None
-    if prepared.eval:
-        sink.set_state("running", phase="evaluating")
-        eval_loss = trainer.evaluate().get("eval_loss")
-    after = None
-    if labels and eval_examples and spec.eval.after:
-        t0 = time.time()
-        after = label_accuracy(model, tokenizer, eval_examples, labels, max_new_tokens=spec.eval.max_new_tokens)
-        timings["eval_after_s"] = time.time() - t0
-    check_cancel()
-
-    # -- save and commit: built in scratch, then committed to the store with the manifest last (rank 0)
-    sink.set_state("running", phase="saving")
-    artifact = workdir / "artifact"
-    with full_parameters(model):  # a collective under ZeRO-3: every rank takes part, rank 0 saves
-        if ranks.is_main():
-            method.save(model, tokenizer, artifact)
-    manifest = commit_dir(folder.store, artifact, folder.key(ADAPTER)) if ranks.is_main() else {"files": {}}
-    peak, peak_kind = peak_memory()
-    rows = sink.rows
-    losses = [r["loss"] for r in rows if "loss" in r]
-    summary: dict[str, Any] = {
-        "run_id": folder.run_id,
-        "model": spec.model.id,
-        "method": spec.method.name,
-        "objective": spec.objective,
-        "precision": precision,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_percent": 100.0 * trainable / total if total else 0.0,
-        "resident_memory_bytes": int(model.get_memory_footprint()),
-        "peak_memory_bytes": peak,
-        "peak_memory_kind": peak_kind,
-        "steps": int(result.global_step),
-        "train_loss": float(result.training_loss),
-        "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None,
-        "eval_loss": eval_loss,
-        "train_rows": len(prepared.train),
-        "eval_rows": len(prepared.eval),
-        "label_accuracy": {
-            "before": before.as_dict() if before else None,
-            "after": after.as_dict() if after else None,
-        },
-        "generations": side_by_side(eval_examples, before.outputs, after.outputs, spec.eval.generations)
-        if before and after
-        else [],
-        "adapter_bytes": sum(f["size"] for f in manifest["files"].values()),
-        "runtime_s": {**timings, "total_s": time.time() - started},
-        "resumed_from_step": resume[0] if resume else None,
-        "world_size": ranks.world_size(),
-        "strategy": spec.distributed.strategy if ranks.world_size() > 1 else "single",
-        "versions": _versions(),
-    }
-    if ranks.is_main():
-        folder.write_json(SUMMARY, summary)
-    ranks.barrier()
-    if ranks.local_rank() == 0:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return Outcome(model, tokenizer, summary)
+    recipe = NodeRecipe(spec, folder, sink, workdir)
+    recipe.setup()
+    recipe.evaluate_before()
+    recipe.attach()
+    recipe.train()
+    recipe.commit(recipe.save())
+    recipe.evaluate_after()
+    summary = recipe.summary()
+    recipe.cleanup()
+    return Outcome(recipe.model, recipe.tokenizer, summary)

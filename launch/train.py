@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from sdk.errors import FinetuneError
+from sdk.methods import method_of
+from sdk.precision import Precision, torch_dtype, trainable_dtype
 from sdk.spec import FineTuneSpec
 
 # Our optimizer names -> transformers' OptimizerNames.
@@ -27,42 +29,6 @@ def has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def resolve_precision(spec: FineTuneSpec) -> str:
-    """'auto' becomes bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU."""
-    if spec.train.precision != "auto":
-        return spec.train.precision
-    import torch
-
-    if not torch.cuda.is_available():
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def weight_dtype(spec: FineTuneSpec, precision: str) -> Any:
-    """dtype the base weights load in. Full fine-tuning keeps fp32 master weights (mixed precision:
-    bf16/fp16 autocast on top); pure 16-bit weights would also keep Adam's states in 16 bits."""
-    import torch
-
-    if spec.model.dtype != "auto":
-        return getattr(torch, spec.model.dtype)
-    if spec.method.name == "full":
-        return torch.float32
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    return torch.float32
-
-
-def compute_dtype(spec: FineTuneSpec, precision: str) -> Any:
-    import torch
-
-    declared = getattr(spec.method, "compute_dtype", "auto")
-    if declared != "auto":
-        return getattr(torch, declared)
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
 def peak_memory() -> tuple[int, str]:
@@ -168,10 +134,19 @@ def distributed_args(spec: FineTuneSpec) -> dict[str, Any]:
     if ranks.world_size() == 1:
         return {}
     # Adapters use every trainable parameter each step; the search for unused ones only costs time.
-    args: dict[str, Any] = {"ddp_find_unused_parameters": spec.method.name == "full"}
+    args: dict[str, Any] = {"ddp_find_unused_parameters": method_of(spec).trains_all_weights}
     if not has_cuda():
         args["ddp_backend"] = "gloo"
     return args
+
+
+def keep_trainable_dtype(model: Any, dtype: Any) -> None:
+    """trl casts QLoRA adapters to bf16 (the paper's GPU recipe); the product keeps trained parameters
+    in the dtype sdk.precision.trainable_dtype decides (fp32 for adapters), so small updates are not
+    rounded away and the saved adapter computes like the trained one."""
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != dtype:
+            param.data = param.data.to(dtype)
 
 
 def with_cpu_resume_fix(trainer_cls: type) -> type:
@@ -204,6 +179,7 @@ def build_trainer(
     train_rows: list[dict],
     eval_rows: list[dict],
     *,
+    precision: Precision,
     workdir: Path,
     sink: Any,
     on_checkpoint: Callable[[Path, int], None] | None = None,
@@ -211,7 +187,6 @@ def build_trainer(
     from datasets import Dataset
 
     t = spec.train
-    precision = resolve_precision(spec)
     cuda = has_cuda()
     common: dict[str, Any] = dict(
         output_dir=str(workdir / "trainer"),
@@ -264,14 +239,7 @@ def build_trainer(
         trainer = with_cpu_resume_fix(SFTTrainer)(
             model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, callbacks=callbacks
         )
-    import torch
-
-    if spec.method.name == "qlora" and compute_dtype(spec, precision) == torch.float32:
-        # trl casts QLoRA adapters to bf16 (the paper's GPU recipe). With fp32 compute that only adds
-        # rounding, and the saved adapter would then compute differently from the trained one on reload.
-        for param in trainer.model.parameters():
-            if param.requires_grad:
-                param.data = param.data.float()
+    keep_trainable_dtype(trainer.model, torch_dtype(trainable_dtype(spec, precision)))
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our callback prints one compact line per log step

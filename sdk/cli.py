@@ -137,28 +137,36 @@ def _fmt_bytes(n: float | None) -> str:
     return str(n)
 
 
-def _print_summary(summary: dict) -> None:
+def _print_summary(summary) -> None:
+    """A RunSummary as a two-column table, then the side-by-side generations."""
     from rich.table import Table
 
     table = Table(show_header=False, box=None, pad_edge=False)
-    acc = summary.get("label_accuracy") or {}
+    hw = summary.hardware
+    device = f"{hw.count}× {hw.name}" if hw.name else hw.device
+    steps = str(summary.steps)
+    if summary.first_loss is not None and summary.last_loss is not None:
+        steps += f", loss {summary.first_loss:.4f} → {summary.last_loss:.4f}"
     rows = [
-        ("model", f"{summary['model']} ({summary['method']}, {summary['objective']}, {summary['precision']}, {summary['device']})"),
-        ("trainable", f"{summary['trainable_params']:,} of {summary['total_params']:,} ({summary['trainable_percent']:.3f}%)"),
-        ("steps", f"{summary['steps']}, loss {summary['first_loss']:.4f} → {summary['last_loss']:.4f}" if summary.get("first_loss") is not None else str(summary["steps"])),
-        ("eval loss", f"{summary['eval_loss']:.4f}" if summary.get("eval_loss") is not None else "-"),
-        ("memory", f"resident {_fmt_bytes(summary['resident_memory_bytes'])}, peak {_fmt_bytes(summary['peak_memory_bytes'])} ({summary['peak_memory_kind']})"),
-        ("adapter", _fmt_bytes(summary.get("adapter_bytes"))),
-        ("runtime", ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in summary["runtime_s"].items())),
+        ("model", f"{summary.model} ({summary.method}, {summary.objective}, {summary.precision}, {device})"),
+        ("trainable", f"{summary.trainable_params:,} of {summary.total_params:,} ({summary.trainable_percent:.3f}%)"),
+        ("steps", steps),
+        ("eval loss", f"{summary.eval_loss:.4f}" if summary.eval_loss is not None else "-"),
+        ("memory", f"resident {_fmt_bytes(summary.resident_memory_bytes)}, peak {_fmt_bytes(summary.peak_memory_bytes)} "
+                   f"({summary.peak_memory_kind})"),
+        ("adapter", _fmt_bytes(summary.adapter_bytes)),
+        ("runtime", ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in summary.runtime_s.model_dump().items()
+                              if v is not None)),
     ]
-    if acc.get("before") and acc.get("after"):
-        b, a = acc["before"], acc["after"]
-        rows.append(("label accuracy", f"{b['accuracy']:.1%} → {a['accuracy']:.1%} ({a['correct']}/{a['total']} held-out)"))
+    acc = summary.label_accuracy
+    if acc.before and acc.after:
+        rows.append(("label accuracy", f"{acc.before.accuracy:.1%} → {acc.after.accuracy:.1%} "
+                                       f"({acc.after.correct}/{acc.after.total} held-out)"))
     for key, value in rows:
         table.add_row(f"[bold]{key}[/bold]", value)
     _console().print(table)
-    for gen in summary.get("generations") or []:
-        _console().print(f"  expected [green]{gen['expected']!r}[/green]  base {gen['base']!r}  tuned {gen['tuned']!r}", markup=True)
+    for gen in summary.generations:
+        _console().print(f"  expected [green]{gen.expected!r}[/green]  base {gen.base!r}  tuned {gen.tuned!r}", markup=True)
 
 
 @app.command()
@@ -269,12 +277,16 @@ def runs(store: str | None = typer.Option(None, "--store", help="list the runs i
 
 
 @app.command()
-def status(run: str = typer.Argument(..., help="run id or run folder URI"), json_out: bool = typer.Option(False, "--json")) -> None:
-    """The state of a run (from its store), with step and loss."""
+def status(
+    run: str = typer.Argument(..., help="run id or run folder URI"),
+    json_out: bool = typer.Option(False, "--json"),
+    reconcile: bool = typer.Option(False, "--reconcile", help="write the backend's view (e.g. a dead node) into the store"),
+) -> None:
+    """The state of a run (from its store, or its backend when that knows better), with step and loss."""
     from sdk.runs import get_run
 
     handle = get_run(run)
-    st = handle.status()
+    st = handle.reconcile() if reconcile else handle.status()
     if json_out:
         _console().print_json(st.model_dump_json())
         return
@@ -319,8 +331,9 @@ def metrics(
 
     handle = get_run(run)
     rows = handle.metrics()
+    summary = handle.summary()
     if json_out:
-        sys.stdout.write(json.dumps({"metrics": rows, "summary": handle.summary()}) + "\n")
+        sys.stdout.write(json.dumps({"metrics": rows, "summary": summary.model_dump(mode="json") if summary else None}) + "\n")
     else:
         table = Table("step", "loss", "lr", "grad_norm", "tokens/s", "eval_loss", "peak mem", box=None, pad_edge=False)
 
@@ -331,7 +344,6 @@ def metrics(
             table.add_row(str(row.get("step")), cell(row, "loss"), cell(row, "lr"), cell(row, "grad_norm"),
                           cell(row, "tokens_per_s", "{:.0f}"), cell(row, "eval_loss"), _fmt_bytes(row.get("peak_mem_bytes")))
         _console().print(table)
-        summary = handle.summary()
         if summary:
             _print_summary(summary)
     if plot:

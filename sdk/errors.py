@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class FinetuneError(Exception):
     """Base class of every error the CLI prints as one clean message (exit code 2)."""
@@ -9,11 +11,26 @@ class FinetuneError(Exception):
     exit_code = 2
 
 
-class SpecError(FinetuneError):
-    """The spec or recipe is invalid. `problems` holds one line per problem: '<where>: <message>'."""
+@dataclass(frozen=True)
+class FieldError:
+    """One problem of a spec: the dotted field path, what is wrong, and where (file:line or --set) if known."""
 
-    def __init__(self, problems: list[str] | str, *, source: str | None = None):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
+    field: str
+    message: str
+    where: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.where + ': ' if self.where else ''}{self.field}: {self.message}"
+
+
+class SpecError(FinetuneError, ValueError):
+    """The spec or recipe is invalid. `errors` holds one FieldError per problem (field, message, where);
+    `problems` the same as printed lines. A ValueError, like the pydantic error it replaces."""
+
+    def __init__(self, problems: list[str | FieldError] | str | FieldError, *, source: str | None = None):
+        items = [problems] if isinstance(problems, (str, FieldError)) else list(problems)
+        self.errors = [p for p in items if isinstance(p, FieldError)]
+        self.problems = [str(p) for p in items]
         self.source = source
         head = f"invalid spec in {source}" if source else "invalid spec"
         body = "\n".join(f"  {p}" for p in self.problems)

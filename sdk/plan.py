@@ -4,7 +4,7 @@ Bytes per component (N = data-parallel world size, P = total params, T = trainab
   frozen weights   16-bit: 2·P (full fine-tuning: fp32 master weights, 4·P) · NF4/FP4: 0.5 B per Linear weight + quantization constants
                    (fp32 absmax per 64 → 0.5 bit/param; double quant: 8-bit absmax + fp32 per 256 blocks
                    → 0.127 bit/param) with embeddings, norms and head kept in 16-bit
-  trainable        adapters in fp32 (peft up-casts them); QLoRA adapters in bf16 (trl's cast)
+  trainable        adapters in fp32 at every precision, QLoRA's too (sdk.precision.trainable_dtype)
   gradients        T in the trainable dtype
   optimizer        AdamW 2 states in the parameter's dtype; 8-bit: 2 B/param; SGD: 0; Adafactor ≈ 0.5 B/param
                    DeepSpeed: fp32 master + 2 states = 12 B/param, sharded over N from ZeRO-1 on
@@ -27,6 +27,8 @@ from pydantic import BaseModel
 
 from sdk.architectures import Shapes, config_for
 from sdk.errors import SpecError
+from sdk.methods import method_of
+from sdk.precision import BYTES, DTYPE_OF, resolve_precision, trainable_dtype, weight_dtype
 from sdk.spec import FineTuneSpec
 
 GiB = 1024**3
@@ -37,10 +39,6 @@ GPUS: dict[str, int] = {
     "T4": 16, "V100": 16, "L4": 24, "A10G": 24, "RTX4090": 24, "A10": 24, "V100-32GB": 32, "A100": 40,
     "L40S": 48, "A40": 48, "RTX6000-Ada": 48, "A100-80GB": 80, "H100": 80, "H200": 141, "B200": 180,
 }
-
-ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-FEEDFORWARD = ("gate_proj", "up_proj", "down_proj")
-
 
 class Component(BaseModel):
     name: str
@@ -75,48 +73,8 @@ class MemoryEstimate(BaseModel):
         return 100.0 * self.trainable_params / self.total_params if self.total_params else 0.0
 
 
-def _targets(spec: FineTuneSpec, shapes: Shapes) -> dict[str, tuple[int, int]]:
-    linears = shapes.linears()
-    target = getattr(spec.method, "target_modules", "all-linear")
-    if target == "all-linear":
-        return linears
-    if target == "attention":
-        return {k: v for k, v in linears.items() if k in ATTENTION}
-    return {k: v for k, v in linears.items() if k in target}
-
-
 def trainable_params(spec: FineTuneSpec, shapes: Shapes) -> int:
-    m = spec.method
-    name = m.name
-    if name == "full":
-        return shapes.total_params()
-    if name == "head_only":
-        return shapes.vocab * shapes.h
-    if name in ("lora", "dora", "qlora"):
-        per_layer = sum(m.r * (i + o) + (o if m.use_dora else 0) for i, o in _targets(spec, shapes).values())
-        return per_layer * shapes.layers
-    if name == "ia3":
-        # IA3 learns one vector per target: the input size for feed-forward modules, else the output size.
-        per_layer = sum(i if k in FEEDFORWARD else o for k, (i, o) in _targets(spec, shapes).items())
-        return per_layer * shapes.layers
-    if name == "prompt_tuning":
-        return m.num_virtual_tokens * shapes.h
-    if name == "prefix_tuning":
-        per_token = 2 * shapes.layers * shapes.kv_heads * shapes.head_dim
-        if m.projection:
-            return m.num_virtual_tokens * shapes.h + shapes.h * shapes.h + shapes.h + shapes.h * per_token + per_token
-        return m.num_virtual_tokens * per_token
-    raise SpecError(f"method.name: no estimate for {name!r}")
-
-
-def _precision(spec: FineTuneSpec, device: str) -> str:
-    if spec.train.precision != "auto":
-        return spec.train.precision
-    return "bf16" if device == "gpu" else "fp32"
-
-
-def _dtype_bytes(name: str) -> int:
-    return {"float32": 4, "bfloat16": 2, "float16": 2}[name]
+    return method_of(spec).trainable_params(spec.method, shapes)
 
 
 def estimate(
@@ -132,12 +90,11 @@ def estimate(
         shapes = Shapes(config)
     except KeyError as exc:
         raise SpecError(f"model.id: config of {spec.model.id!r} lacks {exc.args[0]!r}") from None
-    method = spec.method.name
-    precision = _precision(spec, device)
-    act = 4 if precision == "fp32" else 2
-    weight = _dtype_bytes(spec.model.dtype) if spec.model.dtype != "auto" else act
-    if method == "full" and spec.model.dtype == "auto":
-        weight = 4  # mixed precision: fp32 master weights under 16-bit autocast (as the node trains)
+    method = method_of(spec)
+    # The planner assumes a GPU with native bf16 (compute capability 8.0+), as the cloud GPUs it lists.
+    precision = resolve_precision(spec.train.precision, capability=(8, 0) if device == "gpu" else None)
+    act = BYTES[DTYPE_OF[precision]]
+    weight = BYTES[weight_dtype(spec, precision)]
     s = seq_len or spec.data.max_length
     b = micro_batch or spec.train.batch_size
     total = shapes.total_params()
@@ -151,7 +108,7 @@ def estimate(
     parts: list[Component] = []
 
     # -- frozen / model weights
-    if method == "qlora":
+    if method.quantized_base:
         linear = shapes.linear_params()
         per_block = (1 / 64 + 4 / (64 * 256)) if spec.method.double_quant else 4 / 64
         quantized = int(linear * (0.5 + per_block))
@@ -163,15 +120,8 @@ def estimate(
         parts.append(Component(name="weights", bytes=total * weight // shard_params, note=f"{total:,} params × {weight} B"))
 
     # -- trainable parameters, gradients, optimizer
-    if method == "full":
-        param_bytes = weight
-    elif method == "head_only":
-        param_bytes = 4  # the node trains the head in fp32
-    elif method == "qlora" and precision != "fp32":
-        param_bytes = 2  # trl casts QLoRA adapters to bf16
-    else:
-        param_bytes = 4  # peft keeps adapters in fp32
-    if method not in ("full", "head_only"):
+    param_bytes = BYTES[trainable_dtype(spec, precision)]
+    if method.adds_parameters:  # trained weights of the base itself are counted with the weights
         parts.append(Component(name="trainable params", bytes=trainable * param_bytes // shard_params,
                                note=f"{trainable:,} × {param_bytes} B"))
     parts.append(Component(name="gradients", bytes=trainable * param_bytes // shard_states, note=f"{param_bytes} B each"))
@@ -194,18 +144,16 @@ def estimate(
     tokens = s * b
     norm_fp32 = 2 * (8 if act == 2 else 4) * h  # HF RMSNorm computes in fp32 and keeps its intermediates
     per_layer = tokens * (act * (6 * h + 2 * kv + 4 * inter) + norm_fp32)
-    dropout = getattr(spec.method, "dropout", 0.0)
-    if method in ("lora", "dora", "qlora"):
-        for _, (i, _o) in _targets(spec, shapes).items():
-            per_layer += tokens * (spec.method.r * act + ((act + 1) * i if dropout > 0 else 0))
+    per_layer += tokens * method.activation_bytes(spec.method, shapes, act)
     if spec.train.gradient_checkpointing:
         activations = shapes.layers * tokens * h * act + per_layer
         note = f"checkpointed: {shapes.layers} layer inputs + one layer recomputed"
     else:
         activations = shapes.layers * per_layer
         note = f"{shapes.layers} layers × {tokens:,} tokens"
-    if method == "prompt_tuning" or method == "prefix_tuning":
-        activations = activations * (s + spec.method.num_virtual_tokens) // s
+    virtual = method.virtual_tokens(spec.method)
+    if virtual:  # soft prompts lengthen every sequence
+        activations = activations * (s + virtual) // s
     parts.append(Component(name="activations", bytes=int(activations), note=note))
     parts.append(Component(name="logits", bytes=tokens * shapes.vocab * (act + 4 + 4),
                            note=f"{tokens:,} tokens × {shapes.vocab:,} vocab"))
@@ -225,7 +173,7 @@ def estimate(
         for name, gb in GPUS.items()
     ]
     return MemoryEstimate(
-        model=spec.model.id, method=method, device=device, total_params=total, trainable_params=trainable,
+        model=spec.model.id, method=method.name, device=device, total_params=total, trainable_params=trainable,
         world_size=world, seq_len=s, micro_batch=b, components=parts, allocated_bytes=allocated,
         required_bytes=required, fits=fits,
     )

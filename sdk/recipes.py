@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sdk.errors import SpecError
-from sdk.spec import FineTuneSpec
+from sdk.spec import FineTuneSpec, parse_spec
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -118,27 +118,23 @@ def _locator(source: str, lines: dict[tuple, int], origin: dict[tuple, str]):
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> FineTuneSpec:
     """Read a YAML recipe (a path, or the name of a shipped recipe) into a validated spec."""
-    from pydantic import ValidationError
-
-    from sdk.validation import format_errors
-
     file = resolve_recipe(path)
     source = str(path)
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(f"{source}: cannot read recipe: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = file.read_bytes()[: exc.start].count(b"\n") + 1
+        raise SpecError(f"{source}:{line}: not a UTF-8 text file (byte {exc.object[exc.start]:#04x} at offset "
+                        f"{exc.start}); a recipe is YAML text") from None
     located = _compose(text, source)
     if located.data is None:
         raise SpecError(f"{source}:1: recipe is empty")
     if not isinstance(located.data, dict):
         raise SpecError(f"{source}:1: a recipe is a mapping of keys (model:, method:, data: ...), not a {type(located.data).__name__}")
     data, origin = apply_overrides(located.data, overrides or [])
-    try:
-        return FineTuneSpec.model_validate(data)
-    except ValidationError as exc:
-        problems = format_errors(exc, locate=_locator(source, located.lines, origin))
-        raise SpecError(problems) from None
+    return parse_spec(data, locate=_locator(source, located.lines, origin))
 
 
 def resolve_recipe(path: str | Path) -> Path:

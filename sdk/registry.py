@@ -27,18 +27,12 @@ def _connect() -> sqlite3.Connection:
     return conn
 
 
-def record(run_id: str, uri: str, backend: str, **info: Any) -> None:
+def record(run_id: str, uri: str, backend: str, info: dict[str, Any]) -> None:
     with closing(_connect()) as conn, conn:
         conn.execute(
             "INSERT OR REPLACE INTO runs (id, uri, backend, created, info) VALUES (?, ?, ?, ?, ?)",
             (run_id, uri, backend, time.time(), json.dumps(info)),
         )
-
-
-def update(run_id: str, **info: Any) -> None:
-    entry = lookup(run_id)
-    if entry is not None:
-        record(run_id, entry["uri"], entry["backend"], **{**entry["info"], **info})
 
 
 def lookup(run_id: str) -> dict[str, Any] | None:

@@ -9,11 +9,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from sdk.backends import BackendView
+
 from sdk import registry
 from sdk.errors import LaunchError, RunNotFound, StoreError
 from sdk.runfolder import ADAPTER, LOG, SPEC, SUMMARY, TERMINAL, RunFolder, RunState, new_run_id
 from sdk.spec import DEFAULT_OUTPUT, FineTuneSpec
 from sdk.store import fetch_dir, open_store
+from sdk.summary import RunSummary
 
 
 class RunStatus(BaseModel):
@@ -37,18 +40,18 @@ class RunStatus(BaseModel):
 class Run:
     """A handle on one run. Everything it reports is read from the run folder in the store."""
 
-    def __init__(self, uri: str, *, backend: str | None = None, info: dict[str, Any] | None = None):
+    def __init__(self, uri: str, *, backend: str | None = None, info: BaseModel | None = None):
         self.folder = RunFolder.from_uri(uri)
         self.id = self.folder.run_id
         self.uri = self.folder.uri
         self.backend = backend
-        self.info = info or {}
+        self.info = info  # the backend's typed Info (PID, cluster); None for a run found in a store
 
     def __repr__(self) -> str:
         return f"Run(id={self.id!r}, uri={self.uri!r}, backend={self.backend!r})"
 
     def _backend(self) -> Any:
-        if not self.backend:
+        if not self.backend or self.info is None:
             return None
         from sdk.backends import get_backend
 
@@ -56,13 +59,29 @@ class Run:
 
     # -- state
 
+    def _views(self) -> tuple[RunStatus, BackendView | None]:
+        stored = RunStatus.model_validate(self.folder.status())
+        backend = self._backend()
+        view = backend.status(self.folder, self.info) if backend is not None and not stored.done else None
+        return stored, view
+
     def status(self) -> RunStatus:
-        status = RunStatus.model_validate(self.folder.status())
-        if not status.done and (backend := self._backend()) is not None:
-            state = backend.status(self.folder, self.info)
-            if state is not None:
-                status = RunStatus.model_validate(self.folder.status())
-        return status
+        """The run's state: status.json, unless the backend knows better (a node process that died
+        without a word, a cluster still provisioning). Reads only; see reconcile()."""
+        stored, view = self._views()
+        if view is None:
+            return stored
+        return stored.model_copy(update={"state": view.state, "error": view.error or stored.error})
+
+    def reconcile(self) -> RunStatus:
+        """Write the backend's view into status.json when it differs from what the store says, so that
+        a client elsewhere, reading the store alone, sees it too."""
+        stored, view = self._views()
+        if view is None:
+            return stored
+        extra = stored.model_dump(exclude={"state", "heartbeat", "error"}, exclude_none=True)
+        self.folder.write_status(view.state, **extra, **({"error": view.error} if view.error else {}))
+        return RunStatus.model_validate(self.folder.status())
 
     def wait(self, *, progress: bool = True, timeout: float | None = None, poll: float = 1.0) -> RunStatus:
         """Block until the run ends; show step/total and loss on a progress bar (notebook or terminal)."""
@@ -74,7 +93,8 @@ class Run:
                 if progress:
                     bar = _update_bar(bar, status, self.id)
                 if status.done:
-                    return status
+                    # A final state only the backend knew (the node died silently) goes into the store.
+                    return self.reconcile() if self.folder.status().get("state") != status.state else status
                 if deadline is not None and time.time() > deadline:
                     raise TimeoutError(f"run {self.id} still {status.state} after {timeout} s")
                 time.sleep(poll)
@@ -112,8 +132,10 @@ class Run:
             return pd.DataFrame(rows)
         return rows
 
-    def summary(self) -> dict[str, Any] | None:
-        return self.folder.read_json(SUMMARY)
+    def summary(self) -> RunSummary | None:
+        """summary.json, typed; None until the run has finished."""
+        data = self.folder.read_json(SUMMARY)
+        return None if data is None else RunSummary.model_validate(data)
 
     def logs(self, *, follow: bool = False, poll: float = 1.0) -> str | Iterator[str]:
         """The node's log: all of it, or (follow=True) an iterator of new text until the run ends."""
@@ -214,22 +236,30 @@ def submit(spec: FineTuneSpec, *, backend: str = "auto") -> Run:
     except BaseException as exc:
         folder.write_status("failed", error=f"submit failed: {exc}")
         raise
-    registry.record(folder.run_id, folder.uri, name, **info)
+    registry.record(folder.run_id, folder.uri, name, info.model_dump(mode="json"))
     return Run(folder.uri, backend=name, info=info)
+
+
+def _from_entry(entry: dict[str, Any]) -> Run:
+    """A registry row as a Run with its backend's typed Info."""
+    from sdk.backends import get_backend
+
+    info = get_backend(entry["backend"]).Info.model_validate(entry["info"])
+    return Run(entry["uri"], backend=entry["backend"], info=info)
 
 
 def get_run(id_or_uri: str, *, store: str | None = None) -> Run:
     """A run by id (registry, then the given or default store) or by its folder URI."""
     entry = registry.lookup(id_or_uri)
     if entry is not None:
-        return Run(entry["uri"], backend=entry["backend"], info=entry["info"])
+        return _from_entry(entry)
     if "://" in id_or_uri or "/" in id_or_uri or Path(id_or_uri).expanduser().is_dir():
         run = Run(id_or_uri)
         if not run.folder.exists():
             raise RunNotFound(f"{run.uri}: no run here (no {SPEC})")
         entry = registry.lookup(run.id)
         if entry is not None and entry["uri"] == run.uri:  # submitted here: the backend can cancel it
-            return Run(entry["uri"], backend=entry["backend"], info=entry["info"])
+            return _from_entry(entry)
         return run
     root = open_store(store or DEFAULT_OUTPUT)
     folder = RunFolder(root, id_or_uri)
@@ -241,7 +271,7 @@ def get_run(id_or_uri: str, *, store: str | None = None) -> Run:
 def list_runs(*, store: str | None = None, limit: int = 100) -> list[Run]:
     """Runs in a store (read from the store alone), or the locally registered ones."""
     if store is None:
-        return [Run(e["uri"], backend=e["backend"], info=e["info"]) for e in registry.entries(limit)]
+        return [_from_entry(e) for e in registry.entries(limit)]
     root = open_store(store)
     ids = sorted({key.split("/")[0] for key in root.list("") if key.count("/") == 1 and key.endswith(f"/{SPEC}")}, reverse=True)
     return [Run(root.url(run_id)) for run_id in ids[:limit]]

@@ -8,12 +8,16 @@ common case short: `model="Qwen/Qwen2.5-0.5B"`, `method="qlora"`, `data="train.j
 
 from __future__ import annotations
 
+import contextvars
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from sdk.errors import SpecError
+from sdk.methods import REGISTRY, LoraSpec, method_named
+from sdk.parts import SpecPart
 
 DEFAULT_OUTPUT = "~/.finetune/runs"
 
@@ -21,14 +25,13 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
-class _Part(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
 
 
 # --------------------------------------------------------------------------------------------- model
 
 
-class ModelSpec(_Part):
+class ModelSpec(SpecPart):
     """What to fine-tune: a Hub id, a local directory, a `.gguf` file, or `tiny:<arch>` (built locally)."""
 
     id: str = Field(min_length=1, description="Hub id, local dir, .gguf file, pkg://<package>/<file>, or tiny:<arch>")
@@ -45,83 +48,13 @@ class ModelSpec(_Part):
 
 # -------------------------------------------------------------------------------------------- method
 
-TargetModules = Union[Literal["all-linear", "attention"], list[str]]
-
-
-class LoraMethod(_Part):
-    name: Literal["lora"] = "lora"
-    r: int = Field(16, ge=1, le=4096)
-    alpha: float = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: TargetModules = "all-linear"
-    bias: Literal["none", "all", "lora_only"] = "none"
-    use_dora: bool = False
-    use_rslora: bool = False
-    modules_to_save: list[str] = Field(default_factory=list)
-
-    @field_validator("target_modules")
-    @classmethod
-    def _non_empty(cls, value: TargetModules) -> TargetModules:
-        if isinstance(value, list) and not value:
-            raise ValueError("must name at least one module, or be 'all-linear' / 'attention'")
-        return value
-
-
-class DoraMethod(LoraMethod):
-    """LoRA with weight decomposition (DoRA); same fields as lora."""
-
-    name: Literal["dora"] = "dora"  # type: ignore[assignment]
-    use_dora: Literal[True] = True
-
-
-class QloraMethod(LoraMethod):
-    """LoRA on a frozen base stored in 4 bits (bitsandbytes)."""
-
-    name: Literal["qlora"] = "qlora"  # type: ignore[assignment]
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
-    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-
-
-class FullMethod(_Part):
-    name: Literal["full"] = "full"
-
-
-class HeadOnlyMethod(_Part):
-    """Feature extraction: freeze the body, train the output head (lm_head) only."""
-
-    name: Literal["head_only"] = "head_only"
-    head_modules: list[str] = Field(default_factory=lambda: ["lm_head"], min_length=1)
-
-
-class PromptTuningMethod(_Part):
-    name: Literal["prompt_tuning"] = "prompt_tuning"
-    num_virtual_tokens: int = Field(20, ge=1, le=1024)
-    init_text: str | None = Field(None, description="initialise the virtual tokens from this text (else random)")
-
-
-class PrefixTuningMethod(_Part):
-    name: Literal["prefix_tuning"] = "prefix_tuning"
-    num_virtual_tokens: int = Field(20, ge=1, le=1024)
-    projection: bool = Field(False, description="reparameterise the prefix through an MLP")
-
-
-class Ia3Method(_Part):
-    name: Literal["ia3"] = "ia3"
-    target_modules: TargetModules = "all-linear"
-
-
-Method = Annotated[
-    LoraMethod | DoraMethod | QloraMethod | FullMethod | HeadOnlyMethod | PromptTuningMethod | PrefixTuningMethod | Ia3Method,
-    Field(discriminator="name"),
-]
-METHOD_NAMES = ("lora", "dora", "qlora", "full", "head_only", "prompt_tuning", "prefix_tuning", "ia3")
-ADAPTER_METHODS = frozenset({"lora", "dora", "qlora", "prompt_tuning", "prefix_tuning", "ia3"})
+# One settings model per registered method (sdk.methods), told apart by `name`.
+MethodSpec = Annotated[Union[tuple(m.spec for m in REGISTRY.values())], Field(discriminator="name")]  # type: ignore[valid-type]
 
 # ---------------------------------------------------------------------------------------------- data
 
 
-class FieldMap(_Part):
+class FieldMap(SpecPart):
     """Which column of the data holds each role. Unused roles are ignored by the template.
 
     An integer in the `output` column is read as an index into `eval.labels` (AG-News style).
@@ -137,7 +70,7 @@ class FieldMap(_Part):
     rejected: str = "rejected"
 
 
-class DataSpec(_Part):
+class DataSpec(SpecPart):
     source: str = Field(
         min_length=1,
         description="local file or dir, s3://bucket/key, a Hub dataset id, or builtin:<name>",
@@ -176,7 +109,7 @@ Optimizer = Literal[
 ]
 
 
-class TrainSpec(_Part):
+class TrainSpec(SpecPart):
     max_steps: int | None = Field(None, ge=1)
     epochs: float | None = Field(None, gt=0)
     batch_size: int = Field(4, ge=1)
@@ -215,7 +148,7 @@ class TrainSpec(_Part):
 # ---------------------------------------------------------------------------------------------- eval
 
 
-class EvalSpec(_Part):
+class EvalSpec(SpecPart):
     labels: list[str] | None = Field(None, description="label set for label accuracy (greedy generation)")
     num_samples: int = Field(100, ge=1, description="held-out rows scored for label accuracy")
     before: bool = Field(True, description="also score the base model (adapter disabled)")
@@ -239,7 +172,7 @@ class EvalSpec(_Part):
 # ------------------------------------------------------------------------------------------ resources
 
 
-class ResourcesSpec(_Part):
+class ResourcesSpec(SpecPart):
     accelerators: dict[str, int] | None = Field(
         None, description="candidates, e.g. {L4: 1, A10G: 1}; also 'L4:1' or 'H100:8'"
     )
@@ -302,7 +235,7 @@ class ResourcesSpec(_Part):
         return bool(self.accelerators or self.infra)
 
 
-class DistributedSpec(_Part):
+class DistributedSpec(SpecPart):
     strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
     zero_stage: Literal[2, 3] | None = None
     offload: bool = Field(False, description="DeepSpeed: offload optimizer (and ZeRO-3 params) to CPU")
@@ -329,15 +262,15 @@ class DistributedSpec(_Part):
 # ----------------------------------------------------------------------------------------- the spec
 
 
-class FineTuneSpec(_Part):
+class FineTuneSpec(SpecPart):
     """Everything a run needs. Validated once, here; backends and the node trust it."""
 
     name: str | None = Field(None, description="run name; the run id is derived from it")
     description: str | None = None
-    model: ModelSpec
-    method: Method = Field(default_factory=LoraMethod)
+    model: ModelSpec = Field(description="a Hub model id, a local model directory, a .gguf file, pkg://<package>/<file> or tiny:<arch>")
+    method: MethodSpec = Field(default_factory=LoraSpec)
     objective: Literal["sft", "dpo"] = "sft"
-    data: DataSpec
+    data: DataSpec = Field(description="a local file, an s3:// URI, a Hub dataset id or builtin:<name>")
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
@@ -400,28 +333,47 @@ class FineTuneSpec(_Part):
 
     @model_validator(mode="after")
     def _cross_field(self) -> FineTuneSpec:
-        method = self.method.name
+        method = method_named(self.method.name)
+        if self.objective not in method.objectives:
+            trains = ", ".join(sorted(m.name for m in REGISTRY.values() if self.objective in m.objectives))
+            raise _CrossFieldError("method", f"{method.name} cannot be trained with objective {self.objective}; use one of {trains}")
         if self.objective == "dpo":
-            if method in ("prompt_tuning", "prefix_tuning"):
-                raise _cross("method", f"{method} cannot be trained with objective dpo; use lora, qlora or full")
             if self.data.packing:
-                raise _cross("data.packing", "packing is not available with objective dpo")
+                raise _CrossFieldError("data.packing", "packing is not available with objective dpo")
             if self.data.template == "text":
-                raise _cross("data.template", "dpo needs prompt/chosen/rejected, not the text template")
-        if method == "prefix_tuning" and self.train.gradient_checkpointing:
-            raise _cross("train.gradient_checkpointing", "prefix_tuning does not support gradient checkpointing")
+                raise _CrossFieldError("data.template", "dpo needs prompt/chosen/rejected, not the text template")
+        if self.train.gradient_checkpointing and not method.gradient_checkpointing:
+            raise _CrossFieldError("train.gradient_checkpointing", f"{method.name} does not support gradient checkpointing")
         if self.data.eval_source and self.data.eval_split:
-            raise _cross("data.eval_split", "set eval_source or eval_split, not both")
+            raise _CrossFieldError("data.eval_split", "set eval_source or eval_split, not both")
         overlap = set(self.secrets) & set(self.env)
         if overlap:
-            raise _cross("env", f"{sorted(overlap)} listed as secrets: secret values never go in the spec")
-        if self.train.optimizer in ("adamw_8bit", "paged_adamw_8bit") and method == "full" and self.distributed.strategy == "deepspeed":
-            raise _cross("train.optimizer", "8-bit bitsandbytes optimizers do not work under DeepSpeed; use adamw_torch")
-        if self.distributed.strategy == "deepspeed" and method == "qlora" and self.distributed.zero_stage == 3 and self.distributed.offload:
-            raise _cross("distributed.offload", "ZeRO-3 parameter offload cannot hold 4-bit weights; drop offload")
-        if method == "qlora" and self.train.precision == "fp16" and self.method.compute_dtype == "bfloat16":
-            raise _cross("method.compute_dtype", "bfloat16 compute with fp16 precision; pick one 16-bit type")
+            raise _CrossFieldError("env", f"{sorted(overlap)} listed as secrets: secret values never go in the spec")
+        deepspeed = self.distributed.strategy == "deepspeed"
+        if deepspeed and method.trains_all_weights and self.train.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+            raise _CrossFieldError("train.optimizer", "8-bit bitsandbytes optimizers do not work under DeepSpeed; use adamw_torch")
+        if deepspeed and method.quantized_base and self.distributed.zero_stage == 3 and self.distributed.offload:
+            raise _CrossFieldError("distributed.offload", "ZeRO-3 parameter offload cannot hold 4-bit weights; drop offload")
+        if self.train.precision == "fp16" and getattr(self.method, "compute_dtype", None) == "bfloat16":
+            raise _CrossFieldError("method.compute_dtype", "bfloat16 compute with fp16 precision; pick one 16-bit type")
         return self
+
+    def __init__(self, /, **data: Any) -> None:
+        """`FineTuneSpec(...)` from Python raises SpecError (a ValueError) with one short line per field,
+        the same lines the CLI prints, instead of pydantic's raw report."""
+        if _RAW_ERRORS.get():  # parse_spec wants pydantic's error to locate it in a file
+            super().__init__(**data)
+            return
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            from sdk.validation import format_errors
+
+            raise SpecError(format_errors(exc)) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> FineTuneSpec:  # type: ignore[override]
+        return parse_spec(obj)
 
     # -- conveniences used by backends and the CLI
 
@@ -441,17 +393,22 @@ class _CrossFieldError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
-def _cross(field: str, message: str) -> _CrossFieldError:
-    return _CrossFieldError(field, message)
+# While set, FineTuneSpec's constructor lets pydantic's ValidationError through (to be located and formatted).
+_RAW_ERRORS: contextvars.ContextVar[bool] = contextvars.ContextVar("finetune_raw_spec_errors", default=False)
 
 
-def parse_spec(data: Any, *, source: str | None = None, json: bool = False) -> FineTuneSpec:
-    """Validate a dict (or JSON text) into a spec, turning pydantic's errors into one SpecError."""
+def parse_spec(
+    data: Any, *, source: str | None = None, json: bool = False, locate: Callable[[tuple], str | None] | None = None
+) -> FineTuneSpec:
+    """Validate a dict (or JSON text) into a spec; pydantic's errors become one SpecError whose lines
+    name the field path, and file:line when `locate` maps a path to where it was written."""
     from sdk.validation import format_errors
 
+    validator = FineTuneSpec.__pydantic_validator__
+    token = _RAW_ERRORS.set(True)
     try:
-        if json:
-            return FineTuneSpec.model_validate_json(data)
-        return FineTuneSpec.model_validate(data)
+        return validator.validate_json(data) if json else validator.validate_python(data)
     except ValidationError as exc:
-        raise SpecError(format_errors(exc), source=source) from None
+        raise SpecError(format_errors(exc, locate=locate), source=source) from None
+    finally:
+        _RAW_ERRORS.reset(token)

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from sdk.errors import FieldError
+
 Path = tuple[str | int, ...]
 # pydantic puts union-branch names into `loc` ("literal['a','b']", "list[str]", "function-after[...]").
 _BRANCH = re.compile(r"^(literal\[|list\[|dict\[|function-|tagged-union\[|str$|int$|float$|bool$|none$|is-instance\[)")
@@ -103,7 +105,10 @@ def _message(root: type[BaseModel], err: dict[str, Any], owner: type[BaseModel] 
     if kind == "extra_forbidden":
         return _unknown_key(root, owner, str(path[-1]))
     if kind == "missing":
-        return "required field is missing"
+        _, parent = resolve(root, tuple(err["loc"])[:-1])  # the model that lacks the field
+        field = parent.model_fields.get(str(path[-1])) if parent is not None and path else None
+        accepts = f": give {field.description}" if field is not None and field.description else ""
+        return f"required field is missing{accepts}"
     if kind == "union_tag_invalid":
         tag = err["ctx"]["tag"]
         expected = [t.strip(" '") for t in err["ctx"]["expected_tags"].split(",")]
@@ -122,8 +127,8 @@ def _message(root: type[BaseModel], err: dict[str, Any], owner: type[BaseModel] 
 
 def format_errors(
     exc: ValidationError, *, locate: Callable[[Path], str | None] | None = None, root: type[BaseModel] | None = None
-) -> list[str]:
-    """One line per problem: '[file:line: ]field.path: message'."""
+) -> list[FieldError]:
+    """One FieldError per field path: field, message(s), and where (file:line) when `locate` knows."""
     if root is None:
         from sdk.spec import FineTuneSpec
 
@@ -141,9 +146,5 @@ def format_errors(
         messages = grouped.setdefault(path, [])
         if message not in messages:
             messages.append(message)
-    lines = []
-    for path, messages in grouped.items():
-        where = locate(path) if locate else None
-        prefix = f"{where}: " if where else ""
-        lines.append(f"{prefix}{dotted(path)}: {'; or '.join(messages)}")
-    return lines
+    return [FieldError(dotted(path), "; or ".join(messages), locate(path) if locate else None)
+            for path, messages in grouped.items()]

@@ -30,9 +30,9 @@ def test_local_run_to_local_store(tmp_path, finetune_home):
     metrics = run.metrics()
     assert [m["step"] for m in metrics if "loss" in m][:3] == [1, 2, 4]
     summary = run.summary()
-    assert summary["steps"] == 6 and summary["label_accuracy"]["after"]["total"] == 8
+    assert summary.steps == 6 and summary.label_accuracy.after.total == 8
     adapter = run.fetch_adapter(tmp_path / "adapter")
-    assert (adapter / "adapter_model.safetensors").is_file()
+    _assert_same_as_store(adapter, run.folder)
     assert "succeeded" in run.logs()
     # the handle is found again by id (registry) and by URI (store)
     assert sdk.get_run(run.id).uri == run.uri
@@ -71,6 +71,38 @@ def test_s3_run_then_fetch_from_another_machine(tmp_path, s3_env, finetune_home)
         assert hashlib.sha256(body).digest() == hashlib.sha256((dest / rel).read_bytes()).digest()
 
 
+def _assert_same_as_store(fetched, folder) -> None:
+    """Every file the adapter's manifest lists is in `fetched`, byte for byte as in the store."""
+    files = folder.adapter_manifest()["files"]
+    assert "adapter_model.safetensors" in files and "adapter_config.json" in files
+    for rel in files:
+        assert (fetched / rel).read_bytes() == folder.store.get_bytes(folder.key(f"adapter/{rel}")), rel
+
+
+def test_status_reads_only_and_reconcile_writes(tmp_path, finetune_home):
+    """A node killed without a word: status() reports failed from the backend's view without writing
+    status.json; reconcile() writes it, so a client reading the store alone sees it too."""
+    import signal
+
+    run = sdk.submit(tiny(str(tmp_path / "runs"), "train.max_steps=100000"))
+    deadline = time.time() + 120
+    while run.status().phase != "training" and time.time() < deadline:
+        time.sleep(0.5)
+    os.killpg(run.info.pid, signal.SIGKILL)
+    deadline = time.time() + 10
+    while run.status().state != "failed" and time.time() < deadline:
+        time.sleep(0.2)
+    key = run.folder.key("status.json")
+    stored = run.folder.store.get_bytes(key)
+    viewed = run.status()
+    assert viewed.state == "failed" and "exited without a final status" in viewed.error
+    assert run.folder.store.get_bytes(key) == stored and json.loads(stored)["state"] == "running"
+    assert sdk.Run(run.uri).status().state == "running"  # a reader of the store alone does not know yet
+    assert run.reconcile().state == "failed"
+    assert json.loads(run.folder.store.get_bytes(key))["state"] == "failed"
+    assert sdk.Run(run.uri).status().state == "failed"
+
+
 def test_two_runs_at_once_stay_separate(tmp_path, finetune_home):
     runs = [sdk.submit(tiny(str(tmp_path / "runs"), f"name=twin{i}", f"train.seed={i}")) for i in range(2)]
     assert runs[0].id != runs[1].id
@@ -78,7 +110,7 @@ def test_two_runs_at_once_stay_separate(tmp_path, finetune_home):
     assert states == ["succeeded", "succeeded"], [r.logs() for r in runs]
     specs = [r.spec() for r in runs]
     assert [s.train.seed for s in specs] == [0, 1]
-    assert all(r.summary()["run_id"] == r.id for r in runs)
+    assert all(r.summary().run_id == r.id for r in runs)
 
 
 def test_cancel_stops_a_running_run(tmp_path, finetune_home):
@@ -98,7 +130,7 @@ def test_cancel_stops_a_running_run(tmp_path, finetune_home):
 def test_two_process_local_run_goes_through_torchrun_and_cancels(tmp_path, finetune_home):
     done = sdk.submit(tiny(str(tmp_path / "runs"), "distributed.nproc_per_node=2"))
     assert done.wait(progress=False, timeout=240).state == "succeeded", done.logs()
-    assert "torch.distributed.run" in done.logs() and done.summary()["world_size"] == 2
+    assert "torch.distributed.run" in done.logs() and done.summary().world_size == 2
 
     run = sdk.submit(tiny(str(tmp_path / "runs"), "distributed.nproc_per_node=2", "train.max_steps=100000"))
     deadline = time.time() + 120
@@ -108,7 +140,7 @@ def test_two_process_local_run_goes_through_torchrun_and_cancels(tmp_path, finet
     assert run.cancel().state == "cancelled"
     assert time.time() - start < 20
     # every rank is gone, not only the launcher
-    pgid = run.info["pid"]
+    pgid = run.info.pid
     assert not [p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pgid]
 
 
@@ -131,7 +163,8 @@ def test_cli_launch_local_end_to_end(run_cli, tmp_path, finetune_home):
         assert res.returncode == 0, (args, res.stderr)
     assert (tmp_path / "loss.png").stat().st_size > 1000
     fetched = run_cli("fetch", run_id, str(tmp_path / "adapter"), env=env)
-    assert fetched.returncode == 0 and (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert fetched.returncode == 0, fetched.stderr
+    _assert_same_as_store(tmp_path / "adapter", sdk.get_run(str(out / run_id)).folder)
     again = run_cli("fetch", run_id, str(tmp_path / "adapter"), env=env)
     assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
 from sdk.recipes import load_recipe
 from sdk.runfolder import RunFolder
 from sdk.spec import FineTuneSpec
+from sdk.methods import method_named
 from sdk.store import LocalStore, fetch_dir
+from sdk.summary import RunSummary
 
 torch = pytest.importorskip("torch")
 
@@ -49,6 +52,44 @@ def _run(spec: FineTuneSpec, tmp_path):
     return folder, sink, outcome
 
 
+def _fixed_batch_loss(model, tokenizer, rows: list[dict]) -> float:
+    """Mean token loss of the model on the same training rows (prompt + completion), dropout off."""
+    texts = [row["prompt"] + row["completion"] for row in rows]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        loss = model(**batch, labels=labels).loss.item()
+    model.train(was_training)
+    return loss
+
+
+def _run_phases(spec: FineTuneSpec, tmp_path):
+    """The node recipe phase by phase, with the loss on one fixed batch right after attaching and after training."""
+    from launch.node import NodeRecipe, Outcome, quiet_libraries
+    from launch.sink import RunSink
+
+    quiet_libraries()
+    folder = RunFolder(LocalStore(tmp_path / "store"), "run")
+    sink = RunSink(folder, interval=3600)
+    sink.start()
+    recipe = NodeRecipe(spec, folder, sink, tmp_path / "work")
+    recipe.setup()
+    recipe.evaluate_before()
+    recipe.attach()
+    rows = recipe.data.train[:16]
+    before = _fixed_batch_loss(recipe.model, recipe.tokenizer, rows)
+    recipe.train()
+    after = _fixed_batch_loss(recipe.model, recipe.tokenizer, rows)
+    recipe.commit(recipe.save())
+    recipe.evaluate_after()
+    summary = recipe.summary()
+    recipe.cleanup()
+    sink.close("succeeded")
+    return folder, sink, Outcome(recipe.model, recipe.tokenizer, summary), (before, after)
+
+
 def _logits(model, tokenizer):
     batch = tokenizer(["### Instruction:\nClassify\n\n### Response:\n", "Reports say the striker won"], return_tensors="pt", padding=True)
     model.eval()
@@ -58,31 +99,33 @@ def _logits(model, tokenizer):
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_method_trains_and_artifact_reloads(name, tmp_path):
-    from launch.methods import get_method
+    from launch.methods import builder_for
     from launch.models import load_model, local_source
 
     method, lr = METHODS[name]
     spec = tiny_spec(method, lr)
-    folder, sink, outcome = _run(spec, tmp_path)
+    folder, sink, outcome, (before, after) = _run_phases(spec, tmp_path)
+    assert after < before, f"{name}: loss on a fixed training batch did not fall: {before:.4f} -> {after:.4f}"
     losses = [row["loss"] for row in sink.rows if "loss" in row]
-    assert len(losses) >= 5, losses
-    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, f"{name}: loss did not fall: {losses}"
+    assert len(losses) == 8 and all(math.isfinite(x) for x in losses), losses
 
-    summary = folder.read_json("summary.json")
-    assert summary["steps"] == 8 and summary["method"] == name
-    assert 0 < summary["trainable_params"] <= summary["total_params"]
-    assert summary["label_accuracy"]["before"] is not None and summary["label_accuracy"]["after"] is not None
-    assert len(summary["generations"]) == 2
+    summary = RunSummary.model_validate(folder.read_json("summary.json"))
+    assert summary == outcome.summary
+    assert summary.steps == 8 and summary.method == name
+    assert 0 < summary.trainable_params <= summary.total_params
+    assert summary.label_accuracy.before is not None and summary.label_accuracy.after is not None
+    assert len(summary.generations) == 2
     metrics = folder.metrics()
     assert {"step", "loss", "lr", "grad_norm", "peak_mem_bytes"} <= set(metrics[1])
 
     artifact = fetch_dir(folder.store, "run/adapter", tmp_path / "fetched")
-    if name in ("lora", "dora", "qlora", "prompt_tuning", "prefix_tuning", "ia3"):
-        assert (artifact / "adapter_config.json").is_file() and (artifact / "adapter_model.safetensors").is_file()
-    base_method = get_method(name)
-    quant = base_method.quantization_config(spec, torch.float32)
+    files = {"peft_adapter": ["adapter_config.json", "adapter_model.safetensors"], "whole_model": ["model.safetensors"],
+             "head_tensors": ["head.safetensors"]}[method_named(name).artifact]
+    assert all((artifact / f).is_file() for f in files), sorted(p.name for p in artifact.iterdir())
+    builder = builder_for(spec)
+    quant = builder.quantization_config(spec, torch.float32)
     base = load_model(spec.model, dtype=torch.float32, quantization_config=quant, source=local_source(spec.model))
-    reloaded = base_method.reload(base, artifact)
+    reloaded = builder.reload(base, artifact)
     diff = (_logits(reloaded, outcome.tokenizer) - _logits(outcome.model, outcome.tokenizer)).abs().max().item()
     assert diff <= 1e-5, f"{name}: reloaded logits differ by {diff}"
 
@@ -106,10 +149,10 @@ def test_dpo_trains_on_tiny_model(tmp_path):
     spec = load_recipe("tiny-dpo", ["train.max_steps=6", "train.logging_steps=1", "data.max_samples=48"])
     folder, sink, _ = _run(spec, tmp_path)
     rows = [r for r in sink.rows if "loss" in r]
-    assert len(rows) >= 5 and all(r["loss"] == r["loss"] for r in rows)  # finite, not NaN
+    assert len(rows) >= 5 and all(math.isfinite(r["loss"]) for r in rows)
     assert any(k.startswith("rewards_") for r in rows for k in r), rows[0]
     assert folder.adapter_manifest() is not None
-    assert folder.read_json("summary.json")["objective"] == "dpo"
+    assert RunSummary.model_validate(folder.read_json("summary.json")).objective == "dpo"
 
 
 def test_qlora_gradients_match_dequantized_fp32_twin():
@@ -158,4 +201,4 @@ def test_tiny_model_like_a_recipe_trains_from_its_directory(tmp_path, run_cli):
     assert config["model_type"] == "qwen2" and config["tie_word_embeddings"] is True
     spec = tiny_spec(*METHODS["lora"], model=str(tmp_path / "tiny-qwen"))
     folder, sink, _ = _run(spec, tmp_path)
-    assert folder.adapter_manifest() is not None and folder.read_json("summary.json")["steps"] == 8
+    assert folder.adapter_manifest() is not None and RunSummary.model_validate(folder.read_json("summary.json")).steps == 8

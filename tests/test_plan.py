@@ -55,14 +55,14 @@ def _spec(method, **extra) -> FineTuneSpec:
     ids=lambda m: "-".join(str(v) for v in m.values()),
 )
 def test_trainable_count_equals_what_peft_builds(method):
-    from launch.methods import get_method
+    from launch.methods import builder_for
     from launch.models import load_model, load_tokenizer, local_source
     from launch.node import count_parameters
 
     spec = _spec(method)
     source = local_source(spec.model)
     model = load_model(spec.model, dtype=torch.float32, source=source)
-    attached = get_method(spec.method.name).attach(model, spec, load_tokenizer(spec.model, source), source.path)
+    attached = builder_for(spec).attach(model, spec, load_tokenizer(spec.model, source), source.path)
     trainable, total = count_parameters(attached)
     shapes = Shapes(config_for("tiny:llama"))
     assert trainable_params(spec, shapes) == trainable

@@ -54,11 +54,11 @@ def test_two_node_ddp_through_skypilot_on_slurm(slurm, s3_env, finetune_home, tm
     assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
     run_id = next(line.split()[1] for line in launched.stdout.splitlines() if line.startswith("run "))
     run = sdk.get_run(run_id)
-    assert run.backend == "skypilot" and run.info["cluster"] in clusters()
+    assert run.backend == "skypilot" and run.info.cluster in clusters()
     final = run.wait(progress=False, timeout=300)
     assert final.state == "succeeded", run.logs()
     summary = run.summary()
-    assert summary["world_size"] == 2 and summary["strategy"] == "auto" and summary["steps"] == 10
+    assert summary.world_size == 2 and summary.strategy == "auto" and summary.steps == 10
     assert "--nnodes 2" in run.logs() and "GLOO_SOCKET_IFNAME=lo" in run.logs()
     import boto3
 
@@ -69,7 +69,7 @@ def test_two_node_ddp_through_skypilot_on_slurm(slurm, s3_env, finetune_home, tm
     assert fetched.returncode == 0 and (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     down = cli("down", run_id)
     assert down.returncode == 0, down.stderr
-    assert run.info["cluster"] not in clusters()
+    assert run.info.cluster not in clusters()
 
 
 def test_cancel_a_running_skypilot_job(slurm, s3_env, finetune_home):
@@ -89,8 +89,8 @@ def test_cancel_a_running_skypilot_job(slurm, s3_env, finetune_home):
         assert took < 30
         import sky
 
-        jobs = sky.get(sky.job_status(run.info["cluster"], [run.info["job_id"]]))
-        assert jobs[run.info["job_id"]].name in ("CANCELLED", "FAILED")  # SkyPilot stopped it, not only our flag
+        jobs = sky.get(sky.job_status(run.info.cluster, [run.info.job_id]))
+        assert jobs[run.info.job_id].name in ("CANCELLED", "FAILED")  # SkyPilot stopped it, not only our flag
         assert run.folder.adapter_manifest() is None
     finally:
         run.down()
@@ -124,7 +124,7 @@ def test_a_managed_job_reaches_running_and_is_cancelled(slurm, s3_env, finetune_
     env, bucket = s3_env
     spec = load_recipe("tiny", [*node_overrides(slurm, bucket), "resources.managed=true", "train.max_steps=100000"])
     run = sdk.submit(spec)
-    assert run.info["managed"] is True
+    assert run.info.managed is True
     backend = run._backend()
     deadline = time.time() + 420
     state = None

@@ -133,7 +133,8 @@ def test_malformed_recipe_names_field_and_line(tmp_path, name, text, overrides, 
     with pytest.raises(SpecError) as info:
         load_recipe(recipe, overrides)
     message = str(info.value)
-    assert str(recipe) in message or "--set" in message
+    located = f"{recipe}:" in message or any(f"--set {o}" in message for o in overrides)
+    assert located, f"neither {recipe}:LINE nor the --set override named in:\n{message}"
     for piece in expected:
         assert piece in message, f"{piece!r} not in:\n{message}"
 

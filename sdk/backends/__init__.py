@@ -1,46 +1,60 @@
-"""Backends start a run's node somewhere and can stop it. One small protocol; the store does the rest."""
+"""Backends start a run's node somewhere and can stop it. One small protocol; the store does the rest.
+
+Each backend has a typed `Info` (what the registry keeps to find the run again: a PID, a cluster) and
+answers `status` from its own view without writing anything; `Run.reconcile()` writes that view to
+the store when asked.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
-from sdk.runfolder import RunFolder
+from pydantic import BaseModel
+
+from sdk.runfolder import RunFolder, RunState
 from sdk.spec import FineTuneSpec
+
+
+class BackendView(BaseModel):
+    """The backend's own word on a run, when it knows better than status.json (a dead process, a
+    cluster still provisioning)."""
+
+    state: RunState
+    error: str | None = None
 
 
 class Backend(Protocol):
     name: str
+    Info: type[BaseModel]
 
     def check(self, spec: FineTuneSpec) -> None:
         """Refuse a spec this backend cannot run (SpecError naming the field), before anything is created."""
 
-    def submit(self, spec: FineTuneSpec, folder: RunFolder) -> dict[str, Any]:
-        """Start the node for a run whose folder already holds spec.json; return info for the registry."""
+    def submit(self, spec: FineTuneSpec, folder: RunFolder) -> BaseModel:
+        """Start the node for a run whose folder already holds spec.json; return its Info for the registry."""
 
-    def status(self, folder: RunFolder, info: dict[str, Any]) -> str | None:
-        """The backend's own view of the state, when it knows better than status.json (else None)."""
+    def status(self, folder: RunFolder, info: BaseModel) -> BackendView | None:
+        """The backend's view when it differs from status.json, else None. Reads only."""
 
-    def cancel(self, folder: RunFolder, info: dict[str, Any]) -> None: ...
+    def cancel(self, folder: RunFolder, info: BaseModel) -> None: ...
 
-    def logs(self, folder: RunFolder, info: dict[str, Any]) -> str | None:
+    def logs(self, folder: RunFolder, info: BaseModel) -> str | None:
         """The node's log so far, or None when only the store has it."""
 
 
 def get_backend(name: str) -> Backend:
+    from sdk.errors import LaunchError
+
     if name == "local":
         from sdk.backends.local import LocalBackend
 
         return LocalBackend()
     if name == "skypilot":
-        from sdk.errors import LaunchError
-
         try:
             from sdk.backends.skypilot import SkyPilotBackend
         except ImportError as exc:
             raise LaunchError(f"the SkyPilot backend is not available here: {exc}") from None
         return SkyPilotBackend()
-    from sdk.errors import LaunchError
-
     raise LaunchError(f"unknown backend {name!r}; use local or skypilot")
 
 

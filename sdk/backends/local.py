@@ -8,8 +8,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
+from pydantic import BaseModel
+
+from sdk.backends import BackendView
 from sdk.errors import LaunchError, SpecError
 from sdk.registry import home
 from sdk.runfolder import LOG, TERMINAL, RunFolder
@@ -38,8 +40,17 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+class LocalRunInfo(BaseModel):
+    """A local run: the launcher's PID (also its process group), its log file and the host it runs on."""
+
+    pid: int
+    log: str
+    host: str
+
+
 class LocalBackend:
     name = "local"
+    Info = LocalRunInfo
 
     def log_path(self, folder: RunFolder) -> Path:
         if isinstance(folder.store, LocalStore):
@@ -56,7 +67,7 @@ class LocalBackend:
         if missing:
             raise SpecError(f"secrets: {', '.join(missing)} not set in this environment")
 
-    def submit(self, spec: FineTuneSpec, folder: RunFolder) -> dict[str, Any]:
+    def submit(self, spec: FineTuneSpec, folder: RunFolder) -> LocalRunInfo:
         self.check(spec)
         log = self.log_path(folder)
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -70,14 +81,14 @@ class LocalBackend:
                 )
             except OSError as exc:
                 raise LaunchError(f"cannot start {' '.join(command)}: {exc}") from None
-        return {"pid": process.pid, "log": str(log), "host": os.uname().nodename}
+        return LocalRunInfo(pid=process.pid, log=str(log), host=os.uname().nodename)
 
-    def _ours(self, info: dict[str, Any]) -> bool:
-        return info.get("host") == os.uname().nodename and bool(info.get("pid"))
+    def _ours(self, info: LocalRunInfo) -> bool:
+        return info.host == os.uname().nodename
 
-    def status(self, folder: RunFolder, info: dict[str, Any]) -> str | None:
+    def status(self, folder: RunFolder, info: LocalRunInfo) -> BackendView | None:
         """'failed' when the node process is gone without having written a final state."""
-        if not self._ours(info) or pid_alive(info["pid"]):
+        if not self._ours(info) or pid_alive(info.pid):
             return None
         # A final state may land just as the process exits: read once more before declaring failure.
         if folder.status().get("state") in TERMINAL:
@@ -85,13 +96,12 @@ class LocalBackend:
         time.sleep(0.5)
         if folder.status().get("state") in TERMINAL:
             return None
-        folder.write_status("failed", error=f"node process {info['pid']} exited without a final status; see its log")
-        return "failed"
+        return BackendView(state="failed", error=f"node process {info.pid} exited without a final status; see its log")
 
-    def cancel(self, folder: RunFolder, info: dict[str, Any], *, grace: float = 10.0) -> None:
+    def cancel(self, folder: RunFolder, info: LocalRunInfo, *, grace: float = 10.0) -> None:
         if not self._ours(info):
-            raise LaunchError(f"run {folder.run_id} was started on {info.get('host')}; cancel it there")
-        pid = info["pid"]
+            raise LaunchError(f"run {folder.run_id} was started on {info.host}; cancel it there")
+        pid = info.pid
         if pid_alive(pid):
             try:
                 os.killpg(pid, signal.SIGTERM)  # the node stops after its current step and writes 'cancelled'
@@ -111,8 +121,8 @@ class LocalBackend:
         if folder.status().get("state") not in TERMINAL:
             folder.write_status("cancelled")
 
-    def logs(self, folder: RunFolder, info: dict[str, Any]) -> str | None:
-        path = Path(info.get("log") or self.log_path(folder))
+    def logs(self, folder: RunFolder, info: LocalRunInfo) -> str | None:
+        path = Path(info.log)
         if self._ours(info) and path.is_file():
             return path.read_text(errors="replace")
         return None

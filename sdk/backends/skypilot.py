@@ -26,6 +26,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
+from sdk.backends import BackendView
 from sdk.errors import LaunchError, SpecError
 from sdk.registry import home
 from sdk.runfolder import TERMINAL, RunFolder
@@ -262,8 +265,18 @@ STATES = {
 }
 
 
+class SkyPilotRunInfo(BaseModel):
+    """A SkyPilot run: a job on cluster `cluster`, or (managed) a managed job named `cluster`."""
+
+    managed: bool
+    cluster: str
+    job_id: int | None = None
+    autodown: bool = False
+
+
 class SkyPilotBackend:
     name = "skypilot"
+    Info = SkyPilotRunInfo
 
     def check(self, spec: FineTuneSpec) -> None:
         missing = [name for name in spec.secrets if name not in os.environ]
@@ -271,7 +284,7 @@ class SkyPilotBackend:
             raise SpecError(f"secrets: {', '.join(missing)} not set in this environment")
         check_output(spec)
 
-    def submit(self, spec: FineTuneSpec, folder: RunFolder) -> dict[str, Any]:
+    def submit(self, spec: FineTuneSpec, folder: RunFolder) -> SkyPilotRunInfo:
         import sky
 
         managed = is_managed(spec)
@@ -281,25 +294,25 @@ class SkyPilotBackend:
         try:
             if managed:
                 job_ids, _ = sky.stream_and_get(sky.jobs.launch(task, name=cluster))
-                return {"managed": True, "job_id": (job_ids or [None])[0], "name": cluster}
+                return SkyPilotRunInfo(managed=True, cluster=cluster, job_id=(job_ids or [None])[0])
             infra = (spec.resources.infra or "").split("/")[0]
             autodown = {} if infra in NO_AUTODOWN else {"down": True, "idle_minutes_to_autostop": 5}
             job_id, _ = sky.stream_and_get(sky.launch(task, cluster_name=cluster, **autodown))
         except Exception as exc:
             raise LaunchError(f"SkyPilot could not launch {cluster}: {type(exc).__name__}: {exc}") from None
-        return {"managed": False, "cluster": cluster, "job_id": job_id, "autodown": bool(autodown)}
+        return SkyPilotRunInfo(managed=False, cluster=cluster, job_id=job_id, autodown=bool(autodown))
 
-    def _sky_state(self, info: dict[str, Any]) -> str | None:
+    def _sky_state(self, info: SkyPilotRunInfo) -> str | None:
         import sky
 
-        if info.get("managed"):
-            records = sky.get(sky.jobs.queue_v2(refresh=False, job_ids=[info["job_id"]]))[0]
+        if info.managed:
+            records = sky.get(sky.jobs.queue_v2(refresh=False, job_ids=[info.job_id]))[0]
             status = records[0].status if records else None
         else:
-            status = sky.get(sky.job_status(info["cluster"], [info["job_id"]])).get(info["job_id"])
+            status = sky.get(sky.job_status(info.cluster, [info.job_id])).get(info.job_id)
         return None if status is None else getattr(status, "name", str(status)).split(".")[-1]
 
-    def status(self, folder: RunFolder, info: dict[str, Any]) -> str | None:
+    def status(self, folder: RunFolder, info: SkyPilotRunInfo) -> BackendView | None:
         """SkyPilot's view when the store cannot know: provisioning, or a node that died without a word."""
         stored = folder.status().get("state")
         if stored in TERMINAL:
@@ -308,50 +321,48 @@ class SkyPilotBackend:
             state = STATES.get(self._sky_state(info) or "")
         except Exception:  # the cluster is gone (autodown) or the API server is unreachable: trust the store
             return None
-        if state in (None, "running"):
+        if state in (None, "running") or state == stored:
             return None
-        if state in ("provisioning", "recovering"):
-            if state == "recovering" or stored == "pending":
-                folder.write_status(state)
-            return state
-        if folder.status().get("state") in TERMINAL:  # the node's own final word landed meanwhile
+        if state == "provisioning" and stored != "pending":
+            return None  # the node already reported; SkyPilot's job state lags behind it
+        if state in TERMINAL and folder.status().get("state") in TERMINAL:  # the node's own final word landed meanwhile
             return None
-        error = None if state == "cancelled" else f"SkyPilot reports the job {state}; see `finetune logs {folder.run_id}`"
-        folder.write_status(state, **({"error": error} if error else {}))
-        return state
+        error = None if state in ("cancelled", "provisioning", "recovering") else \
+            f"SkyPilot reports the job {state}; see `finetune logs {folder.run_id}`"
+        return BackendView(state=state, error=error)
 
-    def cancel(self, folder: RunFolder, info: dict[str, Any]) -> None:
+    def cancel(self, folder: RunFolder, info: SkyPilotRunInfo) -> None:
         import sky
 
         try:
-            if info.get("managed"):
-                sky.get(sky.jobs.cancel(job_ids=[info["job_id"]]))
+            if info.managed:
+                sky.get(sky.jobs.cancel(job_ids=[info.job_id]))
             else:
-                sky.get(sky.cancel(info["cluster"], job_ids=[info["job_id"]]))
+                sky.get(sky.cancel(info.cluster, job_ids=[info.job_id]))
         except Exception as exc:
             raise LaunchError(f"SkyPilot could not cancel {folder.run_id}: {exc}") from None
         if folder.status().get("state") not in TERMINAL:
             folder.write_status("cancelled")
 
-    def logs(self, folder: RunFolder, info: dict[str, Any]) -> str | None:
+    def logs(self, folder: RunFolder, info: SkyPilotRunInfo) -> str | None:
         import sky
 
         buffer = io.StringIO()
         try:
-            if info.get("managed"):
-                sky.jobs.tail_logs(job_id=info["job_id"], follow=False, output_stream=buffer)
+            if info.managed:
+                sky.jobs.tail_logs(job_id=info.job_id, follow=False, output_stream=buffer)
             else:
-                sky.tail_logs(info["cluster"], info["job_id"], follow=False, output_stream=buffer)
+                sky.tail_logs(info.cluster, info.job_id, follow=False, output_stream=buffer)
         except Exception:
             return None  # the cluster is gone: the store's copy of the log is the record
         return buffer.getvalue() or None
 
-    def down(self, info: dict[str, Any]) -> None:
+    def down(self, info: SkyPilotRunInfo) -> None:
         import sky
 
-        if info.get("managed"):
+        if info.managed:
             raise LaunchError("managed jobs tear down their own clusters")
         try:
-            sky.get(sky.down(info["cluster"]))
+            sky.get(sky.down(info.cluster))
         except Exception as exc:
-            raise LaunchError(f"SkyPilot could not tear down {info['cluster']}: {exc}") from None
+            raise LaunchError(f"SkyPilot could not tear down {info.cluster}: {exc}") from None

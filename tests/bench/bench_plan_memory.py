@@ -34,10 +34,8 @@ CASES = {
 def _spec(model: str, method: str, seq: int, batch: int):
     from sdk.spec import FineTuneSpec
 
-    m = {"name": method}
-    if method == "qlora":
-        m["compute_dtype"] = "float32"
-    return FineTuneSpec(model=model, method=m, data={"source": "builtin:news-topics", "max_length": seq},
+    # fp32 precision: a quantized base computes in fp32 too (compute_dtype auto).
+    return FineTuneSpec(model=model, method=method, data={"source": "builtin:news-topics", "max_length": seq},
                         train={"batch_size": batch, "precision": "fp32"})
 
 
@@ -48,12 +46,11 @@ def worker(case: str) -> None:
     import psutil
     import torch
 
-    from launch.methods import get_method
+    from launch.methods import builder_for
     from launch.models import load_model, load_tokenizer, local_source
-    from launch.node import _quiet_libraries
-    from launch.train import compute_dtype
+    from launch.node import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     model_id, method, seq, batch = CASES[case]
     spec = _spec(model_id, method, seq, batch)
     source = local_source(spec.model)  # converts a GGUF once, before the baseline
@@ -62,8 +59,8 @@ def worker(case: str) -> None:
     proc = psutil.Process()
     libc.malloc_trim(0)
     baseline = proc.memory_info().rss
-    impl = get_method(method)
-    quant = impl.quantization_config(spec, compute_dtype(spec, "fp32"))
+    impl = builder_for(spec)
+    quant = impl.quantization_config(spec, torch.float32)
     model = load_model(spec.model, dtype=torch.float32, quantization_config=quant, source=source)
     model = impl.attach(model, spec, tokenizer, source.path)
     model.train()

@@ -63,8 +63,8 @@ def finetune_submit(harness: SlurmHarness, bucket: str) -> tuple[float, str]:
     ])
     start = time.time()
     run = sdk.submit(spec, backend="skypilot")
-    wait_running(run.info["cluster"], run.info["job_id"])
-    return time.time() - start, run.info["cluster"]
+    wait_running(run.info.cluster, run.info.job_id)
+    return time.time() - start, run.info.cluster
 
 
 def down(cluster: str) -> None:

@@ -1,0 +1,85 @@
+"""RunSummary: summary.json, typed. The node builds it at the end of a run; `Run.summary()` and the CLI read it.
+
+Unknown keys are ignored on read, so a client can read the summary of a newer node.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Read(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class LabelScore(_Read):
+    accuracy: float
+    correct: int
+    total: int
+
+
+class LabelAccuracy(_Read):
+    """Greedy-generation label accuracy on held-out rows, base model (adapter disabled) and tuned."""
+
+    before: LabelScore | None = None
+    after: LabelScore | None = None
+
+
+class Generation(_Read):
+    prompt: str
+    expected: str
+    base: str
+    tuned: str
+
+
+class Runtime(_Read):
+    """Seconds spent per phase of the node."""
+
+    load_s: float = 0.0
+    eval_before_s: float | None = None
+    train_s: float = 0.0
+    eval_after_s: float | None = None
+    save_s: float | None = None
+    total_s: float = 0.0
+
+
+class Hardware(_Read):
+    """What the node ran on (what it found, not what was asked for)."""
+
+    device: str = "cpu"  # cpu | cuda
+    name: str | None = None  # e.g. "NVIDIA L4"
+    count: int = 0  # CUDA devices visible to the process
+    capability: tuple[int, int] | None = None  # CUDA compute capability, e.g. (8, 9)
+    torch: str | None = None
+    cuda: str | None = None  # the CUDA version torch was built with
+    driver: str | None = None  # the NVIDIA driver version, when visible
+
+
+class RunSummary(_Read):
+    run_id: str
+    model: str
+    method: str
+    objective: str
+    precision: str
+    hardware: Hardware = Field(default_factory=Hardware)
+    trainable_params: int
+    total_params: int
+    trainable_percent: float
+    resident_memory_bytes: int
+    peak_memory_bytes: int
+    peak_memory_kind: str  # cuda_max_memory_allocated | cpu_peak_rss
+    steps: int
+    train_loss: float | None = None
+    first_loss: float | None = None
+    last_loss: float | None = None
+    eval_loss: float | None = None
+    train_rows: int
+    eval_rows: int
+    label_accuracy: LabelAccuracy = Field(default_factory=LabelAccuracy)
+    generations: list[Generation] = Field(default_factory=list)
+    adapter_bytes: int
+    runtime_s: Runtime = Field(default_factory=Runtime)
+    resumed_from_step: int | None = None
+    world_size: int = 1
+    strategy: str = "single"
+    versions: dict[str, str] = Field(default_factory=dict)
