@@ -14,7 +14,20 @@ from typing import Any
 from sdk.errors import SpecError
 from sdk.spec import FineTuneSpec, parse_spec
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _shipped_dir() -> Path:
+    """The shipped recipes: the `finetune_recipes` package data of an installed wheel (or an editable
+    install's recipes/), else recipes/ beside this source tree."""
+    import importlib.util
+
+    found = importlib.util.find_spec("finetune_recipes")
+    if found is not None and found.submodule_search_locations:
+        return Path(next(iter(found.submodule_search_locations)))
+    return Path(__file__).resolve().parent.parent / "recipes"
+
+
+RECIPES_DIR = _shipped_dir()
 
 
 @dataclass

@@ -1,0 +1,172 @@
+"""One home per concept: the method registry, the precision module, typed errors from Python, the shipped
+recipes in a built wheel."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sdk
+from sdk.errors import SpecError
+from sdk.methods import REGISTRY, method_named
+from sdk.precision import compute_dtype, resolve_precision, trainable_dtype, uses_tf32, weight_dtype
+
+ROOT = Path(__file__).resolve().parent.parent
+REGISTRY_FILES = {ROOT / "sdk" / "methods.py"}
+
+
+def _method_name_branches(path: Path) -> list[str]:
+    """Comparisons of a string constant that is a method name (`x == "qlora"`, `x in ("full", ...)`)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Compare):
+            continue
+        for side in [node.left, *node.comparators]:
+            values = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
+            names = [v.value for v in values if isinstance(v, ast.Constant) and v.value in REGISTRY]
+            if names:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: compares with {names}")
+    return found
+
+
+def test_no_branch_on_a_method_name_outside_the_registry():
+    sources = [p for d in ("sdk", "launch") for p in (ROOT / d).rglob("*.py") if p not in REGISTRY_FILES]
+    assert len(sources) > 20
+    assert [hit for p in sources for hit in _method_name_branches(p)] == []
+
+
+def test_the_branch_finder_finds_a_branch(tmp_path):
+    probe = ROOT / "sdk" / "_probe_for_test.py"
+    probe.write_text('def f(spec):\n    return spec.method.name in ("full", "x") or spec.method.name == "qlora"\n')
+    try:
+        assert len(_method_name_branches(probe)) == 2
+    finally:
+        probe.unlink()
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_each_registration_is_complete(name):
+    method = REGISTRY[name]
+    assert method.spec.model_fields["name"].default == name  # the settings model answers to this name
+    assert (method.merge == "none") == (method.merge_refusal is not None)
+    assert method.objectives <= {"sft", "dpo"} and "sft" in method.objectives
+    serving = method.serving(method.spec())
+    assert serving.as_lora == (serving.lora_rank is not None) and serving.as_lora != bool(serving.reason)
+    module, _, cls = method.builder.partition(":")
+    source = (ROOT / Path(*module.split("."))).with_suffix(".py").read_text()
+    assert f"class {cls}(" in source  # the builder exists, without importing torch here
+
+
+def test_serving_facts_come_from_the_spec():
+    assert method_named("lora").serving(sdk.FineTuneSpec(model="m", data="d", method={"name": "lora", "r": 64}).method).lora_rank == 64
+    dora = method_named("dora").serving(method_named("dora").spec())
+    assert not dora.as_lora and "DoRA" in dora.reason
+    saved = method_named("lora").spec(modules_to_save=["lm_head"])
+    assert "modules_to_save" in method_named("lora").serving(saved).reason
+
+
+def test_client_side_registry_imports_no_torch():
+    code = "import sys, sdk.methods, sdk.spec, sdk.plan, sdk.precision; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+# ------------------------------------------------------------------------------------------ precision
+
+
+@pytest.mark.parametrize(
+    "requested,capability,expected",
+    [
+        ("auto", None, "fp32"),  # CPU
+        ("auto", (7, 5), "fp16"),  # T4: no native bf16
+        ("auto", (7, 0), "fp16"),  # V100
+        ("auto", (8, 0), "bf16"),  # A100
+        ("auto", (8, 9), "bf16"),  # L4
+        ("auto", (9, 0), "bf16"),  # H100
+        ("fp32", (9, 0), "fp32"),  # an explicit choice is kept
+        ("bf16", None, "bf16"),
+    ],
+)
+def test_precision_from_the_facts(requested, capability, expected):
+    assert resolve_precision(requested, capability=capability) == expected
+
+
+def test_tf32_from_ampere_on():
+    assert not uses_tf32(capability=None) and not uses_tf32(capability=(7, 5)) and uses_tf32(capability=(8, 0))
+
+
+def _spec(method: dict, **model) -> sdk.FineTuneSpec:
+    return sdk.FineTuneSpec(model={"id": "m", **model}, data="d.jsonl", method=method)
+
+
+def test_dtypes_per_method_and_precision():
+    qlora = _spec({"name": "qlora"})
+    assert weight_dtype(qlora, "bf16") == "bfloat16" and compute_dtype(qlora, "bf16") == "bfloat16"
+    assert trainable_dtype(qlora, "bf16") == "float32"  # adapters stay fp32 (trl would cast them to bf16)
+    assert compute_dtype(_spec({"name": "qlora", "compute_dtype": "float16"}), "bf16") == "float16"
+    full = _spec({"name": "full"})
+    assert weight_dtype(full, "bf16") == "float32" and trainable_dtype(full, "bf16") == "float32"  # fp32 master weights
+    assert weight_dtype(_spec({"name": "lora"}, dtype="float16"), "bf16") == "float16"  # model.dtype wins
+    assert weight_dtype(_spec({"name": "lora"}), "fp16") == "float16"
+
+
+# ----------------------------------------------------------------------------------- errors from Python
+
+
+def test_spec_errors_from_python_are_short_and_typed():
+    with pytest.raises(ValueError) as info:
+        sdk.FineTuneSpec(model="Qwen/Qwen2.5-0.5B", method="qlora")
+    err = info.value
+    assert isinstance(err, SpecError)
+    assert [(e.field, e.where) for e in err.errors] == [("data", None)]
+    assert "a local file, an s3:// URI, a Hub dataset id or builtin:<name>" in err.errors[0].message
+    assert "input_value" not in str(err) and "[type=" not in str(err)
+    with pytest.raises(SpecError) as info:
+        sdk.FineTuneSpec(model="m", data="d.jsonl", method={"name": "lora", "rank": 8}, train={"lr": -1})
+    assert {e.field for e in info.value.errors} == {"method.rank", "train.lr"}
+    assert "unknown key 'rank'; allowed: name, r," in str(info.value)
+
+
+def test_a_spec_that_validates_round_trips():
+    spec = sdk.FineTuneSpec(model="m", data="d.jsonl", method="qlora")
+    assert sdk.FineTuneSpec.model_validate(spec.model_dump()) == spec
+    assert sdk.FineTuneSpec.from_json(spec.to_json()) == spec
+
+
+def test_a_recipe_that_is_not_utf8_is_one_line_error(tmp_path, run_cli):
+    bad = tmp_path / "garbage.yaml"
+    bad.write_bytes(b"model: tiny:llama\ndata: builtin:news-topics\n\xff\xfe\x00\x81binary\n")
+    result = run_cli("validate", str(bad))
+    assert result.returncode == 2, result.stderr
+    assert f"{bad}:3: not a UTF-8 text file" in result.stderr and "Traceback" not in result.stderr
+
+
+# ----------------------------------------------------------------------------------------- packaging
+
+
+def test_shipped_recipes_work_from_an_installed_wheel(tmp_path):
+    """Not editable: the wheel alone carries the recipes; `finetune recipes` lists them and a shipped
+    recipe is found by name, run from a folder that is not the source tree."""
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path / "whl"), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    site = tmp_path / "site"
+    wheel = next((tmp_path / "whl").glob("finetune-*.whl"))
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                             capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import sdk.recipes as r; print(r.__file__); print(r.RECIPES_DIR)"],
+                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert where.stdout.split() == [str(site / "sdk" / "recipes.py"), str(site / "finetune_recipes")], where.stderr
+    listed = subprocess.run([sys.executable, "-m", "sdk.cli", "recipes"], capture_output=True, text=True, cwd=tmp_path,
+                            env=env, timeout=60)
+    assert listed.returncode == 0 and "llama8b" in listed.stdout and "tiny" in listed.stdout, listed.stderr
+    valid = subprocess.run([sys.executable, "-m", "sdk.cli", "validate", "llama8b"], capture_output=True, text=True,
+                           cwd=tmp_path, env=env, timeout=60)
+    assert valid.returncode == 0 and "qlora on meta-llama/Llama-3.1-8B-Instruct" in valid.stdout, valid.stderr
