@@ -170,3 +170,19 @@ def test_shipped_recipes_work_from_an_installed_wheel(tmp_path):
     valid = subprocess.run([sys.executable, "-m", "sdk.cli", "validate", "llama8b"], capture_output=True, text=True,
                            cwd=tmp_path, env=env, timeout=60)
     assert valid.returncode == 0 and "qlora on meta-llama/Llama-3.1-8B-Instruct" in valid.stdout, valid.stderr
+
+
+def test_cached_help_equals_the_rendered_help(tmp_path):
+    """`finetune --help` from the cache is the text the CLI renders; other commands never use the cache."""
+    code = "import sys; sys.argv = ['finetune', *sys.argv[1:]]; from sdk.entry import main; main()"
+    env = {**os.environ, "FINETUNE_HOME": str(tmp_path)}
+
+    def finetune(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+
+    first = finetune("--help")
+    assert first.returncode == 0 and "launch" in first.stdout and "merge" in first.stdout
+    cached = list((tmp_path / "cache").glob("help-*.txt"))
+    assert len(cached) == 1 and cached[0].read_text() == first.stdout
+    assert finetune("--help").stdout == first.stdout
+    assert "Usage: finetune validate" in finetune("validate", "--help").stdout
