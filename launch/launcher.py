@@ -186,6 +186,18 @@ def deepspeed_config(spec: FineTuneSpec) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ entrypoint
 
 
+def gpu_check(spec: FineTuneSpec, env: Mapping[str, str] | None = None) -> str | None:
+    """The fail-fast error when this node expects GPUs and torch finds none (launch.gpu), else None."""
+    from launch.gpu import expected_gpus, missing_gpu_error, read_cuda_facts
+
+    env = os.environ if env is None else env
+    expected, why = expected_gpus(spec, env)
+    if expected < 1:
+        return None
+    return missing_gpu_error(expected, why, read_cuda_facts(), env)
+
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launch.launcher", description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True, help="the run folder: <store URI>/<run_id>")
@@ -202,9 +214,17 @@ def main(argv: list[str] | None = None) -> int:
         if stored is None:
             raise FinetuneError(f"{folder.uri}/{SPEC}: no spec in the run folder")
         spec = parse_spec(stored, source=f"{folder.uri}/{SPEC}")
-        plan = build_plan(spec, folder.uri, Topology.from_env())
+        topology = Topology.from_env()
+        plan = build_plan(spec, folder.uri, topology)
     except (FinetuneError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    error = gpu_check(spec)
+    if error:
+        # Before any rank starts: a GPU VM whose torch cannot see its GPUs must not train on the CPU.
+        if topology.node_rank == 0:
+            folder.write_status("failed", error=error, phase="checking GPUs")
+        print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
     print(f"[finetune] launch: {plan.render()}", flush=True)
     if args.print or os.environ.get("FINETUNE_LAUNCHER_PRINT") == "1":  # the env form reaches a cluster's run script

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from sdk.methods import gradient_checkpointing
 from sdk.spec import FineTuneSpec
 
 HEAD_FILE = "head.safetensors"
@@ -80,7 +81,7 @@ class _PeftBuilder(_Builder):
     def attach(self, model: Any, spec: FineTuneSpec, tokenizer: Any, source_path: str) -> Any:
         from peft import get_peft_model
 
-        if spec.train.gradient_checkpointing:
+        if gradient_checkpointing(spec):
             model.enable_input_require_grads()
         return get_peft_model(model, self.peft_config(model, spec, tokenizer, source_path))
 
@@ -112,18 +113,24 @@ class QloraBuilder(LoraBuilder):
     def quantization_config(self, spec: FineTuneSpec, compute_dtype: Any) -> Any:
         from transformers import BitsAndBytesConfig
 
+        from launch.gpu import quant_storage_dtype
+        from sdk.precision import dtype_name, torch_dtype
+
         m = spec.method
+        storage = quant_storage_dtype(dtype_name(compute_dtype), strategy=spec.distributed.strategy,
+                                      zero_stage=spec.distributed.zero_stage)
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=m.quant_type,
             bnb_4bit_use_double_quant=m.double_quant,
             bnb_4bit_compute_dtype=compute_dtype,
+            **({"bnb_4bit_quant_storage": torch_dtype(storage)} if storage else {}),
         )
 
     def attach(self, model: Any, spec: FineTuneSpec, tokenizer: Any, source_path: str) -> Any:
         from peft import get_peft_model, prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.train.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing(spec))
         return get_peft_model(model, self.peft_config(model, spec, tokenizer, source_path))
 
 

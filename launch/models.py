@@ -122,7 +122,14 @@ def load_tokenizer(model: ModelSpec, source: ModelSource | None = None) -> Any:
     return tokenizer
 
 
-def load_model(model: ModelSpec, *, dtype: Any, quantization_config: Any = None, source: ModelSource | None = None) -> Any:
+def zero3_enabled() -> bool:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return bool(is_deepspeed_zero3_enabled())
+
+
+def load_model(model: ModelSpec, *, dtype: Any, quantization_config: Any = None, source: ModelSource | None = None,
+               device_map: Any = None, attention: str | None = None) -> Any:
     """The base causal LM. dtype is a torch dtype; 4-bit loading goes through quantization_config."""
     from transformers import AutoModelForCausalLM
 
@@ -130,11 +137,13 @@ def load_model(model: ModelSpec, *, dtype: Any, quantization_config: Any = None,
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model.trust_remote_code, "revision": source.revision}
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
+    if attention:
+        kwargs["attn_implementation"] = attention
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     if quantization_config is not None:
-        import torch
-
         kwargs["quantization_config"] = quantization_config
-        kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu"
+        kwargs.setdefault("device_map", "cpu")
     try:
         loaded = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except OSError as exc:
@@ -182,9 +191,18 @@ class BaseLoader:
     def tokenizer(self) -> Any:
         return load_tokenizer(self.spec.model, self.source)
 
-    def load(self, *, dtype: str | None = None, compute: str | None = None) -> Any:
+    def load(self, *, dtype: str | None = None, compute: str | None = None, attention: str | None = None) -> Any:
         """The base in `dtype` (default: the run's weight dtype); a quantized method's base computes in
-        `compute` (default: the run's compute dtype)."""
+        `compute` (default: the run's compute dtype). Placed per launch.gpu.device_map."""
+        import torch
+
+        from launch import ranks
+        from launch.gpu import device_map
+        from sdk.methods import method_of
+
         quant = self.builder.quantization_config(self.spec, torch_dtype(compute or compute_dtype(self.spec, self.precision)))
         weights = torch_dtype(dtype or weight_dtype(self.spec, self.precision))
-        return load_model(self.spec.model, dtype=weights, quantization_config=quant, source=self.source)
+        placement = device_map(quantized=method_of(self.spec).quantized_base, cuda=torch.cuda.is_available(),
+                               local_rank=ranks.local_rank(), zero3=zero3_enabled())
+        return load_model(self.spec.model, dtype=weights, quantization_config=quant, source=self.source,
+                          device_map=placement, attention=attention)

@@ -118,24 +118,32 @@ class NodeRecipe:
 
         from launch import data, ranks
         from launch.hardware import capability, hardware
+        from launch.gpu import attention_choice, flash_attn_installed
         from launch.models import BaseLoader
-        from sdk.methods import method_of
+        from sdk.errors import SpecError
         from sdk.precision import resolve_precision
 
         self.sink.set_state("running", phase="loading model")
         self.hardware = hardware()
         self.precision = resolve_precision(self.spec.train.precision, capability=capability())
+        try:
+            self.attention, why = attention_choice(self.spec.train.attention, cuda=self.hardware.device == "cuda",
+                                                   capability=self.hardware.capability,
+                                                   flash_attn_installed=flash_attn_installed())
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+        if ranks.is_main():
+            print(f"[finetune] {self.hardware.device} ({self.hardware.name or platform.processor() or 'cpu'}), "
+                  f"precision {self.precision}, attention {self.attention}: {why}", flush=True)
         torch.manual_seed(self.spec.train.seed)
         loader = BaseLoader.for_spec(self.spec, self.precision)
         self.builder = loader.builder
         self.source = loader.source
         # Join the process group only now: under an initialized group transformers' save_pretrained writes
         # on rank 0 alone, and a cache that another rank builds in loader.source (tiny model, GGUF) would stay empty.
-        ranks.init()
+        ranks.init(timeout_minutes=self.spec.distributed.timeout_minutes)
         self.tokenizer = loader.tokenizer()
-        self.model = loader.load()
-        if torch.cuda.is_available() and not method_of(self.spec).quantized_base:  # 4-bit loads onto its GPU
-            self.model = self.model.cuda()
+        self.model = loader.load(attention=self.attention)
         if self.model.generation_config is not None and self.model.generation_config.pad_token_id is None:
             self.model.generation_config.pad_token_id = self.tokenizer.pad_token_id
         self.data = data.prepare(self.spec)
@@ -178,7 +186,8 @@ class NodeRecipe:
             commit_checkpoint(self.folder, local_dir, step, keep=self.spec.train.keep_checkpoints)
 
         trainer = build_trainer(self.spec, self.model, self.tokenizer, self.data.train, self.data.eval,
-                                precision=self.precision, workdir=self.workdir, sink=self.sink, on_checkpoint=on_checkpoint)
+                                precision=self.precision, hardware=self.hardware, attention=self.attention,
+                                workdir=self.workdir, sink=self.sink, on_checkpoint=on_checkpoint)
         resume = prepare_resume(self.folder, Path(trainer.args.output_dir))
         self.resumed_from = resume[0] if resume else None
         if resume is not None:
@@ -229,7 +238,7 @@ class NodeRecipe:
         def score(s: Any) -> LabelScore | None:
             return LabelScore(accuracy=s.accuracy, correct=s.correct, total=s.total) if s else None
 
-        peak, peak_kind = peak_memory()
+        peak, reserved, peak_kind = peak_memory()
         losses = [r["loss"] for r in self.sink.rows if "loss" in r]
         generations = side_by_side(self.eval_examples, self.before.outputs, self.after.outputs, self.spec.eval.generations) \
             if self.before and self.after else []
@@ -239,6 +248,7 @@ class NodeRecipe:
             precision=self.precision, hardware=self.hardware, trainable_params=self.trainable, total_params=self.total,
             trainable_percent=100.0 * self.trainable / self.total if self.total else 0.0,
             resident_memory_bytes=int(self.model.get_memory_footprint()), peak_memory_bytes=peak, peak_memory_kind=peak_kind,
+            peak_reserved_bytes=reserved, attention=self.attention,
             steps=int(self.result.global_step), train_loss=float(self.result.training_loss),
             first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None, eval_loss=self.eval_loss,
             train_rows=len(self.data.train), eval_rows=len(self.data.eval),

@@ -7,6 +7,7 @@ the ranks of one node share a scratch folder and the nodes do not.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any
 
 
@@ -35,7 +36,7 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init() -> None:
+def init(*, timeout_minutes: int = 30) -> None:
     """Join the process group early (before the Trainer), so the node can synchronise its own steps:
     checkpoint download on resume, cancellation. The Trainer and DeepSpeed reuse this group."""
     if world_size() == 1:
@@ -47,7 +48,8 @@ def init() -> None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank())
-        dist.init_process_group(backend=backend)
+        # Long enough for a checkpoint upload on one rank while the others wait (NCCL's watchdog).
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
 
 
 def barrier() -> None:

@@ -10,20 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from sdk.errors import FinetuneError
-from sdk.methods import method_of
-from sdk.precision import Precision, torch_dtype, trainable_dtype
+from sdk.methods import gradient_checkpointing, method_of
+from sdk.precision import Precision, torch_dtype, trainable_dtype, uses_tf32
 from sdk.spec import FineTuneSpec
-
-# Our optimizer names -> transformers' OptimizerNames.
-OPTIMIZERS = {
-    "adamw_torch": "adamw_torch",
-    "adamw_8bit": "adamw_bnb_8bit",
-    "paged_adamw_8bit": "paged_adamw_8bit",
-    "paged_adamw_32bit": "paged_adamw_32bit",
-    "adafactor": "adafactor",
-    "sgd": "sgd",
-}
-
+from sdk.summary import Hardware
 
 def has_cuda() -> bool:
     import torch
@@ -31,13 +21,13 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def peak_memory() -> tuple[int, str]:
-    """Peak memory so far and how it was measured."""
+def peak_memory() -> tuple[int, int | None, str]:
+    """Peak memory so far: allocated, reserved by the caching allocator (CUDA only), and how it was measured."""
     import torch
 
     if torch.cuda.is_available():
-        return int(torch.cuda.max_memory_allocated()), "cuda_max_memory_allocated"
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu_peak_rss"
+        return int(torch.cuda.max_memory_allocated()), int(torch.cuda.max_memory_reserved()), "cuda_max_memory_allocated"
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, None, "cpu_peak_rss"
 
 
 @contextmanager
@@ -103,7 +93,10 @@ def make_callback(sink: Any, on_checkpoint: Callable[[Path, int], None] | None =
                 row["tokens_per_s"] = (tokens - self.last_tokens) / elapsed
                 row["tokens_seen"] = tokens
                 self.last_time, self.last_tokens = now, tokens
-            row["peak_mem_bytes"] = peak_memory()[0]
+            allocated, reserved, _ = peak_memory()
+            row["peak_mem_bytes"] = allocated
+            if reserved is not None:
+                row["peak_reserved_bytes"] = reserved
             if len(row) > 4 and ranks.is_main():
                 sink.metric(row)
                 shown = " ".join(
@@ -180,14 +173,21 @@ def build_trainer(
     eval_rows: list[dict],
     *,
     precision: Precision,
+    hardware: Hardware,
+    attention: str,
     workdir: Path,
     sink: Any,
     on_checkpoint: Callable[[Path, int], None] | None = None,
 ) -> Any:
     from datasets import Dataset
 
+    from launch.gpu import optimizer_name, packing_choice
+
     t = spec.train
-    cuda = has_cuda()
+    cuda = hardware.device == "cuda"
+    if t.liger_kernels and not cuda:
+        raise FinetuneError("train.liger_kernels: Liger's Triton kernels need a CUDA GPU; drop it on CPU")
+    checkpointing = gradient_checkpointing(spec)
     common: dict[str, Any] = dict(
         output_dir=str(workdir / "trainer"),
         max_steps=t.max_steps or -1,
@@ -200,11 +200,15 @@ def build_trainer(
         warmup_steps=t.warmup_steps or t.warmup_ratio,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        optim=OPTIMIZERS[t.optimizer],
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        optim=optimizer_name(t.optimizer, cuda=cuda),
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         bf16=precision == "bf16",
-        fp16=precision == "fp16",
+        fp16=precision == "fp16",  # with the Trainer's loss scaling
+        tf32=True if uses_tf32(capability=hardware.capability) else None,
+        use_liger_kernel=t.liger_kernels,
+        torch_compile=t.compile,
+        ddp_timeout=spec.distributed.timeout_minutes * 60,
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,
@@ -217,7 +221,7 @@ def build_trainer(
         report_to=[],
         disable_tqdm=True,
         use_cpu=not cuda,
-        include_num_input_tokens_seen=True,
+        include_num_input_tokens_seen="non_padding",  # tokens/s counts real tokens, not padding
         dataloader_pin_memory=cuda,
         max_length=spec.data.max_length,
         **distributed_args(spec),
@@ -235,7 +239,10 @@ def build_trainer(
     else:
         from trl import SFTConfig, SFTTrainer
 
-        args = SFTConfig(**common, packing=spec.data.packing, completion_only_loss=spec.data.completion_only_loss)
+        pack, padding_free, note = packing_choice(spec.data.packing, attention)
+        if note:
+            print(f"[finetune] note: {note}", flush=True)
+        args = SFTConfig(**common, packing=pack, padding_free=padding_free, completion_only_loss=spec.data.completion_only_loss)
         trainer = with_cpu_resume_fix(SFTTrainer)(
             model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, callbacks=callbacks
         )

@@ -165,6 +165,13 @@ def method_of(spec: FineTuneSpec) -> Method:
     return method_named(spec.method.name)
 
 
+def gradient_checkpointing(spec: FineTuneSpec) -> bool:
+    """As the spec says; by default on for a 4-bit base (QLoRA trains big models on small GPUs), else off."""
+    if spec.train.gradient_checkpointing is not None:
+        return spec.train.gradient_checkpointing
+    return method_of(spec).quantized_base and method_of(spec).gradient_checkpointing
+
+
 # --------------------------------------------------------------------- planner facts per method
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")

@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from sdk.architectures import Shapes, config_for
 from sdk.errors import SpecError
-from sdk.methods import method_of
+from sdk.methods import gradient_checkpointing, method_of
 from sdk.precision import BYTES, DTYPE_OF, resolve_precision, trainable_dtype, weight_dtype
 from sdk.spec import FineTuneSpec
 
@@ -145,7 +145,7 @@ def estimate(
     norm_fp32 = 2 * (8 if act == 2 else 4) * h  # HF RMSNorm computes in fp32 and keeps its intermediates
     per_layer = tokens * (act * (6 * h + 2 * kv + 4 * inter) + norm_fp32)
     per_layer += tokens * method.activation_bytes(spec.method, shapes, act)
-    if spec.train.gradient_checkpointing:
+    if gradient_checkpointing(spec):
         activations = shapes.layers * tokens * h * act + per_layer
         note = f"checkpointed: {shapes.layers} layer inputs + one layer recomputed"
     else:

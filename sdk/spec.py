@@ -121,7 +121,12 @@ class TrainSpec(SpecPart):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)
     optimizer: Optimizer = "adamw_torch"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = Field(
+        None, description="recompute activations in backward; default: on for methods with a 4-bit base (QLoRA), else off")
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="auto: flash_attention_2 where installed on an Ampere+ GPU, else sdpa")
+    liger_kernels: bool = Field(False, description="Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy); GPU only")
+    compile: bool = Field(False, description="torch.compile the model")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     seed: int = 42
     logging_steps: int = Field(1, ge=1)
@@ -242,6 +247,9 @@ class DistributedSpec(SpecPart):
     nproc_per_node: int | None = Field(
         None, ge=1, le=64, description="processes per node; default one per GPU (one on CPU)"
     )
+    timeout_minutes: int = Field(
+        30, ge=1, le=24 * 60, description="process-group timeout: how long a rank may wait for the others (checkpoint uploads)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -342,7 +350,7 @@ class FineTuneSpec(SpecPart):
                 raise _CrossFieldError("data.packing", "packing is not available with objective dpo")
             if self.data.template == "text":
                 raise _CrossFieldError("data.template", "dpo needs prompt/chosen/rejected, not the text template")
-        if self.train.gradient_checkpointing and not method.gradient_checkpointing:
+        if self.train.gradient_checkpointing and not method.gradient_checkpointing:  # only an explicit ask; the default follows the method
             raise _CrossFieldError("train.gradient_checkpointing", f"{method.name} does not support gradient checkpointing")
         if self.data.eval_source and self.data.eval_split:
             raise _CrossFieldError("data.eval_split", "set eval_source or eval_split, not both")

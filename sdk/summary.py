@@ -68,6 +68,8 @@ class RunSummary(_Read):
     resident_memory_bytes: int
     peak_memory_bytes: int
     peak_memory_kind: str  # cuda_max_memory_allocated | cpu_peak_rss
+    peak_reserved_bytes: int | None = None  # CUDA caching allocator's peak (what nvidia-smi sees, roughly)
+    attention: str | None = None  # the attention implementation the model ran with
     steps: int
     train_loss: float | None = None
     first_loss: float | None = None

@@ -169,6 +169,8 @@ def resources_config(spec: FineTuneSpec, *, managed: bool) -> dict[str, Any]:
     if managed:
         # Preemptions are always recovered; a crash of the node itself is retried once (it resumes).
         res["job_recovery"] = {"strategy": "FAILOVER", "max_restarts_on_errors": 1}
+    if r.accelerators and r.nodes > 1:
+        res["network_tier"] = "best"  # InfiniBand / GPUDirect where the cloud has it: multi-node GPU traffic
     if r.accelerators:
         candidates = [{"accelerators": {name: count}} for name, count in r.accelerators.items()]
         if len(candidates) == 1:
