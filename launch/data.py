@@ -85,15 +85,26 @@ def _format_of(path: Path, declared: str) -> str:
 
 
 def _fetch_s3(uri: str) -> Path:
-    from launch.models import cache_dir
+    """An s3:// data file, downloaded once per node: the ranks of a node share one scratch folder (the
+    launcher's FINETUNE_WORKDIR); the first rank downloads under a lock, the others read its copy."""
+    import fcntl
+    import hashlib
+    import os
+    import tempfile
+
     from sdk.store import open_store
 
     parent, _, name = uri.rstrip("/").rpartition("/")
-    target = cache_dir("data", uri.replace("://", "_").replace("/", "_"))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")
-    open_store(parent).download_file(name, partial)
-    partial.replace(target)
+    scratch = os.environ.get("FINETUNE_WORKDIR") or tempfile.mkdtemp(prefix="finetune-data-")
+    folder = Path(scratch) / "data" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / name
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.is_file():
+            partial = folder / f".{name}.part"
+            open_store(parent).download_file(name, partial)
+            partial.replace(target)
     return target
 
 

@@ -168,11 +168,16 @@ def deepspeed_config(spec: FineTuneSpec) -> dict[str, Any]:
             # Without this a ZeRO-3 save writes no weights, only the sharded optimizer checkpoint.
             stage3_gather_16bit_weights_on_model_save=True,
         )
+    config: dict[str, Any] = {}
     if dist.offload:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
         if zero["stage"] == 3:
             zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+        # Offloaded optimizer states are updated on the CPU by DeepSpeed's own CPU Adam (the cpu_adam op,
+        # built at install): DeepSpeed creates it from this section, the Trainer fills the "auto" values.
+        config["optimizer"] = {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}}
     return {
+        **config,
         "train_micro_batch_size_per_gpu": "auto",
         "train_batch_size": "auto",
         "gradient_accumulation_steps": "auto",
@@ -219,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FinetuneError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
+    print(f"[finetune] launch: {plan.render()}", flush=True)
+    if args.print or os.environ.get("FINETUNE_LAUNCHER_PRINT") == "1":  # the env form reaches a cluster's run script
+        return 0
     error = gpu_check(spec)
     if error:
         # Before any rank starts: a GPU VM whose torch cannot see its GPUs must not train on the CPU.
@@ -226,9 +234,6 @@ def main(argv: list[str] | None = None) -> int:
             folder.write_status("failed", error=error, phase="checking GPUs")
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
-    print(f"[finetune] launch: {plan.render()}", flush=True)
-    if args.print or os.environ.get("FINETUNE_LAUNCHER_PRINT") == "1":  # the env form reaches a cluster's run script
-        return 0
     env = {**os.environ, **plan.env}
     # Ranks on one node share a scratch folder, so a checkpoint written by all of them is one folder.
     env.setdefault("FINETUNE_WORKDIR", tempfile.mkdtemp(prefix=f"finetune-{folder.run_id}-"))

@@ -27,7 +27,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def _train_tokenizer() -> Any:
+def train_tokenizer() -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -72,7 +72,7 @@ def build_tiny(out: Path, config: dict[str, Any] | None = None, *, seed: int = 0
     model_type = config.get("model_type")
     if not model_type:
         raise ValueError("config has no model_type")
-    tokenizer = _train_tokenizer()
+    tokenizer = train_tokenizer()
     small = shrink_config(config)
     small.pop("model_type", None)
     # Default init (std 0.02) behind RMSNorm bounds logits to about ±1.3: a frozen random head could

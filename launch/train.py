@@ -58,8 +58,13 @@ def make_callback(sink: Any, on_checkpoint: Callable[[Path, int], None] | None =
             self.last_time = time.time()
             self.last_tokens = 0
 
-        def on_train_begin(self, args, state, control, **kwargs):
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
             sink.progress(step=state.global_step, total=state.max_steps)
+            inner = optimizer
+            for _ in range(3):  # accelerate and DeepSpeed wrap the optimizer that updates the states
+                inner = getattr(inner, "optimizer", inner)
+            if ranks.is_main() and inner is not None:
+                print(f"[finetune] optimizer: {type(inner).__name__}", flush=True)
             self.last_time = time.time()
             self.last_tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)  # nonzero after a resume
 

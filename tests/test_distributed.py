@@ -98,8 +98,9 @@ ADAPTERS: dict[str, dict] = {}
         ["distributed.strategy=ddp"],
         ["distributed.strategy=deepspeed", "distributed.zero_stage=2"],
         ["distributed.strategy=deepspeed", "distributed.zero_stage=3"],
+        ["distributed.strategy=deepspeed", "distributed.zero_stage=2", "distributed.offload=true"],
     ],
-    ids=["ddp", "zero2", "zero3"],
+    ids=["ddp", "zero2", "zero3", "zero2-offload"],
 )
 def test_two_processes_train_the_tiny_model(tmp_path, strategy):
     from safetensors.torch import load_file
@@ -117,11 +118,12 @@ def test_two_processes_train_the_tiny_model(tmp_path, strategy):
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
     adapter = load_file(str(tmp_path / "r1" / "adapter" / "adapter_model.safetensors"))
     assert all(t.abs().sum() > 0 for name, t in adapter.items() if "lora_B" in name)  # trained, not empty shards
+    if "offload=true" in strategy[-1]:
+        assert "DeepSpeedCPUAdam" in result.stdout + result.stderr  # offloaded states updated by DeepSpeed's CPU Adam
     ADAPTERS[strategy[-1]] = adapter
-    if len(ADAPTERS) == 3:  # the same data, seed and global batch give the same adapter whatever the strategy
-        ddp = ADAPTERS["distributed.strategy=ddp"]
-        for other in ("distributed.zero_stage=2", "distributed.zero_stage=3"):
-            assert max(float((ADAPTERS[other][k] - ddp[k]).abs().max()) for k in ddp) < 1e-4
+    ddp = ADAPTERS.get("distributed.strategy=ddp")
+    if ddp is not None:  # the same data, seed and global batch give the same adapter whatever the strategy
+        assert max(float((adapter[k] - ddp[k]).abs().max()) for k in ddp) < 1e-4, strategy
 
 
 def test_fsdp_on_cpu_is_refused_instead_of_silently_running_ddp(tmp_path):
