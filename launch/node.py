@@ -117,8 +117,8 @@ class NodeRecipe:
         import torch
 
         from launch import data, ranks
-        from launch.hardware import capability, hardware
         from launch.gpu import attention_choice, flash_attn_installed
+        from launch.hardware import capability, hardware
         from launch.models import BaseLoader
         from sdk.errors import SpecError
         from sdk.precision import resolve_precision

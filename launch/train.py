@@ -15,6 +15,7 @@ from sdk.precision import Precision, torch_dtype, trainable_dtype, uses_tf32
 from sdk.spec import FineTuneSpec
 from sdk.summary import Hardware
 
+
 def has_cuda() -> bool:
     import torch
 

@@ -15,7 +15,6 @@ from sdk.errors import SpecError
 from sdk.spec import FineTuneSpec, parse_spec
 
 
-
 def _shipped_dir() -> Path:
     """The shipped recipes: the `finetune_recipes` package data of an installed wheel (or an editable
     install's recipes/), else recipes/ beside this source tree."""

@@ -9,9 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from sdk.backends import BackendView
-
 from sdk import registry
+from sdk.backends import BackendView
 from sdk.errors import LaunchError, RunNotFound, StoreError
 from sdk.runfolder import ADAPTER, LOG, SPEC, SUMMARY, TERMINAL, RunFolder, RunState, new_run_id
 from sdk.spec import DEFAULT_OUTPUT, FineTuneSpec

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -53,12 +54,19 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
 
 @pytest.fixture(scope="session")
 def moto_server():
-    """A real S3 server (moto) on 127.0.0.1 in its own process; stopped by PID at the end."""
+    """A real S3 server (moto) on 127.0.0.1 in its own process, shared by the session."""
+    with start_moto() as endpoint:
+        yield endpoint
+
+
+@contextlib.contextmanager
+def start_moto(log: Path | None = None):
+    """Start moto's S3 server on a free loopback port (its request log to `log`), yield its endpoint,
+    stop it by PID."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    with open(log or os.devnull, "wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=sink, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port)
         yield f"http://127.0.0.1:{port}"
@@ -68,6 +76,7 @@ def moto_server():
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(timeout=10)
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import math
 
 import pytest
 
+from sdk.methods import method_named
 from sdk.recipes import load_recipe
 from sdk.runfolder import RunFolder
 from sdk.spec import FineTuneSpec
-from sdk.methods import method_named
 from sdk.store import LocalStore, fetch_dir
 from sdk.summary import RunSummary
 
