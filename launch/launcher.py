@@ -188,6 +188,20 @@ def deepspeed_config(spec: FineTuneSpec) -> dict[str, Any]:
     }
 
 
+def load_time_deepspeed_config(spec: FineTuneSpec, *, precision: str) -> dict[str, Any]:
+    """The config zero.Init partitions the model with while `from_pretrained` loads it (before the Trainer
+    exists): the spec's values where the Trainer would fill "auto", DeepSpeed's defaults for the bucket
+    sizes the Trainer derives from the model."""
+    t = spec.train
+    config = deepspeed_config(spec)
+    config.update(train_micro_batch_size_per_gpu=t.batch_size, gradient_accumulation_steps=t.grad_accum,
+                  gradient_clipping=t.max_grad_norm, bf16={"enabled": precision == "bf16"}, fp16={"enabled": precision == "fp16"})
+    config.pop("train_batch_size")  # DeepSpeed derives it (its world size is not known before its engine)
+    config.pop("optimizer", None)
+    config["zero_optimization"] = {k: v for k, v in config["zero_optimization"].items() if v != "auto"}
+    return config
+
+
 # ------------------------------------------------------------------------------------ entrypoint
 
 

@@ -16,6 +16,7 @@ Which rank does what (torchrun ranks; a single process is every rank at once):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -70,7 +71,7 @@ def quiet_libraries() -> None:
 def count_parameters(model: Any) -> tuple[int, int]:
     trainable = total = 0
     for param in model.parameters():
-        n = param.numel()
+        n = getattr(param, "ds_numel", None) or param.numel()  # a ZeRO-3 partitioned parameter holds a shard
         # 4-bit weights are packed two per byte; count the logical parameters.
         if type(param).__name__ == "Params4bit":
             n *= 2
@@ -142,8 +143,13 @@ class NodeRecipe:
         # Join the process group only now: under an initialized group transformers' save_pretrained writes
         # on rank 0 alone, and a cache that another rank builds in loader.source (tiny model, GGUF) would stay empty.
         ranks.init(timeout_minutes=self.spec.distributed.timeout_minutes)
+        self.zero3 = self._zero3_load_config()
         self.tokenizer = loader.tokenizer()
         self.model = loader.load(attention=self.attention)
+        if self.zero3 is not None and ranks.is_main():
+            sharded = sum(1 for p in self.model.parameters() if hasattr(p, "ds_id"))
+            print(f"[finetune] ZeRO-3: loaded under zero.Init, {sharded} parameters partitioned over "
+                  f"{ranks.world_size()} ranks", flush=True)
         if self.model.generation_config is not None and self.model.generation_config.pad_token_id is None:
             self.model.generation_config.pad_token_id = self.tokenizer.pad_token_id
         self.data = data.prepare(self.spec)
@@ -151,14 +157,30 @@ class NodeRecipe:
         self._timed("load_s", self.started)
         self.check_cancel()
 
+    def _zero3_load_config(self) -> Any:
+        """Under ZeRO-3 the model loads partitioned (zero.Init): transformers reads this config while it
+        lives, so the recipe keeps it until the end."""
+        dist = self.spec.distributed
+        if dist.strategy != "deepspeed" or dist.zero_stage != 3:
+            return None
+        from transformers.integrations import HfDeepSpeedConfig
+
+        from launch.launcher import load_time_deepspeed_config
+
+        return HfDeepSpeedConfig(load_time_deepspeed_config(self.spec, precision=self.precision))
+
     def _label_accuracy(self, when: str) -> Any:
         from launch.evaluate import label_accuracy
+        from launch.train import full_parameters
 
         ev = self.spec.eval
         if not (ev.labels and self.eval_examples and getattr(ev, when)):
             return None
         t0 = time.time()
-        score = label_accuracy(self.model, self.tokenizer, self.eval_examples, ev.labels, max_new_tokens=ev.max_new_tokens)
+        # Before the DeepSpeed engine exists, a zero.Init model is only shards: gather it to generate.
+        gather = full_parameters(self.model, everything=True) if when == "before" else contextlib.nullcontext()
+        with gather:
+            score = label_accuracy(self.model, self.tokenizer, self.eval_examples, ev.labels, max_new_tokens=ev.max_new_tokens)
         self._timed(f"eval_{when}_s", t0)
         return score
 

@@ -32,9 +32,10 @@ def peak_memory() -> tuple[int, int | None, str]:
 
 
 @contextmanager
-def full_parameters(model: Any) -> Iterator[None]:
+def full_parameters(model: Any, *, everything: bool = False) -> Iterator[None]:
     """Under ZeRO-3 each rank holds a shard of every parameter: gather the trained ones (all of them
-    for full fine-tuning) so they can be saved. Elsewhere this does nothing."""
+    for full fine-tuning) so they can be saved, or every one (`everything`) to run the model outside
+    DeepSpeed's engine. Elsewhere this does nothing."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     if not is_deepspeed_zero3_enabled():
@@ -42,8 +43,8 @@ def full_parameters(model: Any) -> Iterator[None]:
         return
     import deepspeed
 
-    trained = [p for p in model.parameters() if p.requires_grad]
-    with deepspeed.zero.GatheredParameters(trained, modifier_rank=None):
+    params = [p for p in model.parameters() if everything or p.requires_grad]
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
         yield
 
 

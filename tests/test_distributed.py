@@ -118,6 +118,9 @@ def test_two_processes_train_the_tiny_model(tmp_path, strategy):
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
     adapter = load_file(str(tmp_path / "r1" / "adapter" / "adapter_model.safetensors"))
     assert all(t.abs().sum() > 0 for name, t in adapter.items() if "lora_B" in name)  # trained, not empty shards
+    if "distributed.zero_stage=3" in strategy:  # the model was never whole on a rank: loaded partitioned
+        assert "ZeRO-3: loaded under zero.Init, 21 parameters partitioned over 2 ranks" in result.stdout
+        assert (summary["trainable_params"], summary["total_params"]) == (17_408, 165_184)  # shards counted whole
     if "offload=true" in strategy[-1]:
         assert "DeepSpeedCPUAdam" in result.stdout + result.stderr  # offloaded states updated by DeepSpeed's CPU Adam
     ADAPTERS[strategy[-1]] = adapter

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from sdk.backends.skypilot import build_dist, build_task, cluster_name, task_config, to_yaml
+from sdk.backends.skypilot import build_dist, build_task, cluster_name, setup_script, task_config, to_yaml
 from sdk.errors import SpecError
 from sdk.recipes import load_recipe, shipped_recipes
 from sdk.runfolder import SPEC, RunFolder
@@ -120,3 +120,37 @@ def test_the_run_script_renders_one_rendezvous_per_node(tmp_path, dist, s3_env):
     for rank, line in enumerate(commands):
         assert (f"--nnodes 2 --node-rank {rank} --nproc-per-node 8 --master-addr 10.1.0.5 --master-port 29500 "
                 f"--max-restarts 0 -m launch --run-dir s3://{bucket}/runs/qwen-2node") in line
+
+
+def _torch_index_function(script: str) -> str:
+    start = script.index("torch_index() {")
+    return script[start:script.index("\n}\n", start) + 3]
+
+
+@pytest.mark.parametrize("driver,expected", [("580.65.06", "cu130"), ("570.86.10", "cu128"), ("535.104.05", "cu121"),
+                                             ("470.82.01", ""), (None, "")])
+def test_the_node_picks_the_torch_build_for_its_driver(tmp_path, dist, driver, expected):
+    """The setup's own shell function, with a stand-in nvidia-smi (or none) on PATH."""
+    script = setup_script(load_recipe("tiny"), dist)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if driver:
+        smi = bin_dir / "nvidia-smi"
+        smi.write_text(f"#!/bin/sh\necho {driver}\n")
+        smi.chmod(0o755)
+    out = subprocess.run(["bash", "-c", f"set -euo pipefail\n{_torch_index_function(script)}\ntorch_index"],
+                         capture_output=True, text=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == (f"https://download.pytorch.org/whl/{expected}" if expected else "")
+
+
+def test_the_node_venv_is_keyed_on_the_training_stack_not_the_source(tmp_path, dist):
+    """A source edit builds a new wheel: the same venv is reused and only the package is reinstalled."""
+    spec = load_recipe("tiny")
+    edited = {**dist, "wheel": tmp_path / "other-build" / dist["wheel"].name}
+    first, second = setup_script(spec, dist), setup_script(spec, edited)
+    venv = next(line for line in first.splitlines() if line.startswith("VENV="))
+    assert venv == next(line for line in second.splitlines() if line.startswith("VENV="))
+    assert f".finetune-{dist['wheel'].parent.name}" in first and ".finetune-other-build" in second
+    deepspeed = setup_script(load_recipe("tiny", ["distributed=deepspeed"]), dist)
+    assert next(line for line in deepspeed.splitlines() if line.startswith("VENV=")) != venv  # another stack

@@ -105,29 +105,68 @@ def build_dist() -> dict[str, Path]:
     return {"wheel": wheels[0], "constraints": out / "constraints.txt"}
 
 
+# CUDA builds of torch on download.pytorch.org and the oldest Linux driver each needs, newest first.
+TORCH_CUDA_BUILDS = (("cu130", 580), ("cu129", 575), ("cu128", 570), ("cu126", 560), ("cu124", 550), ("cu121", 530))
+
+
+def stack_key(spec: FineTuneSpec, pins: str) -> str:
+    """The training stack a node environment holds: pinned versions, extras, the package's dependencies.
+    A source edit changes the wheel, not this: the venv is reused and only the package reinstalled."""
+    root = project_root()
+    deps = (root / "pyproject.toml").read_text() if root else md.version("finetune")
+    return hashlib.sha256(f"{pins}|{extras_for(spec)}|{deps}".encode()).hexdigest()[:16]
+
+
+def extras_for(spec: FineTuneSpec) -> str:
+    return "train,deepspeed" if spec.distributed.strategy == "deepspeed" else "train"
+
+
 def setup_script(spec: FineTuneSpec, dist: dict[str, Path]) -> str:
-    extras = "train,deepspeed" if spec.distributed.strategy == "deepspeed" else "train"
+    extras = extras_for(spec)
+    pins_text = constraints()
     if dist:
         base = f"$HOME/.finetune/dist/{dist['wheel'].name}"
         package, key, pins = f"{base}[{extras}]", dist["wheel"].parent.name, '-c "$HOME/.finetune/dist/constraints.txt"'
     else:
         version = md.version("finetune")
         base, package, key, pins = f"finetune=={version}", f"finetune[{extras}]=={version}", version, ""
-    torch_pin = next((line for line in constraints().splitlines() if line.startswith("torch==")), "torch")
+    torch_pin = next((line for line in pins_text.splitlines() if line.startswith("torch==")), "torch")
+    torch_version = torch_pin.partition("==")[2]
+    stack = stack_key(spec, pins_text)
+    cases = "\n".join(f"    [ \"$major\" -ge {d} ] && {{ echo https://download.pytorch.org/whl/{b}; return; }}"
+                       for b, d in TORCH_CUDA_BUILDS)
     # Setup runs on every node at once, and nodes may share a home: one venv, built under a lock.
     # FINETUNE_NODE_PYTHON picks the interpreter (an image's own Python), FINETUNE_VENV_SYSTEM_SITE=1
     # lets the venv see that interpreter's preinstalled packages (a CUDA torch in a GPU image).
     return f"""set -euo pipefail
-VENV="${{FINETUNE_VENV:-$HOME/.finetune/venv-{key}}}"
+VENV="${{FINETUNE_VENV:-$HOME/.finetune/venv-{stack}}}"
 mkdir -p "$(dirname "$VENV")"
+torch_index() {{  # the newest CUDA build of torch this node's NVIDIA driver runs (sdk.backends.skypilot.TORCH_CUDA_BUILDS)
+  local major
+  major=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1 | cut -d. -f1) || true
+  [ -n "$major" ] || return 0
+{cases}
+  return 0  # a driver older than every build: the default index
+}}
 (
   flock 9
-  # A venv is reused only for the exact package it was built for (the marker names it).
-  if [ ! -f "$VENV/.finetune-{key}" ]; then
+  # The training stack, once per stack: torch for this driver (an image's own CUDA torch when it is the
+  # pinned version and sees the GPU), then the package's dependencies under the client's pins.
+  if [ ! -f "$VENV/.stack-{stack}" ]; then
     [ -x "$VENV/bin/python" ] || "${{FINETUNE_NODE_PYTHON:-python3}}" -m venv ${{FINETUNE_VENV_SYSTEM_SITE:+--system-site-packages}} "$VENV"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check {pins} {shlex.quote(torch_pin)}
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "{base}"
+    if "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '{torch_version}' or (torch.version.cuda is None and bool('$(torch_index)')))" 2>/dev/null; then
+      echo "[finetune] keeping the environment's torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
+    else
+      INDEX="$(torch_index)"
+      "$VENV/bin/python" -m pip install -q --disable-pip-version-check {pins} ${{INDEX:+--index-url "$INDEX"}} {shlex.quote(torch_pin)}
+    fi
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check {pins} "{package}"
+    touch "$VENV/.stack-{stack}"
+  fi
+  # The package on top, whenever its build changes: no dependency is touched.
+  if [ ! -f "$VENV/.finetune-{key}" ]; then
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "{base}"
+    rm -f "$VENV"/.finetune-*
     touch "$VENV/.finetune-{key}"
   fi
 ) 9>"$VENV.lock"
@@ -137,7 +176,7 @@ mkdir -p "$(dirname "$VENV")"
 def run_script(folder: RunFolder) -> str:
     # The launcher reads SKYPILOT_* and execs torchrun (or the node directly for one process).
     return f"""set -uo pipefail
-VENV="${{FINETUNE_VENV:-$HOME/.finetune/venv-$FINETUNE_DIST_KEY}}"
+VENV="${{FINETUNE_VENV:-$HOME/.finetune/venv-$FINETUNE_STACK_KEY}}"
 mkdir -p ~/.finetune/logs
 export FINETUNE_LOG_FILE=~/.finetune/logs/{folder.run_id}-node$SKYPILOT_NODE_RANK.log
 "$VENV/bin/python" -m launch.launcher --run-dir {shlex.quote(folder.uri)} 2>&1 | tee -a "$FINETUNE_LOG_FILE"
@@ -197,7 +236,7 @@ def task_config(spec: FineTuneSpec, folder: RunFolder, dist: dict[str, Path], *,
     """The task as a SkyPilot YAML dict. Secrets appear by name only, with no value."""
     check_output(spec)
     managed = is_managed(spec) if managed is None else managed
-    envs = {**spec.env, "FINETUNE_RUN_DIR": folder.uri, "FINETUNE_DIST_KEY": dist["wheel"].parent.name if dist else md.version("finetune")}
+    envs = {**spec.env, "FINETUNE_RUN_DIR": folder.uri, "FINETUNE_STACK_KEY": stack_key(spec, constraints())}
     envs.update({n: os.environ[n] for n in AWS_PLAIN if n in os.environ and n not in spec.env})
     config: dict[str, Any] = {
         "name": cluster_name(folder.run_id),
