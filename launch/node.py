@@ -60,7 +60,7 @@ def quiet_libraries() -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
+    hf_logging.set_verbosity_warning()  # warnings stay: an attention fallback is what a user must see
     hf_logging.disable_progress_bar()
     import datasets
 

@@ -202,3 +202,32 @@ def test_tiny_model_like_a_recipe_trains_from_its_directory(tmp_path, run_cli):
     spec = tiny_spec(*METHODS["lora"], model=str(tmp_path / "tiny-qwen"))
     folder, sink, _ = _run(spec, tmp_path)
     assert folder.adapter_manifest() is not None and RunSummary.model_validate(folder.read_json("summary.json")).steps == 8
+
+
+def test_qlora_adapter_weights_move_at_the_dpo_recipes_learning_rate(tmp_path):
+    """bf16 training at llama8b-dpo's lr (5e-6): the QLoRA adapter stays fp32 (trl would cast it to bf16,
+    where a step of 5e-6 on a weight of ~0.01 rounds away), and every trained tensor changes."""
+    from launch.node import NodeRecipe, quiet_libraries
+    from launch.sink import RunSink
+
+    lr = load_recipe("llama8b-dpo").train.lr
+    assert lr == 5e-6
+    spec = tiny_spec({"name": "qlora", "r": 8, "alpha": 16}, lr, train={**tiny_spec(METHODS["lora"][0], lr).train.model_dump(),
+                                                                       "precision": "bf16", "max_steps": 3})
+    quiet_libraries()
+    folder = RunFolder(LocalStore(tmp_path / "store"), "run")
+    sink = RunSink(folder, interval=3600)
+    recipe = NodeRecipe(spec, folder, sink, tmp_path / "work")
+    recipe.setup()
+    recipe.attach()
+    start = {n: p.detach().clone() for n, p in recipe.model.named_parameters() if p.requires_grad}
+    recipe.train()
+    trained = {n: p.detach() for n, p in recipe.model.named_parameters() if p.requires_grad}
+    assert {p.dtype for p in trained.values()} == {torch.float32}
+    assert recipe.precision == "bf16" and len(trained) == 28
+    unchanged = [n for n in start if torch.equal(start[n].float(), trained[n].float())]
+    assert unchanged == [], unchanged
+    # the same step on bf16 weights: most of lora_A would not have moved at all
+    a = torch.cat([start[n].flatten() for n in start if "lora_A" in n])
+    lost = (a.bfloat16() == (a - lr).bfloat16()).float().mean().item()
+    assert lost > 0.9, lost
