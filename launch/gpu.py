@@ -7,6 +7,7 @@ facts once (`read_cuda_facts`) and asks these functions; none of them imports to
     packing_choice        padding-free packing only where the attention keeps sequences apart
     device_map            where each rank's model goes: its own GPU, ZeRO-3's zero.Init, or the CPU
     quant_storage_dtype   4-bit weights stored in the compute dtype when ZeRO-3 / FSDP shard them
+    save_route            FSDP saves through the Trainer (whole state dict), ZeRO-3 gathers, else rank 0 saves
     optimizer_name        fused AdamW on CUDA
 """
 
@@ -112,6 +113,18 @@ def quant_storage_dtype(compute_dtype: str, *, strategy: str, zero_stage: int | 
     packed 4-bit weights must be stored in the compute dtype instead of uint8."""
     sharded = strategy == "fsdp" or (strategy == "deepspeed" and zero_stage == 3)
     return compute_dtype if sharded else None
+
+
+def save_route(*, strategy: str, world_size: int, artifact: str) -> str:
+    """How the trained artifact is written. Under FSDP (transformers defaults to FSDP2) each rank holds
+    shards, and a rank-0 save_pretrained would write rank 0's shard only: the Trainer's save_model
+    gathers a whole state dict (a collective). ZeRO-3 gathers the trained parameters around the
+    method's own save (launch.train.full_parameters). Elsewhere rank 0 saves directly."""
+    if strategy == "fsdp" and world_size > 1:
+        if artifact == "head_tensors":
+            raise ValueError("method.name: head_only writes head tensors, which FSDP's whole-model save cannot; use ddp")
+        return "trainer"
+    return "gathered" if strategy == "deepspeed" else "direct"
 
 
 def optimizer_name(requested: str, *, cuda: bool) -> str:

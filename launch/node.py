@@ -118,10 +118,11 @@ class NodeRecipe:
         import torch
 
         from launch import data, ranks
-        from launch.gpu import attention_choice, flash_attn_installed
+        from launch.gpu import attention_choice, flash_attn_installed, save_route
         from launch.hardware import capability, hardware
         from launch.models import BaseLoader
         from sdk.errors import SpecError
+        from sdk.methods import method_of
         from sdk.precision import resolve_precision
 
         self.sink.set_state("running", phase="loading model")
@@ -143,6 +144,11 @@ class NodeRecipe:
         # Join the process group only now: under an initialized group transformers' save_pretrained writes
         # on rank 0 alone, and a cache that another rank builds in loader.source (tiny model, GGUF) would stay empty.
         ranks.init(timeout_minutes=self.spec.distributed.timeout_minutes)
+        try:  # decided before training: a save that cannot work must not cost the GPU hours first
+            self.save_route = save_route(strategy=self.spec.distributed.strategy, world_size=ranks.world_size(),
+                                         artifact=method_of(self.spec).artifact)
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
         self.zero3 = self._zero3_load_config()
         self.tokenizer = loader.tokenizer()
         self.model = loader.load(attention=self.attention)
@@ -198,14 +204,16 @@ class NodeRecipe:
     def train(self) -> None:
         """Resume from the newest committed checkpoint if any, train, then the eval loss."""
         from launch import ranks
-        from launch.checkpoints import commit_checkpoint, prepare_resume
+        from launch.checkpoints import CheckpointUploader, prepare_resume
         from launch.train import build_trainer
 
         self.sink.set_state("running", phase="training", trainable_params=self.trainable)
+        uploader = CheckpointUploader(self.folder, self.workdir, keep=self.spec.train.keep_checkpoints,
+                                      timeout_s=self.spec.distributed.timeout_minutes * 60)
 
         def on_checkpoint(local_dir: Path, step: int) -> None:
             self.sink.flush()  # the metrics up to this step are stored before the checkpoint that resumes after them
-            commit_checkpoint(self.folder, local_dir, step, keep=self.spec.train.keep_checkpoints)
+            uploader.submit(local_dir, step)
 
         trainer = build_trainer(self.spec, self.model, self.tokenizer, self.data.train, self.data.eval,
                                 precision=self.precision, hardware=self.hardware, attention=self.attention,
@@ -217,7 +225,9 @@ class NodeRecipe:
             if ranks.is_main():
                 print(f"[finetune] resuming from committed checkpoint {resume[0]}", flush=True)
         t0 = time.time()
+        self.trainer = trainer
         self.result = trainer.train(resume_from_checkpoint=str(resume[1]) if resume else None)
+        uploader.finish()  # the last checkpoint is committed before the run goes on
         self._timed("train_s", t0)
         self.check_cancel()
         self.model = trainer.model
@@ -227,16 +237,20 @@ class NodeRecipe:
             self.eval_loss = trainer.evaluate().get("eval_loss")
 
     def save(self) -> Path:
-        """The artifact in scratch: under ZeRO-3 every rank gathers the parameters, rank 0 writes."""
+        """The artifact in scratch, per launch.gpu.save_route: FSDP through the Trainer's save_model (every
+        rank), ZeRO-3 with the parameters gathered (every rank), rank 0 writes."""
         from launch import ranks
         from launch.train import full_parameters
 
         self.sink.set_state("running", phase="saving")
         t0 = time.time()
         artifact = self.workdir / "artifact"
-        with full_parameters(self.model):
-            if ranks.is_main():
-                self.builder.save(self.model, self.tokenizer, artifact)
+        if self.save_route == "trainer":
+            self.trainer.save_model(str(artifact))  # writes the tokenizer too, on rank 0
+        else:
+            with full_parameters(self.model):
+                if ranks.is_main():
+                    self.builder.save(self.model, self.tokenizer, artifact)
         self._timed("save_s", t0)
         return artifact
 

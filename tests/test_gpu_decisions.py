@@ -17,6 +17,7 @@ from launch.gpu import (
     optimizer_name,
     packing_choice,
     quant_storage_dtype,
+    save_route,
 )
 from sdk.methods import gradient_checkpointing
 
@@ -159,3 +160,12 @@ def test_a_node_that_expects_a_gpu_and_finds_none_stops_fast(run_cli, tmp_path, 
     run = sdk.Run(str(next(tmp_path.iterdir())))
     status = run.status()
     assert status.state == "failed" and "CUDA" in status.error and not run.metrics()
+
+
+def test_save_route_per_strategy():
+    assert save_route(strategy="fsdp", world_size=8, artifact="peft_adapter") == "trainer"  # whole state dict, not a shard
+    assert save_route(strategy="fsdp", world_size=1, artifact="peft_adapter") == "direct"
+    assert save_route(strategy="deepspeed", world_size=2, artifact="whole_model") == "gathered"
+    assert save_route(strategy="ddp", world_size=2, artifact="peft_adapter") == "direct"
+    with pytest.raises(ValueError, match="head_only"):
+        save_route(strategy="fsdp", world_size=2, artifact="head_tensors")
