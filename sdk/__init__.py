@@ -14,8 +14,12 @@ _EXPORTS = {
     "EvalSpec": "sdk.spec",
     "ResourcesSpec": "sdk.spec",
     "DistributedSpec": "sdk.spec",
-    "LoraMethod": "sdk.spec",
-    "QloraMethod": "sdk.spec",
+    "LoraSpec": "sdk.methods",
+    "QloraSpec": "sdk.methods",
+    "DoraSpec": "sdk.methods",
+    "method_named": "sdk.methods",
+    "RunSummary": "sdk.summary",
+    "FieldError": "sdk.errors",
     "load_recipe": "sdk.recipes",
     "submit": "sdk.runs",
     "get_run": "sdk.runs",
@@ -33,7 +37,8 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from sdk.errors import FinetuneError, IntegrityError, LaunchError, RunNotFound, SpecError, StoreError
+    from sdk.errors import FieldError, FinetuneError, IntegrityError, LaunchError, RunNotFound, SpecError, StoreError
+    from sdk.methods import DoraSpec, LoraSpec, QloraSpec, method_named
     from sdk.node_tools import evaluate, merge
     from sdk.recipes import load_recipe
     from sdk.runs import Run, RunStatus, get_run, list_runs, submit
@@ -42,12 +47,11 @@ if TYPE_CHECKING:
         DistributedSpec,
         EvalSpec,
         FineTuneSpec,
-        LoraMethod,
         ModelSpec,
-        QloraMethod,
         ResourcesSpec,
         TrainSpec,
     )
+    from sdk.summary import RunSummary
 
 
 def __getattr__(name: str) -> Any:

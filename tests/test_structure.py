@@ -186,3 +186,11 @@ def test_cached_help_equals_the_rendered_help(tmp_path):
     assert len(cached) == 1 and cached[0].read_text() == first.stdout
     assert finetune("--help").stdout == first.stdout
     assert "Usage: finetune validate" in finetune("validate", "--help").stdout
+
+
+def test_every_exported_name_resolves():
+    import sdk as package
+
+    assert {"FineTuneSpec", "LoraSpec", "QloraSpec", "RunSummary", "SpecError", "FieldError"} <= set(package._EXPORTS)
+    for name in package._EXPORTS:
+        assert getattr(package, name) is not None, name
