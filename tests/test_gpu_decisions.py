@@ -153,11 +153,12 @@ def test_a_node_that_expects_a_gpu_and_finds_none_stops_fast(run_cli, tmp_path, 
     the run folder says failed, and no training step ran."""
     env = {"FINETUNE_HOME": str(finetune_home), "SKYPILOT_NUM_GPUS_PER_NODE": "1"}
     start = time.time()
-    result = run_cli("launch", "tiny", "--local", f"--set=output={tmp_path}", env=env, timeout=60)
+    result = run_cli("launch", "tiny", "--local", f"--set=output={tmp_path / 'runs'}", env=env, timeout=60)
     elapsed = time.time() - start
     assert result.returncode != 0 and elapsed < 30, (elapsed, result.stderr)
     assert "finds no CUDA device" in result.stderr and "torch 2.13.0" in result.stderr
-    run = sdk.Run(str(next(tmp_path.iterdir())))
+    (folder,) = list((tmp_path / "runs").iterdir())
+    run = sdk.Run(str(folder))
     status = run.status()
     assert status.state == "failed" and "CUDA" in status.error and not run.metrics()
 
