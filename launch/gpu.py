@@ -4,10 +4,12 @@ facts once (`read_cuda_facts`) and asks these functions; none of them imports to
 
     missing_gpu_error     a node that expects GPUs and finds none stops, naming torch, CUDA and driver
     attention_choice      flash-attention where installed and supported, else SDPA; an explicit ask is checked
-    packing_choice        padding-free packing only where the attention keeps sequences apart
+    packing_choice        padding-free packing only where the attention keeps packed sequences apart
     device_map            where each rank's model goes: its own GPU, ZeRO-3's zero.Init, or the CPU
     quant_storage_dtype   4-bit weights stored in the compute dtype when ZeRO-3 / FSDP shard them
     save_route            FSDP saves through the Trainer (whole state dict), ZeRO-3 gathers, else rank 0 saves
+    upcast_frozen_weights fp32 copies of a 4-bit model's 16-bit weights only under fp16
+    activation_offloading saved activations in CPU memory by default for QLoRA with checkpointing on a GPU
     optimizer_name        fused AdamW on CUDA
 """
 
@@ -85,16 +87,28 @@ def attention_choice(requested: str, *, cuda: bool, capability: tuple[int, int] 
     return "sdpa", f"PyTorch SDPA ({why})"
 
 
-def packing_choice(packing: bool, attention: str) -> tuple[bool, bool, str | None]:
-    """(pack, padding_free, note). Packed sequences in one row must not attend to each other: only
-    flash-attention (with position ids) keeps them apart in a padding-free batch. With SDPA or eager,
-    packing would let sequences see each other, so the run trains unpacked and says so."""
+def packing_choice(packing: bool, attention: str, *, packed_masks: bool) -> tuple[bool, bool, str | None]:
+    """(pack, padding_free, note). Sequences packed into one row must not attend to each other.
+    flash-attention keeps them apart from the position ids; SDPA and eager do too where the installed
+    transformers builds a block-diagonal mask from position ids that restart (`packed_masks`: its
+    masking_utils has find_packed_sequence_indices, 4.54+; trl's trainers pass use_cache=False, which
+    that detection needs). Without either, packing would leak across sequences: train unpacked, say so."""
     if not packing:
         return False, False, None
-    if attention == "flash_attention_2":
+    if attention == "flash_attention_2" or (packed_masks and attention in ("sdpa", "eager")):
         return True, True, None
-    return False, False, (f"data.packing: packed sequences would attend to each other with {attention} attention; "
-                          "training unpacked (install flash-attn on an Ampere+ GPU for padding-free packing)")
+    return False, False, (f"data.packing: packed sequences would attend to each other with {attention} attention "
+                          "in this transformers; training unpacked (transformers>=4.54 or flash-attn keeps them apart)")
+
+
+def transformers_packs_masks() -> bool:
+    """Fact for packing_choice: does the installed transformers mask packed sequences apart for SDPA/eager?"""
+    import importlib
+
+    try:
+        return hasattr(importlib.import_module("transformers.masking_utils"), "find_packed_sequence_indices")
+    except ImportError:
+        return False
 
 
 def device_map(*, quantized: bool, cuda: bool, local_rank: int, zero3: bool) -> Any:
@@ -125,6 +139,25 @@ def save_route(*, strategy: str, world_size: int, artifact: str) -> str:
             raise ValueError("method.name: head_only writes head tensors, which FSDP's whole-model save cannot; use ddp")
         return "trainer"
     return "gathered" if strategy == "deepspeed" else "direct"
+
+
+def upcast_frozen_weights(dtype: str) -> bool:
+    """Should a 4-bit model's frozen 16-bit weights (embeddings, norms, head) be copied to fp32, as peft's
+    prepare_model_for_kbit_training does? Only for fp16, whose narrow range overflows in norms and
+    logits. In bf16 the copy costs 2 B per parameter (2.1 GB for Llama-3.1-8B's embeddings and head)
+    and makes the residual stream, and so every saved activation, fp32; RMSNorm already computes in fp32."""
+    return dtype == "float16"
+
+
+def activation_offloading(asked: bool | None, *, cuda: bool, quantized_base: bool, checkpointing: bool) -> bool:
+    """Saved activations kept in pinned CPU memory until backward. By default only where memory is the
+    point (a 4-bit base, already recomputing activations): the copies overlap compute on a side stream,
+    but cost PCIe bandwidth. Needs CUDA streams: an explicit ask on a CPU node is an error."""
+    if asked and not cuda:
+        raise ValueError("train.activation_offloading: offloads GPU activations to the CPU; there is no GPU here")
+    if asked is not None:
+        return asked
+    return cuda and quantized_base and checkpointing
 
 
 def optimizer_name(requested: str, *, cuda: bool) -> str:

@@ -130,7 +130,16 @@ class QloraBuilder(LoraBuilder):
     def attach(self, model: Any, spec: FineTuneSpec, tokenizer: Any, source_path: str) -> Any:
         from peft import get_peft_model, prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing(spec))
+        from launch.gpu import upcast_frozen_weights
+        from sdk.precision import dtype_name
+
+        frozen = dtype_name(model.get_input_embeddings().weight.dtype)
+        if upcast_frozen_weights(frozen):
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing(spec))
+        else:  # what prepare_model_for_kbit_training does, less its fp32 copy of embeddings, norms and head
+            model.requires_grad_(False)
+            if gradient_checkpointing(spec):
+                model.enable_input_require_grads()
         return get_peft_model(model, self.peft_config(model, spec, tokenizer, source_path))
 
 

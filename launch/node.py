@@ -269,7 +269,7 @@ class NodeRecipe:
     def summary(self) -> RunSummary:
         from launch import ranks
         from launch.evaluate import side_by_side
-        from launch.train import peak_memory
+        from launch.train import peak_memory, train_features
 
         def score(s: Any) -> LabelScore | None:
             return LabelScore(accuracy=s.accuracy, correct=s.correct, total=s.total) if s else None
@@ -284,7 +284,7 @@ class NodeRecipe:
             precision=self.precision, hardware=self.hardware, trainable_params=self.trainable, total_params=self.total,
             trainable_percent=100.0 * self.trainable / self.total if self.total else 0.0,
             resident_memory_bytes=int(self.model.get_memory_footprint()), peak_memory_bytes=peak, peak_memory_kind=peak_kind,
-            peak_reserved_bytes=reserved, attention=self.attention,
+            peak_reserved_bytes=reserved, attention=self.attention, features=train_features(self.trainer.args),
             steps=int(self.result.global_step), train_loss=float(self.result.training_loss),
             first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None, eval_loss=self.eval_loss,
             train_rows=len(self.data.train), eval_rows=len(self.data.eval),

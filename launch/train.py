@@ -13,7 +13,7 @@ from sdk.errors import FinetuneError
 from sdk.methods import gradient_checkpointing, method_of
 from sdk.precision import Precision, torch_dtype, trainable_dtype, uses_tf32
 from sdk.spec import FineTuneSpec
-from sdk.summary import Hardware
+from sdk.summary import Hardware, TrainFeatures
 
 
 def has_cuda() -> bool:
@@ -172,6 +172,14 @@ def with_cpu_resume_fix(trainer_cls: type) -> type:
     return Trainer
 
 
+def train_features(args: Any) -> TrainFeatures:
+    """Read back from the trainer's own arguments, so the summary says what ran rather than what was asked."""
+    return TrainFeatures(packing=bool(getattr(args, "padding_free", False)), gradient_checkpointing=bool(args.gradient_checkpointing),
+                         activation_offloading=bool(getattr(args, "activation_offloading", False)),
+                         liger_kernels=bool(args.use_liger_kernel), compile=bool(args.torch_compile),
+                         optimizer=str(getattr(args.optim, "value", args.optim)))
+
+
 def build_trainer(
     spec: FineTuneSpec,
     model: Any,
@@ -188,13 +196,18 @@ def build_trainer(
 ) -> Any:
     from datasets import Dataset
 
-    from launch.gpu import optimizer_name, packing_choice
+    from launch.gpu import activation_offloading, optimizer_name, packing_choice, transformers_packs_masks
 
     t = spec.train
     cuda = hardware.device == "cuda"
     if t.liger_kernels and not cuda:
         raise FinetuneError("train.liger_kernels: Liger's Triton kernels need a CUDA GPU; drop it on CPU")
     checkpointing = gradient_checkpointing(spec)
+    try:
+        offload = activation_offloading(t.activation_offloading, cuda=cuda, quantized_base=method_of(spec).quantized_base,
+                                        checkpointing=checkpointing)
+    except ValueError as exc:
+        raise FinetuneError(str(exc)) from None
     common: dict[str, Any] = dict(
         output_dir=str(workdir / "trainer"),
         max_steps=t.max_steps or -1,
@@ -214,6 +227,7 @@ def build_trainer(
         fp16=precision == "fp16",  # with the Trainer's loss scaling
         tf32=True if uses_tf32(capability=hardware.capability) else None,
         use_liger_kernel=t.liger_kernels,
+        activation_offloading=offload,
         torch_compile=t.compile,
         ddp_timeout=spec.distributed.timeout_minutes * 60,
         seed=t.seed,
@@ -246,7 +260,7 @@ def build_trainer(
     else:
         from trl import SFTConfig, SFTTrainer
 
-        pack, padding_free, note = packing_choice(spec.data.packing, attention)
+        pack, padding_free, note = packing_choice(spec.data.packing, attention, packed_masks=transformers_packs_masks())
         if note:
             print(f"[finetune] note: {note}", flush=True)
         args = SFTConfig(**common, packing=pack, padding_free=padding_free, completion_only_loss=spec.data.completion_only_loss)

@@ -137,6 +137,14 @@ def _fmt_bytes(n: float | None) -> str:
     return str(n)
 
 
+def _features(summary) -> str:
+    f = summary.features
+    on = [name for name, value in (("padding-free packing", f.packing), ("gradient checkpointing", f.gradient_checkpointing),
+                                   ("activation offloading", f.activation_offloading), ("Liger kernels", f.liger_kernels),
+                                   ("torch.compile", f.compile)) if value]
+    return ", ".join([f"{summary.attention or 'default'} attention", *on, *([f.optimizer] if f.optimizer else [])])
+
+
 def _print_summary(summary) -> None:
     """A RunSummary as a two-column table, then the side-by-side generations."""
     from rich.table import Table
@@ -152,6 +160,7 @@ def _print_summary(summary) -> None:
         ("trainable", f"{summary.trainable_params:,} of {summary.total_params:,} ({summary.trainable_percent:.3f}%)"),
         ("steps", steps),
         ("eval loss", f"{summary.eval_loss:.4f}" if summary.eval_loss is not None else "-"),
+        ("trained with", _features(summary)),
         ("memory", f"resident {_fmt_bytes(summary.resident_memory_bytes)}, peak {_fmt_bytes(summary.peak_memory_bytes)} "
                    f"({summary.peak_memory_kind})"),
         ("adapter", _fmt_bytes(summary.adapter_bytes)),

@@ -125,7 +125,11 @@ class TrainSpec(SpecPart):
         None, description="recompute activations in backward; default: on for methods with a 4-bit base (QLoRA), else off")
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto", description="auto: flash_attention_2 where installed on an Ampere+ GPU, else sdpa")
-    liger_kernels: bool = Field(False, description="Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy); GPU only")
+    activation_offloading: bool | None = Field(
+        None, description="keep saved activations in CPU memory between forward and backward (overlapped copies); "
+                          "default: on where gradient checkpointing is on for a 4-bit base on a GPU; GPU only")
+    liger_kernels: bool = Field(False, description="Liger's Triton kernels for RMSNorm, RoPE and SwiGLU (trl computes "
+                                                   "the loss with its own chunked LM head); GPU only")
     compile: bool = Field(False, description="torch.compile the model")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     seed: int = 42
@@ -350,6 +354,9 @@ class FineTuneSpec(SpecPart):
                 raise _CrossFieldError("data.packing", "packing is not available with objective dpo")
             if self.data.template == "text":
                 raise _CrossFieldError("data.template", "dpo needs prompt/chosen/rejected, not the text template")
+        if self.data.packing and method.virtual_tokens(self.method):
+            raise _CrossFieldError("data.packing", f"{method.name} prepends virtual tokens to every sequence, "
+                                   "so sequences cannot be packed into one row; set data.packing: false")
         if self.train.gradient_checkpointing and not method.gradient_checkpointing:  # only an explicit ask; the default follows the method
             raise _CrossFieldError("train.gradient_checkpointing", f"{method.name} does not support gradient checkpointing")
         if self.data.eval_source and self.data.eval_split:

@@ -55,6 +55,17 @@ class Hardware(_Read):
     driver: str | None = None  # the NVIDIA driver version, when visible
 
 
+class TrainFeatures(_Read):
+    """What the trainer ran with, as decided on the node (launch.gpu): the facts behind a speed or memory figure."""
+
+    packing: bool = False  # padding-free: rows packed into one sequence, kept apart by position ids
+    gradient_checkpointing: bool = False
+    activation_offloading: bool = False
+    liger_kernels: bool = False
+    compile: bool = False
+    optimizer: str | None = None
+
+
 class RunSummary(_Read):
     run_id: str
     model: str
@@ -70,6 +81,7 @@ class RunSummary(_Read):
     peak_memory_kind: str  # cuda_max_memory_allocated | cpu_peak_rss
     peak_reserved_bytes: int | None = None  # CUDA caching allocator's peak (what nvidia-smi sees, roughly)
     attention: str | None = None  # the attention implementation the model ran with
+    features: TrainFeatures = Field(default_factory=TrainFeatures)
     steps: int
     train_loss: float | None = None
     first_loss: float | None = None

@@ -75,6 +75,15 @@ def test_soft_prompts_cannot_be_merged(tmp_path):
 
 def test_a_tolerance_breach_writes_nothing(tmp_path, qlora_run):
     run = qlora_run
-    with pytest.raises(sdk.FinetuneError, match="exceeds 1e-12; nothing written"):
+    with pytest.raises(sdk.FinetuneError, match=r"exceeds 1e-12 \(--max-logit-diff\); nothing written"):
         sdk.merge(run, tmp_path / "merged", max_logit_diff=1e-12)
     assert not (tmp_path / "merged").exists() and not list(tmp_path.glob(".merged.partial-*"))
+
+
+def test_a_bf16_merge_passes_the_default_tolerance_which_still_catches_a_4bit_merge(tmp_path, qlora_run):
+    """bf16 rounding moves logits in proportion to their size (an absolute 0.5 refused a good merge on an
+    H100); the default is relative to the largest logit and still refuses what a 4-bit merge does."""
+    report = sdk.merge(qlora_run, tmp_path / "merged", dtype="bf16")
+    assert report["dtype"] == "bf16" and report["tolerance"] == pytest.approx(0.1 * report["logit_scale"])
+    assert report["max_logit_diff"] <= report["tolerance"] and report["top1_agreement"] > 0.9
+    assert report["max_logit_diff_4bit_merge"] > 2 * report["tolerance"]

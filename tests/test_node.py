@@ -220,6 +220,8 @@ def test_qlora_adapter_weights_move_at_the_dpo_recipes_learning_rate(tmp_path):
     recipe = NodeRecipe(spec, folder, sink, tmp_path / "work")
     recipe.setup()
     recipe.attach()
+    frozen = {p.dtype for p in recipe.model.parameters() if not p.requires_grad and p.__class__.__name__ != "Params4bit"}
+    assert frozen == {torch.bfloat16}  # no fp32 copy of embeddings, norms, head (launch.gpu.upcast_frozen_weights)
     start = {n: p.detach().clone() for n, p in recipe.model.named_parameters() if p.requires_grad}
     recipe.train()
     trained = {n: p.detach() for n, p in recipe.model.named_parameters() if p.requires_grad}
@@ -231,3 +233,18 @@ def test_qlora_adapter_weights_move_at_the_dpo_recipes_learning_rate(tmp_path):
     a = torch.cat([start[n].flatten() for n in start if "lora_A" in n])
     lost = (a.bfloat16() == (a - lr).bfloat16()).float().mean().item()
     assert lost > 0.9, lost
+
+
+def test_packing_runs_padding_free_with_sdpa_and_the_summary_says_so(tmp_path):
+    """data.packing on the CPU (SDPA): rows (~105 tokens) are packed into rows of up to 512, so a step
+    sees more real tokens than an unpacked step of the same batch size; summary.features records it."""
+    seen = {}
+    for packing in (False, True):
+        spec = tiny_spec(*METHODS["lora"])
+        spec = spec.model_copy(update={"data": spec.data.model_copy(update={"packing": packing, "max_length": 512})})
+        folder, sink, _ = _run(spec, tmp_path / str(packing))
+        summary = RunSummary.model_validate(folder.read_json("summary.json"))
+        assert summary.features.packing is packing and summary.attention == "sdpa"
+        assert summary.features.activation_offloading is False and summary.features.optimizer == "adamw_torch"
+        seen[packing] = max(r["tokens_seen"] for r in sink.rows if "tokens_seen" in r)
+    assert seen[True] > 1.5 * seen[False], seen

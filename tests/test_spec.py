@@ -92,6 +92,8 @@ MALFORMED = [
     ("steps and epochs", BASE.replace("max_steps: 5", "max_steps: 5\n  epochs: 1"), [], ["train", "not both"]),
     ("dpo with prompt tuning", BASE.replace("name: lora\n  r: 8", "name: prompt_tuning") + "objective: dpo\n", [], ["method", "dpo"]),
     ("dpo with packing", BASE.replace("source: builtin:news-topics", "source: x.jsonl\n  packing: true") + "objective: dpo\n", [], ["data.packing", "dpo"]),
+    ("packing with prefix tuning", BASE.replace("name: lora\n  r: 8", "name: prefix_tuning").replace("source: builtin:news-topics", "source: x.jsonl\n  packing: true"),
+     [], ["data.packing", "virtual tokens"]),
     ("bad objective", BASE + "objective: ppo\n", [], ["objective", "'sft' or 'dpo'"]),
     ("zero stage without deepspeed", BASE + "distributed:\n  strategy: ddp\n  zero_stage: 3\n", [], ["distributed", "DeepSpeed"]),
     ("bad zero stage", BASE + "distributed:\n  strategy: deepspeed\n  zero_stage: 1\n", [], ["distributed.zero_stage"]),

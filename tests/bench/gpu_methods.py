@@ -1,0 +1,60 @@
+"""Every registered method trains the tiny recipe on a GPU at precision auto, then QLoRA and LoRA merge.
+
+Run (GPU): python tests/bench/gpu_methods.py
+Checks the GPU path end to end through `sdk.submit` (local backend): the run succeeds on CUDA, not on a
+silent CPU fallback, and prints per method the precision, loss, label accuracy, peak memory and time.
+On a CPU-only machine every run fails fast by design unless FINETUNE_ALLOW_CPU=1 (then it measures the CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def main() -> int:
+    import sdk
+    from sdk.methods import REGISTRY
+    from sdk.node_tools import merge
+    from sdk.recipes import load_recipe
+
+    work = Path(tempfile.mkdtemp(prefix="gpu-methods-"))
+    os.environ.update(HF_HUB_OFFLINE="1", FINETUNE_HOME=str(work / "home"), SKYPILOT_NUM_GPUS_PER_NODE="1")
+    failures, runs = 0, {}
+    for name in REGISTRY:
+        spec = load_recipe(str(ROOT / "recipes" / "tiny.yaml"),
+                           [f"method={{name: {name}}}", "train.precision=auto", "train.max_steps=20", f"output={work / 'runs'}"])
+        t0 = time.time()
+        run = sdk.submit(spec, backend="local")
+        state = run.wait(progress=False).state
+        if state != "succeeded":
+            failures += 1
+            print(f"{name:15s} {state}\n{run.logs()[-3000:]}", flush=True)
+            continue
+        s = run.summary()
+        acc = s.label_accuracy
+        print(f"{name:15s} {s.hardware.device} {s.hardware.name} {s.precision}, loss {s.first_loss:.3f} -> {s.last_loss:.3f}, "
+              f"accuracy {acc.before.accuracy if acc.before else float('nan'):.0%} -> {acc.after.accuracy if acc.after else float('nan'):.0%}, "
+              f"peak {s.peak_memory_bytes / 2**20:.0f} MiB, {time.time() - t0:.1f} s", flush=True)
+        runs[name] = run.id
+    for name in ("qlora", "lora"):
+        if name in runs:
+            try:
+                report = merge(runs[name], work / f"merged-{name}")
+            except sdk.FinetuneError as exc:
+                failures += 1
+                print(f"merge {name}: {exc}", flush=True)
+                continue
+            print(f"merge {name}: into the {report['merged_into']}, max logit diff {report['max_logit_diff']:.3g}"
+                  + (f" (4-bit merge would give {report['max_logit_diff_4bit_merge']:.3g})" if "max_logit_diff_4bit_merge" in report else ""),
+                  flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
