@@ -26,6 +26,10 @@ _EXPORTS = {
     "list_runs": "sdk.runs",
     "Run": "sdk.runs",
     "RunStatus": "sdk.runs",
+    "sweep": "sdk.sweeps",
+    "get_sweep": "sdk.sweeps",
+    "list_sweeps": "sdk.sweeps",
+    "Sweep": "sdk.sweeps",
     "evaluate": "sdk.node_tools",
     "merge": "sdk.node_tools",
     "FinetuneError": "sdk.errors",
@@ -52,6 +56,7 @@ if TYPE_CHECKING:
         TrainSpec,
     )
     from sdk.summary import RunSummary
+    from sdk.sweeps import Sweep, get_sweep, list_sweeps, sweep
 
 
 def __getattr__(name: str) -> Any:

@@ -291,9 +291,13 @@ def status(
     json_out: bool = typer.Option(False, "--json"),
     reconcile: bool = typer.Option(False, "--reconcile", help="write the backend's view (e.g. a dead node) into the store"),
 ) -> None:
-    """The state of a run (from its store, or its backend when that knows better), with step and loss."""
+    """The state of a run (from its store, or its backend when that knows better), with step and loss.
+    Given a sweep id: its trials and leaderboard."""
     from sdk.runs import get_run
 
+    if _is_sweep(run):
+        _print_sweep(_get_sweep(run), json_out=json_out)
+        return
     handle = get_run(run)
     st = handle.reconcile() if reconcile else handle.status()
     if json_out:
@@ -375,11 +379,132 @@ def fetch(
 
 @app.command()
 def cancel(run: str = typer.Argument(...)) -> None:
-    """Stop a run; its state becomes cancelled."""
+    """Stop a run, or every trial of a sweep; its state becomes cancelled."""
     from sdk.runs import get_run
 
+    if _is_sweep(run):
+        handle = _get_sweep(run)
+        sweep_status = handle.cancel()
+        _console().print(f"{handle.id}: {sweep_status.state}; " + ", ".join(f"{n} {st}" for n, st, _ in sweep_status.trials))
+        return
     st = get_run(run).cancel()
     _console().print(f"{run}: {st.state}")
+
+
+# -------------------------------------------------------------------------------------------- sweeps
+
+
+def _is_sweep(name: str) -> bool:
+    return name.startswith("sweep-") or "/sweeps/" in name
+
+
+def _get_sweep(name: str, store: str | None = None):
+    from sdk.sweeps import get_sweep
+
+    return get_sweep(name, store=store)
+
+
+def _print_sweep(handle, *, json_out: bool = False) -> None:
+    from rich.table import Table
+
+    record = handle.record()
+    status = handle.status()
+    rows = handle.leaderboard(as_frame=False)
+    if json_out:
+        import json
+
+        sys.stdout.write(json.dumps({"sweep": record.sweep_id, "state": status.state, "metric": record.metric,
+                                     "leaderboard": [r.model_dump(mode="json") for r in rows]}) + "\n")
+        return
+    console = _console()
+    cost = f", estimated ${record.estimate_usd:,.2f}" if record.estimate_usd else ""
+    console.print(f"{record.sweep_id}: {status.state} ({', '.join(f'{n} {st}' for st, n in status.counts.items())}); "
+                  f"{len(record.trials)} trials on {record.backend}, {record.max_parallel} at a time{cost}; "
+                  f"ranked by {record.metric} ({record.goal})", markup=False)
+    keys = list(record.grid)
+    table = Table(box=None, pad_edge=False)
+    for column in ("#", "trial", *[k.rsplit(".", 1)[-1] for k in keys], "state", record.metric.replace("_", " "), "eval loss", "error"):
+        table.add_column(column, no_wrap=column == "trial", overflow="fold")
+    for r in rows:
+        metric = "-" if r.metric is None else f"{r.metric:.4g}"
+        eval_loss = "-" if r.eval_loss is None else f"{r.eval_loss:.4f}"
+        table.add_row(str(r.rank or "-"), r.trial, *[str(r.values.get(k)) for k in keys], r.state, metric, eval_loss,
+                      r.error if r.error and r.state != "succeeded" else "")
+    console.print(table)
+    if rows and rows[0].metric is not None:
+        console.print(f"best: {rows[0].trial} (run {rows[0].run_id}); its adapter: finetune fetch {rows[0].run_id} ./adapter",
+                      markup=False)
+
+
+@app.command()
+def sweep(
+    recipe: str = typer.Argument(..., help="recipe file or shipped recipe name"),
+    grid: list[str] = typer.Option(..., "--grid", "-g", help="KEY=V1,V2: one axis of the grid (repeatable), e.g. train.lr=1e-4,3e-4"),
+    overrides: list[str] | None = SetOption,
+    local: bool = typer.Option(False, "--local", help="run the trials on this machine"),
+    backend: str = typer.Option("auto", "--backend", help="auto | local | skypilot"),
+    max_parallel: int = typer.Option(2, "--max-parallel", "-p", help="trials running at once"),
+    metric: str | None = typer.Option(None, "--metric", help="label_accuracy (default with eval labels), eval_loss, train_loss, last_loss"),
+    budget: float | None = typer.Option(None, "--budget", help="USD: refuse to start when the estimate of all trials exceeds it"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the trials and the cost estimate; start nothing"),
+    detach: bool = typer.Option(False, "--detach", "-d", help="return after starting the sweep"),
+) -> None:
+    """Fan a recipe out over a grid; the trials run in parallel as ordinary runs and are ranked by a metric."""
+    from rich.table import Table
+
+    from sdk.sweeps import default_metric, parse_grid, plan_sweep
+    from sdk.sweeps import sweep as start_sweep
+
+    spec = _load(recipe, overrides)
+    axes = parse_grid(grid)
+    chosen = "local" if local else backend
+    if dry_run:
+        trials, name, costs = plan_sweep(spec, grid=axes, backend=chosen, metric=metric, budget=budget)
+        table = Table("trial", *axes, "GPU", "hours", "USD", box=None, pad_edge=False)
+        for (values, trial), cost in zip(trials, costs, strict=True):
+            table.add_row(trial.name, *[str(values[k]) for k in axes], cost.gpu or "-",
+                          "-" if cost.hours is None else f"{cost.hours:.2f}", "-" if cost.usd is None else f"{cost.usd:,.2f}")
+        _console().print(table)
+        known = [c.usd for c in costs if c.usd is not None]
+        total = f"${sum(known):,.2f}" if len(known) == len(costs) else f"unknown ({next(c.note for c in costs if c.usd is None)})"
+        _console().print(f"{len(trials)} trials on {name}, {max_parallel} at a time, ranked by "
+                         f"{metric or default_metric(spec)}; estimated cost {total}", markup=False)
+        return
+    handle = start_sweep(spec, grid=axes, backend=chosen, max_parallel=max_parallel, metric=metric, budget=budget)
+    console = _console()
+    console.print(f"sweep [bold]{handle.id}[/bold] → {handle.uri}", markup=True)
+    if detach:
+        console.print(f"follow it with: finetune status {handle.id}  |  stop every trial: finetune cancel {handle.id}")
+        return
+    try:
+        final = handle.wait(progress=True)
+    except KeyboardInterrupt:
+        console.print(f"\ndetached; the sweep goes on. Stop it with: finetune cancel {handle.id}")
+        raise typer.Exit(130) from None
+    _print_sweep(handle)
+    if final.state in ("failed", "cancelled"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def sweeps(store: str | None = typer.Option(None, "--store", help="list the sweeps in this store instead of the local registry")) -> None:
+    """List sweeps: the ones started here, or every sweep folder in a store."""
+    from rich.table import Table
+
+    from sdk.sweeps import list_sweeps
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("sweep", "state", "trials", "best"):
+        table.add_column(column, no_wrap=column == "sweep", overflow="fold")
+    for handle in list_sweeps(store=store):
+        try:
+            record, status = handle.record(), handle.status()
+            top = handle.leaderboard(as_frame=False)[0]
+            best = f"{top.trial}: {record.metric} {top.metric:.4g}" if top.metric is not None else "-"
+            table.add_row(handle.id, status.state, str(len(record.trials)), best)
+        except Exception as exc:  # one unreadable sweep must not hide the others
+            table.add_row(handle.id, "?", "-", f"{handle.uri}: {exc}")
+    _console().print(table)
 
 
 @app.command(name="eval")

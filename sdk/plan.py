@@ -204,3 +204,57 @@ def rank_accelerators(spec: FineTuneSpec) -> list[str]:
     """GPUs that fit, cheapest known price first, else smallest memory first (for recipes that pin none)."""
     fits = [f for f in estimate(spec).fits if f.fits]
     return [f.gpu for f in sorted(fits, key=lambda f: (f.hourly_usd is None, f.hourly_usd or 0, f.memory_gb))]
+
+
+# ---------------------------------------------------------------------------------------- cost
+
+# Dense bf16/fp16 tensor-core peak, TFLOP/s (vendor sheets). A run reaches a fraction of it (MFU_ASSUMED).
+PEAK_TFLOPS: dict[str, float] = {
+    "T4": 65, "V100": 125, "V100-32GB": 125, "L4": 121, "A10G": 70, "A10": 125, "RTX4090": 165, "A100": 312,
+    "A100-80GB": 312, "L40S": 362, "A40": 150, "RTX6000-Ada": 364, "H100": 989, "H200": 989, "B200": 2250,
+}
+MFU_ASSUMED = 0.3  # PEFT fine-tuning at modest batch reaches 25-40% of peak
+STARTUP_HOURS = 0.25  # provisioning, setup, model download and evaluation, billed too
+
+
+class CostEstimate(BaseModel):
+    """What one run would cost on the first candidate GPU: FLOPs at an assumed utilisation, plus start-up."""
+
+    gpu: str | None
+    gpus: int
+    hourly_usd: float | None  # per GPU, SkyPilot's local catalog; None when unknown
+    hours: float | None  # None when the run's length is unknown (epochs over data the client has not read)
+    usd: float | None
+    note: str = ""
+
+
+def estimate_cost(spec: FineTuneSpec, *, backend: str) -> CostEstimate:
+    """Local runs cost nothing here. Cloud runs: tokens = steps x batch x accumulation x processes x
+    max_length (an upper bound: rows shorter than max_length cost less); FLOPs per token = 2 (forward)
+    + 2 (activation gradients) + 2 more when the base's own weights train, + 2 with recomputation."""
+    if backend == "local":
+        return CostEstimate(gpu=None, gpus=0, hourly_usd=0.0, hours=None, usd=0.0, note="local machine")
+    accelerators = spec.resources.accelerators or {}
+    gpu = next(iter(accelerators), None) or next(iter(rank_accelerators(spec)), None)
+    if gpu is None:
+        return CostEstimate(gpu=None, gpus=0, hourly_usd=None, hours=None, usd=None, note="no GPU fits the spec")
+    per_node = accelerators.get(gpu, 1)
+    gpus = per_node * spec.resources.nodes
+    hourly = _hourly_price(gpu, spec)
+    steps = spec.train.max_steps
+    if steps is None:
+        return CostEstimate(gpu=gpu, gpus=gpus, hourly_usd=hourly, hours=None, usd=None,
+                            note="train.epochs: the number of steps depends on the data; set train.max_steps to price it")
+    config = config_for(spec.model.id)
+    if config is None or gpu not in PEAK_TFLOPS:
+        return CostEstimate(gpu=gpu, gpus=gpus, hourly_usd=hourly, hours=None, usd=None,
+                            note=f"no architecture or no throughput figure known for {spec.model.id} on {gpu}")
+    shapes = Shapes(config)
+    t = spec.train
+    tokens = steps * t.batch_size * t.grad_accum * gpus * spec.data.max_length
+    per_token = 4 + (2 if method_of(spec).trains_all_weights else 0) + (2 if gradient_checkpointing(spec) else 0)
+    seconds = per_token * shapes.total_params() * tokens / (gpus * PEAK_TFLOPS[gpu] * 1e12 * MFU_ASSUMED)
+    hours = seconds / 3600 + STARTUP_HOURS
+    usd = None if hourly is None else round(hours * hourly * gpus, 2)
+    return CostEstimate(gpu=gpu, gpus=gpus, hourly_usd=hourly, hours=round(hours, 3), usd=usd,
+                        note="" if hourly is not None else f"no price for {gpu}: SkyPilot's catalog is not fetched here")

@@ -112,7 +112,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> tuple[dict[st
             node = child
         node[keys[-1]] = value
         origin[tuple(keys)] = f"--set {text}"
+        other = EXCLUSIVE.get(tuple(keys))
+        if other and other not in origin and value is not None and isinstance(node, dict):
+            node.pop(other[-1], None)  # --set train.max_steps=500 replaces the recipe's epochs, and vice versa
     return data, origin
+
+
+# Settings of which a spec takes one: an override of either replaces the other written in the recipe.
+EXCLUSIVE = {("train", "max_steps"): ("train", "epochs"), ("train", "epochs"): ("train", "max_steps")}
 
 
 def _locator(source: str, lines: dict[tuple, int], origin: dict[tuple, str]):

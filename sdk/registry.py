@@ -24,6 +24,7 @@ def _connect() -> sqlite3.Connection:
         "CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, uri TEXT NOT NULL, backend TEXT NOT NULL, "
         "created REAL NOT NULL, info TEXT NOT NULL DEFAULT '{}')"
     )
+    conn.execute("CREATE TABLE IF NOT EXISTS sweeps (id TEXT PRIMARY KEY, uri TEXT NOT NULL, created REAL NOT NULL)")
     return conn
 
 
@@ -49,3 +50,19 @@ def entries(limit: int = 100) -> list[dict[str, Any]]:
 
 def _row(row: tuple) -> dict[str, Any]:
     return {"id": row[0], "uri": row[1], "backend": row[2], "created": row[3], "info": json.loads(row[4] or "{}")}
+
+
+def record_sweep(sweep_id: str, uri: str) -> None:
+    with closing(_connect()) as conn, conn:
+        conn.execute("INSERT OR REPLACE INTO sweeps (id, uri, created) VALUES (?, ?, ?)", (sweep_id, uri, time.time()))
+
+
+def lookup_sweep(sweep_id: str) -> str | None:
+    with closing(_connect()) as conn:
+        row = conn.execute("SELECT uri FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+    return row[0] if row else None
+
+
+def sweeps(limit: int = 50) -> list[str]:
+    with closing(_connect()) as conn:
+        return [r[0] for r in conn.execute("SELECT uri FROM sweeps ORDER BY created DESC LIMIT ?", (limit,)).fetchall()]

@@ -139,3 +139,43 @@ def test_a_managed_job_reaches_running_and_is_cancelled(slurm, s3_env, finetune_
     while backend._sky_state(run.info) not in ("CANCELLED",) and time.time() < deadline:
         time.sleep(3)
     assert backend._sky_state(run.info) == "CANCELLED"
+
+
+def test_a_sweep_runs_two_trials_at_once_on_the_two_nodes(slurm, s3_env, finetune_home, tmp_path):
+    """Two trials launch concurrently (one SkyPilot cluster each; 3 CPUs each, so one per 4-CPU node), both
+    run at the same time, the driver tears their clusters down, and a fresh process ranks them from S3."""
+    import json
+
+    from sdk.recipes import load_recipe
+
+    env, bucket = s3_env
+    spec = load_recipe("tiny", [*node_overrides(slurm, bucket), "resources.cpus=3", "train.max_steps=60",
+                                "eval.num_samples=8", "eval.before=false", "eval.generations=0"])
+    handle = sdk.sweep(spec, grid={"train.lr": [1e-3, 5e-3]}, backend="skypilot", max_parallel=2)
+    together: set[str] = set()
+    deadline = time.time() + 900
+    while time.time() < deadline and not handle.status().done:
+        out = subprocess.run(["squeue", "-h", "-o", "%N %T"], env=slurm.env, capture_output=True, text=True).stdout
+        nodes = {line.split()[0] for line in out.splitlines() if line.endswith("RUNNING")}
+        if len(nodes) == 2:
+            together = nodes
+        time.sleep(2)
+    status = handle.status()
+    assert status.state == "succeeded", [run.logs()[-2000:] for run in handle.runs()]
+    assert together == {"node1", "node2"}
+    spans = []
+    for run in handle.runs():
+        times = [r["time"] for r in run.metrics() if "time" in r]
+        spans.append((min(times), max(times)))
+    assert max(spans[0][0], spans[1][0]) < min(spans[0][1], spans[1][1]), spans  # trained at the same time
+    deadline = time.time() + 120
+    names = {run.info.cluster for run in handle.runs()}
+    while names & set(clusters()) and time.time() < deadline:
+        time.sleep(2)
+    assert not names & set(clusters())  # Slurm has no autodown: the driver took them down
+    fresh = subprocess.run([sys.executable, "-m", "sdk.cli", "status", handle.uri, "--json"], capture_output=True, text=True,
+                           timeout=120, cwd=ROOT, env={**os.environ, "FINETUNE_HOME": str(tmp_path / "fresh-home")})
+    assert fresh.returncode == 0, fresh.stderr
+    board = json.loads(fresh.stdout)["leaderboard"]
+    assert len(board) == 2 and all(r["state"] == "succeeded" and r["metric"] is not None for r in board)
+    assert board[0]["run_id"] == handle.best().id

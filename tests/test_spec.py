@@ -71,6 +71,15 @@ def test_overrides_apply_and_are_typed():
     assert load_recipe("tiny", ["model.revision=main"]).model.revision == "main"
 
 
+def test_an_override_of_steps_replaces_the_recipes_epochs_and_back():
+    steps = load_recipe("llama8b", ["train.max_steps=500"]).train  # the recipe says epochs: 1
+    assert (steps.max_steps, steps.epochs) == (500, None)
+    epochs = load_recipe("tiny", ["train.epochs=2"]).train  # the recipe says max_steps: 40
+    assert (epochs.max_steps, epochs.epochs) == (None, 2)
+    with pytest.raises(SpecError, match="not both"):  # both asked for on the command line: still an error
+        load_recipe("tiny", ["train.epochs=2", "train.max_steps=5"])
+
+
 def test_json_schema_is_generated():
     schema = FineTuneSpec.model_json_schema()
     assert "model" in schema["required"] and "method" in schema["properties"]

@@ -398,6 +398,10 @@ class SkyPilotBackend:
             return None  # the cluster is gone: the store's copy of the log is the record
         return buffer.getvalue() or None
 
+    def left_up(self, info: SkyPilotRunInfo) -> bool:
+        """Does this run's cluster stay up after the job (infra without autodown)?"""
+        return not info.managed and not info.autodown
+
     def down(self, info: SkyPilotRunInfo) -> None:
         import sky
 

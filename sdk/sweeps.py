@@ -1,0 +1,616 @@
+"""Sweeps: one spec fanned out over a grid of values, the trials run as ordinary runs, ranked by a metric.
+
+A sweep is a folder in the output store, beside the runs: `sweeps/<sweep_id>/sweep.json` holds the grid,
+the metric and every trial (its values, its full spec, and once launched its run id, URI, backend and
+the backend's info). Any machine that can read the store can list, watch and rank a sweep; cancelling
+writes `sweeps/<sweep_id>/CANCEL`, which the sweep's driver obeys.
+
+The driver (`python -m sdk.sweep_driver URI`) is a detached process on the machine that started the
+sweep. It is the only writer of sweep.json after creation: it launches trials through `sdk.submit`,
+at most `max_parallel` at once, records each, and stops when every trial is final or on CANCEL (then it
+cancels the running trials and marks the unlaunched ones cancelled). A trial that fails does not stop it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from sdk.errors import LaunchError, RunNotFound, SpecError
+from sdk.runfolder import TERMINAL, RunState
+from sdk.spec import DEFAULT_OUTPUT, FineTuneSpec
+from sdk.store import Store, open_store
+
+SWEEPS = "sweeps"
+SWEEP_FILE = "sweep.json"
+CANCEL_FILE = "CANCEL"
+SweepState = Literal["pending", "running", "succeeded", "partial", "failed", "cancelled"]
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+class Metric(BaseModel):
+    name: str
+    goal: Literal["max", "min"]
+    description: str
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric(name="label_accuracy", goal="max", description="label accuracy on held-out rows after training"),
+    Metric(name="eval_loss", goal="min", description="loss on the eval split after training"),
+    Metric(name="train_loss", goal="min", description="mean training loss"),
+    Metric(name="last_loss", goal="min", description="the last logged training loss"),
+)}
+
+
+def default_metric(spec: FineTuneSpec) -> str:
+    """Label accuracy after training when the spec names labels, else eval loss."""
+    return "label_accuracy" if spec.eval.labels and spec.eval.after else "eval_loss"
+
+
+def metric_value(name: str, summary: Any) -> float | None:
+    if summary is None:
+        return None
+    if name == "label_accuracy":
+        after = summary.label_accuracy.after
+        return None if after is None else after.accuracy
+    return getattr(summary, name)
+
+
+def check_metric(name: str) -> Metric:
+    if name not in METRICS:
+        import difflib
+
+        near = difflib.get_close_matches(name, METRICS, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise SpecError(f"--metric: {name!r} is not a sweep metric (one of {', '.join(METRICS)}){hint}")
+    return METRICS[name]
+
+
+# ---------------------------------------------------------------------------------------------- grid
+
+
+def split_values(text: str) -> list[str]:
+    """'1e-4,3e-4' -> ['1e-4', '3e-4']; commas inside [] or {} belong to the value ('{name: lora, r: 8},{name: ia3}')."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        if char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return [p.strip() for p in parts]
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
+    """`--grid key=v1,v2` options into {key: [values]}; each value is read as YAML, like `--set`."""
+    import yaml
+
+    grid: dict[str, list[Any]] = {}
+    for text in items:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise SpecError(f"--grid {text}: write KEY=V1,V2 with a dotted spec key, e.g. train.lr=1e-4,3e-4")
+        values = []
+        for part in split_values(raw):
+            if not part:
+                raise SpecError(f"--grid {text}: empty value")
+            try:
+                values.append(_number(yaml.safe_load(part)))
+            except yaml.YAMLError:
+                values.append(part)
+        if key in grid:
+            raise SpecError(f"--grid {key}: given twice; list every value in one --grid")
+        grid[key] = values
+    return grid
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads '1e-4' as a string; a grid of learning rates means numbers."""
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value
+
+
+def _slug(key: str, value: Any) -> str:
+    short = key.rsplit(".", 1)[-1]
+    text = value.get("name", json.dumps(value)) if isinstance(value, dict) else f"{value:g}" if isinstance(value, float) else str(value)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{short}_{text}").strip("_.-")
+
+
+def trial_specs(spec: FineTuneSpec, grid: Mapping[str, Sequence[Any]]) -> list[tuple[dict[str, Any], FineTuneSpec]]:
+    """Every combination of the grid applied to the spec, each validated: a key that is not a spec field
+    or a value of the wrong type fails here, before anything launches, naming the field."""
+    from sdk.recipes import apply_overrides
+    from sdk.spec import parse_spec
+
+    if not grid:
+        raise SpecError("--grid: give at least one KEY=V1,V2")
+    for key, values in grid.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+            raise SpecError(f"--grid {key}: give a non-empty list of values")
+    base = spec.model_dump(mode="json")
+    base_name = spec.name or "sweep"
+    trials = []
+    for combo in itertools.product(*grid.values()):
+        values = dict(zip(grid, combo, strict=True))
+        data, origin = apply_overrides(base, [])
+        for key, value in values.items():
+            data, more = _set(data, key, value)
+            origin.update(more)
+        name = "-".join([base_name, *(_slug(k, v) for k, v in values.items())])[:40].rstrip("._-")
+        data["name"] = name
+        trials.append((values, parse_spec(data, locate=lambda path, origin=origin: _grid_origin(path, origin))))
+    return trials
+
+
+def _set(data: dict[str, Any], key: str, value: Any) -> tuple[dict[str, Any], dict[tuple, str]]:
+    from sdk.recipes import apply_overrides
+
+    # apply_overrides reads text; hand it the value as YAML so `--grid` and `sdk.sweep(grid=...)` agree
+    return apply_overrides(data, [f"{key}={json.dumps(value)}"])
+
+
+def _grid_origin(path: tuple, origin: dict[tuple, str]) -> str | None:
+    for n in range(len(path), 0, -1):
+        if tuple(path[:n]) in origin:
+            return origin[tuple(path[:n])].replace("--set", "--grid")
+    below = [text for key, text in origin.items() if key[: len(path)] == tuple(path)]  # an unknown section
+    return below[0].replace("--set", "--grid") if below else None
+
+
+# ---------------------------------------------------------------------------------------- records
+
+
+class Trial(BaseModel):
+    index: int
+    name: str
+    values: dict[str, Any]
+    spec: dict[str, Any]
+    run_id: str | None = None
+    uri: str | None = None
+    backend: str | None = None
+    info: dict[str, Any] | None = None
+    state: RunState = "pending"  # as last seen by the driver; a launched trial's own folder is the truth
+    error: str | None = None
+    launched: float | None = None
+    released: bool = False  # its cluster torn down (or there was none to tear down)
+
+
+class SweepRecord(BaseModel):
+    """sweep.json."""
+
+    sweep_id: str
+    name: str
+    created: float = Field(default_factory=time.time)
+    grid: dict[str, list[Any]]
+    metric: str
+    goal: Literal["max", "min"]
+    max_parallel: int
+    backend: str
+    output: str
+    estimate_usd: float | None = None
+    driver: dict[str, Any] = Field(default_factory=dict)  # host and PID of the driver process
+    finished: bool = False
+    trials: list[Trial]
+
+
+class LeaderboardRow(BaseModel):
+    rank: int | None
+    trial: str
+    values: dict[str, Any]
+    state: RunState
+    metric: float | None
+    label_accuracy: float | None = None
+    eval_loss: float | None = None
+    train_loss: float | None = None
+    runtime_s: float | None = None
+    run_id: str | None = None
+    error: str | None = None
+
+
+class SweepStatus(BaseModel):
+    state: SweepState
+    counts: dict[str, int]
+    trials: list[tuple[str, RunState, str | None]]  # (name, state, run id)
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("succeeded", "partial", "failed", "cancelled")
+
+
+def sweep_state(states: Sequence[str], *, finished: bool) -> SweepState:
+    if not states or all(s == "pending" for s in states) and not finished:
+        return "pending"
+    if not all(s in TERMINAL for s in states):
+        return "running"
+    if all(s == "succeeded" for s in states):
+        return "succeeded"
+    if "succeeded" in states:
+        return "partial"
+    return "cancelled" if "cancelled" in states else "failed"
+
+
+def new_sweep_id(name: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"sweep-{name}-{stamp}-{secrets.token_hex(2)}"
+
+
+# ------------------------------------------------------------------------------------------- handle
+
+
+class Sweep:
+    """A handle on one sweep; everything it reports is read from the store."""
+
+    def __init__(self, store: Store, sweep_id: str):
+        self.store = store
+        self.id = sweep_id
+        self.uri = store.url(f"{SWEEPS}/{sweep_id}")
+
+    def __repr__(self) -> str:
+        return f"Sweep(id={self.id!r}, uri={self.uri!r})"
+
+    @classmethod
+    def from_uri(cls, uri: str) -> Sweep:
+        root, _, sweep_id = uri.rstrip("/").rpartition(f"/{SWEEPS}/")
+        if not root or not sweep_id:
+            raise RunNotFound(f"{uri}: not a sweep folder (<store>/{SWEEPS}/<sweep_id>)")
+        return cls(open_store(root), sweep_id)
+
+    def _key(self, name: str) -> str:
+        return f"{SWEEPS}/{self.id}/{name}"
+
+    def record(self) -> SweepRecord:
+        key = self._key(SWEEP_FILE)
+        if not self.store.exists(key):
+            raise RunNotFound(f"{self.uri}: no {SWEEP_FILE}")
+        return SweepRecord.model_validate_json(self.store.get_bytes(key))
+
+    def _write(self, record: SweepRecord) -> None:
+        self.store.put_bytes(self._key(SWEEP_FILE), record.model_dump_json(indent=1).encode())
+
+    def cancel_requested(self) -> bool:
+        return self.store.exists(self._key(CANCEL_FILE))
+
+    # -- trials
+
+    def runs(self) -> list[Any]:
+        """The launched trials as Run handles (with their backend's info: cancellable from here)."""
+        return [self._run(t) for t in self.record().trials if t.uri]
+
+    @staticmethod
+    def _run(trial: Trial) -> Any:
+        from sdk.backends import get_backend
+        from sdk.runs import Run
+
+        info = get_backend(trial.backend).Info.model_validate(trial.info) if trial.backend and trial.info else None
+        return Run(trial.uri, backend=trial.backend if info else None, info=info)
+
+    def _trial_states(self, record: SweepRecord) -> list[tuple[Trial, RunState, Any]]:
+        """Each trial with its state read from its run folder (the backend's view merged in) and its run."""
+        out = []
+        for t in record.trials:
+            if not t.uri:
+                out.append((t, t.state, None))
+                continue
+            run = self._run(t)
+            try:
+                state = run.status().state
+            except Exception:  # a backend that cannot answer: the store's word stands
+                state = run.folder.status().get("state", t.state)
+            out.append((t, state, run))
+        return out
+
+    def status(self) -> SweepStatus:
+        record = self.record()
+        rows = self._trial_states(record)
+        states = [s for _, s, _ in rows]
+        counts = {s: states.count(s) for s in dict.fromkeys(states)}
+        return SweepStatus(state=sweep_state(states, finished=record.finished), counts=counts,
+                           trials=[(t.name, s, t.run_id) for t, s, _ in rows])
+
+    def wait(self, *, progress: bool = True, timeout: float | None = None, poll: float = 2.0) -> SweepStatus:
+        """Block until every trial is final; a progress line per change (trials done of total, best so far)."""
+        deadline = None if timeout is None else time.time() + timeout
+        last = None
+        while True:
+            status = self.status()
+            if progress:
+                line = f"{self.id}: {status.state} " + ", ".join(f"{n} {s}" for s, n in status.counts.items())
+                if line != last:
+                    print(line, file=sys.stderr, flush=True)
+                    last = line
+            if status.done:
+                return status
+            if deadline is not None and time.time() > deadline:
+                raise TimeoutError(f"sweep {self.id} still {status.state} after {timeout} s")
+            time.sleep(poll)
+
+    def cancel(self, *, timeout: float = 60.0) -> SweepStatus:
+        """Every trial stops: CANCEL in the store (the driver stops launching and cancels what runs), and
+        each running trial this machine can reach is cancelled now. Waits until all are final."""
+        self.store.put_bytes(self._key(CANCEL_FILE), str(time.time()).encode())
+        for _trial, state, run in self._trial_states(self.record()):
+            if run is not None and state not in TERMINAL and run.info is not None:
+                try:
+                    run.cancel()
+                except LaunchError:
+                    pass  # started elsewhere: the driver there cancels it
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status = self.status()
+            if status.done and self.record().finished:
+                return status
+            time.sleep(0.5)
+        return self.status()
+
+    # -- results
+
+    def leaderboard(self, *, as_frame: bool | None = None) -> Any:
+        """One row per trial: its values, state and metrics; succeeded trials ranked by the metric first.
+        A pandas DataFrame when pandas is installed (unless as_frame=False), else a list of rows."""
+        record = self.record()
+        rows = []
+        for trial, state, run in self._trial_states(record):
+            summary = run.summary() if run is not None and state == "succeeded" else None
+            error = trial.error
+            if run is not None and state in ("failed", "cancelled"):
+                error = run.folder.status().get("error") or error
+            rows.append(LeaderboardRow(
+                rank=None, trial=trial.name, values=trial.values, state=state, metric=metric_value(record.metric, summary),
+                label_accuracy=metric_value("label_accuracy", summary), eval_loss=summary.eval_loss if summary else None,
+                train_loss=summary.train_loss if summary else None,
+                runtime_s=summary.runtime_s.total_s if summary else None, run_id=trial.run_id, error=error))
+        sign = -1 if record.goal == "max" else 1
+        # ties (equal accuracy on a small eval set) go to the lower eval loss
+        rows.sort(key=lambda r: (r.metric is None, sign * (r.metric or 0.0), r.eval_loss if r.eval_loss is not None else float("inf"), r.trial))
+        for i, row in enumerate(r for r in rows if r.metric is not None):
+            row.rank = i + 1
+        if as_frame is False:
+            return rows
+        try:
+            import pandas as pd
+        except ImportError:
+            if as_frame:
+                raise
+            return rows
+        return pd.DataFrame([{"rank": r.rank, "trial": r.trial, **r.values, "state": r.state, record.metric: r.metric,
+                              **({} if record.metric == "eval_loss" else {"eval_loss": r.eval_loss}),
+                              "train_loss": r.train_loss, "runtime_s": r.runtime_s, "run_id": r.run_id, "error": r.error}
+                             for r in rows])
+
+    def best(self) -> Any:
+        """The top trial's Run."""
+        rows = self.leaderboard(as_frame=False)
+        if not rows or rows[0].metric is None:
+            raise RunNotFound(f"sweep {self.id}: no trial has a {self.record().metric} yet")
+        trial = next(t for t in self.record().trials if t.run_id == rows[0].run_id)
+        return self._run(trial)
+
+    def plot(self, path: str | Path | None = None) -> Any:
+        """The trials' training-loss curves overlaid (matplotlib); saved to `path` when given."""
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for trial in self.record().trials:
+            if trial.uri:
+                rows = [r for r in self._run(trial).metrics() if "loss" in r]
+                if rows:
+                    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows],
+                            label=", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in trial.values.items()))
+        ax.set_xlabel("step")
+        ax.set_ylabel("train loss")
+        ax.set_title(self.id)
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+        return fig
+
+
+# ---------------------------------------------------------------------------------------- functions
+
+
+def plan_sweep(spec: FineTuneSpec, *, grid: Mapping[str, Sequence[Any]], backend: str = "auto",
+               metric: str | None = None, budget: float | None = None) -> tuple[list[tuple[dict[str, Any], FineTuneSpec]], str, Any]:
+    """The trials, the backend they run on and the cost estimate of all of them, checked against the budget."""
+    from sdk.backends import choose_backend
+    from sdk.plan import estimate_cost
+
+    trials = trial_specs(spec, grid)
+    check_metric(metric or default_metric(spec))
+    name = choose_backend(spec, backend)
+    costs = [estimate_cost(t, backend=name) for _, t in trials]
+    total = None if any(c.usd is None for c in costs) else round(sum(c.usd for c in costs), 2)
+    if budget is not None:
+        if total is None:
+            why = next(c.note for c in costs if c.usd is None)
+            raise SpecError(f"--budget: cannot price the trials ({why}); nothing launched")
+        if total > budget:
+            raise SpecError(f"--budget: {len(trials)} trials are estimated at ${total:,.2f}, over the budget of ${budget:,.2f}; "
+                            "nothing launched")
+    return trials, name, costs
+
+
+def sweep(spec: FineTuneSpec, *, grid: Mapping[str, Sequence[Any]], backend: str = "auto", max_parallel: int = 2,
+          metric: str | None = None, budget: float | None = None, name: str | None = None) -> Sweep:
+    """Fan the spec out over the grid and start the sweep's driver; returns at once."""
+    if max_parallel < 1:
+        raise SpecError("--max-parallel: must be at least 1")
+    trials, backend_name, costs = plan_sweep(spec, grid=grid, backend=backend, metric=metric, budget=budget)
+    metric = metric or default_metric(spec)
+    store = open_store(spec.output or DEFAULT_OUTPUT)
+    sweep_id = new_sweep_id(name or spec.name or "sweep")
+    handle = Sweep(store, sweep_id)
+    total = None if any(c.usd is None for c in costs) else round(sum(c.usd for c in costs), 2)
+    record = SweepRecord(
+        sweep_id=sweep_id, name=name or spec.name or "sweep", grid={k: list(v) for k, v in grid.items()}, metric=metric,
+        goal=METRICS[metric].goal, max_parallel=max_parallel, backend=backend_name, output=spec.output, estimate_usd=total,
+        trials=[Trial(index=i, name=t.name or f"trial-{i}", values=values, spec=t.model_dump(mode="json"))
+                for i, (values, t) in enumerate(trials)],
+    )
+    handle._write(record)
+    start_driver(handle)
+    from sdk import registry
+
+    registry.record_sweep(sweep_id, handle.uri)
+    return handle
+
+
+def start_driver(handle: Sweep) -> int:
+    from sdk.registry import home
+
+    log = home() / "sweeps" / f"{handle.id}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        process = subprocess.Popen([sys.executable, "-m", "sdk.sweep_driver", handle.uri], stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return process.pid
+
+
+def get_sweep(id_or_uri: str, *, store: str | None = None) -> Sweep:
+    """A sweep by id (this machine's registry, then the given or default store) or by its folder URI."""
+    from sdk import registry
+
+    if f"/{SWEEPS}/" in id_or_uri:
+        handle = Sweep.from_uri(id_or_uri)
+    else:
+        uri = registry.lookup_sweep(id_or_uri)
+        handle = Sweep.from_uri(uri) if uri and not store else Sweep(open_store(store or DEFAULT_OUTPUT), id_or_uri)
+    handle.record()  # raises RunNotFound when absent
+    return handle
+
+
+def list_sweeps(*, store: str | None = None, limit: int = 50) -> list[Sweep]:
+    """Sweeps in a store (read from the store alone), or the ones started on this machine."""
+    from sdk import registry
+
+    if store is None:
+        return [Sweep.from_uri(uri) for uri in registry.sweeps(limit)]
+    root = open_store(store)
+    ids = sorted({k.split("/")[1] for k in root.list(f"{SWEEPS}/") if k.endswith(f"/{SWEEP_FILE}")}, reverse=True)
+    return [Sweep(root, i) for i in ids[:limit]]
+
+
+# ------------------------------------------------------------------------------------------- driver
+
+
+def drive(handle: Sweep, *, poll: float = 1.0, max_hours: float = 168.0,
+          submit: Callable[[FineTuneSpec, str], Any] | None = None) -> SweepRecord:
+    """The driver loop: keep up to max_parallel trials launching or running (launches run in threads: a
+    SkyPilot launch blocks for its provisioning, and trials must not queue behind each other's), record
+    each, tear down a finished trial's cluster where its infra leaves it up, obey CANCEL, end when all
+    are final. Only this thread writes sweep.json."""
+    import socket
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from sdk.runs import submit as submit_run
+
+    submit = submit or (lambda spec, backend: submit_run(spec, backend=backend))
+    record = handle.record()
+    record.driver = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+    handle._write(record)
+    deadline = time.time() + max_hours * 3600
+    launching: dict[int, Future] = {}
+    with ThreadPoolExecutor(max_workers=record.max_parallel, thread_name_prefix="launch") as pool:
+        while True:
+            for index, future in list(launching.items()):
+                if future.done():
+                    trial = record.trials[index]
+                    del launching[index]
+                    try:
+                        run = future.result()
+                    except Exception as exc:  # a trial that cannot start does not stop the sweep
+                        trial.state, trial.error = "failed", f"launch failed: {exc}"
+                        continue
+                    trial.run_id, trial.uri, trial.backend = run.id, run.uri, run.backend
+                    trial.info = run.info.model_dump(mode="json") if run.info is not None else None
+            rows = handle._trial_states(record)
+            for trial, state, run in rows:
+                if trial.uri:
+                    trial.state = state
+                    if state in TERMINAL:
+                        _release(trial, run)
+            if handle.cancel_requested() or time.time() > deadline:
+                reason = "sweep cancelled" if handle.cancel_requested() else f"sweep driver stopped after {max_hours} h"
+                for future in launching.values():
+                    future.cancel()
+                for index, future in list(launching.items()):
+                    try:  # a launch under way finishes (SkyPilot cannot be interrupted mid-provision); then it is cancelled
+                        run = future.result(timeout=600)
+                        run.cancel()
+                        trial = record.trials[index]
+                        trial.run_id, trial.uri, trial.backend = run.id, run.uri, run.backend
+                        trial.info = run.info.model_dump(mode="json") if run.info is not None else None
+                    except Exception:
+                        pass
+                for trial, state, run in handle._trial_states(record):
+                    if run is not None and state not in TERMINAL:
+                        try:
+                            run.cancel()
+                        except Exception as exc:
+                            trial.error = f"cancel failed: {exc}"
+                    if run is not None:
+                        trial.state = run.folder.status().get("state", "cancelled")
+                        _release(trial, run)
+                    elif trial.state in ("pending", "provisioning"):
+                        trial.state, trial.error = "cancelled", reason
+                record.finished = True
+                handle._write(record)
+                return record
+            busy = len(launching) + sum(1 for t in record.trials if t.uri and t.state not in TERMINAL)
+            for trial in record.trials:
+                if busy >= record.max_parallel:
+                    break
+                if trial.uri or trial.state != "pending" or trial.index in launching:
+                    continue
+                trial.state, trial.launched = "provisioning", time.time()
+                launching[trial.index] = pool.submit(submit, FineTuneSpec.model_validate(trial.spec), record.backend)
+                busy += 1
+            if not launching and all(t.state in TERMINAL for t in record.trials):
+                record.finished = True
+                handle._write(record)
+                return record
+            handle._write(record)
+            time.sleep(poll)
+
+
+def _release(trial: Trial, run: Any) -> None:
+    """A finished trial's cluster goes down where its infra does not take it down itself (Slurm)."""
+    if trial.released or run is None:
+        return
+    backend = run._backend()
+    if backend is not None and hasattr(backend, "left_up") and backend.left_up(run.info):
+        try:
+            backend.down(run.info)
+        except Exception as exc:
+            trial.error = f"{trial.error + '; ' if trial.error else ''}teardown failed: {exc}"
+    trial.released = True

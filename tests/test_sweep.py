@@ -1,0 +1,140 @@
+"""Sweeps: a grid over the tiny recipe runs as ordinary runs, at most N at once, ranked from the store."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+import sdk
+from sdk.backends.local import pid_alive
+from sdk.recipes import load_recipe
+from sdk.sweeps import parse_grid, split_values, trial_specs
+
+FAST = ["train.max_steps=16", "data.max_samples=64", "eval.num_samples=8", "eval.max_new_tokens=4", "eval.generations=0",
+        "eval.before=false"]
+
+
+def test_grid_values_are_yaml_and_commas_inside_brackets_stay():
+    assert split_values("{name: lora, r: 8},{name: ia3}") == ["{name: lora, r: 8}", "{name: ia3}"]
+    grid = parse_grid(["train.lr=1e-4,3e-4", "method={name: lora, r: 4},{name: ia3}", "data.packing=true,false"])
+    assert grid == {"train.lr": [1e-4, 3e-4], "method": [{"name": "lora", "r": 4}, {"name": "ia3"}], "data.packing": [True, False]}
+    trials = trial_specs(load_recipe("tiny"), grid)
+    assert len(trials) == 8 and len({t.name for _, t in trials}) == 8
+    assert trials[0][1].train.lr == 1e-4 and trials[-1][1].method.name == "ia3"
+
+
+@pytest.mark.parametrize("grid,expected", [
+    (["train.lrr=1e-4,3e-4"], ["--grid train.lrr=", "train.lrr", "did you mean 'lr'"]),
+    (["trian.lr=1e-4"], ["--grid trian.lr=", "did you mean 'train'"]),
+    (["method.r=four,8"], ["--grid method.r=", "method.r", "valid integer"]),
+    (["method.name=lora,qlorra"], ["method", "qlorra", "did you mean 'qlora'"]),
+    (["train.lr"], ["--grid train.lr", "KEY=V1,V2"]),
+])
+def test_a_bad_grid_is_refused_before_launch_naming_the_field(grid, expected, run_cli, tmp_path, finetune_home):
+    args = ["sweep", "tiny", "--local", "--set", f"output={tmp_path / 'out'}"]
+    for g in grid:
+        args += ["--grid", g]
+    result = run_cli(*args, env={"FINETUNE_HOME": str(finetune_home)})
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    for text in expected:
+        assert text in result.stderr, (text, result.stderr)
+    assert not (tmp_path / "out").exists()  # nothing launched, no sweep folder
+
+
+def test_budget_is_checked_against_the_planner_before_anything_launches(run_cli, tmp_path, finetune_home):
+    catalog = tmp_path / "fakehome" / ".sky" / "catalogs" / "v7" / "aws"
+    catalog.mkdir(parents=True)
+    catalog.joinpath("vms.csv").write_text("InstanceType,AcceleratorName,AcceleratorCount,Price,SpotPrice\n"
+                                           "p5.xlarge,H100,1,4.00,1.50\n")
+    env = {"FINETUNE_HOME": str(finetune_home), "HOME": str(tmp_path / "fakehome")}
+    common = ["sweep", "tiny", "--grid", "train.lr=1e-4,3e-4", "--set", "resources.accelerators=H100:1", "--set",
+              "train.max_steps=1000", "--set", f"output={tmp_path / 'out'}"]
+    dry = run_cli(*common, "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    # 2 trials x (0.25 h start-up + the tiny model's seconds of compute) x $4/h
+    usd = float(dry.stdout.rsplit("estimated cost $", 1)[1].split()[0])
+    assert usd == pytest.approx(2.0, abs=0.02), dry.stdout
+    refused = run_cli(*common, "--budget", "1.5", env=env)
+    assert refused.returncode == 2 and "--budget" in refused.stderr and "over the budget of $1.50" in refused.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FINETUNE_HOME", str(root / "home"))
+        spec = load_recipe("tiny", [*FAST, f"output={root / 'store'}"])
+        handle = sdk.sweep(spec, grid={"train.lr": [1e-3, 5e-3], "method.r": [4, 8]}, backend="local", max_parallel=2)
+        status = handle.wait(progress=False, timeout=600)
+        yield handle, status, root
+
+
+def test_a_2x2_grid_runs_two_at_a_time_and_is_ranked(finished_sweep):
+    handle, status, _ = finished_sweep
+    assert status.state == "succeeded" and status.counts == {"succeeded": 4}
+    board = handle.leaderboard(as_frame=False)
+    assert len(board) == 4 and all(r.metric is not None and r.eval_loss is not None for r in board)
+    assert [r.rank for r in board] == [1, 2, 3, 4]
+    assert [r.metric for r in board] == sorted((r.metric for r in board), reverse=True)  # label accuracy: higher first
+    assert {tuple(sorted(r.values.items())) for r in board} == {
+        (("method.r", r), ("train.lr", lr)) for r in (4, 8) for lr in (1e-3, 5e-3)}
+    assert handle.best().id == board[0].run_id
+    frame = handle.leaderboard()
+    assert list(frame["trial"]) == [r.trial for r in board] and "train.lr" in frame.columns
+    # at most two trials trained at once, and two did: intervals from each run's own metrics
+    spans = []
+    for run in handle.runs():
+        times = [r["time"] for r in run.metrics() if "time" in r]
+        spans.append((min(times), max(times)))
+    overlap = max(sum(1 for s, e in spans if s <= t <= e) for t, _ in spans)
+    assert overlap == 2, spans
+    record = handle.record()
+    assert record.finished and not pid_alive(record.driver["pid"])
+
+
+def test_a_sweep_is_read_back_from_the_store_by_a_fresh_process(finished_sweep, run_cli, tmp_path):
+    handle, _, root = finished_sweep
+    env = {"FINETUNE_HOME": str(tmp_path / "empty-home")}  # no registry: the store alone
+    listed = run_cli("sweeps", "--store", str(root / "store"), env=env)
+    assert listed.returncode == 0 and handle.id in listed.stdout
+    shown = run_cli("status", handle.uri, "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert data["state"] == "succeeded" and [r["run_id"] for r in data["leaderboard"]] == \
+        [r.run_id for r in handle.leaderboard(as_frame=False)]
+
+
+def test_plot_overlays_every_trial(finished_sweep, tmp_path):
+    handle, _, _ = finished_sweep
+    fig = handle.plot(tmp_path / "sweep.png")
+    assert len(fig.axes[0].lines) == 4 and (tmp_path / "sweep.png").stat().st_size > 1000
+
+
+def test_cancelling_a_running_sweep_stops_every_trial(tmp_path, finetune_home):
+    spec = load_recipe("tiny", ["train.max_steps=2000", "data.max_samples=64", "eval.before=false",
+                                f"output={tmp_path / 'store'}"])
+    handle = sdk.sweep(spec, grid={"train.lr": [1e-3, 2e-3], "method.r": [4, 8]}, backend="local", max_parallel=2)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        running = [run for run in handle.runs() if run.status().state == "running" and run.folder.metrics()]
+        if len(running) == 2:
+            break
+        time.sleep(1)
+    assert len(running) == 2, handle.status()
+    t0 = time.time()
+    status = handle.cancel(timeout=90)
+    assert time.time() - t0 < 60
+    assert status.state == "cancelled" and status.counts == {"cancelled": 4}, status
+    record = handle.record()
+    assert [t.run_id is None for t in record.trials].count(True) == 2  # the two never launched
+    pids = [t.info["pid"] for t in record.trials if t.info] + [record.driver["pid"]]
+    deadline = time.time() + 15
+    while any(pid_alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(pid_alive(p) for p in pids), pids
+    for run in handle.runs():
+        assert run.folder.adapter_manifest() is None
