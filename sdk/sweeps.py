@@ -20,6 +20,7 @@ import re
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -534,7 +535,18 @@ def drive(handle: Sweep, *, poll: float = 1.0, max_hours: float = 168.0,
 
     from sdk.runs import submit as submit_run
 
-    submit = submit or (lambda spec, backend: submit_run(spec, backend=backend))
+    serial = threading.Lock()
+
+    def launch(spec: FineTuneSpec, backend: str) -> Any:
+        from sdk.backends import get_backend
+
+        impl = get_backend(backend)
+        if getattr(impl, "serial_launch", lambda s: False)(spec):
+            with serial:  # one launch at a time onto this infra; the trials still run side by side
+                return submit_run(spec, backend=backend)
+        return submit_run(spec, backend=backend)
+
+    submit = submit or launch
     record = handle.record()
     record.driver = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
     handle._write(record)

@@ -398,6 +398,13 @@ class SkyPilotBackend:
             return None  # the cluster is gone: the store's copy of the log is the record
         return buffer.getvalue() or None
 
+    def serial_launch(self, spec: FineTuneSpec) -> bool:
+        """Must launches onto this infra go one at a time? On Slurm, SkyPilot installs its runtime for each
+        cluster through the user's shared home; two installs at once were seen to leave one cluster's
+        job without `sky` (1 of 3 concurrent launches on the test harness). Cloud VMs provision apart."""
+        infra = (infra_of(spec) or "").split("/")[0]
+        return infra in ("slurm", "ssh")
+
     def left_up(self, info: SkyPilotRunInfo) -> bool:
         """Does this run's cluster stay up after the job (infra without autodown)?"""
         return not info.managed and not info.autodown
