@@ -205,15 +205,9 @@ def launch(
         return
     run = submit(spec, backend=chosen)
     console = _console()
-    console.print(f"run [bold]{run.id}[/bold] → {run.uri}", markup=True)
-    if detach:
-        console.print(f"follow it with: finetune status {run.id}  |  finetune logs {run.id} -f")
+    status = _follow(run, what="run", detach=detach, hint=f"finetune logs {run.id} -f")
+    if status is None:
         return
-    try:
-        status = run.wait(progress=True)
-    except KeyboardInterrupt:
-        console.print(f"\ndetached; the run goes on. Stop it with: finetune cancel {run.id}")
-        raise typer.Exit(130) from None
     if status.state == "succeeded":
         summary = run.summary()
         if summary:
@@ -225,6 +219,21 @@ def launch(
     if status.state == "failed" and log_tail:
         _console(stderr=True).print(log_tail, markup=False)
     raise typer.Exit(130 if status.state == "cancelled" else 1)
+
+
+def _follow(handle, *, what: str, detach: bool, hint: str):
+    """Print where a run or sweep lives, then wait for it with progress; None when detached.
+    Ctrl-C detaches: the run or sweep goes on."""
+    console = _console()
+    console.print(f"{what} [bold]{handle.id}[/bold] → {handle.uri}", markup=True)
+    if detach:
+        console.print(f"follow it with: finetune status {handle.id}  |  {hint}")
+        return None
+    try:
+        return handle.wait(progress=True)
+    except KeyboardInterrupt:
+        console.print(f"\ndetached; the {what} goes on. Stop it with: finetune cancel {handle.id}")
+        raise typer.Exit(130) from None
 
 
 def _print_cloud_plan(spec) -> None:
@@ -471,16 +480,9 @@ def sweep(
                          f"{metric or default_metric(spec)}; estimated cost {total}", markup=False)
         return
     handle = start_sweep(spec, grid=axes, backend=chosen, max_parallel=max_parallel, metric=metric, budget=budget)
-    console = _console()
-    console.print(f"sweep [bold]{handle.id}[/bold] → {handle.uri}", markup=True)
-    if detach:
-        console.print(f"follow it with: finetune status {handle.id}  |  stop every trial: finetune cancel {handle.id}")
+    final = _follow(handle, what="sweep", detach=detach, hint=f"stop every trial: finetune cancel {handle.id}")
+    if final is None:
         return
-    try:
-        final = handle.wait(progress=True)
-    except KeyboardInterrupt:
-        console.print(f"\ndetached; the sweep goes on. Stop it with: finetune cancel {handle.id}")
-        raise typer.Exit(130) from None
     _print_sweep(handle)
     if final.state in ("failed", "cancelled"):
         raise typer.Exit(1)

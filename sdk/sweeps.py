@@ -17,20 +17,18 @@ import itertools
 import json
 import os
 import re
-import secrets
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from sdk.errors import LaunchError, RunNotFound, SpecError
-from sdk.runfolder import TERMINAL, RunState
+from sdk.runfolder import TERMINAL, RunState, new_run_id
 from sdk.spec import DEFAULT_OUTPUT, FineTuneSpec
 from sdk.store import Store, open_store
 
@@ -256,8 +254,7 @@ def sweep_state(states: Sequence[str], *, finished: bool) -> SweepState:
 
 
 def new_sweep_id(name: str) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"sweep-{name}-{stamp}-{secrets.token_hex(2)}"
+    return new_run_id(f"sweep-{name}")
 
 
 # ------------------------------------------------------------------------------------------- handle
@@ -552,6 +549,7 @@ def drive(handle: Sweep, *, poll: float = 1.0, max_hours: float = 168.0,
     handle._write(record)
     deadline = time.time() + max_hours * 3600
     launching: dict[int, Future] = {}
+    last_written = record.model_copy(deep=True)
     with ThreadPoolExecutor(max_workers=record.max_parallel, thread_name_prefix="launch") as pool:
         while True:
             for index, future in list(launching.items()):
@@ -611,7 +609,9 @@ def drive(handle: Sweep, *, poll: float = 1.0, max_hours: float = 168.0,
                 record.finished = True
                 handle._write(record)
                 return record
-            handle._write(record)
+            if record != last_written:  # one PUT per change, not per poll (S3 bills requests)
+                handle._write(record)
+                last_written = record.model_copy(deep=True)
             time.sleep(poll)
 
 

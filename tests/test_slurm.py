@@ -149,7 +149,7 @@ def test_a_sweep_runs_two_trials_at_once_on_the_two_nodes(slurm, s3_env, finetun
     from sdk.recipes import load_recipe
 
     env, bucket = s3_env
-    spec = load_recipe("tiny", [*node_overrides(slurm, bucket), "resources.cpus=3", "train.max_steps=120",
+    spec = load_recipe("tiny", [*node_overrides(slurm, bucket), "resources.cpus=3", "train.max_steps=400",
                                 "eval.num_samples=8", "eval.before=false", "eval.generations=0"])
     handle = sdk.sweep(spec, grid={"train.lr": [1e-3, 5e-3]}, backend="skypilot", max_parallel=2)
     together: set[str] = set()
