@@ -11,77 +11,21 @@ completion_only_loss); DPO examples are prompt/chosen/rejected.
 
 from __future__ import annotations
 
-import csv
-import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdk.errors import SpecError
+from sdk.datacheck import LengthCount, SourceCheck, chat_loss_route, load_samples, template_for
+from sdk.dataformats import Instruction, Sample, learns_several_turns
+from sdk.datarows import BadRow, DataError, iter_rows
+from sdk.rendering import Example, Renderer, instruction_prompt
 from sdk.spec import DataSpec, FineTuneSpec
 
-
-class DataError(SpecError):
-    """The data does not match the spec (missing column, unreadable line, unknown label)."""
+__all__ = ["DataError", "Example", "PreparedData", "prepare", "read_rows", "labelled_examples", "instruction_prompt"]
 
 
 # ------------------------------------------------------------------------------------------ sources
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: each line must be a JSON object, not {type(row).__name__}")
-            rows.append(row)
-    return rows
-
-
-def _read_json(path: Path) -> list[dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise DataError(f"{path}:{getattr(exc, 'lineno', '?')}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise DataError(f"{path}: expected a JSON list of objects")
-    return data
-
-
-def _read_csv(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8", newline="") as handle:
-        return [dict(row) for row in csv.DictReader(handle)]
-
-
-def _read_parquet(path: Path) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_table(path).to_pylist()
-    except Exception as exc:  # pyarrow raises several types for a bad file
-        raise DataError(f"{path}: cannot read parquet: {exc}") from None
-
-
-READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}
-SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-
-
-def _format_of(path: Path, declared: str) -> str:
-    if declared != "auto":
-        return declared
-    fmt = SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
-        raise DataError(f"{path}: cannot tell the format from the suffix; set data.format (jsonl, json, csv, parquet)")
-    return fmt
 
 
 def _fetch_s3(uri: str) -> Path:
@@ -108,135 +52,23 @@ def _fetch_s3(uri: str) -> Path:
     return target
 
 
+def samples(spec: FineTuneSpec, source: str, field: str) -> SourceCheck:
+    """Every row of a source normalized, or DataError listing the bad rows (the checks the client ran)."""
+    check = load_samples(spec, source, field, s3_local=_fetch_s3(source) if source.startswith("s3://") else None)
+    if check.bad:
+        raise DataError(check.error())
+    return check
+
+
 def read_rows(source: str, data: DataSpec, *, field: str = "data.source") -> list[dict[str, Any]]:
-    """All rows of a source as dicts."""
-    if source.startswith("builtin:"):
-        from launch.builtin_data import load_builtin
-
-        try:
-            return load_builtin(source)
-        except ValueError as exc:
-            raise DataError(f"{field}: {exc}") from None
-    if source.startswith("s3://"):
-        suffix_path = Path(source)
-        local = _fetch_s3(source)
-        return READERS[_format_of(suffix_path, data.format)](local)
-    path = Path(source).expanduser()
-    if path.is_file():
-        return READERS[_format_of(path, data.format)](path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES)
-        if not files:
-            raise DataError(f"{field}: {path} holds no jsonl/json/csv/parquet files")
-        return [row for f in files for row in READERS[_format_of(f, data.format)](f)]
-    if source.startswith((".", "/", "~")) or Path(source).suffix.lower() in SUFFIXES:
-        raise DataError(f"{field}: {source} does not exist")
-    return _read_hub(source, data, field)
-
-
-def _read_hub(source: str, data: DataSpec, field: str) -> list[dict[str, Any]]:
-    import datasets
-
-    name, _, config = source.partition(":")
-    try:
-        ds = datasets.load_dataset(name, config or None, split=data.split)
-    except Exception as exc:  # datasets raises many types; all mean "cannot get it"
-        raise DataError(f"{field}: cannot load Hub dataset {source!r} (split {data.split!r}): {exc}".splitlines()[0]) from None
-    return ds.to_list()
-
-
-# -------------------------------------------------------------------------------------- templates
-
-
-def instruction_prompt(instruction: str, input_text: str | None) -> str:
-    prompt = f"### Instruction:\n{instruction}\n\n"
-    if input_text:
-        prompt += f"### Input:\n{input_text}\n\n"
-    return prompt + "### Response:\n"
-
-
-@dataclass
-class Example:
-    """One row, rendered: prompt (text or chat messages), the gold response, and DPO's rejected one."""
-
-    prompt: Any
-    response: str
-    rejected: str | None = None
-
-
-class Renderer:
-    """Maps a row's columns (data.fields) to an Example for the spec's template."""
-
-    def __init__(self, spec: FineTuneSpec, source: str):
-        self.spec = spec
-        self.data = spec.data
-        self.fields = spec.data.fields
-        self.source = source
-        self.labels = spec.eval.labels
-
-    def _get(self, row: dict[str, Any], role: str, *, required: bool = True) -> Any:
-        column = getattr(self.fields, role)
-        if column in row and row[column] is not None:
-            return row[column]
-        if required:
-            raise DataError(
-                f"{self.source}: row has no column {column!r} for {role} (columns: {', '.join(map(str, row))}); "
-                f"map it with data.fields.{role}"
-            )
-        return None
-
-    def _label(self, value: Any) -> str:
-        if isinstance(value, bool):
-            return str(value)
-        if isinstance(value, int) and self.labels:
-            if not 0 <= value < len(self.labels):
-                raise DataError(f"{self.source}: label index {value} is outside eval.labels ({len(self.labels)} labels)")
-            return self.labels[value]
-        return str(value)
-
-    def _instruction(self, row: dict[str, Any]) -> str:
-        value = self._get(row, "instruction", required=self.data.instruction is None)
-        if value is None:
-            return str(self.data.instruction)
-        return str(value)
-
-    def example(self, row: dict[str, Any]) -> Example:
-        template = self.data.template
-        dpo = self.spec.objective == "dpo"
-        if template == "text":
-            return Example(prompt="", response=str(self._get(row, "text")))
-        if template == "chat" and self.fields.messages in row:
-            messages = row[self.fields.messages]
-            if not isinstance(messages, list) or not messages or messages[-1].get("role") != "assistant":
-                raise DataError(f"{self.source}: {self.fields.messages!r} must be a list of turns ending with the assistant")
-            return Example(prompt=messages[:-1], response=str(messages[-1].get("content", "")))
-        if dpo and self.fields.prompt in row:
-            prompt_text = str(row[self.fields.prompt])
-        else:
-            input_text = self._get(row, "input", required=False)
-            prompt_text = None
-            instruction = self._instruction(row)
-            if template == "instruction":
-                prompt_text = instruction_prompt(instruction, None if input_text in (None, "") else str(input_text))
-            else:
-                prompt_text = instruction if input_text in (None, "") else f"{instruction}\n\n{input_text}"
-        if template == "chat":
-            turns = ([{"role": "system", "content": self.data.system_prompt}] if self.data.system_prompt else [])
-            prompt: Any = turns + [{"role": "user", "content": prompt_text}]
-        else:
-            prompt = prompt_text
-        if dpo:
-            return Example(prompt, self._label(self._get(row, "chosen")), self._label(self._get(row, "rejected")))
-        return Example(prompt, self._label(self._get(row, "output")))
-
-    def trainer_row(self, ex: Example) -> dict[str, Any]:
-        if self.data.template == "text":
-            return {"text": ex.response}
-        chat = self.data.template == "chat"
-        wrap = (lambda text: [{"role": "assistant", "content": text}]) if chat else (lambda text: text)
-        if ex.rejected is not None:
-            return {"prompt": ex.prompt, "chosen": wrap(ex.response), "rejected": wrap(ex.rejected)}
-        return {"prompt": ex.prompt, "completion": wrap(ex.response)}
+    """All rows of a source as dicts (no format applied); a bad line is an error naming it."""
+    out = []
+    local = _fetch_s3(source) if source.startswith("s3://") else None
+    for row in iter_rows(source, declared=data.file_type, split=data.split, field=field, s3_local=local):
+        if isinstance(row, BadRow):
+            raise DataError(f"{row.where}: {row.reason}")
+        out.append(row.value)
+    return out
 
 
 @dataclass
@@ -244,16 +76,31 @@ class PreparedData:
     train: list[dict[str, Any]]
     eval: list[dict[str, Any]]
     eval_examples: list[Example]  # the held-out rows, for label accuracy and generations
+    assistant_only_loss: bool = False  # train rows are whole conversations masked by the chat template
+    formats: dict[str, str] = field(default_factory=dict)  # data.source / data.eval_source -> detected format
+    notes: list[str] = field(default_factory=list)
+    train_where: list[str] = field(default_factory=list)  # the source row (file:line) of each train row
+    template: str = "instruction"  # the template the training rows were written in ('auto' resolved)
+    instruction: str | None = None  # the instruction all training rows share, if they do (classification data)
 
 
-def prepare(spec: FineTuneSpec) -> PreparedData:
+def _route(train: list[Sample], chat_template: str | None) -> tuple[str, str | None]:
+    multi = [s for s in train if learns_several_turns(s)]
+    if not multi:  # one trained turn per conversation: one prompt/completion row says it exactly
+        return "per_turn", None
+    return chat_loss_route(chat_template, weighted=any(t.get("weight") == 0 for s in multi for t in s.turns))
+
+
+def prepare(spec: FineTuneSpec, tokenizer: Any = None) -> PreparedData:
     data = spec.data
-    rows = read_rows(data.source, data)
-    if not rows:
-        raise DataError(f"data.source: {data.source} has no rows")
+    check = samples(spec, data.source, "data.source")
+    rows = check.samples
+    formats = {"data.source": str(check.format)}
     rng = random.Random(spec.train.seed)
     if data.eval_source:
-        eval_rows = read_rows(data.eval_source, data, field="data.eval_source")
+        eval_check = samples(spec, data.eval_source, "data.eval_source")
+        eval_rows = eval_check.samples
+        formats["data.eval_source"] = str(eval_check.format)
         train_rows = rows
     else:
         shuffled = rows[:]
@@ -264,15 +111,69 @@ def prepare(spec: FineTuneSpec) -> PreparedData:
         train_rows = train_rows[: data.max_samples]
     if not train_rows:
         raise DataError(f"data.source: no training rows left after the eval split of {data.holdout_fraction}")
-    train_renderer = Renderer(spec, data.source)
-    eval_renderer = Renderer(spec, data.eval_source or data.source)
-    train_examples = [train_renderer.example(r) for r in train_rows]
-    eval_examples = [eval_renderer.example(r) for r in eval_rows]
+    route, why = _route(train_rows, getattr(tokenizer, "chat_template", None))
+    renderer = Renderer(spec, route)
+    eval_examples = [renderer.example(s) for s in eval_rows]
+    eval_samples = eval_rows[: max(spec.eval.num_samples, 1)]
+    placed = [(s.where, row) for s in train_rows for row in renderer.trainer_rows(s)]  # one sample may be several rows
+    notes = [f"chat: {why}"] if why else []
+    if tokenizer is not None:
+        lengths = LengthCount(data.max_length, NodeTokens(tokenizer), renderer)
+        for sample in train_rows:
+            lengths.add(sample)
+        notes.append(f"training rows: {lengths.report()}")
     return PreparedData(
-        train=[train_renderer.trainer_row(e) for e in train_examples],
-        eval=[eval_renderer.trainer_row(e) for e in eval_examples[: max(spec.eval.num_samples, 1)]],
+        train=[row for _, row in placed],
+        template=template_for(data.template, train_rows[0]),
+        instruction=shared_instruction(train_rows),
+        train_where=[where for where, _ in placed],
+        eval=[r for s in eval_samples for r in renderer.trainer_rows(s)],
         eval_examples=eval_examples,
+        assistant_only_loss=route == "assistant_masks",
+        formats=formats,
+        notes=notes,
     )
+
+
+def shared_instruction(rows: list[Sample]) -> str | None:
+    """The instruction of every row when they all have the same one and an input (a classifier's rows)."""
+    prompts = [s.prompt for s in rows]
+    if prompts and all(isinstance(p, Instruction) and p.input for p in prompts):
+        if len({p.instruction for p in prompts}) == 1:
+            return prompts[0].instruction
+    return None
+
+
+class NodeTokens:
+    """The model's tokenizer in the shape sdk.datacheck.LengthCount counts with (the client's is tokenizers +
+    jinja2; here transformers itself)."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.eos = tokenizer.eos_token or ""
+
+    def render_chat(self, turns: list[dict[str, Any]]) -> str:
+        return self.tokenizer.apply_chat_template(turns, tokenize=False)
+
+    def count(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def preview(row: dict[str, Any], tokenizer: Any, *, where: str, completion_only: bool = True) -> dict[str, Any]:
+    """The first training row as the trainer tokenized it, decoded: `text` is what the model reads and
+    `trained` the tokens the loss is on (joined, in order). Written to the run folder as data_preview.json."""
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=False)
+
+    for suffix in ("ids", "input_ids"):  # DPO (trl 1.x names them prompt_ids; older trl prompt_input_ids)
+        if f"chosen_{suffix}" in row:
+            return {"where": where, **{part: decode(row[f"{part}_{suffix}"]) for part in ("prompt", "chosen", "rejected")}}
+    ids = list(row["input_ids"])
+    if "labels" in row:  # trl folds its masks into labels: -100 is out of the loss
+        mask = [label != -100 for label in row["labels"]]
+    else:
+        mask = row.get("assistant_masks") or (row.get("completion_mask") if completion_only else None) or [1] * len(ids)
+    return {"where": where, "text": decode(ids), "trained": decode([i for i, m in zip(ids, mask, strict=True) if m])}
 
 
 def labelled_examples(spec: FineTuneSpec, path: str, *, text_field: str = "text", label_field: str = "label") -> list[Example]:
@@ -287,6 +188,9 @@ def labelled_examples(spec: FineTuneSpec, path: str, *, text_field: str = "text"
     output_col = fields.output if fields.output in sample else label_field
     mapped = spec.model_copy(deep=True)
     mapped.data.fields = fields.model_copy(update={"input": input_col, "output": output_col})
+    mapped.data.format = "alpaca"
+    if mapped.data.template == "plain":
+        mapped.data.template = "auto"
     if fields.instruction not in sample and mapped.data.instruction is None:
         from launch.builtin_data import INSTRUCTION
 
@@ -294,5 +198,8 @@ def labelled_examples(spec: FineTuneSpec, path: str, *, text_field: str = "text"
         mapped.data.instruction = (
             INSTRUCTION if spec.data.source.startswith("builtin:news") else f"Classify the text as one of: {', '.join(labels)}."
         )
-    renderer = Renderer(mapped, path)
-    return [renderer.example(r) for r in rows]
+    check = load_samples(mapped.model_copy(update={"objective": "sft"}), path, "--data")
+    if check.bad:
+        raise DataError(check.error())
+    renderer = Renderer(mapped)
+    return [renderer.example(s) for s in check.samples]

@@ -71,12 +71,17 @@ def resolve(model: ModelSpec) -> ModelSource:
     return ModelSource(ident, model.gguf_file, model.revision)
 
 
-def _dequantized_gguf(source: ModelSource, trust_remote_code: bool) -> ModelSource:
-    """Convert a GGUF checkpoint once into a float32 safetensors directory, cached by file identity."""
+def gguf_cache(source: ModelSource) -> Path:
+    """Where a GGUF checkpoint's float32 conversion is cached, keyed by the file's identity."""
     gguf = Path(source.path) / str(source.gguf_file)
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_dir("gguf", f"{gguf.stem}-{key}")
+    return cache_dir("gguf", f"{gguf.stem}-{key}")
+
+
+def _dequantized_gguf(source: ModelSource, trust_remote_code: bool) -> ModelSource:
+    """Convert a GGUF checkpoint once into a float32 safetensors directory, cached by file identity."""
+    target = gguf_cache(source)
     if (target / "config.json").is_file():
         return ModelSource(str(target))
     import torch
@@ -117,9 +122,32 @@ def load_tokenizer(model: ModelSpec, source: ModelSource | None = None) -> Any:
     tokenizer = AutoTokenizer.from_pretrained(
         source.path, gguf_file=source.gguf_file, revision=source.revision, trust_remote_code=model.trust_remote_code
     )
+    model_eos = config_eos(source)
+    if model_eos and tokenizer.eos_token_id not in model_eos:
+        # The model ends a turn with the token its config names; a tokenizer that disagrees (GGUF conversions
+        # of SmolLM2 say <|im_start|>) would append the wrong EOS to every training row and never stop generating.
+        wrong = tokenizer.eos_token
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(model_eos[0])
+        print(f"[finetune] note: the tokenizer's EOS {wrong!r} is not the model's ({tokenizer.eos_token!r}, "
+              "from its config): using the model's", flush=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def config_eos(source: ModelSource) -> list[int]:
+    """The EOS ids in a local model's generation_config.json (else config.json); [] when unknown."""
+    import json
+
+    if source.gguf_file is not None:  # a GGUF not yet converted: its config is inside the file
+        return []
+    for name in ("generation_config.json", "config.json"):
+        path = Path(source.path) / name
+        if path.is_file():
+            value = json.loads(path.read_text()).get("eos_token_id")
+            if value is not None:
+                return [value] if isinstance(value, int) else [int(v) for v in value]
+    return []
 
 
 def zero3_enabled() -> bool:

@@ -158,7 +158,12 @@ class NodeRecipe:
                   f"{ranks.world_size()} ranks", flush=True)
         if self.model.generation_config is not None and self.model.generation_config.pad_token_id is None:
             self.model.generation_config.pad_token_id = self.tokenizer.pad_token_id
-        self.data = data.prepare(self.spec)
+        self.data = data.prepare(self.spec, self.tokenizer)
+        if ranks.is_main():
+            formats = ", ".join(f"{k} {v}" for k, v in self.data.formats.items())
+            print(f"[finetune] data: {formats}; {len(self.data.train)} training rows", flush=True)
+            for note in self.data.notes:
+                print(f"[finetune] {note}", flush=True)
         self.eval_examples = self.data.eval_examples[: self.spec.eval.num_samples]
         self._timed("load_s", self.started)
         self.check_cancel()
@@ -211,19 +216,36 @@ class NodeRecipe:
         uploader = CheckpointUploader(self.folder, self.workdir, keep=self.spec.train.keep_checkpoints,
                                       timeout_s=self.spec.distributed.timeout_minutes * 60)
 
+        trackers = None
+
         def on_checkpoint(local_dir: Path, step: int) -> None:
             self.sink.flush()  # the metrics up to this step are stored before the checkpoint that resumes after them
+            if trackers is not None:
+                trackers.sync()  # and the trackers' (TensorBoard's event files in the run folder)
             uploader.submit(local_dir, step)
 
         trainer = build_trainer(self.spec, self.model, self.tokenizer, self.data.train, self.data.eval,
                                 precision=self.precision, hardware=self.hardware, attention=self.attention,
-                                workdir=self.workdir, sink=self.sink, on_checkpoint=on_checkpoint)
+                                workdir=self.workdir, sink=self.sink, on_checkpoint=on_checkpoint,
+                                assistant_only_loss=self.data.assistant_only_loss)
+        if ranks.is_main():
+            from launch.data import preview
+
+            self.folder.write_json("data_preview.json", preview(trainer.train_dataset[0], self.tokenizer,
+                                                                where=self.data.train_where[0],
+                                                                completion_only=self.spec.data.completion_only_loss))
         resume = prepare_resume(self.folder, Path(trainer.args.output_dir))
         self.resumed_from = resume[0] if resume else None
         if resume is not None:
             self.sink.resume_from(resume[0])
             if ranks.is_main():
                 print(f"[finetune] resuming from committed checkpoint {resume[0]}", flush=True)
+        if self.spec.tracking and ranks.is_main():
+            from launch.tracking import Trackers
+
+            trackers = Trackers(self.spec, self.folder)
+            trackers.start(resumed_from=self.resumed_from)
+            self.sink.listeners.append(trackers)
         t0 = time.time()
         self.trainer = trainer
         self.result = trainer.train(resume_from_checkpoint=str(resume[1]) if resume else None)
@@ -288,6 +310,7 @@ class NodeRecipe:
             steps=int(self.result.global_step), train_loss=float(self.result.training_loss),
             first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None, eval_loss=self.eval_loss,
             train_rows=len(self.data.train), eval_rows=len(self.data.eval),
+            data_format=self.data.formats.get("data.source"), template=self.data.template, instruction=self.data.instruction,
             label_accuracy=LabelAccuracy(before=score(self.before), after=score(self.after)),
             generations=[Generation(**g) for g in generations], adapter_bytes=self.adapter_bytes,
             runtime_s=Runtime(**self.timings), resumed_from_step=self.resumed_from, world_size=ranks.world_size(),

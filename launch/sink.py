@@ -26,6 +26,7 @@ class RunSink:
         self.state = "running"
         self.extra: dict[str, Any] = {}
         self.cancel_requested = False
+        self.listeners: list[Any] = []  # experiment trackers (launch.tracking.Trackers): log(row), finish(state)
         self._dirty = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -54,6 +55,8 @@ class RunSink:
         with self._lock:
             self.rows.append(row)
             self._dirty = True
+        for listener in self.listeners:
+            listener.log(row)
 
     def resume_from(self, step: int) -> None:
         """Keep the metrics rows up to the resumed step, so the curve continues instead of restarting."""
@@ -77,6 +80,9 @@ class RunSink:
             self.folder.write_metrics(rows)
         self.folder.write_status(state, pid=os.getpid(), **extra)
         self._sync_log()
+        if not self.cancel_requested and state == "running" and self.folder.cancel_requested():
+            self.cancel_requested = True
+            print("[finetune] cancel requested in the run folder: stopping after the current step", flush=True)
 
     def _sync_log(self) -> None:
         # A local-dir store with the log already inside the run folder needs no copy.
@@ -86,6 +92,8 @@ class RunSink:
                 self.folder.store.upload_file(self.log_file, self.folder.key(LOG))
 
     def close(self, state: str, **extra: Any) -> None:
+        for listener in self.listeners:
+            listener.finish(state)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)

@@ -193,6 +193,7 @@ def build_trainer(
     workdir: Path,
     sink: Any,
     on_checkpoint: Callable[[Path, int], None] | None = None,
+    assistant_only_loss: bool = False,
 ) -> Any:
     from datasets import Dataset
 
@@ -263,7 +264,8 @@ def build_trainer(
         pack, padding_free, note = packing_choice(spec.data.packing, attention, packed_masks=transformers_packs_masks())
         if note:
             print(f"[finetune] note: {note}", flush=True)
-        args = SFTConfig(**common, packing=pack, padding_free=padding_free, completion_only_loss=spec.data.completion_only_loss)
+        args = SFTConfig(**common, packing=pack, padding_free=padding_free, completion_only_loss=spec.data.completion_only_loss,
+                         assistant_only_loss=assistant_only_loss)
         trainer = with_cpu_resume_fix(SFTTrainer)(
             model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, callbacks=callbacks
         )

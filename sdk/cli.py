@@ -53,8 +53,11 @@ def validate(
     files: list[str] = typer.Argument(..., help="recipe files (or shipped recipe names)"),
     overrides: list[str] | None = SetOption,
     show: bool = typer.Option(False, "--show", help="print the resolved spec as JSON"),
+    data: bool = typer.Option(True, "--data/--no-data", help="also read and check every row of the recipe's data"),
 ) -> None:
-    """Check recipes against the spec; every problem is reported with file:line and field path."""
+    """Check recipes against the spec (file:line and field path) and their data (every bad row as file:line)."""
+    from rich.markup import escape
+
     from sdk.errors import SpecError
 
     failed = 0
@@ -62,9 +65,11 @@ def validate(
     for file in files:
         try:
             spec = _load(file, overrides)
+            if data:
+                _check_data(spec)
         except SpecError as exc:
             failed += 1
-            _console(stderr=True).print(f"[red]✗[/red] {exc}", markup=True)
+            _console(stderr=True).print(f"[red]✗[/red] {escape(str(exc))}", markup=True)
             continue
         console.print(f"[green]✓[/green] {file}: {spec.method.name} on {spec.model.id}, {spec.train.length}")
         if show:
@@ -192,6 +197,7 @@ def launch(
 
     spec = _load(recipe, overrides)
     chosen = "local" if local else backend
+    _check_data(spec)
     if dry_run:
         from sdk.backends import choose_backend
 
@@ -203,7 +209,7 @@ def launch(
         else:
             _console().print_json(spec.to_json())
         return
-    run = submit(spec, backend=chosen)
+    run = submit(spec, backend=chosen, check_data=False)
     console = _console()
     status = _follow(run, what="run", detach=detach, hint=f"finetune logs {run.id} -f")
     if status is None:
@@ -219,6 +225,14 @@ def launch(
     if status.state == "failed" and log_tail:
         _console(stderr=True).print(log_tail, markup=False)
     raise typer.Exit(130 if status.state == "cancelled" else 1)
+
+
+def _check_data(spec) -> None:
+    """Every row read and checked before anything starts; one line per source and note, bad rows as an error."""
+    from sdk.runs import preflight_data
+
+    for line in preflight_data(spec).lines():
+        _console().print(line, markup=False, highlight=False)
 
 
 def _follow(handle, *, what: str, detach: bool, hint: str):
@@ -378,12 +392,47 @@ def fetch(
     run: str = typer.Argument(...),
     dest: Path = typer.Argument(..., help="destination directory (created; must be empty unless --force)"),
     force: bool = typer.Option(False, "--force", help="replace a non-empty destination"),
+    whole: bool = typer.Option(False, "--all", help="the whole run folder: metrics, logs, tensorboard/, wandb/, adapter/"),
+    checkpoints: bool = typer.Option(False, "--checkpoints", help="with --all: the checkpoints too"),
 ) -> None:
-    """Download the run's adapter, verifying every file against its manifest."""
+    """Download the run's adapter (or with --all its whole folder), verifying the adapter against its manifest."""
     from sdk.runs import get_run
 
-    path = get_run(run).fetch_adapter(dest, overwrite=force)
+    handle = get_run(run)
+    if whole:
+        _console().print(f"run folder → {handle.fetch(dest, overwrite=force, checkpoints=checkpoints)}")
+        return
+    path = handle.fetch_adapter(dest, overwrite=force)
     _console().print(f"adapter → {path}")
+
+
+@app.command()
+def generate(
+    run: str = typer.Argument(...),
+    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="a prompt (repeat for several); written in the run's training template"),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="default: the run's eval.max_new_tokens"),
+    base: bool = typer.Option(False, "--base", help="the base model, adapter off"),
+    raw: bool = typer.Option(False, "--raw", help="send the prompt as written, without the run's template"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object: rendered prompts and outputs"),
+) -> None:
+    """Greedy completions from a run's model with transformers + peft: a quick try without a server."""
+    import json
+
+    from sdk.node_tools import generate as generate_with
+    from sdk.runs import get_run
+
+    result = generate_with(get_run(run).uri, prompt, max_new_tokens=max_new_tokens, base=base, raw=raw)
+    if as_json:
+        print(json.dumps(result))
+        return
+    for item in result["outputs"]:
+        _console().print(f"[bold]{item['prompt']}[/bold] → {escape_markup(item['text'])}", markup=True)
+
+
+def escape_markup(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 @app.command()
@@ -461,7 +510,7 @@ def sweep(
     """Fan a recipe out over a grid; the trials run in parallel as ordinary runs and are ranked by a metric."""
     from rich.table import Table
 
-    from sdk.sweeps import default_metric, parse_grid, plan_sweep
+    from sdk.sweeps import default_metric, parse_grid, plan_sweep, total_usd
     from sdk.sweeps import sweep as start_sweep
 
     spec = _load(recipe, overrides)
@@ -474,8 +523,8 @@ def sweep(
             table.add_row(trial.name, *[str(values[k]) for k in axes], cost.gpu or "-",
                           "-" if cost.hours is None else f"{cost.hours:.2f}", "-" if cost.usd is None else f"{cost.usd:,.2f}")
         _console().print(table)
-        known = [c.usd for c in costs if c.usd is not None]
-        total = f"${sum(known):,.2f}" if len(known) == len(costs) else f"unknown ({next(c.note for c in costs if c.usd is None)})"
+        usd = total_usd(costs)
+        total = f"${usd:,.2f}" if usd is not None else f"unknown ({next(c.note for c in costs if c.usd is None)})"
         _console().print(f"{len(trials)} trials on {name}, {max_parallel} at a time, ranked by "
                          f"{metric or default_metric(spec)}; estimated cost {total}", markup=False)
         return
@@ -581,6 +630,93 @@ def tiny_model(
 
 
 # ------------------------------------------------------------------------------------------- entry
+
+
+@app.command()
+def serve(
+    runs: list[str] = typer.Argument(..., help="runs to serve: RUN or ALIAS=RUN (served name = the run id, or ALIAS)"),
+    local: bool = typer.Option(False, "--local", help="on this machine (default: SkyPilot when the runs' recipe names accelerators or an infra)"),
+    port: int = typer.Option(8000, "--port"),
+    merge: bool = typer.Option(False, "--merge", help="serve one run merged into its base (DoRA, IA3, head-only, full)"),
+    base_name: str | None = typer.Option(None, "--base-name", help="the base model's served name (default: from its id)"),
+    replicas: int | None = typer.Option(None, "--replicas", help="SkyPilot: a service of N replicas behind one endpoint (sky serve)"),
+    detach: bool = typer.Option(False, "--detach", "-d", help="return once the server answers; stop it with finetune servers --stop ID"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="check and show what would be served; start nothing"),
+) -> None:
+    """Serve runs' adapters and their base model on one OpenAI-compatible endpoint (vLLM multi-LoRA)."""
+    from sdk.backends import choose_backend
+    from sdk.runs import get_run
+    from sdk.serving import parse_ref, plan_serving
+    from sdk.serving import serve as start_server
+
+    first = get_run(parse_ref(runs[0])[1]).spec()
+    backend = choose_backend(first, "local" if local else "auto")
+    plan = plan_serving(runs, merge=merge, port=port, base_name=base_name, check_port=backend == "local",
+                        host="127.0.0.1" if backend == "local" else "0.0.0.0")
+    console = _console()
+    if dry_run:
+        console.print(f"would serve on {backend}: " + ", ".join(plan.names) + f" (base {plan.base_spec['model']['id']}"
+                      + (f", --max-lora-rank {plan.max_lora_rank}, --max-loras {plan.max_loras})" if plan.adapters else ")"),
+                      markup=False)
+        if backend == "skypilot":
+            from sdk.backends.skypilot import to_yaml
+            from sdk.backends.skypilot_serve import serve_task_config
+
+            console.print(to_yaml(serve_task_config(plan, first, replicas=replicas)), markup=False, highlight=False)
+        return
+    if backend != "local":
+        from sdk.backends.skypilot_serve import launch_server
+
+        endpoint = launch_server(plan, first, replicas=replicas)
+        console.print(f"endpoint: {endpoint}/v1  models: {', '.join(plan.names)}", markup=False)
+        return
+    server = start_server(runs, merge=merge, port=port, base_name=base_name)
+    console.print(f"server [bold]{server.id}[/bold] → {server.url}/v1  models: {', '.join(server.models)}", markup=True)
+    example = server.prompt(server.models[-1], "Hello")
+    if isinstance(example, str):  # prompted as in training: the completions endpoint with the run's template
+        body = json_dumps({"model": server.models[-1], "prompt": example, "max_tokens": 16, "temperature": 0})
+        console.print(f"try: curl {server.url}/v1/completions -H 'Content-Type: application/json' -d '{body}'",
+                      markup=False, highlight=False)
+    else:
+        console.print(f"try: chat completions with model {server.models[-1]} (trained with the chat template)")
+    if detach:
+        console.print(f"stop it with: finetune servers --stop {server.id}")
+        return
+    console.print("serving; Ctrl-C stops the server")
+    try:
+        while server.alive():
+            import time
+
+            time.sleep(1)
+        _console(stderr=True).print("the server exited:\n" + "\n".join(server.logs().splitlines()[-10:]), markup=False)
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        server.stop()
+        console.print(f"\nstopped {server.id}")
+
+
+def json_dumps(value) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+@app.command()
+def servers(stop: str | None = typer.Option(None, "--stop", help="stop this server (id, URL or PID)")) -> None:
+    """Servers started from this machine; --stop ID stops one (its whole process group)."""
+    from rich.table import Table
+
+    from sdk.serving import get_server, list_servers
+
+    if stop:
+        server = get_server(stop)
+        server.stop()
+        _console().print(f"stopped {server.id}")
+        return
+    table = Table("server", "url", "state", "models", box=None, pad_edge=False)
+    for server in list_servers():
+        table.add_row(server.id, server.url, server.state(), ", ".join(server.models))
+    _console().print(table)
 
 
 def main() -> None:

@@ -45,3 +45,19 @@ def merge(
     if force:
         args.append("--force")
     return _run_tool("launch.merge", args, f"merge of {run}")
+
+
+def generate(run: str, prompts: list[str], *, max_new_tokens: int | None = None, base: bool = False,
+             raw: bool = False) -> dict[str, Any]:
+    """Greedy completions with transformers + peft, each prompt written in the run's training template
+    (`raw`: as given). {'outputs': [{'prompt', 'rendered', 'text'}], 'template', 'model'}."""
+    args = ["--run", run]
+    for prompt in prompts:
+        args += ["--prompt", prompt]
+    if max_new_tokens:
+        args += ["--max-new-tokens", str(max_new_tokens)]
+    if base:
+        args.append("--base")
+    if raw:
+        args.append("--raw")
+    return _run_tool("launch.generate", args, f"generation with {run}")

@@ -21,6 +21,7 @@ SUMMARY = "summary.json"
 ADAPTER = "adapter"
 CHECKPOINTS = "checkpoints"
 LOG = "logs/node.log"
+CANCEL = "cancel_requested.json"
 
 RunState = Literal["pending", "provisioning", "running", "recovering", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -75,7 +76,21 @@ class RunFolder:
         return status
 
     def status(self) -> dict[str, Any]:
-        return self.read_json(STATUS) or {"state": "pending", "heartbeat": None}
+        status = self.read_json(STATUS) or {"state": "pending", "heartbeat": None}
+        if status.get("state") not in TERMINAL and self.cancel_requested():
+            # The node stops at its next step or its backend kills it; until the node's own last word
+            # lands (a still-running node keeps writing 'running'), the request is the answer.
+            status = {**status, "state": "cancelled"}
+        return status
+
+    # -- cancellation: a marker any client can write and every node polls, so a run started on
+    # another machine, or one whose backend is unreachable, still stops
+
+    def request_cancel(self) -> None:
+        self.write_json(CANCEL, {"requested": time.time()})
+
+    def cancel_requested(self) -> bool:
+        return self.store.exists(self.key(CANCEL))
 
     # -- metrics
 

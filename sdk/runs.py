@@ -102,10 +102,12 @@ class Run:
                 bar.close()
 
     def cancel(self) -> RunStatus:
+        """Stop the run: a cancel marker in its folder (the node polls it and stops after its current step,
+        whatever machine started it), then the backend's own stop where this client knows the backend."""
+        self.folder.request_cancel()
         backend = self._backend()
-        if backend is None:
-            raise LaunchError(f"run {self.id}: unknown backend; cancel it where it was submitted")
-        backend.cancel(self.folder, self.info)
+        if backend is not None:
+            backend.cancel(self.folder, self.info)
         return self.status()
 
     def down(self) -> None:
@@ -169,6 +171,46 @@ class Run:
             raise StoreError(f"{self.uri}/{ADAPTER}: no committed adapter (run is {state})")
         return fetch_dir(self.folder.store, self.folder.key(ADAPTER), Path(dest), overwrite=overwrite)
 
+    def generate(self, prompts: str | list[str], *, max_new_tokens: int | None = None, base: bool = False) -> list[str]:
+        """Greedy completions of the tuned model (`base=True`: the adapter off), each prompt written in the
+        run's own training template; transformers + peft in a subprocess (the client never imports torch)."""
+        from sdk.node_tools import generate
+
+        items = [prompts] if isinstance(prompts, str) else list(prompts)
+        result = generate(self.uri, items, max_new_tokens=max_new_tokens, base=base)
+        return [o["text"] for o in result["outputs"]]
+
+    def fetch(self, dest: str | Path, *, overwrite: bool = False, checkpoints: bool = False) -> Path:
+        """The whole run folder (metrics, logs, summary, tracker files such as tensorboard/ and wandb/, the
+        adapter verified against its manifest) into dest, all or nothing; checkpoints only when asked."""
+        import shutil
+        import tempfile
+
+        from sdk.runfolder import CHECKPOINTS
+
+        dest = Path(dest).expanduser().resolve()
+        if dest.exists() and any(dest.iterdir()) and not overwrite:
+            raise StoreError(f"{dest}: destination exists and is not empty (pass overwrite=True / --force)")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
+        try:
+            prefix = self.folder.key("")
+            for key in self.folder.store.list(prefix):
+                rel = key[len(prefix):]
+                top = rel.split("/", 1)[0]
+                if top == ADAPTER or (top == CHECKPOINTS and not checkpoints) or ".." in rel.split("/"):
+                    continue
+                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                self.folder.store.download_file(key, staging / rel)
+            if self.folder.adapter_manifest() is not None:
+                fetch_dir(self.folder.store, self.folder.key(ADAPTER), staging / ADAPTER)
+            if dest.exists():
+                shutil.rmtree(dest)
+            staging.replace(dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return dest
+
     def plot(self, path: str | Path | None = None) -> Any:
         """Loss and learning-rate curves (matplotlib); saved to `path` when given."""
         import matplotlib
@@ -217,13 +259,31 @@ def _update_bar(bar: Any, status: RunStatus, run_id: str) -> Any:
 # ---------------------------------------------------------------------------------------- functions
 
 
-def submit(spec: FineTuneSpec, *, backend: str = "auto") -> Run:
-    """Create the run folder (spec.json, never overwriting a run) and start the node on the backend."""
+def preflight_data(spec: FineTuneSpec) -> Any:
+    """The data report, or DataError naming every bad row (the first 20, and how many more)."""
+    from sdk.datacheck import check_data
+    from sdk.datarows import DataError
+
+    report = check_data(spec)
+    if not report.ok:
+        raise DataError(report.error())
+    return report
+
+
+def submit(spec: FineTuneSpec, *, backend: str = "auto", check_data: bool = True) -> Run:
+    """Create the run folder (spec.json, never overwriting a run) and start the node on the backend.
+
+    Before anything starts, every row of the data is read and checked (sdk.datacheck): a bad row raises
+    DataError listing file:line and what is wrong. `check_data=False` skips that (the node checks anyway)."""
     from sdk.backends import choose_backend, get_backend
+    from sdk.tracking import check_env
 
     name = choose_backend(spec, backend)
     impl = get_backend(name)
     impl.check(spec)
+    check_env(spec)
+    if check_data:
+        preflight_data(spec)
     store = open_store(spec.output)
     folder = RunFolder(store, new_run_id(spec.name))
     if folder.exists():

@@ -54,6 +54,11 @@ MethodSpec = Annotated[Union[tuple(m.spec for m in REGISTRY.values())], Field(di
 # ---------------------------------------------------------------------------------------------- data
 
 
+RowFormatName = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text", "preference",
+                        "openai_preference"]
+FILE_TYPES = ("jsonl", "json", "csv", "parquet")
+
+
 class FieldMap(SpecPart):
     """Which column of the data holds each role. Unused roles are ignored by the template.
 
@@ -65,7 +70,9 @@ class FieldMap(SpecPart):
     output: str = "output"
     text: str = "text"
     messages: str = "messages"
+    conversations: str = "conversations"
     prompt: str = "prompt"
+    completion: str = "completion"
     chosen: str = "chosen"
     rejected: str = "rejected"
 
@@ -75,10 +82,15 @@ class DataSpec(SpecPart):
         min_length=1,
         description="local file or dir, s3://bucket/key, a Hub dataset id, or builtin:<name>",
     )
-    format: Literal["auto", "jsonl", "json", "csv", "parquet"] = "auto"
+    format: RowFormatName = Field(
+        "auto", description="the rows' layout; auto detects it from the rows (see sdk.dataformats)")
+    file_type: Literal["auto", "jsonl", "json", "csv", "parquet"] = Field("auto", description="auto: from the suffix")
     split: str = Field("train", description="split name for Hub datasets")
     fields: FieldMap = Field(default_factory=FieldMap)
-    template: Literal["instruction", "chat", "text"] = "instruction"
+    template: Literal["auto", "instruction", "chat", "plain"] = Field(
+        "auto", description="how a row becomes training text: instruction ('### Instruction/### Response'), chat (the "
+                            "tokenizer's chat template), plain (prompt as written); auto: chat for conversations, "
+                            "instruction for instruction rows, plain for prompt/completion and text")
     instruction: str | None = Field(
         None, description="fixed instruction for rows without one (classification data: text + label)"
     )
@@ -93,7 +105,16 @@ class DataSpec(SpecPart):
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, value: Any) -> Any:
-        return {"source": value} if isinstance(value, str) else value
+        if isinstance(value, str):
+            return {"source": value}
+        if isinstance(value, dict):
+            value = dict(value)
+            if value.get("format") in FILE_TYPES and value.get("file_type", "auto") == "auto":
+                value["file_type"] = value.pop("format")  # `format: jsonl` names the file type, as it used to
+            if value.get("template") == "text":  # the text template: plain text rows
+                value["template"] = "plain"
+                value.setdefault("format", "text")
+        return value
 
     @property
     def holdout_fraction(self) -> float:
@@ -274,6 +295,34 @@ class DistributedSpec(SpecPart):
 # ----------------------------------------------------------------------------------------- the spec
 
 
+# ------------------------------------------------------------------------------------------ tracking
+
+
+class MlflowTracking(SpecPart):
+    name: Literal["mlflow"] = "mlflow"
+    experiment: str | None = Field(None, description="MLflow experiment; default: the run's name")
+    uri_env: str = Field("MLFLOW_TRACKING_URI", description="name of the environment variable or secret that holds "
+                                                              "the tracking URI (never the URI itself)")
+
+
+class WandbTracking(SpecPart):
+    name: Literal["wandb"] = "wandb"
+    project: str | None = Field(None, description="W&B project; default: the run's name")
+    entity: str | None = None
+    mode: Literal["online", "offline"] = Field("online", description="offline: the run directory is kept in the run "
+                                                                     "folder for `wandb sync`")
+    key_env: str = Field("WANDB_API_KEY", description="name of the environment variable or secret with the API key")
+
+
+class TensorBoardTracking(SpecPart):
+    """Event files in the run folder's tensorboard/ (`tensorboard --logdir` on a fetched run)."""
+
+    name: Literal["tensorboard"] = "tensorboard"
+
+
+TrackerSpec = Annotated[Union[MlflowTracking, WandbTracking, TensorBoardTracking], Field(discriminator="name")]
+
+
 class FineTuneSpec(SpecPart):
     """Everything a run needs. Validated once, here; backends and the node trust it."""
 
@@ -290,6 +339,9 @@ class FineTuneSpec(SpecPart):
     output: str = Field(DEFAULT_OUTPUT, description="store: s3://bucket/prefix or a local directory")
     secrets: list[str] = Field(default_factory=list, description="names of env vars forwarded to the node")
     env: dict[str, str] = Field(default_factory=dict, description="plain (non-secret) env vars for the node")
+    tracking: list[TrackerSpec] = Field(
+        default_factory=list, description="experiment trackers rank 0 logs to: mlflow, wandb, tensorboard "
+                                          "(`tracking: mlflow` for the defaults)")
 
     @field_validator("method", mode="before")
     @classmethod
@@ -316,6 +368,25 @@ class FineTuneSpec(SpecPart):
                 raise ValueError("s3:// URI needs a bucket: s3://bucket/prefix")
         elif not value.strip():
             raise ValueError("must not be empty")
+        return value
+
+    @field_validator("tracking", mode="before")
+    @classmethod
+    def _tracking_shorthand(cls, value: Any) -> Any:
+        items = value if isinstance(value, list) else [] if value is None else [value]
+        return [{"name": item} if isinstance(item, str) else item for item in items]
+
+    @field_validator("tracking")
+    @classmethod
+    def _one_of_each_tracker(cls, value: list[Any]) -> list[Any]:
+        names = [t.name for t in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} listed twice")
+        for tracker in value:
+            for env_name in (getattr(tracker, "uri_env", None), getattr(tracker, "key_env", None)):
+                if env_name is not None and not _ENV_NAME.match(env_name):
+                    raise ValueError(f"{env_name!r} is not an environment variable name (name the variable, not its value)")
         return value
 
     @field_validator("env", mode="before")
@@ -352,8 +423,11 @@ class FineTuneSpec(SpecPart):
         if self.objective == "dpo":
             if self.data.packing:
                 raise _CrossFieldError("data.packing", "packing is not available with objective dpo")
-            if self.data.template == "text":
-                raise _CrossFieldError("data.template", "dpo needs prompt/chosen/rejected, not the text template")
+            if self.data.format not in ("auto", "preference", "openai_preference"):
+                raise _CrossFieldError("data.format", f"dpo trains on preference pairs (preference or openai_preference), "
+                                       f"not {self.data.format} rows")
+        elif self.data.format in ("preference", "openai_preference"):
+            raise _CrossFieldError("data.format", f"{self.data.format} rows are preference pairs: set objective: dpo")
         if self.data.packing and method.virtual_tokens(self.method):
             raise _CrossFieldError("data.packing", f"{method.name} prepends virtual tokens to every sequence, "
                                    "so sequences cannot be packed into one row; set data.packing: false")

@@ -15,7 +15,7 @@ import posixpath
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -238,6 +238,20 @@ class S3Store:
             if "NoSuchKey" in str(exc):
                 raise StoreError(f"{self.url(key)}: no such object") from None
             raise
+
+    def iter_lines(self, key: str) -> Iterator[str]:
+        """The object's lines, streamed: a large file is read without holding it whole."""
+        def get() -> Any:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+
+        try:
+            body = _retry(self._where(key), "read", get)
+        except StoreError as exc:
+            if "NoSuchKey" in str(exc):
+                raise StoreError(f"{self.url(key)}: no such object") from None
+            raise
+        for line in body.iter_lines(chunk_size=1 << 20):
+            yield line.decode("utf-8", errors="replace")
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

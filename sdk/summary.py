@@ -89,6 +89,9 @@ class RunSummary(_Read):
     eval_loss: float | None = None
     train_rows: int
     eval_rows: int
+    data_format: str | None = None  # the rows' format (detected or named in data.format)
+    template: str | None = None  # how prompts were written in training: instruction | chat | plain (generate, serve)
+    instruction: str | None = None  # the one instruction every training row shared (a user's text is then the input)
     label_accuracy: LabelAccuracy = Field(default_factory=LabelAccuracy)
     generations: list[Generation] = Field(default_factory=list)
     adapter_bytes: int

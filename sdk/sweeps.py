@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -341,11 +342,23 @@ class Sweep:
                 if line != last:
                     print(line, file=sys.stderr, flush=True)
                     last = line
-            if status.done:
+            if status.done and self._driver_done():
                 return status
             if deadline is not None and time.time() > deadline:
                 raise TimeoutError(f"sweep {self.id} still {status.state} after {timeout} s")
             time.sleep(poll)
+
+    def _driver_done(self) -> bool:
+        """The driver has written its last record (clusters released) — or is not a process on this machine."""
+        record = self.record()
+        driver = record.driver or {}
+        if record.finished or driver.get("host") != socket.gethostname() or not driver.get("pid"):
+            return True
+        try:
+            os.kill(int(driver["pid"]), 0)
+        except (ProcessLookupError, PermissionError):
+            return True
+        return False
 
     def cancel(self, *, timeout: float = 60.0) -> SweepStatus:
         """Every trial stops: CANCEL in the store (the driver stops launching and cancels what runs), and
@@ -437,6 +450,24 @@ class Sweep:
 # ---------------------------------------------------------------------------------------- functions
 
 
+def total_usd(costs: Sequence[Any]) -> float | None:
+    """What all trials would cost; None when any of them cannot be priced."""
+    return None if any(c.usd is None for c in costs) else round(sum(c.usd for c in costs), 2)
+
+
+def check_trial_data(trials: Sequence[FineTuneSpec]) -> None:
+    """The data of every trial checked once per distinct data setting, before any trial launches
+    (the trials then skip the check: a grid over lr must not read the data N times)."""
+    from sdk.runs import preflight_data
+
+    seen = set()
+    for trial in trials:
+        key = (trial.data.model_dump_json(), trial.objective, trial.model.id, str(trial.eval.labels))
+        if key not in seen:
+            seen.add(key)
+            preflight_data(trial)
+
+
 def plan_sweep(spec: FineTuneSpec, *, grid: Mapping[str, Sequence[Any]], backend: str = "auto",
                metric: str | None = None, budget: float | None = None) -> tuple[list[tuple[dict[str, Any], FineTuneSpec]], str, Any]:
     """The trials, the backend they run on and the cost estimate of all of them, checked against the budget."""
@@ -446,8 +477,9 @@ def plan_sweep(spec: FineTuneSpec, *, grid: Mapping[str, Sequence[Any]], backend
     trials = trial_specs(spec, grid)
     check_metric(metric or default_metric(spec))
     name = choose_backend(spec, backend)
+    check_trial_data([t for _, t in trials])
     costs = [estimate_cost(t, backend=name) for _, t in trials]
-    total = None if any(c.usd is None for c in costs) else round(sum(c.usd for c in costs), 2)
+    total = total_usd(costs)
     if budget is not None:
         if total is None:
             why = next(c.note for c in costs if c.usd is None)
@@ -468,7 +500,7 @@ def sweep(spec: FineTuneSpec, *, grid: Mapping[str, Sequence[Any]], backend: str
     store = open_store(spec.output or DEFAULT_OUTPUT)
     sweep_id = new_sweep_id(name or spec.name or "sweep")
     handle = Sweep(store, sweep_id)
-    total = None if any(c.usd is None for c in costs) else round(sum(c.usd for c in costs), 2)
+    total = total_usd(costs)
     record = SweepRecord(
         sweep_id=sweep_id, name=name or spec.name or "sweep", grid={k: list(v) for k, v in grid.items()}, metric=metric,
         goal=METRICS[metric].goal, max_parallel=max_parallel, backend=backend_name, output=spec.output, estimate_usd=total,
@@ -540,8 +572,8 @@ def drive(handle: Sweep, *, poll: float = 1.0, max_hours: float = 168.0,
         impl = get_backend(backend)
         if getattr(impl, "serial_launch", lambda s: False)(spec):
             with serial:  # one launch at a time onto this infra; the trials still run side by side
-                return submit_run(spec, backend=backend)
-        return submit_run(spec, backend=backend)
+                return submit_run(spec, backend=backend, check_data=False)
+        return submit_run(spec, backend=backend, check_data=False)
 
     submit = submit or launch
     record = handle.record()

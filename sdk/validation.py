@@ -114,9 +114,11 @@ def _message(root: type[BaseModel], err: dict[str, Any], owner: type[BaseModel] 
         expected = [t.strip(" '") for t in err["ctx"]["expected_tags"].split(",")]
         close = difflib.get_close_matches(str(tag), expected, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"unknown {path[-1] if path else 'value'} {tag!r}{hint} (one of: {', '.join(expected)})"
+        what = path[-1] if path and isinstance(path[-1], str) else "name"
+        return f"unknown {what} {tag!r}{hint} (one of: {', '.join(expected)})"
     if kind == "union_tag_not_found":
-        return "needs a 'name' (e.g. name: lora)"
+        example = {"tracking": "mlflow"}.get(str(path[0]) if path else "", "lora")
+        return f"needs a 'name' (e.g. name: {example})"
     error = (err.get("ctx") or {}).get("error")
     message = str(error) if isinstance(error, Exception) else err["msg"]
     value = err.get("input")

@@ -12,6 +12,7 @@ import time
 import pytest
 
 import sdk
+from sdk.processes import group_members
 from sdk.recipes import load_recipe
 
 FAST = ["train.max_steps=6", "train.logging_steps=2", "data.max_samples=48", "eval.num_samples=8", "eval.max_new_tokens=6"]
@@ -127,6 +128,23 @@ def test_cancel_stops_a_running_run(tmp_path, finetune_home):
     assert run.wait(progress=False, timeout=5).state == "cancelled"
 
 
+def test_a_cancel_from_another_machine_stops_the_run_through_its_folder(tmp_path, finetune_home, run_cli):
+    """A client that knows only the run folder (no PID, no backend) cancels: the node polls the marker."""
+    run = sdk.submit(tiny(str(tmp_path / "runs"), "train.max_steps=100000"))
+    deadline = time.time() + 120
+    while (run.status().step or 0) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    elsewhere = run_cli("cancel", run.uri, env={"FINETUNE_HOME": str(tmp_path / "elsewhere")})
+    assert elsewhere.returncode == 0 and "cancelled" in elsewhere.stdout, elsewhere.stdout + elsewhere.stderr
+    deadline = time.time() + 60
+    while group_members(run.info.pid) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not group_members(run.info.pid)
+    assert json.loads(run.folder.store.get_bytes(run.folder.key("status.json")))["state"] == "cancelled"  # the node's own word
+    assert run.folder.adapter_manifest() is None
+    assert "cancel requested in the run folder" in run.logs()
+
+
 def test_two_process_local_run_goes_through_torchrun_and_cancels(tmp_path, finetune_home):
     done = sdk.submit(tiny(str(tmp_path / "runs"), "distributed.nproc_per_node=2"))
     assert done.wait(progress=False, timeout=240).state == "succeeded", done.logs()
@@ -140,15 +158,7 @@ def test_two_process_local_run_goes_through_torchrun_and_cancels(tmp_path, finet
     assert run.cancel().state == "cancelled"
     assert time.time() - start < 20
     # every rank is gone, not only the launcher
-    pgid = run.info.pid
-    assert not [p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pgid]
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
+    assert not group_members(run.info.pid)
 
 
 def test_cli_launch_local_end_to_end(run_cli, tmp_path, finetune_home):
@@ -186,10 +196,12 @@ def test_cli_errors_are_clean(run_cli, tmp_path, finetune_home, args, expected):
     assert expected in result.stderr and "Traceback" not in result.stderr
 
 
-def test_bad_data_path_fails_the_run_with_a_named_error(run_cli, tmp_path, finetune_home):
+def test_bad_data_path_is_refused_before_launch_and_fails_a_run_that_skips_the_check(run_cli, tmp_path, finetune_home):
     result = run_cli("launch", "tiny", "--local", "--detach", "--set=data.source=/nope/train.jsonl",
                      f"--set=output={tmp_path}", env={"FINETUNE_HOME": str(finetune_home)})
-    assert result.returncode == 0, result.stderr
-    run = sdk.get_run(result.stdout.split()[1])
+    assert result.returncode == 2 and result.stderr.strip() == "error: data.source: /nope/train.jsonl does not exist"
+    assert not list(tmp_path.glob("tiny-*")), "nothing launched"
+    # the node runs the same check: a run submitted without the client's check fails with the same line
+    run = sdk.submit(tiny(str(tmp_path), "data.source=/nope/train.jsonl"), check_data=False)
     assert run.wait(progress=False, timeout=120).state == "failed"
     assert "data.source: /nope/train.jsonl does not exist" in (run.status().error or "")

@@ -175,7 +175,7 @@ def test_cli_validate_exits_2_without_traceback(tmp_path, run_cli, name, text, o
 
 
 def test_cli_validate_all_shipped(run_cli):
-    result = run_cli("validate", *map(str, SHIPPED))
+    result = run_cli("validate", "--no-data", *map(str, SHIPPED))  # their example data lives in buckets of their own
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("✓") == len(SHIPPED)
 

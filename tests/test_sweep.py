@@ -8,7 +8,7 @@ import time
 import pytest
 
 import sdk
-from sdk.backends.local import pid_alive
+from sdk.processes import pid_alive
 from sdk.recipes import load_recipe
 from sdk.sweeps import parse_grid, split_values, trial_specs
 

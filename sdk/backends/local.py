@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,31 +12,11 @@ from pydantic import BaseModel
 
 from sdk.backends import BackendView
 from sdk.errors import LaunchError, SpecError
+from sdk.processes import group_members, pid_alive, stop_group
 from sdk.registry import home
 from sdk.runfolder import LOG, TERMINAL, RunFolder
 from sdk.spec import FineTuneSpec
 from sdk.store import LocalStore
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)  # reap our own finished child so it is not a zombie
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 class LocalRunInfo(BaseModel):
@@ -100,24 +79,9 @@ class LocalBackend:
 
     def cancel(self, folder: RunFolder, info: LocalRunInfo, *, grace: float = 10.0) -> None:
         if not self._ours(info):
-            raise LaunchError(f"run {folder.run_id} was started on {info.host}; cancel it there")
-        pid = info.pid
-        if pid_alive(pid):
-            try:
-                os.killpg(pid, signal.SIGTERM)  # the node stops after its current step and writes 'cancelled'
-            except ProcessLookupError:
-                pass
-            deadline = time.time() + grace
-            while pid_alive(pid) and time.time() < deadline:
-                time.sleep(0.2)
-            if pid_alive(pid):
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                deadline = time.time() + 5
-                while pid_alive(pid) and time.time() < deadline:
-                    time.sleep(0.1)
+            return  # started on another host: its node stops on the cancel marker
+        if pid_alive(info.pid) or group_members(info.pid):  # nothing left of it: signal no one
+            stop_group(info.pid, grace=grace)  # the node stops after its current step and writes 'cancelled'
         if folder.status().get("state") not in TERMINAL:
             folder.write_status("cancelled")
 

@@ -118,7 +118,9 @@ def stack_key(spec: FineTuneSpec, pins: str) -> str:
 
 
 def extras_for(spec: FineTuneSpec) -> str:
-    return "train,deepspeed" if spec.distributed.strategy == "deepspeed" else "train"
+    """The package extras a node installs: the training stack, plus DeepSpeed and each tracker the spec uses."""
+    extras = ["train"] + (["deepspeed"] if spec.distributed.strategy == "deepspeed" else [])
+    return ",".join(extras + sorted({t.name for t in spec.tracking}))
 
 
 def setup_script(spec: FineTuneSpec, dist: dict[str, Path]) -> str:
@@ -188,7 +190,10 @@ exit "${{PIPESTATUS[0]}}"
 
 
 def forwarded_secrets(spec: FineTuneSpec) -> list[str]:
+    from sdk.tracking import forwarded_env
+
     names = list(spec.secrets)
+    names += [n for n in forwarded_env(spec) if n not in names]
     if spec.output.startswith("s3://"):
         names += [n for n in AWS_SECRETS if n in os.environ and n not in names]
     return names
@@ -246,6 +251,11 @@ def task_config(spec: FineTuneSpec, folder: RunFolder, dist: dict[str, Path], *,
         "setup": setup_script(spec, dist),
         "run": run_script(folder),
     }
+    return finish_task(config, spec, dist)
+
+
+def finish_task(config: dict[str, Any], spec: FineTuneSpec, dist: dict[str, Path] | None) -> dict[str, Any]:
+    """Secrets by name, the client's wheel as a file mount, then SkyPilot's schema: every task we write."""
     secrets = forwarded_secrets(spec)
     if secrets:
         config["secrets"] = {name: None for name in secrets}

@@ -1,0 +1,278 @@
+"""Data formats: one hand-written file per format trains the tiny model, and the first row's training text
+(as the trainer tokenized it: data_preview.json) is exactly what is written here; malformed files are
+refused before launch with file:line and the reason."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+import sdk
+from sdk.runfolder import RunFolder
+from sdk.store import open_store
+
+HERE = Path(__file__).parent
+FORMATS = HERE / "data" / "formats"
+MALFORMED = HERE / "data" / "malformed"
+
+# format file -> (detected format, data_preview.json of its first row). `text` is what the model reads,
+# `trained` the tokens the loss is on. <|end|> is the tiny tokenizer's EOS; its chat template writes
+# <|role|>\n content, with <|end|> after assistant turns (and, rendered with transformers' trim_blocks, no
+# newline after a turn: the "\n" that follows `{% endif %}` in the template is trimmed).
+EXPECTED = {
+    "alpaca": ("alpaca", {
+        "text": "### Instruction:\nName the topic of the headline.\n\n### Input:\nStorm floods the coastal city\n\n"
+                "### Response:\nWorld<|end|>",
+        "trained": "World<|end|>"}),
+    "sharegpt": ("sharegpt", {  # the first of its two assistant turns (one example per trained turn)
+        "text": "<|system|>\nBe brief.<|user|>\nWhat is the capital of France?<|assistant|>\nParis.<|end|>",
+        "trained": "Paris.<|end|>"}),
+    "messages": ("messages", {  # the weight-0 answer stays in the prompt, unlearned
+        "text": "<|user|>\nTranslate 'cat' to French.<|assistant|>\nchatte<|end|><|user|>\nThe masculine, please."
+                "<|assistant|>\nchat<|end|>",
+        "trained": "chat<|end|>"}),
+    "prompt_completion": ("prompt_completion", {"text": "The sky is blue.<|end|>", "trained": " blue.<|end|>"}),
+    "text": ("text", {"text": "The quick brown fox jumps over the lazy dog.<|end|>",
+                      "trained": "The quick brown fox jumps over the lazy dog.<|end|>"}),
+    "preference": ("preference", {"prompt": "Topic of: Striker scores twice in the final",
+                                  "chosen": "Sports<|end|>", "rejected": "Business<|end|>"}),
+    "preference_implicit": ("preference", {"prompt": "<|user|>\nIs the earth round?<|assistant|>\n",
+                                           "chosen": "Yes, roughly a sphere.<|end|>", "rejected": "No, it is flat.<|end|>"}),
+    "openai_preference": ("openai_preference", {"prompt": "<|user|>\nGreet me politely.<|assistant|>\n",
+                                                "chosen": "Good morning, how can I help?<|end|>",
+                                                "rejected": "What do you want?<|end|>"}),
+}
+TRAIN_ROWS = {"sharegpt": 5}  # 4 conversations, 5 assistant turns
+
+
+def format_spec(name: str, output: str) -> sdk.FineTuneSpec:
+    source = str(FORMATS / f"{name}.jsonl")
+    return sdk.FineTuneSpec(
+        name=f"fmt-{name.replace('_', '-')}", model="tiny:llama", method={"name": "lora", "r": 4, "alpha": 8},
+        objective="dpo" if "preference" in name else "sft",
+        data={"source": source, "eval_source": source, "max_length": 128},  # eval_source: train rows keep file order
+        train={"max_steps": 2, "batch_size": 2, "lr": 1e-3, "precision": "fp32", "logging_steps": 1},
+        eval={"num_samples": 2, "generations": 0, "before": False}, output=output, env={"OMP_NUM_THREADS": "1"},
+    )
+
+
+@pytest.fixture(scope="module")
+def format_runs(tmp_path_factory):
+    """All eight formats trained at once (one process each), then read back from the store."""
+    root = tmp_path_factory.mktemp("formats")
+    import os
+
+    os.environ["FINETUNE_HOME"] = str(root / "home")
+    runs = {name: sdk.submit(format_spec(name, str(root / "runs"))) for name in EXPECTED}
+    deadline = time.time() + 420
+    for run in runs.values():
+        run.wait(timeout=max(1, deadline - time.time()), progress=False)
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_each_format_trains_and_renders_exactly(format_runs, name):
+    run = format_runs[name]
+    status = run.status()
+    assert status.state == "succeeded", f"{name}: {status.error}\n{str(run.logs())[-2000:]}"
+    fmt, expected = EXPECTED[name]
+    folder = RunFolder(*_split(run.uri))
+    preview = folder.read_json("data_preview.json")
+    assert preview.pop("where") == f"{FORMATS / name}.jsonl:1"
+    assert preview == expected
+    assert f"data.source {fmt}" in str(run.logs())
+    summary = run.summary()
+    assert summary.train_rows == TRAIN_ROWS.get(name, 4)
+    assert summary.steps == 2
+
+
+def _split(uri: str):
+    from sdk.store import split_run_uri
+
+    store_uri, run_id = split_run_uri(uri)
+    return open_store(store_uri), run_id
+
+
+# ------------------------------------------------------------------------------------------ refusals
+
+# file -> (line, what the message says)
+REFUSED = {
+    "sharegpt_unknown_role.jsonl": (2, "conversations[1]: unknown role 'bot'"),
+    "sharegpt_roles_do_not_alternate.jsonl": (3, "conversations[1]: roles do not alternate: user after user"),
+    "sharegpt_turn_not_object.jsonl": (1, "conversations[0]: a turn must be an object"),
+    "messages_empty_assistant.jsonl": (1, "messages[1]: empty assistant turn"),
+    "messages_missing_content.jsonl": (2, "messages[0]: missing field 'content'"),
+    "messages_ends_with_user.jsonl": (1, "ends with a user turn"),
+    "messages_bad_weight.jsonl": (1, "weight must be 0 or 1"),
+    "messages_all_weights_zero.jsonl": (1, "every assistant turn has weight 0"),
+    "messages_late_system.jsonl": (1, "messages[1]: a system turn may only come first"),
+    "messages_content_not_text.jsonl": (1, "messages[0]: content must be text, not list"),
+    "alpaca_missing_output.jsonl": (3, "missing field 'output'"),
+    "alpaca_empty_output.jsonl": (2, "empty 'output'"),
+    "preference_chosen_equals_rejected.jsonl": (2, "chosen equals rejected"),
+    "preference_repeats_prompt.jsonl": (1, "repeat the prompt"),
+    "preference_implicit_as_text.jsonl": (1, "must be conversations that share the prompt turns"),
+    "openai_preference_missing_messages.jsonl": (1, "missing field 'input.messages'"),
+    "not_json.jsonl": (2, "not valid JSON"),
+    "not_an_object.jsonl": (2, "must be a JSON object, not list"),
+    "extra_cells.csv": (3, "4 cells for 3 header columns"),
+    "item_not_object.json": (5, "must be a JSON object, not str"),
+    "completion_from_the_user.jsonl": (1, "'completion' must be one assistant turn"),
+    "unknown_columns.jsonl": (1, "cannot tell the format from the columns (question, answer)"),
+}
+
+
+def test_every_malformed_file_is_hand_written_and_listed():
+    assert sorted(p.name for p in MALFORMED.iterdir()) == sorted(REFUSED) and len(REFUSED) >= 15
+
+
+@pytest.mark.parametrize("file", sorted(REFUSED))
+def test_malformed_file_is_refused_before_launch(run_cli, tmp_path, file):
+    line, reason = REFUSED[file]
+    path = MALFORMED / file
+    objective = "dpo" if file.startswith(("preference", "openai_preference")) else "sft"
+    result = run_cli("launch", "tiny", "--local", f"--set=data.source={path}", "--set=data.eval_source=null",
+                     f"--set=objective={objective}", f"--set=output={tmp_path / 'runs'}",
+                     env={"FINETUNE_HOME": str(tmp_path / "home")})
+    out = result.stdout + result.stderr
+    assert result.returncode == 2, out
+    assert "Traceback" not in out
+    assert f"{path}:{line}: " in result.stderr and reason in result.stderr, result.stderr
+    assert not (tmp_path / "runs").exists(), "nothing is launched: no run folder"
+
+
+def test_the_first_20_bad_rows_are_listed_with_a_count_of_the_rest(tmp_path):
+    from sdk.datarows import DataError
+
+    data = tmp_path / "many.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                     {"role": "assistant", "content": "" if i % 2 else "a"}]}) + "\n"
+                            for i in range(50)))
+    spec = format_spec("messages", str(tmp_path / "runs")).model_copy(deep=True)
+    spec.data.source = spec.data.eval_source = str(data)
+    with pytest.raises(DataError) as caught:
+        sdk.submit(spec)
+    lines = str(caught.value).splitlines()
+    assert lines[0].startswith(f"data.source: 25 bad row(s) of 50 in {data}, format messages")
+    assert lines[1] == f"  {data}:2: messages[1]: empty assistant turn"
+    assert len(lines) == 1 + 20 + 1 and lines[-1] == "  ... and 5 more"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_preference_rows_need_dpo_and_dpo_needs_preference_rows(tmp_path):
+    from sdk.datarows import DataError
+
+    spec = format_spec("preference", str(tmp_path / "runs")).model_copy(update={"objective": "sft"})
+    with pytest.raises(DataError, match="holds preference rows, preference pairs: set objective: dpo"):
+        sdk.submit(spec)
+    spec = format_spec("alpaca", str(tmp_path / "runs")).model_copy(update={"objective": "dpo"})
+    with pytest.raises(DataError, match="objective dpo trains on preference pairs"):
+        sdk.submit(spec)
+
+
+def test_validate_reports_format_and_chat_fallback(run_cli):
+    args = ["validate", "tiny", f"--set=data.source={FORMATS / 'sharegpt.jsonl'}", "--set=data.eval_source=null"]
+    refused = run_cli(*args)  # the tiny recipe writes the instruction template, which has no turns
+    assert refused.returncode == 2 and "cannot be written in the instruction template; use template: chat" in refused.stderr
+    result = run_cli(*args, "--set=data.template=auto")
+    assert result.returncode == 0, result.stderr
+    assert f"data.source: {FORMATS / 'sharegpt.jsonl'}: 4 rows, format sharegpt (detected from" in result.stdout
+    assert "does not mark assistant turns" in result.stdout and "its own example" in result.stdout
+
+
+def test_a_named_format_skips_detection_and_mapped_columns_are_read():
+    from sdk.datacheck import load_samples
+
+    spec = format_spec("alpaca", "/tmp/unused").model_copy(deep=True)
+    spec.data.format = "prompt_completion"
+    check = load_samples(spec, str(FORMATS / "alpaca.jsonl"), "data.source")
+    assert check.format == "prompt_completion" and check.detected_from is None
+    assert check.bad[0][1] == "missing field 'prompt'"
+    spec.data.fields = spec.data.fields.model_copy(update={"prompt": "instruction", "completion": "output"})
+    check = load_samples(spec, str(FORMATS / "alpaca.jsonl"), "data.source")
+    assert not check.bad and check.samples[0].prompt == "Name the topic of the headline."
+
+
+def test_s3_data_is_checked_streamed_before_launch(s3_env, tmp_path):
+    import boto3
+
+    _, bucket = s3_env
+    client = boto3.client("s3")
+    client.put_object(Bucket=bucket, Key="data/bad.jsonl", Body=(MALFORMED / "sharegpt_unknown_role.jsonl").read_bytes())
+    spec = format_spec("sharegpt", str(tmp_path / "runs")).model_copy(deep=True)
+    spec.data.source = spec.data.eval_source = f"s3://{bucket}/data/bad.jsonl"
+    from sdk.datarows import DataError
+
+    with pytest.raises(DataError, match=rf"s3://{bucket}/data/bad.jsonl:2: conversations\[1\]: unknown role 'bot'"):
+        sdk.submit(spec)
+    assert not (tmp_path / "runs").exists()
+
+
+MARKED_TEMPLATE = (  # the tiny template with the assistant's content marked for the loss
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}"
+    "<|end|>{% endgeneration %}{% else %}{{ m['content'] }}{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def marked_model(tmp_path_factory):
+    """The tiny model in a local directory whose chat template marks assistant turns ({% generation %})."""
+    import shutil
+
+    from launch.tiny import ensure_tiny
+
+    folder = tmp_path_factory.mktemp("marked") / "model"
+    shutil.copytree(ensure_tiny("llama"), folder)
+    (folder / "chat_template.jinja").write_text(MARKED_TEMPLATE)
+    return folder
+
+
+@pytest.mark.slow
+def test_a_template_that_marks_assistant_turns_trains_whole_conversations(marked_model, tmp_path, run_cli):
+    spec = format_spec("sharegpt", str(tmp_path / "runs")).model_copy(deep=True)
+    spec.model.id = str(marked_model)
+    validated = run_cli("validate", "tiny", f"--set=model={marked_model}", f"--set=data.source={FORMATS / 'sharegpt.jsonl'}",
+                        "--set=data.eval_source=null", "--set=data.template=auto")
+    assert validated.returncode == 0 and "the chat template marks assistant turns" in validated.stdout, validated.stderr
+    run = sdk.submit(spec)
+    status = run.wait(timeout=300, progress=False)
+    assert status.state == "succeeded", f"{status.error}\n{str(run.logs())[-2000:]}"
+    preview = RunFolder(*_split(run.uri)).read_json("data_preview.json")
+    assert preview["text"] == ("<|system|>\nBe brief.<|user|>\nWhat is the capital of France?<|assistant|>\nParis.<|end|>"
+                               "<|user|>\nAnd of Spain?<|assistant|>\nMadrid.<|end|>")
+    assert preview["trained"] == "Paris.<|end|>Madrid.<|end|>"  # both answers, nothing of the user's
+    assert run.summary().train_rows == 4  # one row per conversation
+
+
+def test_the_client_counts_tokens_as_the_model_tokenizer_does(run_cli):
+    from transformers import AutoTokenizer
+
+    from launch.tiny import ensure_tiny
+    from sdk.dataformats import FORMATS as REGISTERED
+    from sdk.dataformats import Context
+
+    tokenizer = AutoTokenizer.from_pretrained(ensure_tiny("llama"))
+    first = json.loads((FORMATS / "sharegpt.jsonl").read_text().splitlines()[0])
+    turns = REGISTERED["sharegpt"].normalize(first, Context(fields=sdk.FineTuneSpec(model="m", data="d").data.fields)).turns
+    n = len(tokenizer(tokenizer.apply_chat_template(turns, tokenize=False), add_special_tokens=False)["input_ids"])
+    result = run_cli("validate", "tiny", f"--set=data.source={FORMATS / 'sharegpt.jsonl'}", "--set=data.eval_source=null",
+                     "--set=data.template=auto", f"--set=data.max_length={n - 1}")
+    assert result.returncode == 0, result.stderr
+    assert f"data.source: 1 of 4 rows are longer than max_length {n - 1} tokens (longest {n}) and will be truncated" in result.stdout
+
+
+def test_files_saved_with_a_byte_order_mark_are_read(tmp_path):
+    from sdk.datacheck import load_samples
+
+    spec = format_spec("alpaca", str(tmp_path / "runs"))
+    for name, body in (("bom.jsonl", '{"instruction": "Say hi", "output": "Hi"}\n'), ("bom.csv", "instruction,output\nSay hi,Hi\n"),
+                       ("bom.json", '[{"instruction": "Say hi", "output": "Hi"}]')):
+        path = tmp_path / name
+        path.write_bytes("\ufeff".encode() + body.encode())  # as spreadsheet tools on Windows save them
+        check = load_samples(spec, str(path), "data.source")
+        assert not check.bad and check.format == "alpaca" and check.samples[0].completion == "Hi", (name, check.bad)

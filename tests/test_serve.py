@@ -1,0 +1,174 @@
+"""Serving against the real engine: vLLM's CPU build (its own environment, created on first use) serves two
+SmolLM2-135M adapters trained here and their base on one endpoint; the official `openai` client's greedy
+answers equal `finetune generate` token for token, also when base and adapter requests run concurrently
+(vLLM's CPU LoRA kernels apply an adapter to base requests in a mixed batch: the product must never
+return such an answer). Refusals come before anything starts; stopping leaves no process."""
+
+from __future__ import annotations
+
+import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import free_port
+
+import sdk
+from launch.builtin_data import INSTRUCTION
+from sdk.processes import group_members
+from sdk.recipes import load_recipe
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["Storm floods the coastal city as rivers burst their banks",
+           "Striker scores twice in the cup final",
+           "Bank raises its interest rate for the third time"]
+NEW_TOKENS = 12
+
+
+def smollm2(root, name: str, *extra: str):
+    return load_recipe("smollm2-news", [f"name={name}", "train.max_steps=6", "data.max_samples=48", "eval.before=false",
+                                        "eval.after=false", "eval.generations=0", f"output={root / 'runs'}",
+                                        "env.OMP_NUM_THREADS=1", *extra])  # two at once on two cores: no oversubscription
+
+
+@pytest.fixture(scope="module")
+def two_adapters(tmp_path_factory):
+    """Two SmolLM2-135M runs with different settings (rank 8 and rank 16, different learning rates)."""
+    import os
+
+    root = tmp_path_factory.mktemp("serve")
+    os.environ["FINETUNE_HOME"] = str(root / "home")
+    runs = [sdk.submit(smollm2(root, "serve-a", "method.r=8", "method.alpha=16", "train.lr=5e-4")),
+            sdk.submit(smollm2(root, "serve-b", "method.r=16", "method.alpha=32", "train.lr=1e-3"))]
+    for run in runs:
+        status = run.wait(timeout=600, progress=False)
+        assert status.state == "succeeded", f"{status.error}\n{str(run.logs())[-2000:]}"
+    return runs, root
+
+
+@pytest.fixture(scope="module")
+def server(two_adapters):
+    runs, _ = two_adapters
+    server = sdk.serve([f"news={runs[0].uri}", runs[1].uri], port=free_port(), timeout=900)
+    yield server
+    pgid = server.pid
+    server.stop()
+    assert not group_members(pgid), f"processes left after stop: {group_members(pgid)}"
+
+
+def expected(run, *, base: bool = False) -> list[str]:
+    from sdk.node_tools import generate
+
+    return [o["text"] for o in generate(run.uri, PROMPTS, max_new_tokens=NEW_TOKENS, base=base)["outputs"]]
+
+
+@pytest.fixture(scope="module")
+def answers(two_adapters, server):
+    """What `finetune generate` (transformers + peft, float32) answers, per served name."""
+    runs, _ = two_adapters
+    return {server.base: expected(runs[0], base=True), "news": expected(runs[0]), runs[1].id: expected(runs[1])}
+
+
+def test_the_endpoint_lists_the_base_and_both_adapters(server, two_adapters):
+    runs, _ = two_adapters
+    listed = {m.id for m in server.client.models.list().data}
+    assert {server.base, "news", runs[1].id} <= listed
+    assert server.models == [server.base, "news", runs[1].id]
+
+
+def test_each_answer_equals_finetune_generate(server, answers):
+    for name, wanted in answers.items():
+        got = [server.client.completions.create(model=name, prompt=server.prompt(name, p), max_tokens=NEW_TOKENS,
+                                                temperature=0).choices[0].text for p in PROMPTS]
+        assert got == wanted, name
+    assert answers["news"] != answers[next(iter(answers))], "the adapter changes the answers (else the test proves nothing)"
+
+
+def test_base_and_adapter_requests_at_once_never_mix(server, answers):
+    jobs = [(name, i) for _ in range(2) for name in answers for i in range(len(PROMPTS))]  # 18 requests, mixed
+
+    def ask(job):
+        name, i = job
+        return server.client.completions.create(model=name, prompt=server.prompt(name, PROMPTS[i]), max_tokens=NEW_TOKENS,
+                                                temperature=0).choices[0].text
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        got = list(pool.map(ask, jobs))
+    wrong = [(name, PROMPTS[i], text) for (name, i), text in zip(jobs, got, strict=True) if text != answers[name][i]]
+    assert not wrong, wrong
+
+
+def test_finetune_generate_cli_json(two_adapters, run_cli, answers):
+    runs, root = two_adapters
+    result = run_cli("generate", runs[0].uri, "--prompt", PROMPTS[0], "--max-new-tokens", str(NEW_TOKENS), "--json",
+                     timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["template"] == "instruction" and out["outputs"][0]["text"] == answers["news"][0]
+    # the runs trained on one shared instruction with the headline as input: a prompt is written the same way
+    assert out["outputs"][0]["rendered"] == f"### Instruction:\n{INSTRUCTION}\n\n### Input:\n{PROMPTS[0]}\n\n### Response:\n"
+
+
+# ------------------------------------------------------------------------------------------ refusals
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(two_adapters):
+    """A tiny LoRA run (another base), a tiny DoRA run, and a run cancelled before it had an adapter."""
+    _, root = two_adapters
+    lora = sdk.submit(load_recipe("tiny", ["name=tiny-lora", "train.max_steps=2", f"output={root / 'runs'}"]))
+    dora = sdk.submit(load_recipe("tiny", ["name=tiny-dora", "method.use_dora=true", "train.max_steps=2",
+                                           f"output={root / 'runs'}"]))
+    stopped = sdk.submit(load_recipe("tiny", ["name=tiny-stopped", "train.max_steps=100000", f"output={root / 'runs'}"]))
+    stopped.cancel()
+    for run in (lora, dora):
+        assert run.wait(timeout=300, progress=False).state == "succeeded"
+    return {"lora": lora, "dora": dora, "stopped": stopped}
+
+
+def refused(run_cli, *args):
+    result = run_cli("serve", *args, "--local", timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "Traceback" not in result.stderr and len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_refusals_are_one_line_and_start_nothing(run_cli, two_adapters, tiny_runs):
+    runs, root = two_adapters
+    before = [s.id for s in sdk.serving.list_servers()]  # the module's own server is running
+    line = refused(run_cli, runs[0].uri, tiny_runs["lora"].uri)
+    assert "different base models" in line and runs[0].id in line and tiny_runs["lora"].id in line
+    line = refused(run_cli, tiny_runs["dora"].uri)
+    assert "DoRA" in line and "--merge" in line and tiny_runs["dora"].id in line
+    line = refused(run_cli, tiny_runs["stopped"].uri)
+    assert "no committed adapter" in line and "cancelled" in line
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        line = refused(run_cli, runs[0].uri, "--port", str(port))
+    assert f"--port {port}: already in use" in line
+    assert [s.id for s in sdk.serving.list_servers()] == before
+
+
+def test_dry_run_prints_the_skypilot_serving_task(tmp_path, run_cli, two_adapters):
+    """The SkyPilot task (and the `sky serve` service) pass SkyPilot's own schema."""
+    import sky
+
+    from sdk.backends.skypilot_serve import serve_task_config
+    from sdk.serving import ServedAdapter, ServePlan
+
+    runs, _ = two_adapters
+    spec = runs[0].spec()
+    plan = ServePlan(server_id="serve-x", base_name="base", base_spec=spec.model_dump(mode="json"),
+                     adapters=[ServedAdapter(name="news", run_id="r1", run_uri="s3://bucket/runs/r1", rank=8)],
+                     max_lora_rank=8, max_loras=2, port=8000)
+    gpu = spec.model_copy(update={"resources": spec.resources.model_copy(update={"accelerators": {"L4": 1}})})
+    config = serve_task_config(plan, gpu, replicas=2)
+    assert config["resources"]["ports"] == [8000] and config["service"]["replicas"] == 2
+    assert config["resources"]["accelerators"] == {"L4": 1}
+    task = sky.Task.from_yaml_config(json.loads(json.dumps(config)))
+    assert task.service is not None
+    with pytest.raises(sdk.serving.ServeError, match="cloud node reads the adapters from the store"):
+        serve_task_config(plan.model_copy(update={"adapters": [ServedAdapter(name="n", run_id="r", run_uri="/tmp/r", rank=8)]}), gpu)
