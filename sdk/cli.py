@@ -651,10 +651,10 @@ def serve(
 
     first = get_run(parse_ref(runs[0])[1]).spec()
     backend = choose_backend(first, "local" if local else "auto")
-    plan = plan_serving(runs, merge=merge, port=port, base_name=base_name, check_port=backend == "local",
-                        host="127.0.0.1" if backend == "local" else "0.0.0.0")
     console = _console()
     if dry_run:
+        plan = plan_serving(runs, merge=merge, port=port, base_name=base_name, check_port=backend == "local",
+                            host="127.0.0.1" if backend == "local" else "0.0.0.0")
         console.print(f"would serve on {backend}: " + ", ".join(plan.names) + f" (base {plan.base_spec['model']['id']}"
                       + (f", --max-lora-rank {plan.max_lora_rank}, --max-loras {plan.max_loras})" if plan.adapters else ")"),
                       markup=False)
@@ -664,13 +664,7 @@ def serve(
 
             console.print(to_yaml(serve_task_config(plan, first, replicas=replicas)), markup=False, highlight=False)
         return
-    if backend != "local":
-        from sdk.backends.skypilot_serve import launch_server
-
-        endpoint = launch_server(plan, first, replicas=replicas)
-        console.print(f"endpoint: {endpoint}/v1  models: {', '.join(plan.names)}", markup=False)
-        return
-    server = start_server(runs, merge=merge, port=port, base_name=base_name)
+    server = start_server(runs, merge=merge, port=port, base_name=base_name, backend=backend, replicas=replicas)
     console.print(f"server [bold]{server.id}[/bold] → {server.url}/v1  models: {', '.join(server.models)}", markup=True)
     example = server.prompt(server.models[-1], "Hello")
     if isinstance(example, str):  # prompted as in training: the completions endpoint with the run's template
@@ -679,7 +673,7 @@ def serve(
                       markup=False, highlight=False)
     else:
         console.print(f"try: chat completions with model {server.models[-1]} (trained with the chat template)")
-    if detach:
+    if detach or backend != "local":  # a cluster outlives this terminal; it is stopped by name
         console.print(f"stop it with: finetune servers --stop {server.id}")
         return
     console.print("serving; Ctrl-C stops the server")
@@ -713,9 +707,13 @@ def servers(stop: str | None = typer.Option(None, "--stop", help="stop this serv
         server.stop()
         _console().print(f"stopped {server.id}")
         return
-    table = Table("server", "url", "state", "models", box=None, pad_edge=False)
+    table = Table(box=None, pad_edge=False)
+    for column in ("server", "where", "url", "state"):
+        table.add_column(column, no_wrap=True)  # ids and URLs are copied whole, never cut
+    table.add_column("models", overflow="fold")
     for server in list_servers():
-        table.add_row(server.id, server.url, server.state(), ", ".join(server.models))
+        where = "sky serve" if server.record.get("service") else server.backend
+        table.add_row(server.id, where, server.url, server.state(), ", ".join(server.models))
     _console().print(table)
 
 

