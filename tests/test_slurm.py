@@ -143,13 +143,16 @@ def test_a_managed_job_reaches_running_and_is_cancelled(slurm, s3_env, finetune_
 
 def test_a_sweep_runs_two_trials_at_once_on_the_two_nodes(slurm, s3_env, finetune_home, tmp_path):
     """Two trials (one SkyPilot cluster each; 3 CPUs each, so one per 4-CPU node) run at the same time, the
-    driver tears their clusters down (Slurm has no autodown), and a fresh process ranks them from S3."""
+    driver tears their clusters down (Slurm has no autodown), and a fresh process ranks them from S3.
+    Launches onto Slurm go one at a time, so the first trial trains long enough (2000 steps, ~2 min on two
+    shared cores) to outlast the second launch even under the full suite's load (400 steps once did not)."""
     import json
 
     from sdk.recipes import load_recipe
 
     env, bucket = s3_env
-    spec = load_recipe("tiny", [*node_overrides(slurm, bucket), "resources.cpus=3", "train.max_steps=400",
+    spec = load_recipe("tiny", [*node_overrides(slurm, bucket), "resources.cpus=3", "train.max_steps=2000",
+                                "train.logging_steps=50",
                                 "eval.num_samples=8", "eval.before=false", "eval.generations=0"])
     handle = sdk.sweep(spec, grid={"train.lr": [1e-3, 5e-3]}, backend="skypilot", max_parallel=2)
     together: set[str] = set()
