@@ -46,6 +46,7 @@ class Metric(BaseModel):
     name: str
     goal: Literal["max", "min"]
     description: str
+    source: Literal["summary", "logged"] = "summary"  # the run's summary, or the last value of a metrics.jsonl key
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
@@ -70,14 +71,31 @@ def metric_value(name: str, summary: Any) -> float | None:
     return getattr(summary, name)
 
 
-def check_metric(name: str) -> Metric:
-    if name not in METRICS:
+def logged_value(name: str, rows: Sequence[Mapping[str, Any]]) -> float | None:
+    """The last value a run logged under `name` in metrics.jsonl (e.g. DPO's rewards/accuracies)."""
+    values = [row[name] for row in rows if isinstance(row.get(name), int | float) and not isinstance(row.get(name), bool)]
+    return float(values[-1]) if values else None
+
+
+def check_metric(text: str) -> Metric:
+    """A summary metric by name, or any key the runs log in metrics.jsonl with its goal: `rewards/accuracies:max`."""
+    key, sep, goal = text.rpartition(":")
+    if sep and goal in ("max", "min") and key:
+        if key in METRICS and METRICS[key].goal != goal:
+            raise SpecError(f"--metric {text}: {key} is better when {'higher' if METRICS[key].goal == 'max' else 'lower'} "
+                          f"(goal {METRICS[key].goal})")
+        return METRICS[key] if key in METRICS else Metric(name=key, goal=goal, source="logged",
+                                                          description=f"the last logged {key}")
+    if sep and key:
+        raise SpecError(f"--metric: {text!r}: the goal after ':' is max or min, not {goal!r}")
+    if text not in METRICS:
         import difflib
 
-        near = difflib.get_close_matches(name, METRICS, n=1)
+        near = difflib.get_close_matches(text, METRICS, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise SpecError(f"--metric: {name!r} is not a sweep metric (one of {', '.join(METRICS)}){hint}")
-    return METRICS[name]
+        raise SpecError(f"--metric: {text!r} is not a summary metric (one of {', '.join(METRICS)}){hint}; to rank by "
+                        f"a key the runs log in metrics.jsonl, give its goal: --metric {text}:max or {text}:min")
+    return METRICS[text]
 
 
 # ---------------------------------------------------------------------------------------------- grid
@@ -209,6 +227,7 @@ class SweepRecord(BaseModel):
     grid: dict[str, list[Any]]
     metric: str
     goal: Literal["max", "min"]
+    metric_source: Literal["summary", "logged"] = "summary"  # logged: the last value of that key in metrics.jsonl
     max_parallel: int
     backend: str
     output: str
@@ -380,18 +399,26 @@ class Sweep:
 
     # -- results
 
-    def leaderboard(self, *, as_frame: bool | None = None) -> Any:
-        """One row per trial: its values, state and metrics; succeeded trials ranked by the metric first.
+    def leaderboard(self, *, metric: str | None = None, as_frame: bool | None = None) -> Any:
+        """One row per trial: its values, state and metrics; succeeded trials ranked by the metric first (the
+        sweep's own, or `metric` to rank the same trials another way: `eval_loss`, `grad_norm:min`).
         A pandas DataFrame when pandas is installed (unless as_frame=False), else a list of rows."""
         record = self.record()
+        if metric is not None:
+            chosen = check_metric(metric)
+            record = record.model_copy(update={"metric": chosen.name, "goal": chosen.goal, "metric_source": chosen.source})
         rows = []
         for trial, state, run in self._trial_states(record):
             summary = run.summary() if run is not None and state == "succeeded" else None
             error = trial.error
             if run is not None and state in ("failed", "cancelled"):
                 error = run.folder.status().get("error") or error
+            if record.metric_source == "logged":
+                metric = logged_value(record.metric, run.metrics()) if summary is not None else None
+            else:
+                metric = metric_value(record.metric, summary)
             rows.append(LeaderboardRow(
-                rank=None, trial=trial.name, values=trial.values, state=state, metric=metric_value(record.metric, summary),
+                rank=None, trial=trial.name, values=trial.values, state=state, metric=metric,
                 label_accuracy=metric_value("label_accuracy", summary), eval_loss=summary.eval_loss if summary else None,
                 train_loss=summary.train_loss if summary else None,
                 runtime_s=summary.runtime_s.total_s if summary else None, run_id=trial.run_id, error=error))
@@ -413,11 +440,20 @@ class Sweep:
                               "train_loss": r.train_loss, "runtime_s": r.runtime_s, "run_id": r.run_id, "error": r.error}
                              for r in rows])
 
-    def best(self) -> Any:
-        """The top trial's Run."""
-        rows = self.leaderboard(as_frame=False)
+    def best(self, *, metric: str | None = None) -> Any:
+        """The top trial's Run (by the sweep's metric, or by `metric`)."""
+        rows = self.leaderboard(metric=metric, as_frame=False)
         if not rows or rows[0].metric is None:
-            raise RunNotFound(f"sweep {self.id}: no trial has a {self.record().metric} yet")
+            record = self.record()
+            if metric is not None:
+                chosen = check_metric(metric)
+                record = record.model_copy(update={"metric": chosen.name, "metric_source": chosen.source})
+            logged = ""
+            if record.metric_source == "logged":  # a key no trial logs is a typo more often than a slow trial
+                done = [self._run(t) for t, state, _ in self._trial_states(record) if state == "succeeded"]
+                keys = sorted({k for run in done for row in run.metrics() for k in row} - {"step", "time"})
+                logged = f" (the succeeded trials log: {', '.join(keys)})" if keys else ""
+            raise RunNotFound(f"sweep {self.id}: no trial has a {record.metric} yet{logged}")
         trial = next(t for t in self.record().trials if t.run_id == rows[0].run_id)
         return self._run(trial)
 
@@ -496,14 +532,14 @@ def sweep(spec: FineTuneSpec, *, grid: Mapping[str, Sequence[Any]], backend: str
     if max_parallel < 1:
         raise SpecError("--max-parallel: must be at least 1")
     trials, backend_name, costs = plan_sweep(spec, grid=grid, backend=backend, metric=metric, budget=budget)
-    metric = metric or default_metric(spec)
+    chosen = check_metric(metric or default_metric(spec))
     store = open_store(spec.output or DEFAULT_OUTPUT)
     sweep_id = new_sweep_id(name or spec.name or "sweep")
     handle = Sweep(store, sweep_id)
     total = total_usd(costs)
     record = SweepRecord(
-        sweep_id=sweep_id, name=name or spec.name or "sweep", grid={k: list(v) for k, v in grid.items()}, metric=metric,
-        goal=METRICS[metric].goal, max_parallel=max_parallel, backend=backend_name, output=spec.output, estimate_usd=total,
+        sweep_id=sweep_id, name=name or spec.name or "sweep", grid={k: list(v) for k, v in grid.items()}, metric=chosen.name,
+        goal=chosen.goal, metric_source=chosen.source, max_parallel=max_parallel, backend=backend_name, output=spec.output, estimate_usd=total,
         trials=[Trial(index=i, name=t.name or f"trial-{i}", values=values, spec=t.model_dump(mode="json"))
                 for i, (values, t) in enumerate(trials)],
     )

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
 
 import sdk
+from sdk.errors import RunNotFound, SpecError
 from sdk.processes import pid_alive
 from sdk.recipes import load_recipe
-from sdk.sweeps import parse_grid, split_values, trial_specs
+from sdk.sweeps import check_metric, parse_grid, split_values, trial_specs
 
 FAST = ["train.max_steps=16", "data.max_samples=64", "eval.num_samples=8", "eval.max_new_tokens=4", "eval.generations=0",
         "eval.before=false"]
@@ -23,6 +25,23 @@ def test_grid_values_are_yaml_and_commas_inside_brackets_stay():
     trials = trial_specs(load_recipe("tiny"), grid)
     assert len(trials) == 8 and len({t.name for _, t in trials}) == 8
     assert trials[0][1].train.lr == 1e-4 and trials[-1][1].method.name == "ia3"
+
+
+def test_a_metric_is_a_summary_name_or_a_logged_key_with_its_goal():
+    assert check_metric("label_accuracy").goal == "max" and check_metric("eval_loss:min").source == "summary"
+    logged = check_metric("rewards/accuracies:max")  # what trl's DPO logs
+    assert (logged.name, logged.goal, logged.source) == ("rewards/accuracies", "max", "logged")
+    for bad, message in [("eval_los", "did you mean 'eval_loss'?"), ("grad_norm", "--metric grad_norm:max or grad_norm:min"),
+                         ("grad_norm:lowest", "the goal after ':' is max or min"), ("eval_loss:max", "eval_loss is better when lower (goal min)")]:
+        with pytest.raises(SpecError, match=re.escape(message)):
+            check_metric(bad)
+
+
+def test_a_bad_metric_is_refused_before_launch(run_cli, tmp_path, finetune_home):
+    result = run_cli("sweep", "tiny", "--local", "--grid", "train.lr=1e-4,3e-4", "--metric", "grad_norm",
+                     "--set", f"output={tmp_path / 'out'}", env={"FINETUNE_HOME": str(finetune_home)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "--metric" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("grid,expected", [
@@ -106,6 +125,17 @@ def test_a_sweep_is_read_back_from_the_store_by_a_fresh_process(finished_sweep, 
     data = json.loads(shown.stdout)
     assert data["state"] == "succeeded" and [r["run_id"] for r in data["leaderboard"]] == \
         [r.run_id for r in handle.leaderboard(as_frame=False)]
+
+
+def test_the_same_trials_rank_by_any_key_they_log(finished_sweep):
+    handle, _, _ = finished_sweep
+    board = handle.leaderboard(metric="grad_norm:min", as_frame=False)
+    last = {run.id: [r["grad_norm"] for r in run.metrics() if "grad_norm" in r][-1] for run in handle.runs()}
+    assert [r.metric for r in board] == sorted(last.values()) and all(last[r.run_id] == r.metric for r in board)
+    assert handle.best(metric="grad_norm:min").id == board[0].run_id
+    assert handle.record().metric == "label_accuracy"  # ranking another way changes nothing stored
+    with pytest.raises(RunNotFound, match="log: .*grad_norm"):
+        handle.best(metric="rewards/accuracies:max")  # an SFT run logs no DPO rewards: the keys it does log are named
 
 
 def test_plot_overlays_every_trial(finished_sweep, tmp_path):
