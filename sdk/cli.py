@@ -654,8 +654,7 @@ def serve(
     backend = choose_backend(first, "local" if local else "auto")
     console = _console()
     if dry_run:
-        plan = plan_serving(runs, merge=merge, port=port, base_name=base_name, check_port=backend == "local",
-                            host="127.0.0.1" if backend == "local" else "0.0.0.0")
+        plan = plan_serving(runs, merge=merge, port=port, base_name=base_name, backend=backend)
         console.print(f"would serve on {backend}: " + ", ".join(plan.names) + f" (base {plan.base_spec['model']['id']}"
                       + (f", --max-lora-rank {plan.max_lora_rank}, --max-loras {plan.max_loras})" if plan.adapters else ")"),
                       markup=False)

@@ -95,10 +95,11 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def plan_serving(runs: Sequence[str], *, merge: bool = False, port: int = 8000, host: str = "127.0.0.1",
-                 base_name: str | None = None, dtype: str = "float32", max_model_len: int = 2048,
-                 check_port: bool = True) -> ServePlan:
-    """The preflight: every refusal is one line naming the run, and nothing has started."""
+def plan_serving(runs: Sequence[str], *, merge: bool = False, port: int = 8000, base_name: str | None = None,
+                 dtype: str = "float32", max_model_len: int = 2048,
+                 backend: Literal["local", "skypilot"] = "local") -> ServePlan:
+    """The preflight: every refusal is one line naming the run, and nothing has started. A local server
+    listens on 127.0.0.1 (its port checked here); a node on every interface (its port is the node's own)."""
     from sdk.methods import method_of
     from sdk.runfolder import new_run_id
     from sdk.runs import get_run
@@ -132,7 +133,8 @@ def plan_serving(runs: Sequence[str], *, merge: bool = False, port: int = 8000, 
     twice = sorted({n for n in names + [base] if (names + [base]).count(n) > 1})
     if twice:
         raise ServeError(f"served names must differ: {', '.join(twice)} given twice (alias=RUN renames a run)")
-    if check_port and not port_free(host, port):
+    host = "127.0.0.1" if backend == "local" else "0.0.0.0"
+    if backend == "local" and not port_free(host, port):
         raise ServeError(f"--port {port}: already in use on {host}; pick another port")
     prompting = {name: how for name, _, _, _, how in resolved}
     server_id = new_run_id(f"serve-{names[0]}")
@@ -301,7 +303,7 @@ def serve(runs: Sequence[str], *, merge: bool = False, port: int = 8000, base_na
     if replicas is not None and local:
         raise ServeError("--replicas: a SkyPilot service; a local server is one process")
     plan = plan_serving(runs, merge=merge, port=port, base_name=base_name, dtype=dtype, max_model_len=max_model_len,
-                        check_port=local, host="127.0.0.1" if local else "0.0.0.0")
+                        backend=backend)
     folder = servers_dir()
     folder.mkdir(parents=True, exist_ok=True)
     record = {"id": plan.server_id, "models": plan.names, "base": plan.base_name, "started": time.time(),
@@ -312,9 +314,10 @@ def serve(runs: Sequence[str], *, merge: bool = False, port: int = 8000, base_na
         record.update(_start_local(plan, folder))
     else:
         from sdk.backends.skypilot_serve import launch_server
-        from sdk.runs import get_run
+        from sdk.spec import FineTuneSpec
 
-        record.update(launch_server(plan, get_run(parse_ref(runs[0])[1]).spec(), replicas=replicas))
+        # the plan holds the first run's spec, read once by the preflight: its resources are the node's
+        record.update(launch_server(plan, FineTuneSpec.model_validate(plan.base_spec), replicas=replicas))
     (folder / f"{plan.server_id}.json").write_text(json.dumps(record, indent=1))
     server = Server(record)
     if wait:

@@ -399,14 +399,19 @@ class Sweep:
 
     # -- results
 
+    def _ranking(self, metric: str | None) -> SweepRecord:
+        """The sweep's record, ranked by `metric` instead of its own when one is given (nothing stored changes)."""
+        record = self.record()
+        if metric is None:
+            return record
+        chosen = check_metric(metric)
+        return record.model_copy(update={"metric": chosen.name, "goal": chosen.goal, "metric_source": chosen.source})
+
     def leaderboard(self, *, metric: str | None = None, as_frame: bool | None = None) -> Any:
         """One row per trial: its values, state and metrics; succeeded trials ranked by the metric first (the
         sweep's own, or `metric` to rank the same trials another way: `eval_loss`, `grad_norm:min`).
         A pandas DataFrame when pandas is installed (unless as_frame=False), else a list of rows."""
-        record = self.record()
-        if metric is not None:
-            chosen = check_metric(metric)
-            record = record.model_copy(update={"metric": chosen.name, "goal": chosen.goal, "metric_source": chosen.source})
+        record = self._ranking(metric)
         rows = []
         for trial, state, run in self._trial_states(record):
             summary = run.summary() if run is not None and state == "succeeded" else None
@@ -414,11 +419,11 @@ class Sweep:
             if run is not None and state in ("failed", "cancelled"):
                 error = run.folder.status().get("error") or error
             if record.metric_source == "logged":
-                metric = logged_value(record.metric, run.metrics()) if summary is not None else None
+                value = logged_value(record.metric, run.metrics()) if summary is not None else None
             else:
-                metric = metric_value(record.metric, summary)
+                value = metric_value(record.metric, summary)
             rows.append(LeaderboardRow(
-                rank=None, trial=trial.name, values=trial.values, state=state, metric=metric,
+                rank=None, trial=trial.name, values=trial.values, state=state, metric=value,
                 label_accuracy=metric_value("label_accuracy", summary), eval_loss=summary.eval_loss if summary else None,
                 train_loss=summary.train_loss if summary else None,
                 runtime_s=summary.runtime_s.total_s if summary else None, run_id=trial.run_id, error=error))
@@ -444,10 +449,7 @@ class Sweep:
         """The top trial's Run (by the sweep's metric, or by `metric`)."""
         rows = self.leaderboard(metric=metric, as_frame=False)
         if not rows or rows[0].metric is None:
-            record = self.record()
-            if metric is not None:
-                chosen = check_metric(metric)
-                record = record.model_copy(update={"metric": chosen.name, "metric_source": chosen.source})
+            record = self._ranking(metric)
             logged = ""
             if record.metric_source == "logged":  # a key no trial logs is a typo more often than a slow trial
                 done = [self._run(t) for t, state, _ in self._trial_states(record) if state == "succeeded"]
