@@ -4,12 +4,14 @@ facts once (`read_cuda_facts`) and asks these functions; none of them imports to
 
     missing_gpu_error     a node that expects GPUs and finds none stops, naming torch, CUDA and driver
     attention_choice      flash-attention where installed and supported, else SDPA; an explicit ask is checked
-    packing_choice        padding-free packing only where the attention keeps packed sequences apart
+    layer_kinds           the kinds of sequence-mixing layers a model's config declares
+    packing_choice        padding-free packing only where every layer is softmax attention kept apart
     device_map            where each rank's model goes: its own GPU, ZeRO-3's zero.Init, or the CPU
     quant_storage_dtype   4-bit weights stored in the compute dtype when ZeRO-3 / FSDP shard them
     save_route            FSDP saves through the Trainer (whole state dict), ZeRO-3 gathers, else rank 0 saves
+    fsdp_settings         FSDP2 arguments and load environment (rank 0 reads, FSDP checkpointing); refused on CPU
     upcast_frozen_weights fp32 copies of a 4-bit model's 16-bit weights only under fp16
-    activation_offloading saved activations in CPU memory by default for QLoRA with checkpointing on a GPU
+    activation_offloading saved activations in CPU memory by default for QLoRA where a benchmark showed it free
     optimizer_name        fused AdamW on CUDA
 """
 
@@ -87,18 +89,55 @@ def attention_choice(requested: str, *, cuda: bool, capability: tuple[int, int] 
     return "sdpa", f"PyTorch SDPA ({why})"
 
 
-def packing_choice(packing: bool, attention: str, *, packed_masks: bool) -> tuple[bool, bool, str | None]:
+# Layer kinds that are softmax attention over positions: a block-diagonal mask (or a varlen kernel) built
+# from restarting position ids keeps packed rows apart there. Every other kind (linear attention, gated
+# delta nets, state-space/Mamba mixers, short convolutions) carries state along the sequence and would
+# leak one packed row into the next whatever the position ids say (transformers' padding-free guide).
+SOFTMAX_LAYER_KINDS = frozenset({"full_attention", "sliding_attention", "chunked_attention", "attention", "global_attention",
+                                 "local_attention"})
+RECURRENT_MODEL_TYPES = frozenset({"mamba", "mamba2", "falcon_mamba", "rwkv", "xlstm", "recurrent_gemma"})
+# Config attributes that list a model's layer kinds: layer_types (transformers 5 gives it to most families,
+# hybrids included), layers_block_type (older Jamba/Bamba/Zamba configs), hybrid_override_pattern (older
+# Nemotron-H: M = Mamba, * = attention).
+_PATTERN_KINDS = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}
+
+
+def layer_kinds(config: Any) -> tuple[frozenset[str], str]:
+    """(the kinds of sequence-mixing layers a model has, where that was read). A model whose config says
+    nothing is a plain decoder of softmax attention layers."""
+    model_type = str(getattr(config, "model_type", "") or "")
+    if model_type in RECURRENT_MODEL_TYPES:
+        return frozenset({"recurrent"}), f"model_type {model_type!r}"
+    for attr in ("layer_types", "layers_block_type", "block_types"):
+        kinds = getattr(config, attr, None)
+        if isinstance(kinds, (list, tuple)) and kinds and all(isinstance(k, str) for k in kinds):
+            # transformers names Mamba/gated-delta mixers "linear_attention" and attention beside a Mamba
+            # mixer "hybrid" (Falcon-H1, Zamba): neither is in SOFTMAX_LAYER_KINDS.
+            return frozenset(k.lower() for k in kinds), f"{type(config).__name__}.{attr}"
+    pattern = getattr(config, "hybrid_override_pattern", None)
+    if isinstance(pattern, str) and pattern:
+        return frozenset(_PATTERN_KINDS.get(c, c) for c in pattern) - {"mlp", "moe"}, f"{type(config).__name__}.hybrid_override_pattern"
+    return frozenset({"full_attention"}), "a decoder of attention layers (its config lists no other kind)"
+
+
+def packing_choice(packing: bool, attention: str, *, packed_masks: bool,
+                   kinds: frozenset[str] = frozenset({"full_attention"}), kinds_from: str = "") -> tuple[bool, bool, str | None]:
     """(pack, padding_free, note). Sequences packed into one row must not attend to each other.
-    flash-attention keeps them apart from the position ids; SDPA and eager do too where the installed
-    transformers builds a block-diagonal mask from position ids that restart (`packed_masks`: its
-    masking_utils has find_packed_sequence_indices, 4.54+; trl's trainers pass use_cache=False, which
-    that detection needs). Without either, packing would leak across sequences: train unpacked, say so."""
+    Only softmax attention layers can be kept apart by position ids: flash-attention's varlen kernel does
+    it from them, and SDPA and eager do too where the installed transformers builds a block-diagonal mask
+    from position ids that restart (`packed_masks`: its masking_utils has find_packed_sequence_indices,
+    4.54+; trl's trainers pass use_cache=False, which that detection needs). A model with any other kind
+    of layer (`kinds`, from layer_kinds) trains padded, and the note says why."""
     if not packing:
         return False, False, None
+    other = sorted(kinds - SOFTMAX_LAYER_KINDS)
+    if other:
+        return False, False, (f"data.packing: this model has {', '.join(other)} layers ({kinds_from}), which carry state "
+                              "across packed rows whatever the position ids say; training padded, unpacked")
     if attention == "flash_attention_2" or (packed_masks and attention in ("sdpa", "eager")):
         return True, True, None
     return False, False, (f"data.packing: packed sequences would attend to each other with {attention} attention "
-                          "in this transformers; training unpacked (transformers>=4.54 or flash-attn keeps them apart)")
+                          "in this transformers; training padded, unpacked (transformers>=4.54 or flash-attn keeps them apart)")
 
 
 def transformers_packs_masks() -> bool:
@@ -111,11 +150,14 @@ def transformers_packs_masks() -> bool:
         return False
 
 
-def device_map(*, quantized: bool, cuda: bool, local_rank: int, zero3: bool) -> Any:
-    """Where from_pretrained puts the model. Under ZeRO-3, zero.Init partitions it while loading (no
-    device_map). On GPUs each rank's model goes to that rank's own GPU (DDP: never all on GPU 0). On the
-    CPU a 4-bit model must be placed explicitly; a 16-bit one loads there anyway."""
-    if zero3:
+def device_map(*, quantized: bool, cuda: bool, local_rank: int, zero3: bool, fsdp: bool = False) -> Any:
+    """Where from_pretrained puts the model. Under ZeRO-3 no device_map at all (from_pretrained refuses
+    one): zero.Init partitions a 16-bit model while loading, and bitsandbytes puts a 4-bit one on the
+    rank's current device, set to its own GPU when the process group started. Under FSDP the model loads
+    on the CPU and FSDP moves each rank's shards to its GPU. On GPUs each rank's model goes to that rank's
+    own GPU (DDP: never all on GPU 0). On the CPU a 4-bit model must be placed explicitly; a 16-bit one
+    loads there anyway."""
+    if zero3 or fsdp:
         return None
     if cuda:
         return {"": local_rank}
@@ -134,11 +176,37 @@ def save_route(*, strategy: str, world_size: int, artifact: str) -> str:
     shards, and a rank-0 save_pretrained would write rank 0's shard only: the Trainer's save_model
     gathers a whole state dict (a collective). ZeRO-3 gathers the trained parameters around the
     method's own save (launch.train.full_parameters). Elsewhere rank 0 saves directly."""
-    if strategy == "fsdp" and world_size > 1:
+    if strategy == "fsdp":
         if artifact == "head_tensors":
             raise ValueError("method.name: head_only writes head tensors, which FSDP's whole-model save cannot; use ddp")
         return "trainer"
     return "gathered" if strategy == "deepspeed" else "direct"
+
+
+def fsdp_settings(*, cuda: bool, world_size: int, checkpointing: bool) -> tuple[dict[str, Any], dict[str, str]]:
+    """(TrainingArguments, environment for the model load) for FSDP, as transformers' FSDP2 takes them: the
+    boolean `fsdp` with everything in fsdp_config (the "full_shard auto_wrap" string is deprecated, and
+    use_orig_params / sync_module_states are FSDP1 options that FSDP2 ignores); each decoder layer its own
+    unit; rank 0 alone reads the checkpoint and the others build on the meta device
+    (cpu_ram_efficient_loading, which transformers reads from the environment at from_pretrained, so the
+    node sets it before the load); a whole state dict gathered on save; activation checkpointing through
+    FSDP, which transformers prefers to the Trainer's flag under FSDP.
+
+    CPU: accelerate turns FSDP on only for GPU-like distributed types (accelerate/state.py: MULTI_GPU,
+    MULTI_NPU, ...); a CPU run is MULTI_CPU and would silently train plain DDP, so it is an error."""
+    if not cuda:
+        raise ValueError("distributed.strategy: fsdp needs GPUs (accelerate runs FSDP only on accelerators and would "
+                         "silently train plain DDP on the CPU); on CPU use ddp or deepspeed")
+    config: dict[str, Any] = {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "reshard_after_forward": True,
+                              "state_dict_type": "FULL_STATE_DICT", "cpu_ram_efficient_loading": True}
+    args: dict[str, Any] = {"fsdp": True, "fsdp_config": config}
+    if checkpointing:
+        config["activation_checkpointing"] = True
+        args["gradient_checkpointing"] = False  # FSDP's own checkpoint wrapper instead (one recompute, not two)
+    # One process is FSDP too (one GPU proves the wrapping); rank-0-only loading only helps with several.
+    env = {"ACCELERATE_USE_FSDP": "true", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"} if world_size > 1 else {}
+    config["cpu_ram_efficient_loading"] = world_size > 1
+    return args, env
 
 
 def upcast_frozen_weights(dtype: str) -> bool:
@@ -149,15 +217,28 @@ def upcast_frozen_weights(dtype: str) -> bool:
     return dtype == "float16"
 
 
-def activation_offloading(asked: bool | None, *, cuda: bool, quantized_base: bool, checkpointing: bool) -> bool:
+# Where a benchmark showed activation offloading costs no throughput (compute capability -> the evidence).
+# Elsewhere it is off unless asked for: it trades PCIe bandwidth for memory, and on Gen4 PCIe cards
+# (L4, A10G) that trade is unmeasured. With non-reentrant checkpointing the checkpointed inputs stay on
+# the GPU, so what it saves is the rest (the LoRA branch, norms, the loss), not the checkpoints.
+OFFLOADING_MEASURED: dict[tuple[int, int], str] = {
+    (9, 0): "H100 SXM, QLoRA 1.1B, batch 8 x 1024: 9,960 vs 9,935 tokens/s, peak 2.18 vs 2.76 GiB "
+            "(tests/bench/results/bench_gpu-h100.txt)",
+}
+
+
+def activation_offloading(asked: bool | None, *, cuda: bool, quantized_base: bool, checkpointing: bool,
+                          capability: tuple[int, int] | None = None) -> bool:
     """Saved activations kept in pinned CPU memory until backward. By default only where memory is the
-    point (a 4-bit base, already recomputing activations): the copies overlap compute on a side stream,
-    but cost PCIe bandwidth. Needs CUDA streams: an explicit ask on a CPU node is an error."""
+    point (a 4-bit base, already recomputing activations) and on a GPU where a benchmark showed the
+    copies overlapping compute at no cost (OFFLOADING_MEASURED). Needs CUDA streams: an explicit ask on
+    a CPU node is an error."""
     if asked and not cuda:
         raise ValueError("train.activation_offloading: offloads GPU activations to the CPU; there is no GPU here")
     if asked is not None:
         return asked
-    return cuda and quantized_base and checkpointing
+    measured = capability is not None and tuple(capability) in OFFLOADING_MEASURED
+    return cuda and quantized_base and checkpointing and measured
 
 
 def optimizer_name(requested: str, *, cuda: bool) -> str:

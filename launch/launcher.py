@@ -123,8 +123,9 @@ def build_plan(
     nproc = processes_per_node(spec, topology)
     world = nproc * topology.num_nodes
     node_args = ["-m", "launch", "--run-dir", run_dir]
-    # DeepSpeed needs a launcher's rendezvous even for one process (else it asks for mpi4py).
-    if world == 1 and spec.distributed.strategy != "deepspeed":
+    # DeepSpeed needs a launcher's rendezvous even for one process (else it asks for mpi4py), and so does
+    # accelerate's FSDP (a process group of one).
+    if world == 1 and spec.distributed.strategy not in ("deepspeed", "fsdp"):
         return LaunchPlan(argv=[python, *node_args])
     added: dict[str, str] = {}
     interface = interface_for(topology.node_ip)
@@ -171,7 +172,7 @@ def deepspeed_config(spec: FineTuneSpec) -> dict[str, Any]:
     config: dict[str, Any] = {}
     if dist.offload:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-        if zero["stage"] == 3:
+        if offloadable_parameters(spec):
             zero["offload_param"] = {"device": "cpu", "pin_memory": True}
         # Offloaded optimizer states are updated on the CPU by DeepSpeed's own CPU Adam (the cpu_adam op,
         # built at install): DeepSpeed creates it from this section, the Trainer fills the "auto" values.
@@ -186,6 +187,15 @@ def deepspeed_config(spec: FineTuneSpec) -> dict[str, Any]:
         "fp16": {"enabled": "auto"},
         "zero_optimization": zero,
     }
+
+
+def offloadable_parameters(spec: FineTuneSpec) -> bool:
+    """Can ZeRO-3 move the parameters themselves to the CPU? Not a 4-bit base's: bitsandbytes computes
+    on the packed weights where they live, and DeepSpeed's CPU copies drop their quantization state. There
+    `offload` moves what can move, the optimizer states (the adapter's fp32 Adam moments)."""
+    from sdk.methods import method_of
+
+    return spec.distributed.zero_stage == 3 and not method_of(spec).quantized_base
 
 
 def load_time_deepspeed_config(spec: FineTuneSpec, *, precision: str) -> dict[str, Any]:

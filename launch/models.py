@@ -167,11 +167,12 @@ def load_model(model: ModelSpec, *, dtype: Any, quantization_config: Any = None,
         kwargs["gguf_file"] = source.gguf_file
     if attention:
         kwargs["attn_implementation"] = attention
+    # The placement is launch.gpu.device_map's decision, taken whole: under ZeRO-3 it is None, and any
+    # device_map at all makes from_pretrained refuse DeepSpeed ZeRO-3.
     if device_map is not None:
         kwargs["device_map"] = device_map
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-        kwargs.setdefault("device_map", "cpu")
     try:
         loaded = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except OSError as exc:
@@ -231,6 +232,7 @@ class BaseLoader:
         quant = self.builder.quantization_config(self.spec, torch_dtype(compute or compute_dtype(self.spec, self.precision)))
         weights = torch_dtype(dtype or weight_dtype(self.spec, self.precision))
         placement = device_map(quantized=method_of(self.spec).quantized_base, cuda=torch.cuda.is_available(),
-                               local_rank=ranks.local_rank(), zero3=zero3_enabled())
+                               local_rank=ranks.local_rank(), zero3=zero3_enabled(),
+                               fsdp=self.spec.distributed.strategy == "fsdp" and torch.cuda.is_available())
         return load_model(self.spec.model, dtype=weights, quantization_config=quant, source=self.source,
                           device_map=placement, attention=attention)

@@ -72,9 +72,10 @@ def count_parameters(model: Any) -> tuple[int, int]:
     trainable = total = 0
     for param in model.parameters():
         n = getattr(param, "ds_numel", None) or param.numel()  # a ZeRO-3 partitioned parameter holds a shard
-        # 4-bit weights are packed two per byte; count the logical parameters.
+        # 4-bit weights are packed two per byte of their storage dtype (uint8, or the compute dtype where ZeRO-3
+        # or FSDP shard them: four per bf16 element, eight per fp32 one); count the logical parameters.
         if type(param).__name__ == "Params4bit":
-            n *= 2
+            n *= 2 * param.element_size()
         total += n
         if param.requires_grad:
             trainable += n
@@ -150,12 +151,18 @@ class NodeRecipe:
         except ValueError as exc:
             raise SpecError(str(exc)) from None
         self.zero3 = self._zero3_load_config()
+        self._fsdp_load_environment()
         self.tokenizer = loader.tokenizer()
         self.model = loader.load(attention=self.attention)
         if self.zero3 is not None and ranks.is_main():
             sharded = sum(1 for p in self.model.parameters() if hasattr(p, "ds_id"))
-            print(f"[finetune] ZeRO-3: loaded under zero.Init, {sharded} parameters partitioned over "
-                  f"{ranks.world_size()} ranks", flush=True)
+            if sharded:
+                print(f"[finetune] ZeRO-3: loaded under zero.Init, {sharded} parameters partitioned over "
+                      f"{ranks.world_size()} ranks", flush=True)
+            else:  # transformers builds bitsandbytes layers outside zero.Init (DeepSpeed#5660)
+                print(f"[finetune] ZeRO-3: the 4-bit base loads whole on each rank "
+                      f"({self.model.get_memory_footprint() / 2**20:,.1f} MiB) and is partitioned over "
+                      f"{ranks.world_size()} ranks when training starts", flush=True)
         if self.model.generation_config is not None and self.model.generation_config.pad_token_id is None:
             self.model.generation_config.pad_token_id = self.tokenizer.pad_token_id
         self.data = data.prepare(self.spec, self.tokenizer)
@@ -180,16 +187,35 @@ class NodeRecipe:
 
         return HfDeepSpeedConfig(load_time_deepspeed_config(self.spec, precision=self.precision))
 
+    def _fsdp_load_environment(self) -> None:
+        """Under FSDP on GPUs rank 0 alone reads the checkpoint (the others build on the meta device and
+        receive the weights when FSDP wraps the model): transformers reads that from the environment."""
+        import torch
+
+        from launch import ranks
+        from launch.gpu import fsdp_settings
+
+        if self.spec.distributed.strategy == "fsdp" and torch.cuda.is_available():
+            os.environ.update(fsdp_settings(cuda=True, world_size=ranks.world_size(), checkpointing=False)[1])
+
     def _label_accuracy(self, when: str) -> Any:
+        from launch import ranks
         from launch.evaluate import label_accuracy
-        from launch.train import full_parameters
+        from launch.train import gathered_module_by_module
 
         ev = self.spec.eval
         if not (ev.labels and self.eval_examples and getattr(ev, when)):
             return None
+        if when == "before" and self.spec.distributed.strategy == "fsdp" and ranks.world_size() > 1:
+            if ranks.is_main():  # rank-0-only loading: the other ranks hold meta tensors until FSDP wraps the model
+                print("[finetune] note: eval.before skipped under FSDP with several processes (only rank 0 holds the "
+                      "weights before training); `finetune eval RUN` scores the base and the adapter afterwards", flush=True)
+            return None
         t0 = time.time()
-        # Before the DeepSpeed engine exists, a zero.Init model is only shards: gather it to generate.
-        gather = full_parameters(self.model, everything=True) if when == "before" else contextlib.nullcontext()
+        # Before the DeepSpeed engine exists a zero.Init model is only shards, and gathering it whole would not
+        # fit exactly where ZeRO-3 was needed: gather one module at a time. After training the engine's own
+        # hooks fetch each layer's shards.
+        gather = gathered_module_by_module(self.model) if when == "before" else contextlib.nullcontext()
         with gather:
             score = label_accuracy(self.model, self.tokenizer, self.eval_examples, ev.labels, max_new_tokens=ev.max_new_tokens)
         self._timed(f"eval_{when}_s", t0)
@@ -205,6 +231,8 @@ class NodeRecipe:
         """Make the model trainable the method's way (adapters added, or weights unfrozen)."""
         self.model = self.builder.attach(self.model, self.spec, self.tokenizer, self.source.path)
         self.trainable, self.total = count_parameters(self.model)
+        # As loaded on this rank, before DeepSpeed's engine partitions it (after that the model holds empty tensors).
+        self.resident_bytes = int(self.model.get_memory_footprint())
 
     def train(self) -> None:
         """Resume from the newest committed checkpoint if any, train, then the eval loss."""
@@ -287,6 +315,29 @@ class NodeRecipe:
         """The tuned model. The adapter is committed by now: a late cancel no longer undoes the run."""
         self.sink.set_state("running", phase="evaluating tuned model")
         self.after = self._label_accuracy("after")
+        self._probe_logits()
+
+    def _probe_logits(self) -> None:
+        """Test seam: FINETUNE_PROBE_LOGITS=<file> saves the trained model's logits for the first eval prompt
+        (a forward on every rank: a collective under ZeRO-3), so a test can check that the committed
+        adapter, reloaded elsewhere, computes exactly what training ended with."""
+        path = os.environ.get("FINETUNE_PROBE_LOGITS")
+        if not path or not self.eval_examples:
+            return
+        import torch
+
+        from launch import ranks
+        from launch.evaluate import prompt_text
+
+        text = prompt_text(self.tokenizer, self.eval_examples[0].prompt)
+        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            logits = self.model(input_ids=ids.to(next(self.model.parameters()).device), use_cache=False).logits
+        self.model.train(was_training)
+        if ranks.is_main():
+            torch.save({"text": text, "logits": logits.float().cpu()}, path)
 
     def summary(self) -> RunSummary:
         from launch import ranks
@@ -305,8 +356,8 @@ class NodeRecipe:
             run_id=self.folder.run_id, model=self.spec.model.id, method=self.spec.method.name, objective=self.spec.objective,
             precision=self.precision, hardware=self.hardware, trainable_params=self.trainable, total_params=self.total,
             trainable_percent=100.0 * self.trainable / self.total if self.total else 0.0,
-            resident_memory_bytes=int(self.model.get_memory_footprint()), peak_memory_bytes=peak, peak_memory_kind=peak_kind,
-            peak_reserved_bytes=reserved, attention=self.attention, features=train_features(self.trainer.args),
+            resident_memory_bytes=self.resident_bytes, peak_memory_bytes=peak, peak_memory_kind=peak_kind,
+            peak_reserved_bytes=reserved, attention=self.attention, features=train_features(self.trainer.args, packing_note=self.trainer.finetune_packing_note),
             steps=int(self.result.global_step), train_loss=float(self.result.training_loss),
             first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None, eval_loss=self.eval_loss,
             train_rows=len(self.data.train), eval_rows=len(self.data.eval),
@@ -314,7 +365,8 @@ class NodeRecipe:
             label_accuracy=LabelAccuracy(before=score(self.before), after=score(self.after)),
             generations=[Generation(**g) for g in generations], adapter_bytes=self.adapter_bytes,
             runtime_s=Runtime(**self.timings), resumed_from_step=self.resumed_from, world_size=ranks.world_size(),
-            strategy=self.spec.distributed.strategy if ranks.world_size() > 1 else "single", versions=versions(),
+            strategy=self.spec.distributed.strategy if ranks.world_size() > 1 or self.spec.distributed.strategy in ("deepspeed", "fsdp")
+            else "single", versions=versions(),
         )
         if ranks.is_main():
             self.folder.write_json(SUMMARY, summary.model_dump(mode="json"))

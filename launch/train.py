@@ -32,10 +32,9 @@ def peak_memory() -> tuple[int, int | None, str]:
 
 
 @contextmanager
-def full_parameters(model: Any, *, everything: bool = False) -> Iterator[None]:
-    """Under ZeRO-3 each rank holds a shard of every parameter: gather the trained ones (all of them
-    for full fine-tuning) so they can be saved, or every one (`everything`) to run the model outside
-    DeepSpeed's engine. Elsewhere this does nothing."""
+def full_parameters(model: Any) -> Iterator[None]:
+    """Under ZeRO-3 each rank holds a shard of every parameter: gather the trained ones (all of them for
+    full fine-tuning) so they can be saved. Elsewhere this does nothing."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     if not is_deepspeed_zero3_enabled():
@@ -43,9 +42,45 @@ def full_parameters(model: Any, *, everything: bool = False) -> Iterator[None]:
         return
     import deepspeed
 
-    params = [p for p in model.parameters() if everything or p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
         yield
+
+
+@contextmanager
+def gathered_module_by_module(model: Any) -> Iterator[None]:
+    """Under ZeRO-3 before DeepSpeed's engine exists (the base evaluation), run the model with each module's
+    own parameters gathered for its forward and released right after: a rank holds one layer whole at a
+    time, never the model, which is why the model needed ZeRO-3. Gathering is a collective, so every rank
+    runs the same forwards (generate keeps ranks in step with synced_gpus). Elsewhere this does nothing."""
+    if not any(hasattr(p, "ds_id") for p in model.parameters()):
+        yield
+        return
+    import deepspeed
+
+    open_gathers: dict[int, list[Any]] = {}
+
+    def gather(module: Any, args: Any) -> None:
+        own = [p for p in module.parameters(recurse=False) if hasattr(p, "ds_id")]
+        if own:
+            gathered = deepspeed.zero.GatheredParameters(own, modifier_rank=None)
+            gathered.__enter__()
+            open_gathers.setdefault(id(module), []).append(gathered)
+
+    def release(module: Any, args: Any, output: Any) -> None:
+        stack = open_gathers.get(id(module))
+        if stack:
+            stack.pop().__exit__(None, None, None)
+
+    hooks = [h for m in model.modules() for h in (m.register_forward_pre_hook(gather), m.register_forward_hook(release))]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for stack in open_gathers.values():  # a forward that raised leaves its gathers open
+            while stack:
+                stack.pop().__exit__(None, None, None)
 
 
 def make_callback(sink: Any, on_checkpoint: Callable[[Path, int], None] | None = None) -> Any:
@@ -67,6 +102,13 @@ def make_callback(sink: Any, on_checkpoint: Callable[[Path, int], None] | None =
                 inner = getattr(inner, "optimizer", inner)
             if ranks.is_main() and inner is not None:
                 print(f"[finetune] optimizer: {type(inner).__name__}", flush=True)
+            model = kwargs.get("model")
+            if ranks.is_main() and model is not None and any(hasattr(p, "ds_id") for p in model.parameters()):
+                params = list(model.parameters())
+                packed = [p for p in params if type(p).__name__ == "Params4bit"]
+                print(f"[finetune] ZeRO-3: {sum(hasattr(p, 'ds_id') for p in params)} of {len(params)} parameters "
+                      f"partitioned over {ranks.world_size()} ranks ({sum(hasattr(p, 'ds_id') for p in packed)} of "
+                      f"{len(packed)} 4-bit weights)", flush=True)
             self.last_time = time.time()
             self.last_tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)  # nonzero after a resume
 
@@ -122,15 +164,13 @@ def distributed_args(spec: FineTuneSpec) -> dict[str, Any]:
     strategy = spec.distributed.strategy
     if strategy == "deepspeed":
         return {"deepspeed": deepspeed_config(spec)}
-    if strategy == "fsdp" and ranks.world_size() > 1:
-        if not has_cuda():
-            # accelerate has no FSDP on CPU and would silently train plain DDP instead.
-            raise FinetuneError("distributed.strategy: fsdp needs GPUs; on CPU use ddp or deepspeed")
-        return {
-            "fsdp": "full_shard auto_wrap",
-            # use_orig_params lets frozen and trainable parameters share a flat FSDP unit (PEFT).
-            "fsdp_config": {"use_orig_params": True, "sync_module_states": True, "cpu_ram_efficient_loading": False},
-        }
+    if strategy == "fsdp":
+        from launch.gpu import fsdp_settings
+
+        try:
+            return fsdp_settings(cuda=has_cuda(), world_size=ranks.world_size(), checkpointing=gradient_checkpointing(spec))[0]
+        except ValueError as exc:
+            raise FinetuneError(str(exc)) from None
     if ranks.world_size() == 1:
         return {}
     # Adapters use every trainable parameter each step; the search for unused ones only costs time.
@@ -172,9 +212,10 @@ def with_cpu_resume_fix(trainer_cls: type) -> type:
     return Trainer
 
 
-def train_features(args: Any) -> TrainFeatures:
+def train_features(args: Any, *, packing_note: str | None = None) -> TrainFeatures:
     """Read back from the trainer's own arguments, so the summary says what ran rather than what was asked."""
-    return TrainFeatures(packing=bool(getattr(args, "padding_free", False)), gradient_checkpointing=bool(args.gradient_checkpointing),
+    return TrainFeatures(packing=bool(getattr(args, "padding_free", False)), packing_note=packing_note,
+                         gradient_checkpointing=bool(args.gradient_checkpointing),
                          activation_offloading=bool(getattr(args, "activation_offloading", False)),
                          liger_kernels=bool(args.use_liger_kernel), compile=bool(args.torch_compile),
                          optimizer=str(getattr(args.optim, "value", args.optim)))
@@ -197,7 +238,7 @@ def build_trainer(
 ) -> Any:
     from datasets import Dataset
 
-    from launch.gpu import activation_offloading, optimizer_name, packing_choice, transformers_packs_masks
+    from launch.gpu import activation_offloading, layer_kinds, optimizer_name, packing_choice, transformers_packs_masks
 
     t = spec.train
     cuda = hardware.device == "cuda"
@@ -206,7 +247,7 @@ def build_trainer(
     checkpointing = gradient_checkpointing(spec)
     try:
         offload = activation_offloading(t.activation_offloading, cuda=cuda, quantized_base=method_of(spec).quantized_base,
-                                        checkpointing=checkpointing)
+                                        checkpointing=checkpointing, capability=hardware.capability)
     except ValueError as exc:
         raise FinetuneError(str(exc)) from None
     common: dict[str, Any] = dict(
@@ -246,11 +287,12 @@ def build_trainer(
         include_num_input_tokens_seen="non_padding",  # tokens/s counts real tokens, not padding
         dataloader_pin_memory=cuda,
         max_length=spec.data.max_length,
-        **distributed_args(spec),
     )
+    common.update(distributed_args(spec))  # may move checkpointing into FSDP's own wrapper
     train_ds = Dataset.from_list(train_rows)
     eval_ds = Dataset.from_list(eval_rows) if eval_rows else None
     callbacks = [make_callback(sink, on_checkpoint)]
+    note = None
     if spec.objective == "dpo":
         from trl import DPOConfig, DPOTrainer
 
@@ -261,7 +303,9 @@ def build_trainer(
     else:
         from trl import SFTConfig, SFTTrainer
 
-        pack, padding_free, note = packing_choice(spec.data.packing, attention, packed_masks=transformers_packs_masks())
+        kinds, kinds_from = layer_kinds(model.config)
+        pack, padding_free, note = packing_choice(spec.data.packing, attention, packed_masks=transformers_packs_masks(),
+                                                  kinds=kinds, kinds_from=kinds_from)
         if note:
             print(f"[finetune] note: {note}", flush=True)
         args = SFTConfig(**common, packing=pack, padding_free=padding_free, completion_only_loss=spec.data.completion_only_loss,
@@ -273,4 +317,5 @@ def build_trainer(
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our callback prints one compact line per log step
+    trainer.finetune_packing_note = note  # read back into the summary
     return trainer

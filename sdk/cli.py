@@ -147,7 +147,8 @@ def _features(summary) -> str:
     on = [name for name, value in (("padding-free packing", f.packing), ("gradient checkpointing", f.gradient_checkpointing),
                                    ("activation offloading", f.activation_offloading), ("Liger kernels", f.liger_kernels),
                                    ("torch.compile", f.compile)) if value]
-    return ", ".join([f"{summary.attention or 'default'} attention", *on, *([f.optimizer] if f.optimizer else [])])
+    unpacked = ["padded, not packed: " + f.packing_note.partition(": ")[2]] if f.packing_note else []
+    return ", ".join([f"{summary.attention or 'default'} attention", *on, *([f.optimizer] if f.optimizer else []), *unpacked])
 
 
 def _print_summary(summary) -> None:

@@ -113,9 +113,12 @@ def estimate(
         per_block = (1 / 64 + 4 / (64 * 256)) if spec.method.double_quant else 4 / 64
         quantized = int(linear * (0.5 + per_block))
         rest = (total - linear) * weight
-        parts.append(Component(name="weights (4-bit)", bytes=quantized // shard_params,
-                               note=f"{linear:,} Linear params at 4 bits + {'double-quantized ' if spec.method.double_quant else ''}constants"))
-        parts.append(Component(name="weights (16-bit rest)", bytes=rest // shard_params, note="embeddings, norms, head"))
+        # transformers loads a 4-bit model outside zero.Init (DeepSpeed#5660): each rank holds it whole until the
+        # engine partitions it, so that is what must fit.
+        whole = "; whole on each rank at load (DeepSpeed#5660)" if shard_params > 1 else ""
+        parts.append(Component(name="weights (4-bit)", bytes=quantized,
+                               note=f"{linear:,} Linear params at 4 bits + {'double-quantized ' if spec.method.double_quant else ''}constants{whole}"))
+        parts.append(Component(name="weights (16-bit rest)", bytes=rest, note=f"embeddings, norms, head{whole}"))
     else:
         parts.append(Component(name="weights", bytes=total * weight // shard_params, note=f"{total:,} params × {weight} B"))
 

@@ -268,7 +268,7 @@ class ResourcesSpec(SpecPart):
 class DistributedSpec(SpecPart):
     strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
     zero_stage: Literal[2, 3] | None = None
-    offload: bool = Field(False, description="DeepSpeed: offload optimizer (and ZeRO-3 params) to CPU")
+    offload: bool = Field(False, description="DeepSpeed: offload optimizer states to CPU, and ZeRO-3 parameters too unless the base is 4-bit")
     nproc_per_node: int | None = Field(
         None, ge=1, le=64, description="processes per node; default one per GPU (one on CPU)"
     )
@@ -441,8 +441,10 @@ class FineTuneSpec(SpecPart):
         deepspeed = self.distributed.strategy == "deepspeed"
         if deepspeed and method.trains_all_weights and self.train.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
             raise _CrossFieldError("train.optimizer", "8-bit bitsandbytes optimizers do not work under DeepSpeed; use adamw_torch")
-        if deepspeed and method.quantized_base and self.distributed.zero_stage == 3 and self.distributed.offload:
-            raise _CrossFieldError("distributed.offload", "ZeRO-3 parameter offload cannot hold 4-bit weights; drop offload")
+        if self.distributed.strategy == "fsdp" and method.quantized_base:
+            raise _CrossFieldError("distributed.strategy", f"FSDP2 corrupts 4-bit weights in the forward pass "
+                                   f"(bitsandbytes#1945: packed NF4 bytes read as NaNs and rewritten), so {method.name} "
+                                   "under fsdp would train on a wrong model; use strategy: deepspeed with zero_stage: 3")
         if self.train.precision == "fp16" and getattr(self.method, "compute_dtype", None) == "bfloat16":
             raise _CrossFieldError("method.compute_dtype", "bfloat16 compute with fp16 precision; pick one 16-bit type")
         return self

@@ -59,6 +59,7 @@ class TrainFeatures(_Read):
     """What the trainer ran with, as decided on the node (launch.gpu): the facts behind a speed or memory figure."""
 
     packing: bool = False  # padding-free: rows packed into one sequence, kept apart by position ids
+    packing_note: str | None = None  # why packing was asked for and not done (an attention or a layer kind that would leak)
     gradient_checkpointing: bool = False
     activation_offloading: bool = False
     liger_kernels: bool = False

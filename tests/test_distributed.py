@@ -123,10 +123,13 @@ def test_two_processes_train_the_tiny_model(tmp_path, strategy):
         assert (summary["trainable_params"], summary["total_params"]) == (17_408, 165_184)  # shards counted whole
     if "offload=true" in strategy[-1]:
         assert "DeepSpeedCPUAdam" in result.stdout + result.stderr  # offloaded states updated by DeepSpeed's CPU Adam
-    ADAPTERS[strategy[-1]] = adapter
-    ddp = ADAPTERS.get("distributed.strategy=ddp")
-    if ddp is not None:  # the same data, seed and global batch give the same adapter whatever the strategy
+    base_answers = [g["base"] for g in summary["generations"]]
+    assert base_answers  # the base model evaluated before training (under ZeRO-3: gathered module by module)
+    ADAPTERS[strategy[-1]] = adapter, base_answers
+    if "distributed.strategy=ddp" in ADAPTERS:  # the same data, seed and global batch give the same adapter whatever the strategy
+        ddp, ddp_answers = ADAPTERS["distributed.strategy=ddp"]
         assert max(float((adapter[k] - ddp[k]).abs().max()) for k in ddp) < 1e-4, strategy
+        assert base_answers == ddp_answers, strategy  # and the same base model answers
 
 
 def test_fsdp_on_cpu_is_refused_instead_of_silently_running_ddp(tmp_path):

@@ -76,16 +76,25 @@ def test_flash_attention_asked_for_but_impossible_is_an_error(cuda, capability, 
         attention_choice("flash_attention_2", cuda=cuda, capability=capability, flash_attn_installed=flash)
 
 
-@pytest.mark.parametrize("asked,cuda,quantized,checkpointing,expected", [
-    (None, True, True, True, True),     # QLoRA recomputing activations on a GPU: offload what it saves
-    (None, True, True, False, False),   # without checkpointing every activation would cross PCIe
-    (None, True, False, True, False),   # a 16-bit base: memory is not the point by default
-    (None, False, True, True, False),   # CPU: nothing to offload to
-    (False, True, True, True, False),
-    (True, True, False, False, True),
+@pytest.mark.parametrize("asked,cuda,quantized,checkpointing,capability,expected", [
+    (None, True, True, True, (9, 0), True),     # QLoRA recomputing on an H100: measured free (OFFLOADING_MEASURED)
+    (None, True, True, True, (8, 9), False),    # an L4 (PCIe Gen4): unmeasured, so off unless asked
+    (None, True, True, True, None, False),
+    (None, True, True, False, (9, 0), False),   # without checkpointing every activation would cross PCIe
+    (None, True, False, True, (9, 0), False),   # a 16-bit base: memory is not the point by default
+    (None, False, True, True, None, False),     # CPU: nothing to offload to
+    (False, True, True, True, (9, 0), False),
+    (True, True, False, False, (8, 9), True),   # asked for: done anywhere there is a GPU
 ])
-def test_activation_offloading(asked, cuda, quantized, checkpointing, expected):
-    assert activation_offloading(asked, cuda=cuda, quantized_base=quantized, checkpointing=checkpointing) is expected
+def test_activation_offloading(asked, cuda, quantized, checkpointing, capability, expected):
+    assert activation_offloading(asked, cuda=cuda, quantized_base=quantized, checkpointing=checkpointing,
+                                 capability=capability) is expected
+
+
+def test_every_default_offloading_capability_names_its_evidence():
+    from launch.gpu import OFFLOADING_MEASURED
+
+    assert OFFLOADING_MEASURED and all("tokens/s" in why and "results/" in why for why in OFFLOADING_MEASURED.values())
 
 
 @pytest.mark.parametrize("dtype,expected", [("float16", True), ("bfloat16", False), ("float32", False)])
@@ -105,6 +114,67 @@ def test_packing_only_where_attention_keeps_sequences_apart():
     assert packing_choice(True, "eager", packed_masks=True) == (True, True, None)
     pack, free, note = packing_choice(True, "sdpa", packed_masks=False)
     assert (pack, free) == (False, False) and "attend to each other with sdpa" in note
+
+
+def _config(name: str, **kw):
+    import transformers
+
+    return getattr(transformers, name)(**kw)
+
+
+@pytest.mark.parametrize("config,kw,kinds", [
+    ("LlamaConfig", {}, {"full_attention"}),                         # no layer list: a plain decoder
+    ("Qwen2Config", {"num_hidden_layers": 2}, {"full_attention"}),   # layer_types, all softmax
+    ("Gemma2Config", {"num_hidden_layers": 2}, {"full_attention", "sliding_attention"}),
+    ("Qwen3NextConfig", {"num_hidden_layers": 4}, {"linear_attention", "full_attention"}),  # gated delta net + attention
+    ("MambaConfig", {}, {"recurrent"}),
+    ("JambaConfig", {"num_hidden_layers": 4}, {"linear_attention"}),  # Mamba mixers, named so by transformers
+    ("FalconH1Config", {"num_hidden_layers": 2}, {"hybrid"}),          # attention beside a Mamba mixer in each layer
+])
+def test_layer_kinds_per_architecture_family(config, kw, kinds):
+    from launch.gpu import layer_kinds
+
+    found, where = layer_kinds(_config(config, **kw))
+    assert found == kinds and where
+
+
+@pytest.mark.parametrize("config,kw,packs", [
+    ("LlamaConfig", {}, True), ("Qwen2Config", {"num_hidden_layers": 2}, True), ("Gemma2Config", {"num_hidden_layers": 2}, True),
+    ("Qwen3NextConfig", {"num_hidden_layers": 4}, False), ("MambaConfig", {}, False), ("JambaConfig", {"num_hidden_layers": 4}, False),
+    ("FalconH1Config", {"num_hidden_layers": 2}, False),
+])
+@pytest.mark.parametrize("attention", ["sdpa", "flash_attention_2"])
+def test_padding_free_only_where_every_layer_is_softmax_attention(config, kw, packs, attention):
+    """A varlen flash kernel does not rescue a linear-attention or Mamba layer: their state runs across the row."""
+    from launch.gpu import layer_kinds
+
+    kinds, where = layer_kinds(_config(config, **kw))
+    pack, free, note = packing_choice(True, attention, packed_masks=True, kinds=kinds, kinds_from=where)
+    assert (pack, free) == (packs, packs)
+    if not packs:
+        assert "training padded" in note and where in note
+
+
+def test_a_hybrid_model_really_leaks_across_packed_rows():
+    """The fact behind the refusal, on the installed transformers: Qwen3-Next's linear-attention layers let the
+    first packed row change the second row's logits even with restarting position ids; a Llama does not."""
+    import torch
+
+    torch.manual_seed(0)
+    a, b = torch.randint(0, 100, (1, 7)), torch.randint(0, 100, (1, 5))
+    positions = torch.cat([torch.arange(7), torch.arange(5)])[None]
+    import transformers
+
+    config = transformers.Qwen3NextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                          num_key_value_heads=2, vocab_size=100, layer_types=["linear_attention", "full_attention"],
+                                          linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=16,
+                                          linear_value_head_dim=16, head_dim=16, num_experts=4, num_experts_per_tok=2,
+                                          moe_intermediate_size=32, shared_expert_intermediate_size=32, attn_implementation="sdpa")
+    model = transformers.Qwen3NextForCausalLM(config).eval()
+    with torch.no_grad():
+        alone = model(input_ids=b, use_cache=False).logits
+        packed = model(input_ids=torch.cat([a, b], 1), position_ids=positions, use_cache=False).logits[:, 7:]
+    assert (packed - alone).abs().max() > 1e-3
 
 
 def test_installed_transformers_keeps_packed_sequences_apart_with_sdpa_and_eager():
@@ -137,11 +207,45 @@ def test_installed_transformers_keeps_packed_sequences_apart_with_sdpa_and_eager
         (True, False, 0, False, "cpu"),
         (False, False, 0, False, None),
         (False, True, 2, True, None),  # ZeRO-3: zero.Init places the shards
-        (True, True, 2, True, None),
+        (True, True, 2, True, None),   # ZeRO-3 refuses any device_map; bitsandbytes takes the rank's current GPU
+        (True, False, 0, True, None),  # ...and on the CPU (the caller used to force "cpu" here: the ZeRO-3 crash)
     ],
 )
 def test_device_map_per_local_rank(quantized, cuda, local_rank, zero3, expected):
     assert device_map(quantized=quantized, cuda=cuda, local_rank=local_rank, zero3=zero3) == expected
+
+
+def test_device_map_under_fsdp_loads_on_the_cpu_for_fsdp_to_place():
+    assert device_map(quantized=False, cuda=True, local_rank=3, zero3=False, fsdp=True) is None
+
+
+def test_fsdp_settings_are_fsdp2_with_rank0_loading():
+    from launch.gpu import fsdp_settings
+
+    args, env = fsdp_settings(cuda=True, world_size=8, checkpointing=True)
+    assert args["fsdp"] is True and args["gradient_checkpointing"] is False  # FSDP's own checkpoint wrapper instead
+    config = args["fsdp_config"]
+    assert config["version"] == 2 and config["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert config["cpu_ram_efficient_loading"] is True and config["activation_checkpointing"] is True
+    assert not {"use_orig_params", "sync_module_states"} & set(config)  # FSDP1 options FSDP2 ignores
+    assert env == {"ACCELERATE_USE_FSDP": "true", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}
+    one, env1 = fsdp_settings(cuda=True, world_size=1, checkpointing=False)
+    assert one["fsdp"] is True and env1 == {} and "activation_checkpointing" not in one["fsdp_config"]
+    with pytest.raises(ValueError, match="fsdp needs GPUs"):
+        fsdp_settings(cuda=False, world_size=2, checkpointing=False)
+
+
+def test_fsdp_with_a_4bit_base_is_refused_before_launch_naming_the_bug():
+    with pytest.raises(sdk.SpecError, match=r"distributed.strategy: .*bitsandbytes#1945.*deepspeed with zero_stage: 3"):
+        spec(method="qlora", distributed="fsdp")
+    assert spec(method="lora", distributed="fsdp").distributed.strategy == "fsdp"
+
+
+def test_zero3_offload_with_a_4bit_base_offloads_the_optimizer_only():
+    from launch.launcher import deepspeed_config
+
+    zero = deepspeed_config(spec(method="qlora", distributed={"strategy": "deepspeed", "zero_stage": 3, "offload": True}))
+    assert zero["zero_optimization"]["offload_optimizer"]["device"] == "cpu" and "offload_param" not in zero["zero_optimization"]
 
 
 @pytest.mark.parametrize(
@@ -213,8 +317,17 @@ def test_a_node_that_expects_a_gpu_and_finds_none_stops_fast(run_cli, tmp_path, 
 
 def test_save_route_per_strategy():
     assert save_route(strategy="fsdp", world_size=8, artifact="peft_adapter") == "trainer"  # whole state dict, not a shard
-    assert save_route(strategy="fsdp", world_size=1, artifact="peft_adapter") == "direct"
+    assert save_route(strategy="fsdp", world_size=1, artifact="peft_adapter") == "trainer"  # FSDP on one GPU is FSDP too
     assert save_route(strategy="deepspeed", world_size=2, artifact="whole_model") == "gathered"
     assert save_route(strategy="ddp", world_size=2, artifact="peft_adapter") == "direct"
     with pytest.raises(ValueError, match="head_only"):
         save_route(strategy="fsdp", world_size=2, artifact="head_tensors")
+
+
+def test_layer_kinds_from_older_hybrid_config_fields():
+    from types import SimpleNamespace
+
+    from launch.gpu import layer_kinds
+
+    assert layer_kinds(SimpleNamespace(model_type="jamba", layers_block_type=["mamba", "attention"]))[0] == {"mamba", "attention"}
+    assert layer_kinds(SimpleNamespace(model_type="nemotron_h", hybrid_override_pattern="M-M*-"))[0] == {"mamba", "attention"}

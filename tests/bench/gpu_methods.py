@@ -1,6 +1,7 @@
-"""Every registered method trains the tiny recipe on a GPU at precision auto, then QLoRA and LoRA merge.
+"""Every registered method trains the tiny recipe on a GPU at precision auto, so do QLoRA under ZeRO-3 and LoRA
+under FSDP2 (one process each: the wrapping, loading and saving paths a CPU cannot run), then QLoRA and LoRA merge.
 
-Run (GPU): python tests/bench/gpu_methods.py
+Run (GPU): python tests/bench/gpu_methods.py [--parallel 4]
 Checks the GPU path end to end through `sdk.submit` (local backend): the run succeeds on CUDA, not on a
 silent CPU fallback, and prints per method the precision, loss, label accuracy, peak memory and time.
 On a CPU-only machine every run fails fast by design unless FINETUNE_ALLOW_CPU=1 (then it measures the CPU).
@@ -17,20 +18,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+DISTRIBUTED = {"qlora-zero3": ["method={name: qlora}", "distributed.strategy=deepspeed", "distributed.zero_stage=3"],
+               "lora-fsdp": ["method={name: lora}", "distributed.strategy=fsdp"]}
+
+
 def main() -> int:
+    import argparse
+
     import sdk
     from sdk.methods import REGISTRY
     from sdk.node_tools import merge
     from sdk.recipes import load_recipe
 
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--parallel", type=int, default=4, help="runs training at once (start-up dominates on a GPU)")
+    parser.add_argument("--only", help="comma-separated case names")
+    args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gpu-methods-"))
     os.environ.update(HF_HUB_OFFLINE="1", FINETUNE_HOME=str(work / "home"), SKYPILOT_NUM_GPUS_PER_NODE="1")
-    failures, runs = 0, {}
-    for name in REGISTRY:
-        spec = load_recipe(str(ROOT / "recipes" / "tiny.yaml"),
-                           [f"method={{name: {name}}}", "train.precision=auto", "train.max_steps=20", f"output={work / 'runs'}"])
-        t0 = time.time()
-        run = sdk.submit(spec, backend="local")
+    cases = {name: [f"method={{name: {name}}}"] for name in REGISTRY} | DISTRIBUTED
+    if args.only:
+        cases = {k: v for k, v in cases.items() if k in args.only.split(",")}
+    failures, runs, pending = 0, {}, list(cases.items())
+    active: list[tuple[str, object, float]] = []
+    while pending or active:
+        while pending and len(active) < args.parallel:
+            name, overrides = pending.pop(0)
+            spec = load_recipe(str(ROOT / "recipes" / "tiny.yaml"),
+                               [*overrides, "train.precision=auto", "train.max_steps=20", f"output={work / 'runs'}"])
+            active.append((name, sdk.submit(spec, backend="local"), time.time()))
+        name, run, t0 = active.pop(0)
         state = run.wait(progress=False).state
         if state != "succeeded":
             failures += 1
@@ -38,9 +55,9 @@ def main() -> int:
             continue
         s = run.summary()
         acc = s.label_accuracy
-        print(f"{name:15s} {s.hardware.device} {s.hardware.name} {s.precision}, loss {s.first_loss:.3f} -> {s.last_loss:.3f}, "
+        print(f"{name:15s} {s.hardware.device} {s.hardware.name} {s.precision} {s.strategy}, loss {s.first_loss:.3f} -> {s.last_loss:.3f}, "
               f"accuracy {acc.before.accuracy if acc.before else float('nan'):.0%} -> {acc.after.accuracy if acc.after else float('nan'):.0%}, "
-              f"peak {s.peak_memory_bytes / 2**20:.0f} MiB, {time.time() - t0:.1f} s", flush=True)
+              f"peak {s.peak_memory_bytes / 2**20:.0f} MiB, {time.time() - t0:.1f} s (with {args.parallel} at once)", flush=True)
         runs[name] = run.id
     for name in ("qlora", "lora"):
         if name in runs:
