@@ -3,6 +3,8 @@ packages, strategy), so that every branch is unit-tested on a machine without a 
 facts once (`read_cuda_facts`) and asks these functions; none of them imports torch.
 
     missing_gpu_error     a node that expects GPUs and finds none stops, naming torch, CUDA and driver
+    arch_error, bf16_error, gpu_count_error, memory_error
+                          a GPU the node cannot use is refused before the model loads, naming the fix
     attention_choice      flash-attention where installed and supported, else SDPA; an explicit ask is checked
     layer_kinds           the kinds of sequence-mixing layers a model's config declares
     packing_choice        padding-free packing only where every layer is softmax attention kept apart
@@ -34,6 +36,9 @@ class CudaFacts:
     cuda_build: str | None  # CUDA version torch was built for; None for a CPU-only build
     driver: str | None  # NVIDIA driver version when nvidia-smi answers
     capability: tuple[int, int] | None = None
+    arch_list: tuple[str, ...] = ()  # torch.cuda.get_arch_list(): the GPU code this torch build carries
+    name: str | None = None
+    free_bytes: int | None = None  # free memory on the first GPU when the node starts
 
 
 def read_cuda_facts() -> CudaFacts:
@@ -44,7 +49,9 @@ def read_cuda_facts() -> CudaFacts:
     available = torch.cuda.is_available()
     return CudaFacts(available=available, device_count=torch.cuda.device_count() if available else 0,
                      torch_version=torch.__version__, cuda_build=torch.version.cuda, driver=driver_version(),
-                     capability=capability())
+                     capability=capability(), arch_list=tuple(torch.cuda.get_arch_list()) if available else (),
+                     name=torch.cuda.get_device_name(0) if available else None,
+                     free_bytes=int(torch.cuda.mem_get_info(0)[0]) if available else None)
 
 
 def expected_gpus(spec: Any, env: Mapping[str, str]) -> tuple[int, str]:
@@ -70,6 +77,54 @@ def missing_gpu_error(expected: int, why: str, facts: CudaFacts, env: Mapping[st
     driver = f"NVIDIA driver {facts.driver}" if facts.driver else "no NVIDIA driver visible (nvidia-smi absent or failing)"
     return (f"this node expects {expected} GPU(s) ({why}) but torch {facts.torch_version} {found}: torch is {build}; "
             f"{driver}. Install a torch build that matches the driver, or set {ALLOW_CPU}=1 to train on the CPU on purpose")
+
+
+def arch_error(facts: CudaFacts) -> str | None:
+    """A GPU this torch build has no code for: is_available() says True and the first kernel fails with "no
+    kernel image is available" (a V100, sm_70, under a cu130 torch). CUDA runs sm_XY code on GPUs of the same
+    major version and a minor version >= Y (sm_86 on an L4's 8.9), and PTX (compute_XY) of an older
+    architecture on any newer GPU, compiled by the driver."""
+    if not facts.available or facts.capability is None or not facts.arch_list:
+        return None
+    major, minor = facts.capability
+    here = major * 10 + minor
+    sm = {int(a[3:]) for a in facts.arch_list if a.startswith("sm_") and a[3:].isdigit()}
+    ptx = {int(a[8:]) for a in facts.arch_list if a.startswith("compute_") and a[8:].isdigit()}
+    if any(c // 10 == major and c % 10 <= minor for c in sm) or any(p <= here for p in ptx):
+        return None
+    return (f"GPU {facts.name or 0} (compute capability {major}.{minor}, sm_{here}) has no kernels in torch {facts.torch_version} "
+            f"(built for {', '.join(facts.arch_list)}): pin a torch CUDA build that includes sm_{here} (cu126 builds keep "
+            "Maxwell to Volta) or ask for a newer GPU in resources.accelerators")
+
+
+def bf16_error(asked: str, facts: CudaFacts) -> str | None:
+    """bf16 asked for by name on a GPU without bf16 arithmetic (before Ampere): precision auto picks fp16 there."""
+    if asked != "bf16" or not facts.available or facts.capability is None or tuple(facts.capability) >= (8, 0):
+        return None
+    return (f"train.precision: bf16 needs compute capability 8.0+ (Ampere); GPU {facts.name or 0} has "
+            f"{facts.capability[0]}.{facts.capability[1]}: use precision auto (fp16 with loss scaling) or an Ampere+ GPU")
+
+
+def gpu_count_error(nproc_per_node: int | None, facts: CudaFacts) -> str | None:
+    """More processes per node asked for than the node has GPUs: NCCL would put two ranks on one GPU."""
+    if not facts.available or nproc_per_node is None or nproc_per_node <= facts.device_count:
+        return None
+    return (f"distributed.nproc_per_node: {nproc_per_node} processes on a node with {facts.device_count} GPU(s) "
+            f"({facts.name}): ask for {nproc_per_node} GPUs in resources.accelerators or lower nproc_per_node")
+
+
+MEMORY_MARGIN = 0.8  # refuse when free memory is below this share of the planner's estimate ("far below")
+
+
+def memory_error(needed_bytes: int | None, facts: CudaFacts) -> str | None:
+    """Free GPU memory far below what the planner (sdk.plan) expects this run to need: an OOM minutes in,
+    after the model has loaded. Within the planner's error (+25% on the one GPU point measured) it goes on."""
+    if not facts.available or not needed_bytes or facts.free_bytes is None or facts.free_bytes >= MEMORY_MARGIN * needed_bytes:
+        return None
+    gib = 2**30
+    return (f"GPU {facts.name or 0} has {facts.free_bytes / gib:.1f} GiB free, and this run needs about {needed_bytes / gib:.1f} GiB "
+            "(finetune plan): a bigger GPU in resources.accelerators, method qlora, a smaller train.batch_size or "
+            "data.max_length, or train.gradient_checkpointing: true")
 
 
 def attention_choice(requested: str, *, cuda: bool, capability: tuple[int, int] | None,

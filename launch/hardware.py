@@ -28,6 +28,16 @@ def driver_version() -> str | None:
     return lines[0].strip() if out.returncode == 0 and lines else None
 
 
+def torch_index() -> str | None:
+    """The index the node's setup installed torch from (sdk.backends.skypilot.torch_stage writes it into the
+    environment it built); None for an environment it did not build or whose torch it kept."""
+    import sys
+    from pathlib import Path
+
+    marker = Path(sys.prefix) / ".torch-index"
+    return marker.read_text().strip() or None if marker.is_file() else None
+
+
 def hardware() -> Hardware:
     import torch
 
@@ -40,4 +50,5 @@ def hardware() -> Hardware:
         torch=torch.__version__,
         cuda=torch.version.cuda,
         driver=driver_version() if cuda else None,
+        torch_index=torch_index(),
     )

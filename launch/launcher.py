@@ -215,16 +215,38 @@ def load_time_deepspeed_config(spec: FineTuneSpec, *, precision: str) -> dict[st
 # ------------------------------------------------------------------------------------ entrypoint
 
 
-def gpu_check(spec: FineTuneSpec, env: Mapping[str, str] | None = None) -> str | None:
-    """The fail-fast error when this node expects GPUs and torch finds none (launch.gpu), else None."""
-    from launch.gpu import expected_gpus, missing_gpu_error, read_cuda_facts
+def gpu_check(spec: FineTuneSpec, env: Mapping[str, str] | None = None, facts: Any = None) -> str | None:
+    """The fail-fast error when this node cannot train as asked, else None: it expects GPUs and torch finds
+    none, or a GPU it finds cannot run the job (no kernels for it, bf16 without Ampere, too few GPUs for the
+    processes asked, free memory far below the planner's estimate). Before any rank loads the model."""
+    from launch.gpu import (
+        arch_error,
+        bf16_error,
+        expected_gpus,
+        gpu_count_error,
+        memory_error,
+        missing_gpu_error,
+        read_cuda_facts,
+    )
 
     env = os.environ if env is None else env
     expected, why = expected_gpus(spec, env)
     if expected < 1:
         return None
-    return missing_gpu_error(expected, why, read_cuda_facts(), env)
+    facts = facts or read_cuda_facts()
+    return (missing_gpu_error(expected, why, facts, env) or arch_error(facts) or bf16_error(spec.train.precision, facts)
+            or gpu_count_error(spec.distributed.nproc_per_node, facts) or memory_error(planned_bytes(spec), facts))
 
+
+def planned_bytes(spec: FineTuneSpec) -> int | None:
+    """The planner's per-GPU estimate, None where it cannot tell (an architecture it does not know)."""
+    from sdk.errors import FinetuneError
+    from sdk.plan import estimate
+
+    try:
+        return int(estimate(spec, device="gpu").allocated_bytes)
+    except (FinetuneError, KeyError, ValueError, OSError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

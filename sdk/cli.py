@@ -198,7 +198,7 @@ def launch(
 
     spec = _load(recipe, overrides)
     chosen = "local" if local else backend
-    _check_data(spec)
+    _check_data(spec, dry_run=dry_run)
     if dry_run:
         from sdk.backends import choose_backend
 
@@ -228,11 +228,21 @@ def launch(
     raise typer.Exit(130 if status.state == "cancelled" else 1)
 
 
-def _check_data(spec) -> None:
-    """Every row read and checked before anything starts; one line per source and note, bad rows as an error."""
+def _check_data(spec, *, dry_run: bool = False) -> None:
+    """Every row read and checked before anything starts; one line per source and note, bad rows as an error.
+    A dry run whose data cannot be reached from here (no credentials yet) warns and shows the plan anyway."""
+    from sdk.datarows import DataUnreachable
     from sdk.runs import preflight_data
 
-    for line in preflight_data(spec).lines():
+    try:
+        report = preflight_data(spec)
+    except DataUnreachable as exc:
+        if not dry_run:
+            raise
+        _console(stderr=True).print(f"warning: data not checked: {exc} (a launch checks every row first)",
+                                    markup=False, highlight=False)
+        return
+    for line in report.lines():
         _console().print(line, markup=False, highlight=False)
 
 

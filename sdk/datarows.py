@@ -31,6 +31,11 @@ class DataError(SpecError):
         return str(self.args[0])
 
 
+class DataUnreachable(DataError):
+    """The data could not be read from here at all (no credentials, no network, no such object): nothing is
+    known about its rows. A launch refuses; a dry run says so in one line and shows the plan anyway."""
+
+
 @dataclass(frozen=True)
 class Row:
     where: str  # "train.jsonl:12", "data.parquet:row 7", "builtin:news-topics:row 3"
@@ -156,7 +161,7 @@ def _s3_rows(uri: str, declared: str, field: str) -> Iterator[Row | BadRow]:
             store.download_file(key, local)
             yield from READERS[kind](local, uri)
     except StoreError as exc:
-        raise DataError(f"{field}: {exc}") from None
+        raise DataUnreachable(f"{field}: {exc}") from None
 
 
 def iter_rows(source: str, *, declared: str = "auto", split: str = "train", field: str = "data.source",

@@ -53,6 +53,7 @@ class Hardware(_Read):
     torch: str | None = None
     cuda: str | None = None  # the CUDA version torch was built with
     driver: str | None = None  # the NVIDIA driver version, when visible
+    torch_index: str | None = None  # where the node's setup installed torch from (a CUDA build's index), when it did
 
 
 class TrainFeatures(_Read):

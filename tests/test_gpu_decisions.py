@@ -331,3 +331,64 @@ def test_layer_kinds_from_older_hybrid_config_fields():
 
     assert layer_kinds(SimpleNamespace(model_type="jamba", layers_block_type=["mamba", "attention"]))[0] == {"mamba", "attention"}
     assert layer_kinds(SimpleNamespace(model_type="nemotron_h", hybrid_override_pattern="M-M*-"))[0] == {"mamba", "attention"}
+
+
+CU130_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120")  # torch 2.13+cu130: no Volta
+CU126_ARCHS = ("sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90")
+
+
+def gpu(capability, archs=CU130_ARCHS, *, count=1, name="NVIDIA L4", free=None) -> CudaFacts:
+    return CudaFacts(available=True, device_count=count, torch_version="2.13.0+cu130", cuda_build="13.0", driver="580.65.06",
+                     capability=capability, arch_list=archs, name=name, free_bytes=free)
+
+
+@pytest.mark.parametrize("capability,archs,refused", [
+    ((7, 0), CU130_ARCHS, True),     # V100 under cu130: is_available() is True, every kernel fails
+    ((7, 0), CU126_ARCHS, False),    # cu126 keeps Volta
+    ((8, 9), CU130_ARCHS, False),    # L4: no sm_89 in the list, but sm_86 code runs on any 8.x with minor >= 6
+    ((9, 0), CU130_ARCHS, False),
+    ((12, 1), CU130_ARCHS, False),   # newer than every sm: compute_120 PTX compiles forward
+    ((8, 7), ("sm_75", "sm_90"), True),  # nothing for major 8 and no PTX
+])
+def test_a_gpu_without_kernels_in_this_torch_is_refused(capability, archs, refused):
+    from launch.gpu import arch_error
+
+    error = arch_error(gpu(capability, archs, name="Tesla V100-SXM2-16GB"))
+    assert (error is not None) is refused
+    if refused:
+        assert "Tesla V100-SXM2-16GB" in error and f"sm_{capability[0]}{capability[1]}" in error and "resources.accelerators" in error
+    assert arch_error(CPU_TORCH) is None
+
+
+def test_bf16_gpu_and_process_count_checks():
+    from launch.gpu import bf16_error, gpu_count_error
+
+    t4 = gpu((7, 5), name="Tesla T4")
+    assert "Tesla T4" in bf16_error("bf16", t4) and "precision auto" in bf16_error("bf16", t4)
+    assert bf16_error("auto", t4) is None and bf16_error("bf16", gpu((8, 0))) is None and bf16_error("bf16", CPU_TORCH) is None
+    two = gpu((9, 0), count=2, name="NVIDIA H100")
+    assert "4 processes on a node with 2 GPU(s)" in gpu_count_error(4, two)
+    assert gpu_count_error(2, two) is None and gpu_count_error(None, two) is None and gpu_count_error(4, CPU_TORCH) is None
+
+
+def test_free_memory_far_below_the_plan_is_refused():
+    from launch.gpu import memory_error
+
+    gib = 2**30
+    busy = gpu((8, 9), free=10 * gib)
+    assert "10.0 GiB free" in memory_error(16 * gib, busy) and "about 16.0 GiB" in memory_error(16 * gib, busy)
+    assert memory_error(12 * gib, busy) is None  # within the planner's error: go on
+    assert memory_error(None, busy) is None and memory_error(16 * gib, CPU_TORCH) is None
+
+
+def test_the_launcher_refuses_an_unusable_gpu_before_any_rank_starts():
+    """The real caller: launcher.gpu_check, with a node's facts, asks every check in turn."""
+    from launch.launcher import gpu_check
+
+    env = {"SKYPILOT_NUM_GPUS_PER_NODE": "1"}
+    v100 = gpu((7, 0), name="Tesla V100-SXM2-16GB", free=15 * 2**30)
+    assert "no kernels in torch" in gpu_check(spec(), env, facts=v100)
+    assert "bf16 needs compute capability 8.0+" in gpu_check(spec(train={"precision": "bf16"}), env, facts=gpu((7, 5), CU126_ARCHS))
+    assert "nproc_per_node" in gpu_check(spec(distributed={"nproc_per_node": 2}), env, facts=gpu((8, 9), free=20 * 2**30))
+    assert gpu_check(spec(), env, facts=gpu((8, 9), free=20 * 2**30)) is None
+    assert gpu_check(spec(), {}, facts=v100) is None  # no GPUs expected: a CPU run

@@ -122,28 +122,6 @@ def test_the_run_script_renders_one_rendezvous_per_node(tmp_path, dist, s3_env):
                 f"--max-restarts 0 -m launch --run-dir s3://{bucket}/runs/qwen-2node") in line
 
 
-def _torch_index_function(script: str) -> str:
-    start = script.index("torch_index() {")
-    return script[start:script.index("\n}\n", start) + 3]
-
-
-@pytest.mark.parametrize("driver,expected", [("580.65.06", "cu130"), ("570.86.10", "cu128"), ("535.104.05", "cu121"),
-                                             ("470.82.01", ""), (None, "")])
-def test_the_node_picks_the_torch_build_for_its_driver(tmp_path, dist, driver, expected):
-    """The setup's own shell function, with a stand-in nvidia-smi (or none) on PATH."""
-    script = setup_script(load_recipe("tiny"), dist)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    if driver:
-        smi = bin_dir / "nvidia-smi"
-        smi.write_text(f"#!/bin/sh\necho {driver}\n")
-        smi.chmod(0o755)
-    out = subprocess.run(["bash", "-c", f"set -euo pipefail\n{_torch_index_function(script)}\ntorch_index"],
-                         capture_output=True, text=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, timeout=30)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == (f"https://download.pytorch.org/whl/{expected}" if expected else "")
-
-
 def test_the_node_venv_is_keyed_on_the_training_stack_not_the_source(tmp_path, dist):
     """A source edit builds a new wheel: the same venv is reused and only the package is reinstalled."""
     spec = load_recipe("tiny")

@@ -34,6 +34,7 @@ from sdk.registry import home
 from sdk.runfolder import TERMINAL, RunFolder
 from sdk.spec import FineTuneSpec
 
+TORCH_DEFAULT = "2.13.0"  # the node's torch when this client has none installed (a client-only install)
 # Pinned on the node to what this client runs (when installed here): the versions the tests passed with.
 PINNED = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "safetensors",
           "tokenizers", "boto3", "pydantic", "deepspeed")
@@ -105,22 +106,109 @@ def build_dist() -> dict[str, Path]:
     return {"wheel": wheels[0], "constraints": out / "constraints.txt"}
 
 
-# CUDA builds of torch on download.pytorch.org and the oldest Linux driver each needs, newest first.
-TORCH_CUDA_BUILDS = (("cu130", 580), ("cu129", 575), ("cu128", 570), ("cu126", 560), ("cu124", 550), ("cu121", 530))
-
-
 def stack_key(spec: FineTuneSpec, pins: str) -> str:
     """The training stack a node environment holds: pinned versions, extras, the package's dependencies.
     A source edit changes the wheel, not this: the venv is reused and only the package reinstalled."""
     root = project_root()
     deps = (root / "pyproject.toml").read_text() if root else md.version("finetune")
-    return hashlib.sha256(f"{pins}|{extras_for(spec)}|{deps}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{pins}|{extras_for(spec)}|{install_env(spec)}|{deps}".encode()).hexdigest()[:16]
 
 
 def extras_for(spec: FineTuneSpec) -> str:
-    """The package extras a node installs: the training stack, plus DeepSpeed and each tracker the spec uses."""
-    extras = ["train"] + (["deepspeed"] if spec.distributed.strategy == "deepspeed" else [])
+    """The package extras a node installs: the training stack, plus what this spec uses and nothing more:
+    DeepSpeed for `distributed: deepspeed`, Liger for `train.liger_kernels`, flash-attn for
+    `train.attention: flash_attention_2`, and each tracker named in `tracking`."""
+    extras = ["train"]
+    if spec.distributed.strategy == "deepspeed":
+        extras.append("deepspeed")
+    if spec.train.liger_kernels:
+        extras.append("liger")
+    if spec.train.attention == "flash_attention_2":
+        extras.append("flash")
     return ",".join(extras + sorted({t.name for t in spec.tracking}))
+
+
+def install_env(spec: FineTuneSpec) -> dict[str, str]:
+    """Environment for building DeepSpeed on the node: its CPU Adam op built at install when the optimizer is
+    offloaded (else it JIT-compiles at the first step of every run, and needs a compiler there)."""
+    if spec.distributed.strategy == "deepspeed" and spec.distributed.offload:
+        return {"DS_BUILD_OPS": "0", "DS_BUILD_CPU_ADAM": "1"}
+    return {}
+
+
+def deepspeed_ops_stage(spec: FineTuneSpec, pins: str) -> str:
+    """DeepSpeed rebuilt against the venv's torch with the ops install_env names (the build needs torch, so no
+    build isolation, and setuptools, which a 3.12 venv lacks)."""
+    env = install_env(spec)
+    if not env:
+        return ""
+    assign = " ".join(f"{k}={v}" for k, v in env.items())
+    return f"""echo "[finetune] setup: building DeepSpeed with its CPU Adam op ({assign}): a few minutes"
+pyinstall setuptools wheel ninja
+export {assign}
+pyinstall --no-build-isolation --force-reinstall --no-deps {pins} deepspeed
+"""
+
+
+PYTHON_FLOOR = (3, 10)  # pyproject's requires-python
+
+
+def installer_stage() -> str:
+    """`pyinstall ARGS...` installs into $VENV with uv where the node has it (much faster at a multi-GB torch
+    stack), else pip. pip wherever the node configures pip's sources (PIP_INDEX_URL / find-links, a pip.conf
+    pointing at a mirror): uv would not read that configuration. FINETUNE_INSTALLER=uv|pip decides outright."""
+    return """installer() {
+  case "${FINETUNE_INSTALLER:-auto}" in uv|pip) echo "$FINETUNE_INSTALLER"; return;; esac
+  command -v uv >/dev/null 2>&1 || { echo pip; return; }
+  "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || { echo uv; return; }
+  if [ -n "${PIP_INDEX_URL:-}${PIP_EXTRA_INDEX_URL:-}${PIP_FIND_LINKS:-}" ] \\
+      || "$VENV/bin/python" -m pip config list 2>/dev/null | grep -qE 'index-url|find-links'; then echo pip; else echo uv; fi
+}
+pyinstall() {
+  if [ "$(installer)" = uv ]; then uv pip install -q --python "$VENV/bin/python" "${@/--force-reinstall/--reinstall}"
+  else "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@"; fi
+}
+"""
+
+
+def torch_stage(torch_version: str, pins: str = "") -> str:
+    """The part of setup that puts torch into $VENV: the image's own torch when it is the pinned version and
+    sees the GPU, else the pinned version from the CUDA build that sdk.backends.torch_index chooses on the
+    node against the real index (FINETUNE_TORCH_INDEX_URL overrides the index root), through uv where the
+    node has it (SkyPilot's runtime installs it), else pip. A driver no build fits stops setup (exit 3)."""
+    chooser = (Path(__file__).parent / "torch_index.py").read_text()
+    return f"""mkdir -p "$HOME/.finetune"
+cat > "$HOME/.finetune/torch_index.py" <<'FINETUNE_TORCH_INDEX'
+{chooser}FINETUNE_TORCH_INDEX
+if "$VENV/bin/python" -c "import torch, sys, shutil, subprocess
+gpu = shutil.which('nvidia-smi') and subprocess.run(['nvidia-smi'], capture_output=True).returncode == 0
+sys.exit(torch.__version__.split('+')[0] != '{torch_version}' or bool(gpu and not torch.cuda.is_available()))" 2>/dev/null; then
+  echo "[finetune] setup: keeping the environment's torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
+else
+  INDEX="$("$VENV/bin/python" "$HOME/.finetune/torch_index.py" --torch {torch_version} ${{FINETUNE_TORCH_INDEX_URL:+--index "$FINETUNE_TORCH_INDEX_URL"}})" || exit 3
+  echo "[finetune] setup: installing torch {torch_version}${{INDEX:+ from $INDEX}} with $(installer)"
+  pyinstall {pins} ${{INDEX:+--index-url "$INDEX"}} torch=={torch_version}
+  echo "${{INDEX:-default}}" > "$VENV/.torch-index"
+fi
+"""
+
+
+def venv_stage() -> str:
+    """Create $VENV with the node's Python: refuse one below the floor in one line; where the image has no
+    venv module (Debian/Ubuntu without python3-venv), uv or virtualenv make it instead."""
+    floor = ".".join(map(str, PYTHON_FLOOR))
+    return f"""PY="${{FINETUNE_NODE_PYTHON:-python3}}"
+command -v "$PY" >/dev/null 2>&1 || {{ echo "error: this image has no $PY: set resources.image to one with Python >= {floor}" >&2; exit 3; }}
+"$PY" -c "import sys; sys.exit(sys.version_info < {PYTHON_FLOOR})" || {{
+  echo "error: this image's $("$PY" -V 2>&1) is older than Python {floor}, which finetune needs: set resources.image to an image with Python >= {floor} (or FINETUNE_NODE_PYTHON to such a Python on it)" >&2; exit 3; }}
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[finetune] setup: creating the environment $VENV with $("$PY" -V 2>&1)"
+  "$PY" -m venv ${{FINETUNE_VENV_SYSTEM_SITE:+--system-site-packages}} "$VENV" 2>/dev/null \\
+    || {{ rm -rf "$VENV"; command -v uv >/dev/null 2>&1 && uv venv -q --python "$PY" ${{FINETUNE_VENV_SYSTEM_SITE:+--system-site-packages}} "$VENV"; }} \\
+    || {{ rm -rf "$VENV"; "$PY" -m virtualenv -q ${{FINETUNE_VENV_SYSTEM_SITE:+--system-site-packages}} "$VENV"; }} \\
+    || {{ echo "error: cannot create a Python environment: this image's $PY has no venv module (apt install python3-venv), and neither uv nor virtualenv is here" >&2; exit 3; }}
+fi
+"""
 
 
 def setup_script(spec: FineTuneSpec, dist: dict[str, Path]) -> str:
@@ -132,47 +220,48 @@ def setup_script(spec: FineTuneSpec, dist: dict[str, Path]) -> str:
     else:
         version = md.version("finetune")
         base, package, key, pins = f"finetune=={version}", f"finetune[{extras}]=={version}", version, ""
-    torch_pin = next((line for line in pins_text.splitlines() if line.startswith("torch==")), "torch")
-    torch_version = torch_pin.partition("==")[2]
+    torch_pin = next((line for line in pins_text.splitlines() if line.startswith("torch==")), None)
+    torch_version = torch_pin.partition("==")[2] if torch_pin else TORCH_DEFAULT
     stack = stack_key(spec, pins_text)
-    cases = "\n".join(f"    [ \"$major\" -ge {d} ] && {{ echo https://download.pytorch.org/whl/{b}; return; }}"
-                       for b, d in TORCH_CUDA_BUILDS)
     # Setup runs on every node at once, and nodes may share a home: one venv, built under a lock.
     # FINETUNE_NODE_PYTHON picks the interpreter (an image's own Python), FINETUNE_VENV_SYSTEM_SITE=1
     # lets the venv see that interpreter's preinstalled packages (a CUDA torch in a GPU image).
     return f"""set -euo pipefail
 VENV="${{FINETUNE_VENV:-$HOME/.finetune/venv-{stack}}}"
 mkdir -p "$(dirname "$VENV")"
-torch_index() {{  # the newest CUDA build of torch this node's NVIDIA driver runs (sdk.backends.skypilot.TORCH_CUDA_BUILDS)
-  local major
-  major=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1 | cut -d. -f1) || true
-  [ -n "$major" ] || return 0
-{cases}
-  return 0  # a driver older than every build: the default index
-}}
-(
+{installer_stage()}(
   flock 9
-  # The training stack, once per stack: torch for this driver (an image's own CUDA torch when it is the
-  # pinned version and sees the GPU), then the package's dependencies under the client's pins.
+  # The training stack, once per stack: torch for this driver, then the package's dependencies under the client's pins.
   if [ ! -f "$VENV/.stack-{stack}" ]; then
-    [ -x "$VENV/bin/python" ] || "${{FINETUNE_NODE_PYTHON:-python3}}" -m venv ${{FINETUNE_VENV_SYSTEM_SITE:+--system-site-packages}} "$VENV"
-    if "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '{torch_version}' or (torch.version.cuda is None and bool('$(torch_index)')))" 2>/dev/null; then
-      echo "[finetune] keeping the environment's torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
-    else
-      INDEX="$(torch_index)"
-      "$VENV/bin/python" -m pip install -q --disable-pip-version-check {pins} ${{INDEX:+--index-url "$INDEX"}} {shlex.quote(torch_pin)}
-    fi
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check {pins} "{package}"
+{_indent(venv_stage(), 4)}
+{_indent(torch_stage(torch_version, pins), 4)}
+    echo "[finetune] setup: installing finetune[{extras}] and its dependencies with $(installer)"
+    pyinstall {pins} "{package}"
+{_indent(deepspeed_ops_stage(spec, pins), 4)}
     touch "$VENV/.stack-{stack}"
   fi
   # The package on top, whenever its build changes: no dependency is touched.
   if [ ! -f "$VENV/.finetune-{key}" ]; then
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "{base}"
+    echo "[finetune] setup: installing this build of finetune"
+    pyinstall --force-reinstall --no-deps "{base}"
     rm -f "$VENV"/.finetune-*
     touch "$VENV/.finetune-{key}"
   fi
 ) 9>"$VENV.lock"
 """
+
+
+def _indent(text: str, n: int) -> str:
+    """Indent shell lines, but not the body of a here-document (its terminator must start the line)."""
+    out, in_heredoc = [], False
+    for line in text.rstrip("\n").splitlines():
+        if in_heredoc:
+            out.append(line)
+            in_heredoc = line != "FINETUNE_TORCH_INDEX"
+            continue
+        out.append(" " * n + line if line else line)
+        in_heredoc = "<<'FINETUNE_TORCH_INDEX'" in line
+    return "\n".join(out)
 
 
 def run_script(folder: RunFolder) -> str:
