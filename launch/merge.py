@@ -86,6 +86,10 @@ def merge(run: str, out: Path, *, dtype: str = "auto", num_prompts: int = 8, tol
     out = Path(out).expanduser().resolve()
     if out.exists() and any(out.iterdir()) and not force:
         raise FinetuneError(f"{out}: exists and is not empty (pass --force to replace it)")
+    if force:
+        from sdk.store import check_replaceable
+
+        check_replaceable(out)
     handle = get_run(run)
     spec = handle.spec()
     method = method_of(spec)

@@ -242,8 +242,14 @@ def build_trainer(
 
     t = spec.train
     cuda = hardware.device == "cuda"
-    if t.liger_kernels and not cuda:
-        raise FinetuneError("train.liger_kernels: Liger's Triton kernels need a CUDA GPU; drop it on CPU")
+    if t.liger_kernels:
+        try:  # installed by the node's setup for this spec (the `liger` extra): a missing one is a setup fault
+            import liger_kernel.transformers  # noqa: F401
+        except ImportError as exc:
+            raise FinetuneError(f"train.liger_kernels: liger-kernel cannot be imported on this node ({exc}); "
+                                "install finetune[liger]") from None
+        if not cuda:
+            raise FinetuneError("train.liger_kernels: Liger's Triton kernels need a CUDA GPU; drop it on CPU")
     checkpointing = gradient_checkpointing(spec)
     try:
         offload = activation_offloading(t.activation_offloading, cuda=cuda, quantized_base=method_of(spec).quantized_base,

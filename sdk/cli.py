@@ -648,7 +648,7 @@ def tiny_model(
 def serve(
     runs: list[str] = typer.Argument(..., help="runs to serve: RUN or ALIAS=RUN (served name = the run id, or ALIAS)"),
     local: bool = typer.Option(False, "--local", help="on this machine (default: SkyPilot when the runs' recipe names accelerators or an infra)"),
-    port: int = typer.Option(8000, "--port"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port, 1-65535"),
     merge: bool = typer.Option(False, "--merge", help="serve one run merged into its base (DoRA, IA3, head-only, full)"),
     base_name: str | None = typer.Option(None, "--base-name", help="the base model's served name (default: from its id)"),
     replicas: int | None = typer.Option(None, "--replicas", help="SkyPilot: a service of N replicas behind one endpoint (sky serve)"),

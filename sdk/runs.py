@@ -14,7 +14,7 @@ from sdk.backends import BackendView
 from sdk.errors import LaunchError, RunNotFound, StoreError
 from sdk.runfolder import ADAPTER, LOG, SPEC, SUMMARY, TERMINAL, RunFolder, RunState, new_run_id
 from sdk.spec import DEFAULT_OUTPUT, FineTuneSpec
-from sdk.store import fetch_dir, open_store
+from sdk.store import check_replaceable, contained, fetch_dir, open_store
 from sdk.summary import RunSummary
 
 
@@ -169,6 +169,8 @@ class Run:
         if self.folder.adapter_manifest() is None:
             state = self.status().state
             raise StoreError(f"{self.uri}/{ADAPTER}: no committed adapter (run is {state})")
+        if overwrite:
+            check_replaceable(Path(dest))
         return fetch_dir(self.folder.store, self.folder.key(ADAPTER), Path(dest), overwrite=overwrite)
 
     def generate(self, prompts: str | list[str], *, max_new_tokens: int | None = None, base: bool = False) -> list[str]:
@@ -191,6 +193,8 @@ class Run:
         dest = Path(dest).expanduser().resolve()
         if dest.exists() and any(dest.iterdir()) and not overwrite:
             raise StoreError(f"{dest}: destination exists and is not empty (pass overwrite=True / --force)")
+        if overwrite:
+            check_replaceable(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
         try:
@@ -198,10 +202,11 @@ class Run:
             for key in self.folder.store.list(prefix):
                 rel = key[len(prefix):]
                 top = rel.split("/", 1)[0]
-                if top == ADAPTER or (top == CHECKPOINTS and not checkpoints) or ".." in rel.split("/"):
+                if top == ADAPTER or (top == CHECKPOINTS and not checkpoints):
                     continue
-                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-                self.folder.store.download_file(key, staging / rel)
+                target = contained(staging, rel)  # a key planted in a shared bucket never writes outside dest
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.folder.store.download_file(key, target)
             if self.folder.adapter_manifest() is not None:
                 fetch_dir(self.folder.store, self.folder.key(ADAPTER), staging / ADAPTER)
             if dest.exists():

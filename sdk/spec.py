@@ -22,6 +22,9 @@ from sdk.parts import SpecPart
 DEFAULT_OUTPUT = "~/.finetune/runs"
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Names of credentials (HF_TOKEN, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY, DB_PASSWORD...): secrets, never env.
+_SECRET_NAME = re.compile(r"(^|_)(TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIALS?)(_|$)", re.IGNORECASE)  # not TOKENIZERS_*
+_PROCESS_ENV = frozenset({"PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "HOME", "SHELL", "BASH_ENV", "ENV"})
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -366,6 +369,8 @@ class FineTuneSpec(SpecPart):
                 raise ValueError(f"unsupported store scheme {scheme}://; use s3://bucket/prefix or a local directory")
             if not rest.split("/")[0]:
                 raise ValueError("s3:// URI needs a bucket: s3://bucket/prefix")
+            if any(part in (".", "..") for part in rest.split("/")[1:]):
+                raise ValueError("'.' and '..' are not folders in a bucket: write the prefix out, s3://bucket/a/b")
         elif not value.strip():
             raise ValueError("must not be empty")
         return value
@@ -412,6 +417,12 @@ class FineTuneSpec(SpecPart):
         for name in value:
             if not _ENV_NAME.match(name):
                 raise ValueError(f"{name!r} is not an environment variable name")
+            if _SECRET_NAME.search(name):
+                raise ValueError(f"{name} looks like a credential: env values are written to spec.json and shown by --dry-run; "
+                                 f"list the name under secrets: [{name}] and set its value in your environment")
+            if name in _PROCESS_ENV or name.startswith(("LD_", "DYLD_")):
+                raise ValueError(f"{name} changes how every process on the node starts; finetune sets the node's "
+                                 "environment itself (resources.image for a different one)")
         return value
 
     @model_validator(mode="after")

@@ -61,11 +61,24 @@ def split_run_uri(run_uri: str) -> tuple[str, str]:
 
 
 def _safe_key(key: str) -> str:
-    """Reject keys that could escape a root: absolute, '..', backslashes, empty parts."""
+    """Reject keys that could escape a root: absolute, '..', backslashes, empty segments ('a//b' is an
+    absolute path once joined after the prefix it was listed under)."""
     norm = posixpath.normpath(key)
-    if key.startswith("/") or norm.startswith("..") or "\\" in key or norm in ("", ".") or "/../" in f"/{key}/":
+    if (key.startswith("/") or norm.startswith("..") or "\\" in key or norm in ("", ".") or "/../" in f"/{key}/"
+            or "" in key.split("/")[:-1]):
         raise StoreError(f"refusing unsafe key {key!r}: it would escape its folder")
     return norm
+
+
+def contained(root: Path, key: str) -> Path:
+    """Where a store key lands under a local folder, or StoreError when it would land anywhere else: the one
+    check every path that comes from a store goes through (fetch, fetch --all, checkpoints, a local store's
+    own files): absolute keys, '..', empty segments, backslashes, and symlinks under root that lead out."""
+    root = Path(root).resolve()
+    target = (root / _safe_key(key)).resolve()
+    if target != root and root not in target.parents:
+        raise StoreError(f"refusing key {key!r}: it resolves to {target}, outside {root}")
+    return target
 
 
 # ------------------------------------------------------------------------------------------- local
@@ -77,7 +90,7 @@ class LocalStore:
         self.uri = str(self.root)
 
     def _path(self, key: str) -> Path:
-        return self.root / _safe_key(key) if key else self.root
+        return contained(self.root, key) if key else self.root
 
     def url(self, key: str) -> str:
         return str(self._path(key))
@@ -345,6 +358,25 @@ def read_manifest(store: Store, key: str) -> dict[str, Any] | None:
     return manifest
 
 
+# Files that mark a folder as one this product wrote: a fetched adapter, a fetched run folder, a merged model.
+REPLACEABLE_MARKERS = (MANIFEST, "spec.json", "merge_report.json")
+
+
+def check_replaceable(dest: Path) -> None:
+    """`--force` replaces a previous fetch or merge, nothing else: never the current directory, the home
+    directory, / or a parent of any of them, and never a folder without one of this product's markers."""
+    dest = Path(dest).expanduser().resolve()
+    if not dest.exists() or not any(dest.iterdir()):
+        return
+    for guarded in (Path.cwd().resolve(), Path.home().resolve(), Path("/")):
+        if dest == guarded or dest in guarded.parents:
+            raise StoreError(f"{dest}: --force will not replace {'/' if dest == Path('/') else 'the current or home directory'}"
+                             " or a folder above it; give a new destination")
+    if not any((dest / marker).is_file() for marker in REPLACEABLE_MARKERS):
+        raise StoreError(f"{dest}: not a previous fetch or merge (none of {', '.join(REPLACEABLE_MARKERS)} in it); "
+                         "--force only replaces those: give a new or empty destination")
+
+
 def fetch_dir(store: Store, key: str, dest: Path, *, overwrite: bool = False) -> Path:
     """Download a committed directory into dest, verifying sizes and sha256; all or nothing."""
     dest = Path(dest).expanduser().resolve()
@@ -357,9 +389,10 @@ def fetch_dir(store: Store, key: str, dest: Path, *, overwrite: bool = False) ->
     staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
     try:
         for rel, meta in manifest["files"].items():
-            target = (staging / _safe_key(rel)).resolve()
-            if staging.resolve() not in target.parents:
-                raise StoreError(f"{store.url(key)}: refusing manifest entry {rel!r} that escapes the destination")
+            try:
+                target = contained(staging, rel)
+            except StoreError as exc:
+                raise StoreError(f"{store.url(key)}: manifest entry: {exc}") from None
             target.parent.mkdir(parents=True, exist_ok=True)
             store.download_file(f"{key}/{rel}", target)
             size, digest = target.stat().st_size, sha256_file(target)

@@ -216,3 +216,21 @@ def test_a_served_run_answers_through_its_endpoint_on_slurm(slurm, s3_env, finet
         stopped = cli("servers", "--stop", server.id)
     assert stopped.returncode == 0, stopped.stderr
     assert server.record["cluster"] not in clusters()
+
+
+def test_a_node_installs_the_kernels_its_spec_asks_for(slurm, s3_env, finetune_home):
+    """`train.liger_kernels` on a harness node: setup installs the `liger` extra (liger-kernel and triton), the
+    node imports it, then refuses the kernel itself with the CPU message (Liger needs a GPU), not an ImportError."""
+    from sdk.recipes import load_recipe
+
+    env, bucket = s3_env
+    spec = load_recipe("tiny", [*node_overrides(slurm, bucket), "train.liger_kernels=true", "train.max_steps=2"])
+    run = sdk.submit(spec)
+    try:
+        final = run.wait(progress=False, timeout=540)
+        logs = run.logs()
+        assert final.state == "failed", logs
+        assert "Liger's Triton kernels need a CUDA GPU" in (final.error or ""), (final.error, logs[-3000:])
+        assert "cannot be imported" not in logs and "setup: installing finetune[train,liger]" in logs
+    finally:
+        run.down()

