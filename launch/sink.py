@@ -78,7 +78,8 @@ class RunSink:
             last_loss = next((r["loss"] for r in reversed(rows) if "loss" in r), None)
             extra["last_loss"] = last_loss
             self.folder.write_metrics(rows)
-        self.folder.write_status(state, pid=os.getpid(), **extra)
+        # The interval beside the heartbeat: a reader tells a node that stopped from one between writes.
+        self.folder.write_status(state, pid=os.getpid(), sync_interval=self.interval, **extra)
         self._sync_log()
         if not self.cancel_requested and state == "running" and self.folder.cancel_requested():
             self.cancel_requested = True

@@ -447,8 +447,11 @@ def escape_markup(text: str) -> str:
 
 
 @app.command()
-def cancel(run: str = typer.Argument(...)) -> None:
-    """Stop a run, or every trial of a sweep; its state becomes cancelled."""
+def cancel(run: str = typer.Argument(...),
+           wait: float = typer.Option(60, "--wait", min=0, help="seconds to wait for the node or backend to confirm")) -> None:
+    """Stop a run, or every trial of a sweep; it reads cancelling until the node or its backend confirms."""
+    import time
+
     from sdk.runs import get_run
 
     if _is_sweep(run):
@@ -456,8 +459,14 @@ def cancel(run: str = typer.Argument(...)) -> None:
         sweep_status = handle.cancel()
         _console().print(f"{handle.id}: {sweep_status.state}; " + ", ".join(f"{n} {st}" for n, st, _ in sweep_status.trials))
         return
-    st = get_run(run).cancel()
-    _console().print(f"{run}: {st.state}")
+    handle = get_run(run)
+    st = handle.cancel()
+    deadline = time.time() + wait
+    while st.state == "cancelling" and time.time() < deadline:  # a node elsewhere stops at its next step
+        time.sleep(1)
+        st = handle.status()
+    note = " (not confirmed yet: the node stops at its next step; finetune status shows when)" if st.state == "cancelling" else ""
+    _console().print(f"{run}: {st.state}{note}")
 
 
 # -------------------------------------------------------------------------------------------- sweeps

@@ -15,6 +15,16 @@ from typing import Any
 from sdk.errors import FinetuneError, LaunchError
 
 
+def require_succeeded(run: str, what: str) -> None:
+    """merge, generate, eval and serve work on a trained model: a run that did not succeed has none to trust."""
+    from sdk.runs import get_run
+
+    status = get_run(run).status()
+    if status.state != "succeeded":
+        reason = f": {status.error}" if status.error else ""
+        raise FinetuneError(f"run {run} is {status.state}{reason}; {what} needs a run that succeeded")
+
+
 def _run_tool(module: str, args: list[str], what: str) -> dict[str, Any]:
     result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
     if result.returncode == 2:
@@ -30,6 +40,7 @@ def evaluate(run: str, *, data: str, text_field: str = "text", label_field: str 
     args = ["--run", run, "--data", data, "--text-field", text_field, "--label-field", label_field]
     if limit:
         args += ["--limit", str(limit)]
+    require_succeeded(run, "eval")
     return _run_tool("launch.eval_run", args, f"evaluation of {run}")
 
 
@@ -44,6 +55,7 @@ def merge(
         args += ["--max-logit-diff", str(max_logit_diff)]
     if force:
         args.append("--force")
+    require_succeeded(run, "merge")
     return _run_tool("launch.merge", args, f"merge of {run}")
 
 
@@ -60,4 +72,5 @@ def generate(run: str, prompts: list[str], *, max_new_tokens: int | None = None,
         args.append("--base")
     if raw:
         args.append("--raw")
+    require_succeeded(run, "generate")
     return _run_tool("launch.generate", args, f"generation with {run}")

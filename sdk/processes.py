@@ -1,4 +1,7 @@
-"""Processes this client started: is one alive, which members of a process group are left, stop a group."""
+"""Processes this client started: who they are, is one alive, which members of a process group are left, stop a
+group. A PID alone names nobody for long: once a process ends, the kernel hands its number to the next one. So
+every PID is recorded with its start time and the boot it belongs to (`identify`), and nothing is signalled
+unless both still match (`is_same`)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,36 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def identify(pid: int) -> dict[str, Any]:
+    """What to record beside a PID so that a later signal reaches this process and no other."""
+    return {"pid": pid, "started": _start_ticks(pid), "boot": _boot_id()}
+
+
+def is_same(pid: int | None, started: int | None, boot: str | None) -> bool:
+    """Is `pid` still the process that was recorded? False when it ended, when the machine rebooted, or when
+    the number now belongs to another process; also False for a record without identity (older records:
+    their node stops on the run folder's cancel marker instead)."""
+    if not pid or started is None or boot is None:
+        return False
+    return pid_alive(pid) and _boot_id() == boot and _start_ticks(pid) == started
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -43,11 +76,17 @@ def group_members(pgid: int) -> list[int]:
     return out
 
 
-def stop_group(pgid: int, *, grace: float, kill_wait: float = 10) -> bool:
+def stop_group(pgid: int, *, grace: float, kill_wait: float = 10, started: int | None = None, boot: str | None = None) -> bool:
     """SIGTERM the group, SIGKILL whatever is left after `grace` seconds; wait until no member is left
     (not only the leader: a torchrun rank or an engine worker outlives its launcher by a moment).
-    True when the group is gone."""
+    True when the group is gone. The group is signalled only while it is provably the recorded one: its
+    leader is the recorded process (`started`, `boot`), or the leader is gone and members remain (the kernel
+    does not reuse a number while a group still carries it)."""
     pid_alive(pgid)  # reap the leader if it is our child
+    if pid_alive(pgid) and not is_same(pgid, started, boot):
+        return True  # the number belongs to another process now: ours is gone, and nobody is signalled
+    if not pid_alive(pgid) and not group_members(pgid):
+        return True
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, kill_wait)):
         try:
             os.killpg(pgid, sig)

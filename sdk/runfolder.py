@@ -23,7 +23,9 @@ CHECKPOINTS = "checkpoints"
 LOG = "logs/node.log"
 CANCEL = "cancel_requested.json"
 
-RunState = Literal["pending", "provisioning", "running", "recovering", "succeeded", "failed", "cancelled"]
+# cancelling: a cancel was asked for and neither the node nor the backend has confirmed it yet; lost: the node's
+# heartbeat stopped without a final word (it may have died while nobody watched): read, never written by a node.
+RunState = Literal["pending", "provisioning", "running", "recovering", "cancelling", "lost", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 
@@ -78,9 +80,9 @@ class RunFolder:
     def status(self) -> dict[str, Any]:
         status = self.read_json(STATUS) or {"state": "pending", "heartbeat": None}
         if status.get("state") not in TERMINAL and self.cancel_requested():
-            # The node stops at its next step or its backend kills it; until the node's own last word
-            # lands (a still-running node keeps writing 'running'), the request is the answer.
-            status = {**status, "state": "cancelled"}
+            # The node stops at its next step or its backend kills it; until the node's own last word (or the
+            # backend's confirmation) lands, the run is cancelling: it may still be running, and billing.
+            status = {**status, "state": "cancelling"}
         return status
 
     # -- cancellation: a marker any client can write and every node polls, so a run started on

@@ -33,7 +33,28 @@ class RunStatus(BaseModel):
 
     @property
     def done(self) -> bool:
-        return self.state in TERMINAL
+        """Nothing more will happen that a client can wait for: a final state, or a node gone silent."""
+        return self.state in TERMINAL or self.state == "lost"
+
+
+# A node writes its heartbeat every sync interval; this many missed in a row, and at least LOST_AFTER_S,
+# and a run that says "running" is read as lost.
+LOST_AFTER_INTERVALS = 20
+LOST_AFTER_S = 120.0
+
+
+def lost_view(stored: RunStatus, now: float) -> RunStatus | None:
+    """A "running" status whose heartbeat stopped: the node died while nobody watched (a detached client,
+    a machine that slept). The store alone says so; nothing is written."""
+    if stored.state != "running" or stored.heartbeat is None:
+        return None
+    interval = float(getattr(stored, "sync_interval", None) or 3.0)
+    silent = now - stored.heartbeat
+    if silent < max(LOST_AFTER_INTERVALS * interval, LOST_AFTER_S):
+        return None
+    step = f" at step {stored.step}" if stored.step is not None else ""
+    return stored.model_copy(update={"state": "lost", "error": f"no heartbeat from the node for {silent:.0f} s{step}; "
+                                     "it stopped without a final word (finetune logs shows its last lines)"})
 
 
 class Run:
@@ -69,7 +90,7 @@ class Run:
         without a word, a cluster still provisioning). Reads only; see reconcile()."""
         stored, view = self._views()
         if view is None:
-            return stored
+            return lost_view(stored, time.time()) or stored
         return stored.model_copy(update={"state": view.state, "error": view.error or stored.error})
 
     def reconcile(self) -> RunStatus:
@@ -93,7 +114,9 @@ class Run:
                     bar = _update_bar(bar, status, self.id)
                 if status.done:
                     # A final state only the backend knew (the node died silently) goes into the store.
-                    return self.reconcile() if self.folder.status().get("state") != status.state else status
+                    if status.state == "lost" or self.folder.status().get("state") == status.state:
+                        return status
+                    return self.reconcile()
                 if deadline is not None and time.time() > deadline:
                     raise TimeoutError(f"run {self.id} still {status.state} after {timeout} s")
                 time.sleep(poll)
@@ -103,7 +126,10 @@ class Run:
 
     def cancel(self) -> RunStatus:
         """Stop the run: a cancel marker in its folder (the node polls it and stops after its current step,
-        whatever machine started it), then the backend's own stop where this client knows the backend."""
+        whatever machine started it), then the backend's own stop where this client knows the backend. A run
+        that already ended is left as it is: nothing is signalled and its state does not change."""
+        if self.folder.status().get("state") in TERMINAL:
+            return self.status()
         self.folder.request_cancel()
         backend = self._backend()
         if backend is not None:

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from sdk.errors import FinetuneError, LaunchError
-from sdk.processes import pid_alive, stop_group
+from sdk.processes import identify, is_same, pid_alive, stop_group
 
 
 class ServeError(FinetuneError, ValueError):
@@ -113,8 +113,11 @@ def plan_serving(runs: Sequence[str], *, merge: bool = False, port: int = 8000, 
         alias, run_ref = parse_ref(ref)
         run = get_run(run_ref)
         spec = run.spec()
+        state = run.status().state
         if run.folder.adapter_manifest() is None:
-            raise ServeError(f"{run.id}: no committed adapter (the run is {run.status().state}); nothing to serve")
+            raise ServeError(f"{run.id}: no committed adapter (the run is {state}); nothing to serve")
+        if state != "succeeded":
+            raise ServeError(f"{run.id}: the run is {state}, not succeeded; serve a run that finished")
         serving = method_of(spec).serving(spec.method)
         if not serving.as_lora and not merge:
             raise ServeError(f"{run.id}: {serving.reason} (finetune serve {run.id} --merge)")
@@ -201,7 +204,9 @@ class Server:
             from sdk.backends.skypilot_serve import remote_alive
 
             return remote_alive(self.record)
-        return pid_alive(self.pid)
+        if self.record.get("started") is None:  # a record from before identities
+            return pid_alive(self.pid)
+        return is_same(self.pid, self.record.get("started"), self.record.get("boot"))
 
     def state(self) -> Literal["starting", "ready", "stopped"]:
         if not self.alive():
@@ -240,7 +245,7 @@ class Server:
 
             remote_stop(self.record)
         elif self.pid:
-            stop_group(self.pid, grace=timeout)
+            stop_group(self.pid, grace=timeout, started=self.record.get("started"), boot=self.record.get("boot"))
         import shutil
 
         folder = servers_dir()
@@ -340,4 +345,4 @@ def _start_local(plan: ServePlan, folder: Path) -> dict[str, Any]:
         proc = subprocess.Popen([sys.executable, "-m", "launch.serve", "--plan", str(plan_file), "--engine-python", str(python)],
                                 stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    return {"pid": proc.pid, "url": f"http://{plan.host}:{plan.port}", "log": str(log)}
+    return {**identify(proc.pid), "url": f"http://{plan.host}:{plan.port}", "log": str(log)}

@@ -116,3 +116,152 @@ def test_a_port_out_of_range_is_refused_at_once(port, tmp_path):
                             capture_output=True, text=True, timeout=60, cwd=ROOT,
                             env={**os.environ, "FINETUNE_HOME": str(tmp_path)})
     assert result.returncode == 2 and "--port" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def stranger():
+    """A process that is not ours: a stand-in for whatever inherited a finished run's PID. Stopped by PID."""
+    proc = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _running_folder(tmp_path):
+    from sdk.runfolder import RunFolder
+
+    folder = RunFolder(open_store(str(tmp_path / "store")), "r1")
+    folder.write_status("running")
+    return folder
+
+
+def test_cancel_never_signals_a_process_that_inherited_the_pid(tmp_path, stranger):
+    from sdk.backends.local import LocalBackend, LocalRunInfo
+    from sdk.processes import identify
+
+    who = identify(stranger.pid)
+    reused = LocalRunInfo(pid=stranger.pid, log=str(tmp_path / "log"), host=os.uname().nodename,
+                          started=who["started"] - 1, boot=who["boot"])  # same number, another process
+    folder = _running_folder(tmp_path)
+    LocalBackend().cancel(folder, reused, grace=1)
+    assert stranger.poll() is None and folder.status()["state"] == "cancelled"
+
+
+def test_cancel_of_a_finished_run_signals_nobody(tmp_path, stranger):
+    from sdk.backends.local import LocalBackend, LocalRunInfo
+    from sdk.processes import identify
+
+    who = identify(stranger.pid)  # even the very same process: the run ended, its PID is not the run's any more
+    info = LocalRunInfo(pid=stranger.pid, log=str(tmp_path / "log"), host=os.uname().nodename, **{k: who[k] for k in ("started", "boot")})
+    folder = _running_folder(tmp_path)
+    folder.write_status("succeeded")
+    LocalBackend().cancel(folder, info, grace=1)
+    assert stranger.poll() is None and folder.status()["state"] == "succeeded"
+
+
+def test_a_recorded_process_is_recognised_and_stopped(tmp_path):
+    from sdk.backends.local import LocalBackend, LocalRunInfo
+    from sdk.processes import identify, is_same
+
+    proc = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    try:
+        who = identify(proc.pid)
+        assert is_same(proc.pid, who["started"], who["boot"]) and not is_same(proc.pid, who["started"] + 1, who["boot"])
+        info = LocalRunInfo(pid=proc.pid, log=str(tmp_path / "log"), host=os.uname().nodename, started=who["started"], boot=who["boot"])
+        LocalBackend().cancel(_running_folder(tmp_path), info, grace=1)
+        assert proc.wait(timeout=15) is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+# -- statuses that hold
+
+
+def _folder_with(tmp_path, state: str, **extra):
+    from sdk.runfolder import SPEC, RunFolder
+
+    folder = RunFolder(open_store(str(tmp_path / "store")), "r1")
+    folder.write_json(SPEC, sdk.FineTuneSpec(model="tiny:llama", data="builtin:news-topics").model_dump(mode="json"))
+    folder.write_status(state, **extra)
+    return folder
+
+
+def test_a_cancel_reads_cancelling_until_the_node_confirms(tmp_path):
+    folder = _folder_with(tmp_path, "running", step=5)
+    run = sdk.Run(folder.uri)  # a client with no backend handle: only the folder
+    assert run.cancel().state == "cancelling" and not run.status().done
+    folder.write_status("cancelled")  # the node's last word
+    assert run.status().state == "cancelled"
+
+
+def test_a_silent_heartbeat_reads_lost_with_the_last_step(tmp_path):
+    import time as clock
+
+    folder = _folder_with(tmp_path, "running", step=42, sync_interval=3.0)
+    status = folder.read_json("status.json")
+    folder.write_json("status.json", {**status, "heartbeat": clock.time() - 3600})
+    read = sdk.Run(folder.uri).status()
+    assert read.state == "lost" and read.done and "step 42" in read.error
+    assert folder.read_json("status.json")["state"] == "running"  # reading writes nothing
+    folder.write_json("status.json", {**status, "heartbeat": clock.time() - 30})  # recent: still running
+    assert sdk.Run(folder.uri).status().state == "running"
+
+
+def test_a_node_killed_while_nobody_watches_reads_lost(tmp_path, finetune_home):
+    """Submit, detach, SIGKILL the node's whole group; a fresh client that knows only the folder reads lost once the
+    heartbeat has aged (aged here by moving it back, not by waiting out the threshold)."""
+    import signal
+    import time as clock
+
+    from sdk.processes import group_members
+    from sdk.recipes import load_recipe
+
+    run = sdk.submit(load_recipe("tiny", [f"output={tmp_path / 'runs'}", "train.max_steps=100000", "eval.before=false"]))
+    deadline = clock.time() + 120
+    while (run.status().step or 0) < 2 and clock.time() < deadline:
+        clock.sleep(0.5)
+    os.killpg(run.info.pid, signal.SIGKILL)
+    deadline = clock.time() + 30
+    while group_members(run.info.pid) and clock.time() < deadline:
+        clock.sleep(0.2)
+    stored = run.folder.read_json("status.json")
+    assert stored["state"] == "running"  # the node never wrote its last word
+    run.folder.write_json("status.json", {**stored, "heartbeat": stored["heartbeat"] - 3600})
+    elsewhere = sdk.Run(run.uri)
+    assert elsewhere.status().state == "lost" and elsewhere.wait(progress=False, timeout=5).state == "lost"
+
+
+def test_a_backend_success_without_the_nodes_word_reads_failed(tmp_path):
+    from sdk.backends.skypilot import SkyPilotBackend, SkyPilotRunInfo
+
+    class Reports(SkyPilotBackend):
+        def __init__(self, state):
+            self.state = state
+
+        def _sky_state(self, info):
+            return self.state
+
+    folder = _folder_with(tmp_path, "running")
+    info = SkyPilotRunInfo(managed=False, cluster="ft-x", job_id=1)
+    view = Reports("SUCCEEDED").status(folder, info)
+    assert view.state == "failed" and "never wrote its final status" in view.error and "no adapter" in view.error
+    folder.request_cancel()
+    assert Reports("RUNNING").status(folder, info) is None  # still cancelling: keep asking
+    assert Reports("CANCELLED").status(folder, info).state == "cancelled"
+
+
+@pytest.mark.parametrize("tool", ["merge", "generate", "evaluate"])
+def test_tools_refuse_a_run_that_did_not_succeed(tmp_path, tool):
+    from sdk import node_tools
+
+    folder = _folder_with(tmp_path, "failed", error="CUDA out of memory")
+    call = {"merge": lambda: node_tools.merge(folder.uri, tmp_path / "out"),
+            "generate": lambda: node_tools.generate(folder.uri, ["hi"]),
+            "evaluate": lambda: node_tools.evaluate(folder.uri, data="x.jsonl")}[tool]
+    with pytest.raises(sdk.FinetuneError, match="is failed: CUDA out of memory; .* needs a run that succeeded"):
+        call()
+    assert not (tmp_path / "out").exists()

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from sdk.backends import BackendView
 from sdk.errors import LaunchError, SpecError
-from sdk.processes import group_members, pid_alive, stop_group
+from sdk.processes import group_members, identify, is_same, pid_alive, stop_group
 from sdk.registry import home
 from sdk.runfolder import LOG, TERMINAL, RunFolder
 from sdk.spec import FineTuneSpec
@@ -25,6 +25,8 @@ class LocalRunInfo(BaseModel):
     pid: int
     log: str
     host: str
+    started: int | None = None  # the launcher's start time and boot (sdk.processes.identify): the PID is checked
+    boot: str | None = None     # against both before any signal, since the kernel reuses numbers
 
 
 class LocalBackend:
@@ -60,14 +62,15 @@ class LocalBackend:
                 )
             except OSError as exc:
                 raise LaunchError(f"cannot start {' '.join(command)}: {exc}") from None
-        return LocalRunInfo(pid=process.pid, log=str(log), host=os.uname().nodename)
+        who = identify(process.pid)
+        return LocalRunInfo(pid=process.pid, log=str(log), host=os.uname().nodename, started=who["started"], boot=who["boot"])
 
     def _ours(self, info: LocalRunInfo) -> bool:
         return info.host == os.uname().nodename
 
     def status(self, folder: RunFolder, info: LocalRunInfo) -> BackendView | None:
         """'failed' when the node process is gone without having written a final state."""
-        if not self._ours(info) or pid_alive(info.pid):
+        if not self._ours(info) or self._alive(info):
             return None
         # A final state may land just as the process exits: read once more before declaring failure.
         if folder.status().get("state") in TERMINAL:
@@ -77,11 +80,18 @@ class LocalBackend:
             return None
         return BackendView(state="failed", error=f"node process {info.pid} exited without a final status; see its log")
 
+    def _alive(self, info: LocalRunInfo) -> bool:
+        if info.started is None:  # a record from before identities: the PID alone
+            return pid_alive(info.pid)
+        return is_same(info.pid, info.started, info.boot) or bool(group_members(info.pid))
+
     def cancel(self, folder: RunFolder, info: LocalRunInfo, *, grace: float = 10.0) -> None:
         if not self._ours(info):
             return  # started on another host: its node stops on the cancel marker
-        if pid_alive(info.pid) or group_members(info.pid):  # nothing left of it: signal no one
-            stop_group(info.pid, grace=grace)  # the node stops after its current step and writes 'cancelled'
+        if folder.status().get("state") in TERMINAL:
+            return  # it ended: whatever holds that PID now is someone else's
+        if self._alive(info):  # its own launcher or ranks, never a process that inherited the number
+            stop_group(info.pid, grace=grace, started=info.started, boot=info.boot)  # the node writes 'cancelled'
         if folder.status().get("state") not in TERMINAL:
             folder.write_status("cancelled")
 

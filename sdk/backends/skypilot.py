@@ -467,6 +467,12 @@ class SkyPilotBackend:
             return None  # the node already reported; SkyPilot's job state lags behind it
         if state in TERMINAL and folder.status().get("state") in TERMINAL:  # the node's own final word landed meanwhile
             return None
+        if state in TERMINAL and stored == "cancelling":
+            return BackendView(state="cancelled")  # SkyPilot confirms the cancel (the job may end FAILED when killed)
+        if state == "succeeded":  # the job exited 0 but the node never wrote its final word: nothing says it trained
+            return BackendView(state="failed", error=f"SkyPilot reports the job SUCCEEDED but the node never wrote its "
+                               f"final status{'' if folder.adapter_manifest() else ' and no adapter was committed'}; "
+                               f"see `finetune logs {folder.run_id}`")
         error = None if state in ("cancelled", "provisioning", "recovering") else \
             f"SkyPilot reports the job {state}; see `finetune logs {folder.run_id}`"
         return BackendView(state=state, error=error)
@@ -480,8 +486,12 @@ class SkyPilotBackend:
             else:
                 sky.get(sky.cancel(info.cluster, job_ids=[info.job_id]))
         except Exception as exc:
-            raise LaunchError(f"SkyPilot could not cancel {folder.run_id}: {exc}") from None
-        if folder.status().get("state") not in TERMINAL:
+            raise LaunchError(f"SkyPilot could not cancel {folder.run_id} (it reads cancelling until it stops): {exc}") from None
+        try:  # written only once SkyPilot says the job stopped; until then the run reads cancelling
+            stopped = STATES.get(self._sky_state(info) or "") in TERMINAL
+        except Exception:
+            stopped = False
+        if stopped and folder.status().get("state") not in TERMINAL:
             folder.write_status("cancelled")
 
     def logs(self, folder: RunFolder, info: SkyPilotRunInfo) -> str | None:
