@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from launch import ranks
-from sdk.errors import FinetuneError, IntegrityError
+from sdk.errors import FinetuneError, StoreError
 from sdk.runfolder import CHECKPOINTS, RunFolder
 from sdk.store import MANIFEST, fetch_dir, sha256_file
 
@@ -143,7 +143,7 @@ def prepare_resume(folder: RunFolder, trainer_dir: Path) -> tuple[int, Path] | N
         for candidate in reversed(folder.committed_checkpoints()):
             try:
                 fetch_dir(folder.store, checkpoint_key(folder, candidate), trainer_dir / f"checkpoint-{candidate}", overwrite=True)
-            except IntegrityError as exc:
+            except (StoreError, ValueError) as exc:  # corrupted (IntegrityError), a file missing, an unreadable manifest
                 print(f"[finetune] warning: skipping checkpoint {candidate}: {exc}", flush=True)
                 continue
             step = candidate

@@ -198,6 +198,10 @@ def launch(
 
     spec = _load(recipe, overrides)
     chosen = "local" if local else backend
+    if spec.model.trust_remote_code:
+        _console(stderr=True).print(f"warning: model.trust_remote_code: the node will run Python code from {spec.model.id}'s "
+                                    "repository as it loads the model; set it only for a repository you trust",
+                                    markup=False, highlight=False)
     _check_data(spec, dry_run=dry_run)
     if dry_run:
         from sdk.backends import choose_backend

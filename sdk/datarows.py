@@ -63,15 +63,33 @@ def file_type(name: str, declared: str = "auto", *, field: str = "data.source") 
 # ------------------------------------------------------------------------------------------ readers
 
 
-def _jsonl_lines(lines: Iterator[str], name: str) -> Iterator[Row | BadRow]:
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
+def _decoded(raw: bytes, where: str) -> str | BadRow:
+    """A line as text, or the bad row that says where it is not UTF-8 (never replaced silently: a replaced
+    byte would train as U+FFFD)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return BadRow(where, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); save the file as UTF-8")
+
+
+def _jsonl_lines(lines: Iterator[bytes], name: str) -> Iterator[Row | BadRow]:
+    for number, raw in enumerate(lines, 1):
+        if number == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark
+        if not raw.strip():
             continue
         where = f"{name}:{number}"
+        line = _decoded(raw, where)
+        if isinstance(line, BadRow):
+            yield line
+            continue
         try:
             value = json.loads(line)
         except ValueError as exc:
             yield BadRow(where, f"not valid JSON ({getattr(exc, 'msg', exc)})")
+            continue
+        except RecursionError:
+            yield BadRow(where, "JSON nested too deeply to be a training row")
             continue
         if isinstance(value, dict):
             yield Row(where, value)
@@ -80,18 +98,36 @@ def _jsonl_lines(lines: Iterator[str], name: str) -> Iterator[Row | BadRow]:
 
 
 def _read_jsonl(path: Path, name: str) -> Iterator[Row | BadRow]:
-    with open(path, encoding="utf-8-sig", errors="replace") as handle:
+    with open(path, "rb") as handle:
         yield from _jsonl_lines(handle, name)
+
+
+def _read_text(path: Path, name: str) -> str | BadRow:
+    """A whole file as text, or the bad row naming the line where it stops being UTF-8."""
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = raw.rfind(b"\n", 0, exc.start) + 1
+        line = raw.count(b"\n", 0, exc.start) + 1
+        return BadRow(f"{name}:{line}", f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start - line_start + 1}); "
+                      "save the file as UTF-8")
 
 
 def _read_json(path: Path, name: str) -> Iterator[Row | BadRow]:
     """A JSON list of objects (or {"data": [...]}); each object is located by the line it starts on."""
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    text = _read_text(path, name)
+    if isinstance(text, BadRow):
+        yield text
+        return
     decoder = json.JSONDecoder()
     try:
         whole = json.loads(text)
     except ValueError as exc:
         yield BadRow(f"{name}:{getattr(exc, 'lineno', 1)}", f"not valid JSON ({getattr(exc, 'msg', exc)})")
+        return
+    except RecursionError:
+        yield BadRow(f"{name}:1", "JSON nested too deeply to be training rows")
         return
     if isinstance(whole, dict) and isinstance(whole.get("data"), list):
         start = text.index("[", text.index('"data"'))
@@ -114,7 +150,13 @@ def _read_json(path: Path, name: str) -> Iterator[Row | BadRow]:
 
 
 def _read_csv(path: Path, name: str) -> Iterator[Row | BadRow]:
-    with open(path, encoding="utf-8-sig", errors="replace", newline="") as handle:
+    import io
+
+    text = _read_text(path, name)
+    if isinstance(text, BadRow):
+        yield text
+        return
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         line = reader.line_num
         for record in reader:
@@ -153,8 +195,7 @@ def _s3_rows(uri: str, declared: str, field: str) -> Iterator[Row | BadRow]:
     store = open_store(parent)
     try:
         if kind == "jsonl":  # streamed: a large file is checked without being held in memory or on disk
-            lines = store.iter_lines(key)
-            yield from _jsonl_lines((line.removeprefix("\ufeff") if i == 0 else line for i, line in enumerate(lines)), uri)
+            yield from _jsonl_lines(store.iter_lines(key), uri)
             return
         with tempfile.TemporaryDirectory(prefix="finetune-check-") as tmp:
             local = Path(tmp) / key

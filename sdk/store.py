@@ -252,8 +252,9 @@ class S3Store:
                 raise StoreError(f"{self.url(key)}: no such object") from None
             raise
 
-    def iter_lines(self, key: str) -> Iterator[str]:
-        """The object's lines, streamed: a large file is read without holding it whole."""
+    def iter_lines(self, key: str) -> Iterator[bytes]:
+        """The object's lines as bytes, streamed: a large file is read without holding it whole (the reader
+        decodes them, so that a line that is not UTF-8 is reported where it is)."""
         def get() -> Any:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
 
@@ -263,8 +264,7 @@ class S3Store:
             if "NoSuchKey" in str(exc):
                 raise StoreError(f"{self.url(key)}: no such object") from None
             raise
-        for line in body.iter_lines(chunk_size=1 << 20):
-            yield line.decode("utf-8", errors="replace")
+        yield from body.iter_lines(chunk_size=1 << 20)
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

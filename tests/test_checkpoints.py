@@ -68,6 +68,19 @@ def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, uninter
     assert max(abs(curve[s] - uninterrupted[s]) for s in uninterrupted) < 1e-5
 
 
+def test_a_checkpoint_missing_a_file_falls_back_to_the_previous_one(tmp_path, uninterrupted):
+    """Sealed, then a file lost (a lifecycle rule, a partial copy between buckets): skipped, not fatal."""
+    spec = spec_for(tmp_path)
+    run_node(spec, tmp_path, env={"FINETUNE_FAULT": "after-checkpoint:10"})
+    (tmp_path / "r1" / "checkpoints" / "10" / "optimizer.pt").unlink()
+    resumed, folder = run_node(spec, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "skipping checkpoint 10" in resumed.stdout
+    assert folder.read_json("summary.json")["resumed_from_step"] == 5
+    curve = losses(folder)
+    assert max(abs(curve[s] - uninterrupted[s]) for s in uninterrupted) < 1e-5
+
+
 def test_two_process_ddp_resumes_too(tmp_path, uninterrupted):
     spec = spec_for(tmp_path, "distributed.nproc_per_node=2", "train.batch_size=4")
     reference_store = tmp_path / "ref"

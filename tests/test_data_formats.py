@@ -123,6 +123,9 @@ REFUSED = {
     "item_not_object.json": (5, "must be a JSON object, not str"),
     "completion_from_the_user.jsonl": (1, "'completion' must be one assistant turn"),
     "unknown_columns.jsonl": (1, "cannot tell the format from the columns (question, answer)"),
+    "not_utf8.jsonl": (2, "not valid UTF-8 (byte 0xe9 at column 49)"),  # never trained as U+FFFD
+    "not_utf8.csv": (3, "not valid UTF-8 (byte 0xe9 at column 20)"),
+    "nested_too_deeply.jsonl": (2, "JSON nested too deeply"),  # a RecursionError traceback before
 }
 
 
