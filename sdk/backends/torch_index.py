@@ -95,6 +95,7 @@ def choose(torch_version: str, driver_text: str, *, index: str, python_tag: str,
 
 
 def read_driver() -> str | None:
+    # launch.hardware.driver_version reads the same, but this file runs alone before the package is installed.
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=30)

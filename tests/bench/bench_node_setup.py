@@ -14,16 +14,14 @@ Run: python tests/bench/bench_node_setup.py
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_slurm_launch import down, wait_running  # noqa: E402
-from conftest import free_port, wait_for_port  # noqa: E402
-from slurm_harness import SlurmHarness, missing_prerequisites  # noqa: E402
+from bench_slurm_launch import down, harness_with_s3, wait_running  # noqa: E402
+from slurm_harness import SlurmHarness  # noqa: E402
 
 
 def submit(harness: SlurmHarness, bucket: str, venv: Path, pip_cache: Path) -> dict:
@@ -52,23 +50,9 @@ def submit(harness: SlurmHarness, bucket: str, venv: Path, pip_cache: Path) -> d
 
 
 def main() -> None:
-    missing = missing_prerequisites()
-    if missing:
-        sys.exit(f"needs: {missing}")
-    port = free_port()
-    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    harness = SlurmHarness()
     work = Path(tempfile.mkdtemp(prefix="bench-setup-"))
     os.chmod(work, 0o777)  # the harness's login user builds the environments here
-    try:
-        wait_for_port(port)
-        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                          AWS_DEFAULT_REGION="us-east-1", FINETUNE_HOME=str(harness.work / "home"))
-        import boto3
-
-        boto3.session.Session().client("s3").create_bucket(Bucket="bench-setup")
-        harness.start()
+    with harness_with_s3("bench-setup") as harness:
         cache = work / "pip-cache"
         cases = [("cold", work / "venv-cold"), ("warm", work / "venv-warm"), ("reused", work / "venv-warm")]
         for name, venv in cases:
@@ -77,10 +61,6 @@ def main() -> None:
                   f"({result['state']})", flush=True)
             for line in result["stages"]:
                 print(f"          {line.strip()}", flush=True)
-    finally:
-        harness.stop()
-        moto.terminate()
-        moto.wait(timeout=10)
 
 
 if __name__ == "__main__":

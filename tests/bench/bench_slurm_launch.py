@@ -13,11 +13,13 @@ Run: python tests/bench/bench_slurm_launch.py [--repeats 2]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -73,10 +75,10 @@ def down(cluster: str) -> None:
     sky.get(sky.down(cluster))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
+@contextlib.contextmanager
+def harness_with_s3(bucket: str) -> Iterator[SlurmHarness]:
+    """The Slurm harness started, moto serving `bucket` on 127.0.0.1 (the process's AWS env points there);
+    both stopped, by PID, at the end."""
     missing = missing_prerequisites()
     if missing:
         sys.exit(f"needs: {missing}")
@@ -90,8 +92,19 @@ def main() -> None:
                           AWS_DEFAULT_REGION="us-east-1", FINETUNE_HOME=str(harness.work / "home"))
         import boto3
 
-        boto3.session.Session().client("s3").create_bucket(Bucket="bench-runs")
-        harness.start()
+        boto3.session.Session().client("s3").create_bucket(Bucket=bucket)
+        yield harness.start()
+    finally:
+        harness.stop()
+        moto.terminate()
+        moto.wait(timeout=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    with harness_with_s3("bench-runs") as harness:
         rows: dict[str, list[float]] = {"sky launch echo": [], "finetune submit": []}
         for index in range(args.repeats + 1):
             echo_s, echo_cluster = sky_echo(index)
@@ -106,10 +119,6 @@ def main() -> None:
         echo, ours = statistics.median(rows["sky launch echo"]), statistics.median(rows["finetune submit"])
         print(f"median to RUNNING: sky launch echo {echo:.1f} s, finetune submit {ours:.1f} s")
         print(f"ratio finetune / sky launch echo: {ours / echo:.2f} (goal <= 1.1)")
-    finally:
-        harness.stop()
-        moto.terminate()
-        moto.wait(timeout=10)
 
 
 if __name__ == "__main__":
