@@ -44,8 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         prior = status.get("state")
         if prior == "succeeded" and folder.adapter_manifest() is not None:
             raise FinetuneError(f"{folder.uri}: this run already succeeded; start a new run instead of overwriting it")
-        if prior == "cancelled":
-            raise FinetuneError(f"{folder.uri}: this run was cancelled; start a new run")
+        if prior in ("cancelled", "cancelling"):  # cancelled before this node started (or before a recovery)
+            if int(os.environ.get("RANK", "0")) == 0 and prior == "cancelling":
+                folder.write_status("cancelled", error="cancelled before the node started")
+            print(f"[finetune] {folder.uri}: cancelled before this node started; nothing to do", flush=True)
+            return 130
         # On SkyPilot the run folder belongs to one task: its recoveries resume it, another task may not.
         task_id, owner = os.environ.get("SKYPILOT_TASK_ID"), status.get("task_id")
         if task_id and owner and owner != task_id:

@@ -113,7 +113,9 @@ def gpu_count_error(nproc_per_node: int | None, facts: CudaFacts) -> str | None:
             f"({facts.name}): ask for {nproc_per_node} GPUs in resources.accelerators or lower nproc_per_node")
 
 
-MEMORY_MARGIN = 0.8  # refuse when free memory is below this share of the planner's estimate ("far below")
+# Refuse when free memory is below this share of the planner's estimate ("far below"): the one GPU point has the
+# planner 25% high (5.23 vs 4.19 GiB measured), so 0.7 leaves room for that and more.
+MEMORY_MARGIN = 0.7
 
 
 def memory_error(needed_bytes: int | None, facts: CudaFacts) -> str | None:

@@ -239,9 +239,14 @@ def gpu_check(spec: FineTuneSpec, env: Mapping[str, str] | None = None, facts: A
 
 
 def planned_bytes(spec: FineTuneSpec) -> int | None:
-    """The planner's per-GPU estimate, None where it cannot tell (an architecture it does not know)."""
+    """The planner's per-GPU estimate, None where it cannot tell: an architecture it does not know, or memory it
+    does not model (optimizer or parameter offload, Liger's fused loss, activation offloading), where it would
+    refuse runs that fit."""
     from sdk.errors import FinetuneError
     from sdk.plan import estimate
+
+    if spec.distributed.offload or spec.train.liger_kernels or spec.train.activation_offloading:
+        return None
 
     try:
         return int(estimate(spec, device="gpu").allocated_bytes)

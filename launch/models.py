@@ -233,6 +233,8 @@ class BaseLoader:
         weights = torch_dtype(dtype or weight_dtype(self.spec, self.precision))
         placement = device_map(quantized=method_of(self.spec).quantized_base, cuda=torch.cuda.is_available(),
                                local_rank=ranks.local_rank(), zero3=zero3_enabled(),
-                               fsdp=self.spec.distributed.strategy == "fsdp" and torch.cuda.is_available())
+                               # several FSDP ranks load on the CPU for FSDP to shard; one process (training on
+                               # one GPU, or eval/generate/merge afterwards) keeps the model on its GPU
+                               fsdp=self.spec.distributed.strategy == "fsdp" and torch.cuda.is_available() and ranks.world_size() > 1)
         return load_model(self.spec.model, dtype=weights, quantization_config=quant, source=self.source,
                           device_map=placement, attention=attention)

@@ -215,7 +215,8 @@ def with_cpu_resume_fix(trainer_cls: type) -> type:
 def train_features(args: Any, *, packing_note: str | None = None) -> TrainFeatures:
     """Read back from the trainer's own arguments, so the summary says what ran rather than what was asked."""
     return TrainFeatures(packing=bool(getattr(args, "padding_free", False)), packing_note=packing_note,
-                         gradient_checkpointing=bool(args.gradient_checkpointing),
+                         gradient_checkpointing=bool(args.gradient_checkpointing or (
+                             isinstance(args.fsdp_config, dict) and args.fsdp_config.get("activation_checkpointing"))),
                          activation_offloading=bool(getattr(args, "activation_offloading", False)),
                          liger_kernels=bool(args.use_liger_kernel), compile=bool(args.torch_compile),
                          optimizer=str(getattr(args.optim, "value", args.optim)))

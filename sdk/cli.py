@@ -469,6 +469,8 @@ def cancel(run: str = typer.Argument(...),
     while st.state == "cancelling" and time.time() < deadline:  # a node elsewhere stops at its next step
         time.sleep(1)
         st = handle.status()
+    if st.done and st.state != "lost":
+        st = handle.reconcile()  # what the backend confirmed goes into the store, for every other client
     note = " (not confirmed yet: the node stops at its next step; finetune status shows when)" if st.state == "cancelling" else ""
     _console().print(f"{run}: {st.state}{note}")
 

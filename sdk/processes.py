@@ -83,7 +83,7 @@ def stop_group(pgid: int, *, grace: float, kill_wait: float = 10, started: int |
     leader is the recorded process (`started`, `boot`), or the leader is gone and members remain (the kernel
     does not reuse a number while a group still carries it)."""
     pid_alive(pgid)  # reap the leader if it is our child
-    if pid_alive(pgid) and not is_same(pgid, started, boot):
+    if started is not None and pid_alive(pgid) and not is_same(pgid, started, boot):
         return True  # the number belongs to another process now: ours is gone, and nobody is signalled
     if not pid_alive(pgid) and not group_members(pgid):
         return True

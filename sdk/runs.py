@@ -89,8 +89,8 @@ class Run:
         """The run's state: status.json, unless the backend knows better (a node process that died
         without a word, a cluster still provisioning). Reads only; see reconcile()."""
         stored, view = self._views()
-        if view is None:
-            return lost_view(stored, time.time()) or stored
+        if view is None:  # a backend that can see the node (a live local process) knows better than a heartbeat
+            return (lost_view(stored, time.time()) if self._backend() is None else None) or stored
         return stored.model_copy(update={"state": view.state, "error": view.error or stored.error})
 
     def reconcile(self) -> RunStatus:

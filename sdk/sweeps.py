@@ -38,6 +38,8 @@ SWEEP_FILE = "sweep.json"
 CANCEL_FILE = "CANCEL"
 SweepState = Literal["pending", "running", "succeeded", "partial", "failed", "cancelled"]
 
+FINAL = TERMINAL | {"lost"}  # trial states that will not change on their own: a lost node writes nothing more
+
 
 # ------------------------------------------------------------------------------------------- metrics
 
@@ -264,7 +266,7 @@ class SweepStatus(BaseModel):
 def sweep_state(states: Sequence[str], *, finished: bool) -> SweepState:
     if not states or all(s == "pending" for s in states) and not finished:
         return "pending"
-    if not all(s in TERMINAL for s in states):
+    if not all(s in FINAL for s in states):
         return "running"
     if all(s == "succeeded" for s in states):
         return "succeeded"
@@ -637,7 +639,7 @@ def drive(handle: Sweep, *, poll: float = 1.0, max_hours: float = 168.0,
             for trial, state, run in rows:
                 if trial.uri:
                     trial.state = state
-                    if state in TERMINAL:
+                    if state in FINAL:
                         _release(trial, run)
             if handle.cancel_requested() or time.time() > deadline:
                 reason = "sweep cancelled" if handle.cancel_requested() else f"sweep driver stopped after {max_hours} h"
@@ -666,7 +668,7 @@ def drive(handle: Sweep, *, poll: float = 1.0, max_hours: float = 168.0,
                 record.finished = True
                 handle._write(record)
                 return record
-            busy = len(launching) + sum(1 for t in record.trials if t.uri and t.state not in TERMINAL)
+            busy = len(launching) + sum(1 for t in record.trials if t.uri and t.state not in FINAL)
             for trial in record.trials:
                 if busy >= record.max_parallel:
                     break
@@ -675,7 +677,7 @@ def drive(handle: Sweep, *, poll: float = 1.0, max_hours: float = 168.0,
                 trial.state, trial.launched = "provisioning", time.time()
                 launching[trial.index] = pool.submit(submit, FineTuneSpec.model_validate(trial.spec), record.backend)
                 busy += 1
-            if not launching and all(t.state in TERMINAL for t in record.trials):
+            if not launching and all(t.state in FINAL for t in record.trials):
                 record.finished = True
                 handle._write(record)
                 return record

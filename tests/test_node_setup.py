@@ -136,6 +136,17 @@ def test_setup_installs_torch_from_the_build_the_driver_runs(tmp_path, pytorch_i
         assert f"installing torch {version} from {pytorch_index}/{expected} with uv" in done.stdout
 
 
+def test_an_unreachable_index_is_one_line(tmp_path):
+    """DNS or a firewall: not a traceback, and not a silent install from the wrong place."""
+    from conftest import free_port
+
+    out = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "sdk" / "backends" / "torch_index.py"), "--torch", "2.13.0",
+                          "--index", f"http://127.0.0.1:{free_port()}/whl"], capture_output=True, text=True, timeout=60,
+                         env={"PATH": f"{fake_gpu(tmp_path / 'bin', '535.216.01')}:/usr/bin:/bin"})
+    assert out.returncode == 3 and out.stdout == "" and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1 and "FINETUNE_TORCH_INDEX_URL" in out.stderr and "535.216.01" in out.stderr
+
+
 def test_a_cpu_node_installs_from_the_default_index(tmp_path, pytorch_index):
     """No driver: the chooser says nothing and pip's default index applies (here: the same local index
     given as the default through PIP_INDEX_URL would be; the chooser's own answer is what is checked)."""
@@ -203,7 +214,7 @@ def test_an_image_without_the_venv_module_gets_its_environment_from_uv(tmp_path)
     (["distributed=deepspeed"], "train,deepspeed", {}),
     (["distributed.strategy=deepspeed", "distributed.offload=true"], "train,deepspeed", {"DS_BUILD_OPS": "0", "DS_BUILD_CPU_ADAM": "1"}),
     (["train.liger_kernels=true"], "train,liger", {}),
-    (["train.attention=flash_attention_2"], "train,flash", {}),
+    (["train.attention=flash_attention_2"], "train", {}),  # flash-attn: built after torch, not an extra
     (["tracking=[tensorboard, mlflow]"], "train,mlflow,tensorboard", {}),
     (["distributed=fsdp", "train.liger_kernels=true", "tracking=[wandb]"], "train,liger,wandb", {}),
 ])
@@ -219,6 +230,7 @@ def test_the_node_installs_what_the_spec_uses_and_nothing_more(overrides, extras
     assert set(extras.split(",")) <= set(declared)  # every extra the node asks for exists
     script = setup_script(spec, {})
     assert f"finetune[{extras}]" in script and ("DS_BUILD_CPU_ADAM=1" in script) == bool(env)
+    assert ("--no-build-isolation flash-attn" in script) == ("train.attention=flash_attention_2" in overrides)
 
 
 def test_a_dry_run_shows_the_plan_without_cloud_credentials(run_cli, tmp_path):

@@ -265,3 +265,24 @@ def test_tools_refuse_a_run_that_did_not_succeed(tmp_path, tool):
     with pytest.raises(sdk.FinetuneError, match="is failed: CUDA out of memory; .* needs a run that succeeded"):
         call()
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_cancelled_before_its_node_starts_never_loads_the_model(tmp_path):
+    """Cancelled while provisioning (or before a managed-job recovery): the node writes cancelled and stops."""
+    import time as clock
+
+    from conftest import run_node
+
+    from sdk.recipes import load_recipe
+    from sdk.runfolder import SPEC, RunFolder
+
+    spec = load_recipe("tiny", [f"output={tmp_path}"])
+    folder = RunFolder(open_store(str(tmp_path)), "r1")
+    folder.write_json(SPEC, spec.model_dump(mode="json"))
+    folder.write_status("pending")
+    folder.request_cancel()
+    start = clock.time()
+    result, folder = run_node(spec, tmp_path)
+    assert result.returncode == 130 and "cancelled before this node started" in result.stdout
+    assert folder.read_json("status.json")["state"] == "cancelled" and not folder.metrics()
+    assert clock.time() - start < 30  # no model loaded, no training

@@ -117,14 +117,13 @@ def stack_key(spec: FineTuneSpec, pins: str) -> str:
 def extras_for(spec: FineTuneSpec) -> str:
     """The package extras a node installs: the training stack, plus what this spec uses and nothing more:
     DeepSpeed for `distributed: deepspeed`, Liger for `train.liger_kernels`, flash-attn for
-    `train.attention: flash_attention_2`, and each tracker named in `tracking`."""
+    and each tracker named in `tracking` (flash-attn for `train.attention: flash_attention_2` is built by
+    kernels_stage: its build needs the installed torch)."""
     extras = ["train"]
     if spec.distributed.strategy == "deepspeed":
         extras.append("deepspeed")
     if spec.train.liger_kernels:
         extras.append("liger")
-    if spec.train.attention == "flash_attention_2":
-        extras.append("flash")
     return ",".join(extras + sorted({t.name for t in spec.tracking}))
 
 
@@ -136,18 +135,26 @@ def install_env(spec: FineTuneSpec) -> dict[str, str]:
     return {}
 
 
-def deepspeed_ops_stage(spec: FineTuneSpec, pins: str) -> str:
-    """DeepSpeed rebuilt against the venv's torch with the ops install_env names (the build needs torch, so no
-    build isolation, and setuptools, which a 3.12 venv lacks)."""
+def kernels_stage(spec: FineTuneSpec, pins: str) -> str:
+    """What is built against the venv's own torch, after it is in (no build isolation; setuptools, which a 3.12
+    venv lacks): flash-attn when the spec asks for flash_attention_2 (a failure stops setup: the run would
+    refuse to start without it), and DeepSpeed with the ops install_env names when the optimizer is offloaded
+    (rebuilt without the cache, which holds the wheel built without them; a failure leaves DeepSpeed's JIT build
+    at the first step, which needs nvcc matching torch's CUDA, so it only warns)."""
+    lines = []
+    if spec.train.attention == "flash_attention_2":
+        lines += ['echo "[finetune] setup: building flash-attn against this torch (train.attention: flash_attention_2): minutes"',
+                  "pyinstall setuptools wheel ninja packaging",
+                  "pyinstall --no-build-isolation flash-attn"]
     env = install_env(spec)
-    if not env:
-        return ""
-    assign = " ".join(f"{k}={v}" for k, v in env.items())
-    return f"""echo "[finetune] setup: building DeepSpeed with its CPU Adam op ({assign}): a few minutes"
-pyinstall setuptools wheel ninja
-export {assign}
-pyinstall --no-build-isolation --force-reinstall --no-deps {pins} deepspeed
-"""
+    if env:
+        assign = " ".join(f"{k}={v}" for k, v in env.items())
+        lines += [f'echo "[finetune] setup: building DeepSpeed with its CPU Adam op ({assign}): a few minutes"',
+                  "pyinstall setuptools wheel ninja",
+                  f"( export {assign}; pyinstall --no-build-isolation --no-cache-dir --force-reinstall --no-deps {pins} deepspeed ) \\",
+                  '  || echo "[finetune] setup: warning: DeepSpeed\'s CPU Adam op did not build here; DeepSpeed compiles it at '
+                  'the first step instead (it needs nvcc matching torch\'s CUDA)"']
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 PYTHON_FLOOR = (3, 10)  # pyproject's requires-python
@@ -164,8 +171,10 @@ def installer_stage() -> str:
   if [ -n "${PIP_INDEX_URL:-}${PIP_EXTRA_INDEX_URL:-}${PIP_FIND_LINKS:-}" ] \\
       || "$VENV/bin/python" -m pip config list 2>/dev/null | grep -qE 'index-url|find-links'; then echo pip; else echo uv; fi
 }
-pyinstall() {
-  if [ "$(installer)" = uv ]; then uv pip install -q --python "$VENV/bin/python" "${@/--force-reinstall/--reinstall}"
+pyinstall() {  # pip's flags; uv's names for the two that differ
+  if [ "$(installer)" = uv ]; then
+    local args=("${@/--force-reinstall/--reinstall}")
+    uv pip install -q --python "$VENV/bin/python" "${args[@]/--no-cache-dir/--no-cache}"
   else "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@"; fi
 }
 """
@@ -237,7 +246,7 @@ mkdir -p "$(dirname "$VENV")"
 {_indent(torch_stage(torch_version, pins), 4)}
     echo "[finetune] setup: installing finetune[{extras}] and its dependencies with $(installer)"
     pyinstall {pins} "{package}"
-{_indent(deepspeed_ops_stage(spec, pins), 4)}
+{_indent(kernels_stage(spec, pins), 4)}
     touch "$VENV/.stack-{stack}"
   fi
   # The package on top, whenever its build changes: no dependency is touched.

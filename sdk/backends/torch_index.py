@@ -62,7 +62,13 @@ def fetch(url: str, timeout: float = 20) -> str | None:
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             return None
-        raise
+        raise IndexUnreachable(f"{url}: HTTP {exc.code}") from None
+    except OSError as exc:  # DNS, refused, timed out, TLS
+        raise IndexUnreachable(f"{url}: {getattr(exc, 'reason', exc)}") from None
+
+
+class IndexUnreachable(Exception):
+    pass
 
 
 def floor_text(floor: tuple[int, ...]) -> str:
@@ -120,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         print("[finetune] torch: no NVIDIA driver on this node; the default index", file=sys.stderr)
         return 0
     python_tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
-    url, why = choose(args.torch, driver, index=args.index.rstrip("/"), python_tag=python_tag, platform_tag=platform_tag())
+    try:
+        url, why = choose(args.torch, driver, index=args.index.rstrip("/"), python_tag=python_tag, platform_tag=platform_tag())
+    except IndexUnreachable as exc:
+        print(f"error: cannot read the PyTorch index to choose a CUDA build for NVIDIA driver {driver}: {exc}; point "
+              "FINETUNE_TORCH_INDEX_URL at a reachable mirror of https://download.pytorch.org/whl", file=sys.stderr)
+        return EXIT_NO_BUILD
     if url is None:
         print(f"error: {why}", file=sys.stderr)
         return EXIT_NO_BUILD
