@@ -89,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     env = dict(os.environ)
+    from sdk.serving import SERVE_KEY_ENV
+
+    key = env.pop(SERVE_KEY_ENV, None)
+    if not key:
+        print(f"error: no API key for the endpoint ({SERVE_KEY_ENV} is not set); finetune serve sets it", file=sys.stderr, flush=True)
+        return 2
+    env["VLLM_API_KEY"] = key  # vLLM checks `Authorization: Bearer` on /v1 (/health stays open for probes)
     if cpu:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
     print(f"[finetune] starting vLLM: {shlex.join(command)}", flush=True)

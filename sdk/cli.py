@@ -695,8 +695,8 @@ def serve(
     example = server.prompt(server.models[-1], "Hello")
     if isinstance(example, str):  # prompted as in training: the completions endpoint with the run's template
         body = json_dumps({"model": server.models[-1], "prompt": example, "max_tokens": 16, "temperature": 0})
-        console.print(f"try: curl {server.url}/v1/completions -H 'Content-Type: application/json' -d '{body}'",
-                      markup=False, highlight=False)
+        console.print(f"try: curl {server.url}/v1/completions -H \"Authorization: Bearer $(finetune servers --show-key {server.id})\" "
+                      f"-H 'Content-Type: application/json' -d '{body}'", markup=False, highlight=False)
     else:
         console.print(f"try: chat completions with model {server.models[-1]} (trained with the chat template)")
     if detach or backend != "local":  # a cluster outlives this terminal; it is stopped by name
@@ -722,12 +722,16 @@ def json_dumps(value) -> str:
 
 
 @app.command()
-def servers(stop: str | None = typer.Option(None, "--stop", help="stop this server (id, URL or PID)")) -> None:
+def servers(stop: str | None = typer.Option(None, "--stop", help="stop this server (id, URL or PID)"),
+            show_key: str | None = typer.Option(None, "--show-key", help="print this server's API key (id, URL or PID)")) -> None:
     """Servers started from this machine; --stop ID stops one (its whole process group)."""
     from rich.table import Table
 
     from sdk.serving import get_server, list_servers
 
+    if show_key:
+        print(get_server(show_key).api_key)  # plain stdout, for OPENAI_API_KEY=$(finetune servers --show-key ID)
+        return
     if stop:
         server = get_server(stop)
         server.stop()

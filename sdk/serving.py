@@ -35,7 +35,8 @@ class ServeError(FinetuneError, ValueError):
     """A run or setting the server cannot take; one line naming the run or option (the CLI exits 2)."""
 
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max-lora-rank accepts
-ENGINE_BASE = "finetune-engine-base"  # the engine's own name for the bare base; clients use the served names
+ENGINE_BASE = "finetune-engine-base"
+SERVE_KEY_ENV = "FINETUNE_SERVE_API_KEY"  # how the key reaches the serving node (launch/serve.py hands it to vLLM)  # the engine's own name for the bare base; clients use the served names
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -186,10 +187,15 @@ class Server:
         return f"Server(id={self.id!r}, url={self.url!r}, models={self.models})"
 
     @property
+    def api_key(self) -> str:
+        """The server's key (every endpoint has one: `finetune servers --show-key ID`); older records had none."""
+        return self.record.get("api_key") or "finetune-local"
+
+    @property
     def client(self) -> Any:
         import openai
 
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="finetune-local", max_retries=0, timeout=600)
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.api_key, max_retries=0, timeout=600)
 
     def logs(self) -> str:
         if self.backend == "skypilot":
@@ -204,9 +210,10 @@ class Server:
             from sdk.backends.skypilot_serve import remote_alive
 
             return remote_alive(self.record)
-        if self.record.get("started") is None:  # a record from before identities
+        who = self.record.get("process")  # the engine's identity (sdk.processes.identify)
+        if not who:  # a record from before identities: the PID alone
             return pid_alive(self.pid)
-        return is_same(self.pid, self.record.get("started"), self.record.get("boot"))
+        return is_same(self.pid, who.get("started"), who.get("boot"))
 
     def state(self) -> Literal["starting", "ready", "stopped"]:
         if not self.alive():
@@ -216,8 +223,9 @@ class Server:
     def _ready(self) -> bool:
         import urllib.request
 
+        request = urllib.request.Request(f"{self.url}/v1/models", headers={"Authorization": f"Bearer {self.api_key}"})
         try:
-            with urllib.request.urlopen(f"{self.url}/v1/models", timeout=2) as response:
+            with urllib.request.urlopen(request, timeout=2) as response:
                 listed = {m["id"] for m in json.loads(response.read())["data"]}
         except (OSError, ValueError, KeyError):
             return False
@@ -245,7 +253,8 @@ class Server:
 
             remote_stop(self.record)
         elif self.pid:
-            stop_group(self.pid, grace=timeout, started=self.record.get("started"), boot=self.record.get("boot"))
+            who = self.record.get("process") or {}
+            stop_group(self.pid, grace=timeout, started=who.get("started"), boot=who.get("boot"))
         import shutil
 
         folder = servers_dir()
@@ -309,21 +318,27 @@ def serve(runs: Sequence[str], *, merge: bool = False, port: int = 8000, base_na
         raise ServeError("--replicas: a SkyPilot service; a local server is one process")
     plan = plan_serving(runs, merge=merge, port=port, base_name=base_name, dtype=dtype, max_model_len=max_model_len,
                         backend=backend)
+    import secrets
+
     folder = servers_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    record = {"id": plan.server_id, "models": plan.names, "base": plan.base_name, "started": time.time(),
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Every endpoint needs a key, a local one too (a workstation is shared): it reaches vLLM through the
+    # environment (VLLM_API_KEY), never a command line, a log, a plan file or the store; the record that keeps
+    # it is readable by its owner alone.
+    api_key = secrets.token_urlsafe(32)
+    record = {"id": plan.server_id, "models": plan.names, "base": plan.base_name, "started": time.time(), "api_key": api_key,
               "prompting": plan.prompting, "backend": backend,
               "runs": {**({plan.base_name: plan.adapters[0].run_uri} if plan.adapters else {}),
                        **{a.name: a.run_uri for a in ([plan.merged] if plan.merged else []) + plan.adapters}}}
     if local:
-        record.update(_start_local(plan, folder))
+        record.update(_start_local(plan, folder, api_key))
     else:
         from sdk.backends.skypilot_serve import launch_server
         from sdk.spec import FineTuneSpec
 
         # the plan holds the first run's spec, read once by the preflight: its resources are the node's
-        record.update(launch_server(plan, FineTuneSpec.model_validate(plan.base_spec), replicas=replicas))
-    (folder / f"{plan.server_id}.json").write_text(json.dumps(record, indent=1))
+        record.update(launch_server(plan, FineTuneSpec.model_validate(plan.base_spec), replicas=replicas, api_key=api_key))
+    write_private(folder / f"{plan.server_id}.json", json.dumps(record, indent=1))
     server = Server(record)
     if wait:
         try:
@@ -334,7 +349,15 @@ def serve(runs: Sequence[str], *, merge: bool = False, port: int = 8000, base_na
     return server
 
 
-def _start_local(plan: ServePlan, folder: Path) -> dict[str, Any]:
+def write_private(path: Path, text: str) -> None:
+    """A file only its owner can read, created so from the start (no moment of wider permissions)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+
+
+def _start_local(plan: ServePlan, folder: Path, api_key: str) -> dict[str, Any]:
     from sdk.engine_env import engine_python
 
     python = engine_python()
@@ -344,5 +367,5 @@ def _start_local(plan: ServePlan, folder: Path) -> dict[str, Any]:
     with open(log, "w") as handle:
         proc = subprocess.Popen([sys.executable, "-m", "launch.serve", "--plan", str(plan_file), "--engine-python", str(python)],
                                 stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    return {**identify(proc.pid), "url": f"http://{plan.host}:{plan.port}", "log": str(log)}
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", SERVE_KEY_ENV: api_key})
+    return {"pid": proc.pid, "process": identify(proc.pid), "url": f"http://{plan.host}:{plan.port}", "log": str(log)}

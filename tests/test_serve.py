@@ -78,6 +78,38 @@ def test_the_endpoint_lists_the_base_and_both_adapters(server, two_adapters):
     assert server.models == [server.base, "news", runs[1].id]
 
 
+def test_the_endpoint_answers_only_with_its_key(server, two_adapters):
+    """A request without the key gets 401 (so does a wrong one); the key is in no log, command line, plan or
+    store file, only in the owner-only server record."""
+    import os
+    import stat
+    import urllib.error
+    import urllib.request
+
+    import openai
+
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(f"{server.url}/v1/models", headers=headers), timeout=10)
+        assert refused.value.code == 401
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0).models.list()
+    with urllib.request.urlopen(f"{server.url}/health", timeout=10) as health:  # probes stay open
+        assert health.status == 200
+    key = server.api_key
+    assert len(key) >= 32 and server.client.models.list().data  # the handle's own client has it
+    assert key not in server.logs()
+    for pid in group_members(server.pid):
+        assert key.encode() not in open(f"/proc/{pid}/cmdline", "rb").read()
+    folder = sdk.serving.servers_dir()
+    record = folder / f"{server.id}.json"
+    assert stat.S_IMODE(os.stat(record).st_mode) == 0o600 and key in record.read_text()
+    _, root = two_adapters
+    for path in [*folder.rglob("*"), *(root / "runs").rglob("*")]:
+        if path.is_file() and path != record and path.stat().st_size < 50_000_000:
+            assert key.encode() not in path.read_bytes(), path
+
+
 def test_each_answer_equals_finetune_generate(server, answers):
     for name, wanted in answers.items():
         got = [server.client.completions.create(model=name, prompt=server.prompt(name, p), max_tokens=NEW_TOKENS,

@@ -22,7 +22,7 @@ from sdk.backends.skypilot import (
     stack_key,
 )
 from sdk.errors import LaunchError
-from sdk.serving import ServeError, ServePlan
+from sdk.serving import SERVE_KEY_ENV, ServeError, ServePlan
 from sdk.spec import FineTuneSpec
 
 ENGINE_SETUP = """
@@ -76,9 +76,11 @@ def serve_task_config(plan: ServePlan, spec: FineTuneSpec, *, replicas: int | No
         "setup": setup_script(spec, dist or {}) + ENGINE_SETUP,
         "run": RUN,
     }
-    if replicas:
-        config["service"] = {"readiness_probe": {"path": "/v1/models", "initial_delay_seconds": 600}, "replicas": replicas}
-    return finish_task(config, spec, dist)
+    if replicas:  # /health answers without the key; /v1 needs it
+        config["service"] = {"readiness_probe": {"path": "/health", "initial_delay_seconds": 600}, "replicas": replicas}
+    config = finish_task(config, spec, dist)
+    config.setdefault("secrets", {})[SERVE_KEY_ENV] = None  # the endpoint's key: by name here, its value in the Task only
+    return config
 
 
 def opens_ports(infra: str | None) -> bool:
@@ -94,13 +96,13 @@ def opens_ports(infra: str | None) -> bool:
     return clouds.CloudImplementationFeatures.OPEN_PORTS not in unsupported
 
 
-def launch_server(plan: ServePlan, spec: FineTuneSpec, *, replicas: int | None = None) -> dict[str, Any]:
+def launch_server(plan: ServePlan, spec: FineTuneSpec, *, replicas: int | None = None, api_key: str) -> dict[str, Any]:
     """Launch the serving task (a cluster, or a SkyPilot service with replicas); returns what the server
     record needs: the endpoint URL and the cluster or service to take down."""
     import sky
 
     config = serve_task_config(plan, spec, replicas=replicas, dist=build_dist())
-    task = build_task(config, {n: os.environ[n] for n in forwarded_secrets(spec) if n in os.environ})
+    task = build_task(config, {**{n: os.environ[n] for n in forwarded_secrets(spec) if n in os.environ}, SERVE_KEY_ENV: api_key})
     name = config["name"]
     try:
         if replicas:
