@@ -291,6 +291,12 @@ def _print_cloud_plan(spec) -> None:
     secrets = forwarded_secrets(spec)
     if secrets:
         console.print(f"secrets forwarded by name (values never written): {', '.join(secrets)}")
+    from sdk.backends.skypilot import TORCH_DEFAULT, constraints, extras_for
+    from sdk.backends.torch_index import explain
+
+    pins = dict(line.split("==", 1) for line in constraints().splitlines() if "==" in line)
+    console.print(f"node setup: finetune[{extras_for(spec)}]; {explain(pins.get('torch', TORCH_DEFAULT))}",
+                  markup=False, highlight=False)
     folder = RunFolder(open_store(spec.output), new_run_id(spec.name))
     sys.stdout.write("---\n" + to_yaml(task_config(spec, folder, build_dist())))
 

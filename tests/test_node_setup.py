@@ -244,6 +244,7 @@ def test_a_dry_run_shows_the_plan_without_cloud_credentials(run_cli, tmp_path):
     warning = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(warning) == 1 and warning[0].startswith("warning: data not checked: data.source: s3://")
     assert "setup: |" in done.stdout and "torch_index.py" in done.stdout and "would run qlora" in done.stdout
+    assert "a 535 driver gets the newest 12.x build" in done.stdout and "node setup: finetune[train]" in done.stdout
     launched = subprocess.run([sys.executable, "-m", "sdk.cli", "launch", "llama8b"], capture_output=True, text=True,
                               env=env, cwd=Path(__file__).parents[1], timeout=120)
     assert launched.returncode != 0 and "no AWS credentials" in launched.stderr and "Traceback" not in launched.stderr

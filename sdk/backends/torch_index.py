@@ -100,6 +100,14 @@ def choose(torch_version: str, driver_text: str, *, index: str, python_tag: str,
                   "whose CUDA build this driver runs")
 
 
+def explain(torch_version: str) -> str:
+    """What setup will do, said without reading the index (a dry run on a laptop): the rule and the floors."""
+    floors = "; ".join(f"CUDA {major}.x builds need driver >= {floor_text(floor)}" for major, floor in sorted(DRIVER_FLOORS.items()))
+    return (f"torch {torch_version} from the newest CUDA build on {DEFAULT_INDEX} that the node's NVIDIA driver runs "
+            f"and that holds that version, chosen on the node at setup ({floors}; e.g. a 535 driver gets the newest 12.x "
+            "build, cu126 for torch 2.13), or the image's own torch when it is that version and sees the GPU")
+
+
 def read_driver() -> str | None:
     # launch.hardware.driver_version reads the same, but this file runs alone before the package is installed.
     try:
