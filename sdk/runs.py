@@ -91,13 +91,14 @@ class Run:
         stored, view = self._views()
         if view is None:  # a backend that can see the node (a live local process) knows better than a heartbeat
             return (lost_view(stored, time.time()) if self._backend() is None else None) or stored
-        return stored.model_copy(update={"state": view.state, "error": view.error or stored.error})
+        update = {"state": view.state, "error": view.error or stored.error, **({"note": view.note} if view.note else {})}
+        return stored.model_copy(update=update)
 
     def reconcile(self) -> RunStatus:
         """Write the backend's view into status.json when it differs from what the store says, so that
         a client elsewhere, reading the store alone, sees it too."""
         stored, view = self._views()
-        if view is None:
+        if view is None or view.note:  # nothing new: the backend agrees, or did not answer
             return stored
         extra = stored.model_dump(exclude={"state", "heartbeat", "error"}, exclude_none=True)
         self.folder.write_status(view.state, **extra, **({"error": view.error} if view.error else {}))

@@ -286,3 +286,46 @@ def test_a_run_cancelled_before_its_node_starts_never_loads_the_model(tmp_path):
     assert result.returncode == 130 and "cancelled before this node started" in result.stdout
     assert folder.read_json("status.json")["state"] == "cancelled" and not folder.metrics()
     assert clock.time() - start < 30  # no model loaded, no training
+
+
+def test_a_status_never_hangs_on_a_silent_skypilot_api_server(tmp_path, monkeypatch):
+    """An API server that accepts and never answers (slow, overloaded, half-dead): the status comes back within
+    the bound, as the run folder's view, said to be one."""
+    import socket
+    import threading
+    import time as clock
+
+    from sdk.backends.skypilot import SkyPilotBackend, SkyPilotRunInfo
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_and_stay_silent() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept_and_stay_silent, daemon=True)
+    thread.start()
+    monkeypatch.setenv("SKYPILOT_API_SERVER_ENDPOINT", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    monkeypatch.setenv("FINETUNE_BACKEND_TIMEOUT", "3")
+    try:
+        folder = _folder_with(tmp_path, "running", step=7)
+        run = sdk.Run(folder.uri, backend="skypilot", info=SkyPilotRunInfo(managed=False, cluster="ft-x", job_id=1))
+        start = clock.time()
+        status = run.status()
+        assert clock.time() - start < 10
+        assert status.state == "running" and status.step == 7 and "did not answer within 3 s" in status.note
+        assert run.reconcile().state == "running"  # nothing written on a non-answer
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in held:
+            conn.close()
+        listener.close()

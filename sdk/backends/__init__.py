@@ -21,6 +21,30 @@ class BackendView(BaseModel):
 
     state: RunState
     error: str | None = None
+    note: str | None = None  # e.g. the backend did not answer in time and `state` is the store's view
+
+
+def bounded(call, seconds: float, what: str):
+    """call() within `seconds`, else TimeoutError naming `what`. A status must never hang on a slow API server:
+    the call goes on in a daemon thread and is abandoned."""
+    import threading
+
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True, name=f"bounded-{what}")
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"{what} did not answer within {seconds:g} s")
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box.get("value")
 
 
 class Backend(Protocol):

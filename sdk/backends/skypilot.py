@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sdk.backends import BackendView
+from sdk.backends import BackendView, bounded
 from sdk.errors import LaunchError, SpecError
 from sdk.registry import home
 from sdk.runfolder import TERMINAL, RunFolder
@@ -405,6 +405,14 @@ def to_yaml(config: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------- the backend
 
+def status_timeout() -> float:
+    """Seconds a status query may take (FINETUNE_BACKEND_TIMEOUT, default 15): `finetune status` never hangs."""
+    try:
+        return float(os.environ.get("FINETUNE_BACKEND_TIMEOUT", "15"))
+    except ValueError:
+        return 15.0
+
+
 # SkyPilot's job states → ours. Cluster jobs and managed jobs have different enums; names suffice.
 STATES = {
     "INIT": "provisioning", "PENDING": "provisioning", "SETTING_UP": "provisioning", "STARTING": "provisioning",
@@ -454,11 +462,13 @@ class SkyPilotBackend:
     def _sky_state(self, info: SkyPilotRunInfo) -> str | None:
         import sky
 
-        if info.managed:
-            records = sky.get(sky.jobs.queue_v2(refresh=False, job_ids=[info.job_id]))[0]
-            status = records[0].status if records else None
-        else:
-            status = sky.get(sky.job_status(info.cluster, [info.job_id])).get(info.job_id)
+        def ask() -> Any:
+            if info.managed:
+                records = sky.get(sky.jobs.queue_v2(refresh=False, job_ids=[info.job_id]))[0]
+                return records[0].status if records else None
+            return sky.get(sky.job_status(info.cluster, [info.job_id])).get(info.job_id)
+
+        status = bounded(ask, status_timeout(), "the SkyPilot API server")
         return None if status is None else getattr(status, "name", str(status)).split(".")[-1]
 
     def status(self, folder: RunFolder, info: SkyPilotRunInfo) -> BackendView | None:
@@ -468,6 +478,8 @@ class SkyPilotBackend:
             return None
         try:
             state = STATES.get(self._sky_state(info) or "")
+        except TimeoutError as exc:  # a slow API server: the store's view, said to be one
+            return BackendView(state=stored or "pending", note=f"{exc}: this is the run folder's view")
         except Exception:  # the cluster is gone (autodown) or the API server is unreachable: trust the store
             return None
         if state in (None, "running") or state == stored:
