@@ -35,7 +35,7 @@ def engine_command(plan, python: str, model_dir: str, adapters: dict[str, Path],
     served = plan.merged.name if plan.merged else ENGINE_BASE
     argv = [python, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", model_dir, "--served-model-name", served,
             "--host", plan.host, "--port", str(plan.port), "--dtype", plan.dtype, "--max-model-len", str(plan.max_model_len),
-            "--uvicorn-log-level", "warning"]
+            "--uvicorn-log-level", "warning", "--middleware", "finetune_engine_auth.RequireKey"]  # the key on every route
     if cpu:
         argv += ["--gpu-memory-utilization", "0.5"]  # vLLM's CPU build counts the page cache as used memory
     if adapters:
@@ -52,9 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from sdk.errors import FinetuneError
-    from sdk.serving import ServePlan
+    from sdk.serving import SERVE_KEY_ENV, ServePlan
     from sdk.spec import parse_spec
 
+    key = os.environ.pop(SERVE_KEY_ENV, None)  # checked first: a missing key must not cost the adapter fetches
+    if not key:
+        print(f"error: no API key for the endpoint ({SERVE_KEY_ENV} is not set); finetune serve sets it", file=sys.stderr, flush=True)
+        return 2
     try:
         plan = ServePlan.model_validate_json(Path(args.plan).read_text())
         work = Path(args.workdir or Path(args.plan).with_suffix("").with_suffix(""))
@@ -89,13 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     env = dict(os.environ)
-    from sdk.serving import SERVE_KEY_ENV
+    env["VLLM_API_KEY"] = key  # vLLM's own check (/v1...), and launch/engine_auth.py's on every other route
+    import shutil
 
-    key = env.pop(SERVE_KEY_ENV, None)
-    if not key:
-        print(f"error: no API key for the endpoint ({SERVE_KEY_ENV} is not set); finetune serve sets it", file=sys.stderr, flush=True)
-        return 2
-    env["VLLM_API_KEY"] = key  # vLLM checks `Authorization: Bearer` on /v1 (/health stays open for probes)
+    engine_path = work / "engine-path"
+    engine_path.mkdir(exist_ok=True)
+    shutil.copy(Path(__file__).with_name("engine_auth.py"), engine_path / "finetune_engine_auth.py")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(engine_path), env.get("PYTHONPATH")]))
     if cpu:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
     print(f"[finetune] starting vLLM: {shlex.join(command)}", flush=True)

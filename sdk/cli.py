@@ -27,9 +27,13 @@ def _console(stderr: bool = False):
 
 
 def _load(recipe: str, overrides: list[str] | None):
+    """A recipe about to be validated, launched or swept: a new spec, held to check_new_spec's rules."""
     from sdk.recipes import load_recipe
+    from sdk.spec import check_new_spec
 
-    return load_recipe(recipe, overrides or [])
+    spec = load_recipe(recipe, overrides or [])
+    check_new_spec(spec)
+    return spec
 
 
 # ------------------------------------------------------------------------------------------- recipes
@@ -356,6 +360,8 @@ def status(
         line += f" ({st.phase})"
     if st.error:
         line += f"\n  error: {st.error}"
+    if getattr(st, "note", None):
+        line += f"\n  note: {st.note}"
     _console().print(line, markup=False)
 
 

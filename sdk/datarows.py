@@ -102,16 +102,19 @@ def _read_jsonl(path: Path, name: str) -> Iterator[Row | BadRow]:
         yield from _jsonl_lines(handle, name)
 
 
+def _not_utf8(path: Path, name: str) -> BadRow | None:
+    """The first line that is not UTF-8, read line by line (a large file is never held whole), or None."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            bad = _decoded(raw.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw, f"{name}:{number}")
+            if isinstance(bad, BadRow):
+                return bad
+    return None
+
+
 def _read_text(path: Path, name: str) -> str | BadRow:
-    """A whole file as text, or the bad row naming the line where it stops being UTF-8."""
-    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line_start = raw.rfind(b"\n", 0, exc.start) + 1
-        line = raw.count(b"\n", 0, exc.start) + 1
-        return BadRow(f"{name}:{line}", f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start - line_start + 1}); "
-                      "save the file as UTF-8")
+    """A whole file as text (a JSON document is parsed whole anyway), or the bad row where it is not UTF-8."""
+    return _not_utf8(path, name) or path.read_text(encoding="utf-8-sig")
 
 
 def _read_json(path: Path, name: str) -> Iterator[Row | BadRow]:
@@ -150,13 +153,11 @@ def _read_json(path: Path, name: str) -> Iterator[Row | BadRow]:
 
 
 def _read_csv(path: Path, name: str) -> Iterator[Row | BadRow]:
-    import io
-
-    text = _read_text(path, name)
-    if isinstance(text, BadRow):
-        yield text
+    bad = _not_utf8(path, name)
+    if bad is not None:
+        yield bad
         return
-    with io.StringIO(text, newline="") as handle:
+    with open(path, encoding="utf-8-sig", newline="") as handle:  # streamed
         reader = csv.DictReader(handle)
         line = reader.line_num
         for record in reader:

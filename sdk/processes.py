@@ -34,10 +34,12 @@ def identify(pid: int) -> dict[str, Any]:
 
 def is_same(pid: int | None, started: int | None, boot: str | None) -> bool:
     """Is `pid` still the process that was recorded? False when it ended, when the machine rebooted, or when
-    the number now belongs to another process; also False for a record without identity (older records:
-    their node stops on the run folder's cancel marker instead)."""
-    if not pid or started is None or boot is None:
+    the number now belongs to another process. A record without a full identity (an older record, a system
+    without /proc) can only be checked by the PID."""
+    if not pid:
         return False
+    if started is None or boot is None:
+        return pid_alive(pid)
     return pid_alive(pid) and _boot_id() == boot and _start_ticks(pid) == started
 
 
@@ -83,7 +85,7 @@ def stop_group(pgid: int, *, grace: float, kill_wait: float = 10, started: int |
     leader is the recorded process (`started`, `boot`), or the leader is gone and members remain (the kernel
     does not reuse a number while a group still carries it)."""
     pid_alive(pgid)  # reap the leader if it is our child
-    if started is not None and pid_alive(pgid) and not is_same(pgid, started, boot):
+    if pid_alive(pgid) and not is_same(pgid, started, boot):
         return True  # the number belongs to another process now: ours is gone, and nobody is signalled
     if not pid_alive(pgid) and not group_members(pgid):
         return True

@@ -14,7 +14,7 @@ from sdk.backends import BackendView
 from sdk.errors import LaunchError, RunNotFound, StoreError
 from sdk.runfolder import ADAPTER, LOG, SPEC, SUMMARY, TERMINAL, RunFolder, RunState, new_run_id
 from sdk.spec import DEFAULT_OUTPUT, FineTuneSpec
-from sdk.store import check_replaceable, contained, fetch_dir, open_store
+from sdk.store import FETCHED, check_replaceable, contained, fetch_dir, open_store
 from sdk.summary import RunSummary
 
 
@@ -46,7 +46,7 @@ LOST_AFTER_S = 120.0
 def lost_view(stored: RunStatus, now: float) -> RunStatus | None:
     """A "running" status whose heartbeat stopped: the node died while nobody watched (a detached client,
     a machine that slept). The store alone says so; nothing is written."""
-    if stored.state != "running" or stored.heartbeat is None:
+    if stored.state not in ("running", "cancelling") or stored.heartbeat is None:
         return None
     interval = float(getattr(stored, "sync_interval", None) or 3.0)
     silent = now - stored.heartbeat
@@ -236,6 +236,7 @@ class Run:
                 self.folder.store.download_file(key, target)
             if self.folder.adapter_manifest() is not None:
                 fetch_dir(self.folder.store, self.folder.key(ADAPTER), staging / ADAPTER)
+            (staging / FETCHED).write_text(f"{self.uri}\n")
             if dest.exists():
                 shutil.rmtree(dest)
             staging.replace(dest)
@@ -308,8 +309,10 @@ def submit(spec: FineTuneSpec, *, backend: str = "auto", check_data: bool = True
     Before anything starts, every row of the data is read and checked (sdk.datacheck): a bad row raises
     DataError listing file:line and what is wrong. `check_data=False` skips that (the node checks anyway)."""
     from sdk.backends import choose_backend, get_backend
+    from sdk.spec import check_new_spec
     from sdk.tracking import check_env
 
+    check_new_spec(spec)
     name = choose_backend(spec, backend)
     impl = get_backend(name)
     impl.check(spec)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from sdk.errors import FinetuneError, LaunchError
-from sdk.processes import identify, is_same, pid_alive, stop_group
+from sdk.processes import identify, is_same, stop_group
 
 
 class ServeError(FinetuneError, ValueError):
@@ -210,9 +210,7 @@ class Server:
             from sdk.backends.skypilot_serve import remote_alive
 
             return remote_alive(self.record)
-        who = self.record.get("process")  # the engine's identity (sdk.processes.identify)
-        if not who:  # a record from before identities: the PID alone
-            return pid_alive(self.pid)
+        who = self.record.get("process") or {}  # the engine's identity (sdk.processes.identify); older records had none
         return is_same(self.pid, who.get("started"), who.get("boot"))
 
     def state(self) -> Literal["starting", "ready", "stopped"]:

@@ -417,12 +417,6 @@ class FineTuneSpec(SpecPart):
         for name in value:
             if not _ENV_NAME.match(name):
                 raise ValueError(f"{name!r} is not an environment variable name")
-            if _SECRET_NAME.search(name):
-                raise ValueError(f"{name} looks like a credential: env values are written to spec.json and shown by --dry-run; "
-                                 f"list the name under secrets: [{name}] and set its value in your environment")
-            if name in _PROCESS_ENV or name.startswith(("LD_", "DYLD_")):
-                raise ValueError(f"{name} changes how every process on the node starts; finetune sets the node's "
-                                 "environment itself (resources.image for a different one)")
         return value
 
     @model_validator(mode="after")
@@ -485,6 +479,19 @@ class FineTuneSpec(SpecPart):
     @classmethod
     def from_json(cls, text: str | bytes, *, source: str | None = None) -> FineTuneSpec:
         return parse_spec(text, source=source, json=True)
+
+
+def check_new_spec(spec: FineTuneSpec) -> None:
+    """Rules for a spec about to run, not for one read back from a run folder (a run submitted before a rule
+    existed stays readable): no credential in `env` (its values land in spec.json and --dry-run output), no
+    variable that changes how every process on the node starts."""
+    for name in spec.env:
+        if _SECRET_NAME.search(name):
+            raise SpecError(f"env: {name} looks like a credential: env values are written to spec.json and shown by "
+                            f"--dry-run; list the name under secrets: [{name}] and set its value in your environment")
+        if name in _PROCESS_ENV or name.startswith(("LD_", "DYLD_")):
+            raise SpecError(f"env: {name} changes how every process on the node starts; finetune sets the node's "
+                            "environment itself (resources.image for a different one)")
 
 
 class _CrossFieldError(ValueError):

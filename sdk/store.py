@@ -358,8 +358,10 @@ def read_manifest(store: Store, key: str) -> dict[str, Any] | None:
     return manifest
 
 
-# Files that mark a folder as one this product wrote: a fetched adapter, a fetched run folder, a merged model.
-REPLACEABLE_MARKERS = (MANIFEST, "spec.json", "merge_report.json")
+# Files that mark a folder as one this product wrote for the user: a fetch (adapter or run folder) or a merged
+# model. Not MANIFEST.json or spec.json: live run folders and checkpoints in a local store hold those.
+FETCHED = ".finetune-fetched"
+REPLACEABLE_MARKERS = (FETCHED, "merge_report.json")
 
 
 def check_replaceable(dest: Path) -> None:
@@ -402,6 +404,7 @@ def fetch_dir(store: Store, key: str, dest: Path, *, overwrite: bool = False) ->
                     f"but the manifest says size {meta.get('size')} sha256 {str(meta.get('sha256'))[:12]}…"
                 )
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        (staging / FETCHED).write_text(f"{store.url(key)}\n")
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(staging, dest)

@@ -165,7 +165,7 @@ def trial_specs(spec: FineTuneSpec, grid: Mapping[str, Sequence[Any]]) -> list[t
     """Every combination of the grid applied to the spec, each validated: a key that is not a spec field
     or a value of the wrong type fails here, before anything launches, naming the field."""
     from sdk.recipes import apply_overrides
-    from sdk.spec import parse_spec
+    from sdk.spec import check_new_spec, parse_spec
 
     if not grid:
         raise SpecError("--grid: give at least one KEY=V1,V2")
@@ -183,7 +183,9 @@ def trial_specs(spec: FineTuneSpec, grid: Mapping[str, Sequence[Any]]) -> list[t
             origin.update(more)
         name = "-".join([base_name, *(_slug(k, v) for k, v in values.items())])[:40].rstrip("._-")
         data["name"] = name
-        trials.append((values, parse_spec(data, locate=lambda path, origin=origin: _grid_origin(path, origin))))
+        trial = parse_spec(data, locate=lambda path, origin=origin: _grid_origin(path, origin))
+        check_new_spec(trial)  # each trial is a run about to start
+        trials.append((values, trial))
     return trials
 
 

@@ -77,6 +77,10 @@ def test_force_replaces_only_a_previous_fetch(tmp_path, monkeypatch, run_cli):
     first = run.fetch(tmp_path / "copy")
     assert (first / "spec.json").is_file()
     assert run.fetch(tmp_path / "copy", overwrite=True) == first  # a previous fetch: replaced
+    live = tmp_path / "store" / "r1"  # a run folder in a local store holds spec.json and MANIFEST.json files too
+    with pytest.raises(StoreError, match="not a previous fetch"):
+        run.fetch(live, overwrite=True)
+    assert (live / "spec.json").is_file()
     mine = tmp_path / "my-project"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
@@ -198,6 +202,25 @@ def test_a_cancel_reads_cancelling_until_the_node_confirms(tmp_path):
     assert run.status().state == "cancelled"
 
 
+def test_a_cancel_of_a_node_that_already_died_reads_lost_not_cancelling_forever(tmp_path):
+    import time as clock
+
+    folder = _folder_with(tmp_path, "running", step=3, sync_interval=3.0)
+    folder.write_json("status.json", {**folder.read_json("status.json"), "heartbeat": clock.time() - 3600})
+    run = sdk.Run(folder.uri)
+    assert run.cancel().state == "lost" and run.wait(progress=False, timeout=5).state == "lost"
+
+
+def test_a_stored_spec_from_before_a_rule_still_loads(tmp_path):
+    """Runs submitted before env names were checked stay readable (serve, status, resume); only new ones are held
+    to the rule."""
+    folder = _folder_with(tmp_path, "succeeded")
+    folder.write_json("spec.json", {**folder.read_json("spec.json"), "env": {"HF_TOKEN": "old"}})
+    assert sdk.Run(folder.uri).spec().env == {"HF_TOKEN": "old"}
+    with pytest.raises(sdk.SpecError, match="looks like a credential"):
+        sdk.submit(sdk.Run(folder.uri).spec())
+
+
 def test_a_silent_heartbeat_reads_lost_with_the_last_step(tmp_path):
     import time as clock
 
@@ -295,7 +318,7 @@ def test_a_status_never_hangs_on_a_silent_skypilot_api_server(tmp_path, monkeypa
     import threading
     import time as clock
 
-    from sdk.backends.skypilot import SkyPilotBackend, SkyPilotRunInfo
+    from sdk.backends.skypilot import SkyPilotRunInfo
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

@@ -88,10 +88,16 @@ def test_the_endpoint_answers_only_with_its_key(server, two_adapters):
 
     import openai
 
+    body = json.dumps({"model": "news", "prompt": "Striker scores", "max_tokens": 2}).encode()
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(urllib.request.Request(f"{server.url}/v1/models", headers=headers), timeout=10)
         assert refused.value.code == 401
+        for route in ("/invocations", "/v1/completions", "/tokenize"):  # vLLM's own check skips /invocations, /tokenize
+            request = urllib.request.Request(f"{server.url}{route}", data=body, headers={**headers, "Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=30)
+            assert refused.value.code == 401, route
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0).models.list()
     with urllib.request.urlopen(f"{server.url}/health", timeout=10) as health:  # probes stay open

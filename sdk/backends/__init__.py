@@ -24,11 +24,18 @@ class BackendView(BaseModel):
     note: str | None = None  # e.g. the backend did not answer in time and `state` is the store's view
 
 
+_IN_FLIGHT: dict[str, object] = {}  # what -> the thread of a query that has not answered yet
+
+
 def bounded(call, seconds: float, what: str):
     """call() within `seconds`, else TimeoutError naming `what`. A status must never hang on a slow API server:
-    the call goes on in a daemon thread and is abandoned."""
+    the call goes on in a daemon thread and is abandoned; while one to the same `what` is still stuck, the next
+    fails at once instead of leaving another thread behind (a poll loop would leak one per poll)."""
     import threading
 
+    stuck = _IN_FLIGHT.get(what)
+    if stuck is not None and stuck.is_alive():  # type: ignore[attr-defined]
+        raise TimeoutError(f"{what} has not answered an earlier query yet")
     box: dict[str, object] = {}
 
     def target() -> None:
@@ -38,6 +45,7 @@ def bounded(call, seconds: float, what: str):
             box["error"] = exc
 
     thread = threading.Thread(target=target, daemon=True, name=f"bounded-{what}")
+    _IN_FLIGHT[what] = thread
     thread.start()
     thread.join(seconds)
     if thread.is_alive():

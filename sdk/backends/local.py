@@ -81,9 +81,9 @@ class LocalBackend:
         return BackendView(state="failed", error=f"node process {info.pid} exited without a final status; see its log")
 
     def _alive(self, info: LocalRunInfo) -> bool:
-        if info.started is None:  # a record from before identities: the PID alone
-            return pid_alive(info.pid)
-        return is_same(info.pid, info.started, info.boot) or bool(group_members(info.pid))
+        """Its launcher, or ranks left of its group once the launcher is gone (the kernel keeps a group's number
+        while it has members); never a process that took over the number."""
+        return is_same(info.pid, info.started, info.boot) or (not pid_alive(info.pid) and bool(group_members(info.pid)))
 
     def cancel(self, folder: RunFolder, info: LocalRunInfo, *, grace: float = 10.0) -> None:
         if not self._ours(info):
