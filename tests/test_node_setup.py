@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sdk.backends.skypilot import installer_stage, torch_stage, venv_stage
+from sdk.backends.skypilot import _indent, installer_stage, torch_stage, venv_stage
 from sdk.backends.torch_index import choose
 
 PY_TAG = f"cp{sys.version_info.major}{sys.version_info.minor}"
@@ -111,7 +111,8 @@ def run_stage(tmp_path: Path, index: str, driver: str | None, version: str, *, w
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     path = f"{bin_dir}:{Path(uv).parent if with_uv else '/nonexistent'}:/usr/bin:/bin"
     env = {"PATH": path, "HOME": str(tmp_path), "VENV": str(venv), "FINETUNE_TORCH_INDEX_URL": index}
-    done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + installer_stage() + torch_stage(version)], env=env, capture_output=True,
+    stage = _indent(torch_stage(version), 4)  # exactly as it sits inside the setup script (indented)
+    done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + installer_stage() + stage], env=env, capture_output=True,
                           text=True, timeout=180)
     installed = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch; print(torch.__version__)"],
                                capture_output=True, text=True, env={"PATH": path}, timeout=60)

@@ -23,6 +23,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -189,9 +190,8 @@ def torch_stage(torch_version: str, pins: str = "") -> str:
     return f"""mkdir -p "$HOME/.finetune"
 cat > "$HOME/.finetune/torch_index.py" <<'FINETUNE_TORCH_INDEX'
 {chooser}FINETUNE_TORCH_INDEX
-if "$VENV/bin/python" -c "import torch, sys, shutil, subprocess
-gpu = shutil.which('nvidia-smi') and subprocess.run(['nvidia-smi'], capture_output=True).returncode == 0
-sys.exit(torch.__version__.split('+')[0] != '{torch_version}' or bool(gpu and not torch.cuda.is_available()))" 2>/dev/null; then
+# one line of Python: the stage is indented inside setup, and an indented continuation line is a SyntaxError
+if "$VENV/bin/python" -c "import torch, sys, shutil, subprocess; gpu = shutil.which('nvidia-smi') and subprocess.run(['nvidia-smi'], capture_output=True).returncode == 0; sys.exit(torch.__version__.split('+')[0] != '{torch_version}' or bool(gpu and not torch.cuda.is_available()))" 2>/dev/null; then
   echo "[finetune] setup: keeping the environment's torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
 else
   INDEX="$("$VENV/bin/python" "$HOME/.finetune/torch_index.py" --torch {torch_version} ${{FINETUNE_TORCH_INDEX_URL:+--index "$FINETUNE_TORCH_INDEX_URL"}})" || exit 3
@@ -405,6 +405,9 @@ def to_yaml(config: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------- the backend
 
+CANCEL_CONFIRM_S = 20  # how long cancel waits for SkyPilot to report the job stopped
+
+
 def status_timeout() -> float:
     """Seconds a status query may take (FINETUNE_BACKEND_TIMEOUT, default 15): `finetune status` never hangs."""
     try:
@@ -508,10 +511,17 @@ class SkyPilotBackend:
                 sky.get(sky.cancel(info.cluster, job_ids=[info.job_id]))
         except Exception as exc:
             raise LaunchError(f"SkyPilot could not cancel {folder.run_id} (it reads cancelling until it stops): {exc}") from None
-        try:  # written only once SkyPilot says the job stopped; until then the run reads cancelling
-            stopped = STATES.get(self._sky_state(info) or "") in TERMINAL
-        except Exception:
-            stopped = False
+        # Written only once SkyPilot says the job stopped (it passes through CANCELLING for a few seconds);
+        # until then the run reads cancelling.
+        deadline = time.time() + CANCEL_CONFIRM_S
+        stopped = False
+        while not stopped and time.time() < deadline:
+            try:
+                stopped = STATES.get(self._sky_state(info) or "") in TERMINAL
+            except Exception:
+                break
+            if not stopped:
+                time.sleep(1)
         if stopped and folder.status().get("state") not in TERMINAL:
             folder.write_status("cancelled")
 
