@@ -141,6 +141,7 @@ def test_a_managed_job_reaches_running_and_is_cancelled(slurm, s3_env, finetune_
     assert backend._sky_state(run.info) == "CANCELLED"
 
 
+@pytest.mark.timeout(1500)  # two trials of 2000 steps on two shared cores: 10+ min when the machine is loaded
 def test_a_sweep_runs_two_trials_at_once_on_the_two_nodes(slurm, s3_env, finetune_home, tmp_path):
     """Two trials (one SkyPilot cluster each; 3 CPUs each, so one per 4-CPU node) run at the same time, the
     driver tears their clusters down (Slurm has no autodown), and a fresh process ranks them from S3.
@@ -156,7 +157,7 @@ def test_a_sweep_runs_two_trials_at_once_on_the_two_nodes(slurm, s3_env, finetun
                                 "eval.num_samples=8", "eval.before=false", "eval.generations=0"])
     handle = sdk.sweep(spec, grid={"train.lr": [1e-3, 5e-3]}, backend="skypilot", max_parallel=2)
     together: set[str] = set()
-    deadline = time.time() + 900
+    deadline = time.time() + 1300
     while time.time() < deadline and not handle.status().done:
         out = subprocess.run(["squeue", "-h", "-o", "%N %T"], env=slurm.env, capture_output=True, text=True).stdout
         nodes = {line.split()[0] for line in out.splitlines() if line.endswith("RUNNING")}
@@ -218,6 +219,7 @@ def test_a_served_run_answers_through_its_endpoint_on_slurm(slurm, s3_env, finet
     assert server.record["cluster"] not in clusters()
 
 
+@pytest.mark.timeout(900)  # setup downloads liger-kernel and triton (~290 MB) into a new node environment
 def test_a_node_installs_the_kernels_its_spec_asks_for(slurm, s3_env, finetune_home):
     """`train.liger_kernels` on a harness node: setup installs the `liger` extra (liger-kernel and triton), the
     node imports it, then refuses the kernel itself with the CPU message (Liger needs a GPU), not an ImportError."""
