@@ -185,6 +185,7 @@ def test_a_sweep_runs_two_trials_at_once_on_the_two_nodes(slurm, s3_env, finetun
     assert board[0]["run_id"] == handle.best().id
 
 
+@pytest.mark.timeout(1800)  # trains (<= 600 s), then waits for the engine (<= 900 s): inside the test's own limit
 def test_a_served_run_answers_through_its_endpoint_on_slurm(slurm, s3_env, finetune_home):
     """`finetune serve` through SkyPilot onto Slurm, which opens no ports: the endpoint is the node's own
     address. The node fetches the adapter from S3 (manifest-verified), starts vLLM's CPU build (the engine
