@@ -509,7 +509,7 @@ def _print_sweep(handle, *, json_out: bool = False) -> None:
     if json_out:
         import json
 
-        sys.stdout.write(json.dumps({"sweep": record.sweep_id, "state": status.state, "metric": record.metric,
+        sys.stdout.write(json.dumps({"sweep": record.sweep_id, "state": status.state, "driver": status.driver, "metric": record.metric,
                                      "leaderboard": [r.model_dump(mode="json") for r in rows]}) + "\n")
         return
     console = _console()
@@ -517,6 +517,8 @@ def _print_sweep(handle, *, json_out: bool = False) -> None:
     console.print(f"{record.sweep_id}: {status.state} ({', '.join(f'{n} {st}' for st, n in status.counts.items())}); "
                   f"{len(record.trials)} trials on {record.backend}, {record.max_parallel} at a time{cost}; "
                   f"ranked by {record.metric} ({record.goal})", markup=False)
+    if status.note:
+        console.print(f"note: {status.note}", markup=False)
     keys = list(record.grid)
     table = Table(box=None, pad_edge=False)
     for column in ("#", "trial", *[k.rsplit(".", 1)[-1] for k in keys], "state", record.metric.replace("_", " "), "eval loss", "error"):
@@ -534,8 +536,9 @@ def _print_sweep(handle, *, json_out: bool = False) -> None:
 
 @app.command()
 def sweep(
-    recipe: str = typer.Argument(..., help="recipe file or shipped recipe name"),
-    grid: list[str] = typer.Option(..., "--grid", "-g", help="KEY=V1,V2: one axis of the grid (repeatable), e.g. train.lr=1e-4,3e-4"),
+    recipe: str = typer.Argument(..., help="recipe file or shipped recipe name; or `resume SWEEP_ID`"),
+    target: str | None = typer.Argument(None, help="with `resume`: the sweep whose driver stopped"),
+    grid: list[str] | None = typer.Option(None, "--grid", "-g", help="KEY=V1,V2: one axis of the grid (repeatable), e.g. train.lr=1e-4,3e-4"),
     overrides: list[str] | None = SetOption,
     local: bool = typer.Option(False, "--local", help="run the trials on this machine"),
     backend: str = typer.Option("auto", "--backend", help="auto | local | skypilot"),
@@ -546,12 +549,26 @@ def sweep(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the trials and the cost estimate; start nothing"),
     detach: bool = typer.Option(False, "--detach", "-d", help="return after starting the sweep"),
 ) -> None:
-    """Fan a recipe out over a grid; the trials run in parallel as ordinary runs and are ranked by a metric."""
+    """Fan a recipe out over a grid; the trials run in parallel as ordinary runs and are ranked by a metric.
+    `finetune sweep resume SWEEP_ID` starts a new driver for a sweep whose driver was killed or slept past its lease."""
     from rich.table import Table
 
-    from sdk.sweeps import default_metric, parse_grid, plan_sweep, total_usd
+    from sdk.errors import SpecError
+    from sdk.sweeps import default_metric, parse_grid, plan_sweep, resume_sweep, total_usd
     from sdk.sweeps import sweep as start_sweep
 
+    if recipe == "resume" and target is not None:
+        handle = resume_sweep(target)
+        final = _follow(handle, what="sweep", detach=detach, hint=f"stop every trial: finetune cancel {handle.id}")
+        if final is not None:
+            _print_sweep(handle)
+            if final.state in ("failed", "cancelled"):
+                raise typer.Exit(1)
+        return
+    if target is not None:
+        raise SpecError(f"sweep: unexpected argument {target!r} (to resume a sweep: finetune sweep resume SWEEP_ID)")
+    if not grid:
+        raise SpecError("--grid: give at least one KEY=V1,V2, e.g. --grid train.lr=1e-4,3e-4")
     spec = _load(recipe, overrides)
     axes = parse_grid(grid)
     chosen = "local" if local else backend

@@ -22,6 +22,7 @@ ADAPTER = "adapter"
 CHECKPOINTS = "checkpoints"
 LOG = "logs/node.log"
 CANCEL = "cancel_requested.json"
+LAUNCH = "launch.json"  # the backend and its Info: any client (a resumed sweep driver) can reach the run again
 
 # cancelling: a cancel was asked for and neither the node nor the backend has confirmed it yet; lost: the node's
 # heartbeat stopped without a final word (it may have died while nobody watched): read, never written by a node.

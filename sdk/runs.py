@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from sdk import registry
 from sdk.backends import BackendView
 from sdk.errors import LaunchError, RunNotFound, StoreError
-from sdk.runfolder import ADAPTER, LOG, SPEC, SUMMARY, TERMINAL, RunFolder, RunState, new_run_id
+from sdk.runfolder import ADAPTER, LAUNCH, LOG, SPEC, SUMMARY, TERMINAL, RunFolder, RunState, new_run_id
 from sdk.spec import DEFAULT_OUTPUT, FineTuneSpec
 from sdk.store import FETCHED, check_replaceable, contained, fetch_dir, open_store
 from sdk.summary import RunSummary
@@ -303,11 +303,13 @@ def preflight_data(spec: FineTuneSpec) -> Any:
     return report
 
 
-def submit(spec: FineTuneSpec, *, backend: str = "auto", check_data: bool = True) -> Run:
+def submit(spec: FineTuneSpec, *, backend: str = "auto", check_data: bool = True, run_id: str | None = None) -> Run:
     """Create the run folder (spec.json, never overwriting a run) and start the node on the backend.
 
     Before anything starts, every row of the data is read and checked (sdk.datacheck): a bad row raises
-    DataError listing file:line and what is wrong. `check_data=False` skips that (the node checks anyway)."""
+    DataError listing file:line and what is wrong. `check_data=False` skips that (the node checks anyway).
+    `run_id` is chosen by the caller when it must know the id before the launch returns (a sweep driver
+    records it first, so that a driver killed mid-launch is resumed without launching the trial twice)."""
     from sdk.backends import choose_backend, get_backend
     from sdk.spec import check_new_spec
     from sdk.tracking import check_env
@@ -320,7 +322,9 @@ def submit(spec: FineTuneSpec, *, backend: str = "auto", check_data: bool = True
     if check_data:
         preflight_data(spec)
     store = open_store(spec.output)
-    folder = RunFolder(store, new_run_id(spec.name))
+    if run_id is not None and (not run_id or "/" in run_id or run_id in (".", "..")):
+        raise LaunchError(f"run id {run_id!r}: not a folder name")
+    folder = RunFolder(store, run_id or new_run_id(spec.name))
     if folder.exists():
         raise LaunchError(f"{folder.uri} already exists; refusing to overwrite a run")
     folder.write_json(SPEC, spec.model_dump(mode="json"))
@@ -330,6 +334,7 @@ def submit(spec: FineTuneSpec, *, backend: str = "auto", check_data: bool = True
     except BaseException as exc:
         folder.write_status("failed", error=f"submit failed: {exc}")
         raise
+    folder.write_json(LAUNCH, {"backend": name, "info": info.model_dump(mode="json")})
     registry.record(folder.run_id, folder.uri, name, info.model_dump(mode="json"))
     return Run(folder.uri, backend=name, info=info)
 

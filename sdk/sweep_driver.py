@@ -1,4 +1,5 @@
-"""`python -m sdk.sweep_driver SWEEP_URI`: the detached process that runs a sweep's trials (sdk.sweeps.drive)."""
+"""`python -m sdk.sweep_driver SWEEP_URI --token T`: the detached process that runs a sweep's trials
+(sdk.sweeps.drive), under the lease its starter wrote with token T."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import sys
 
 
 def main() -> int:
-    from sdk.sweeps import Sweep, drive
+    from sdk.sweeps import LeaseLost, Sweep, SweepBusy, drive
 
     parser = argparse.ArgumentParser()
     parser.add_argument("uri")
     parser.add_argument("--poll", type=float, default=1.0)
+    parser.add_argument("--token", default=None)
     args = parser.parse_args()
     handle = Sweep.from_uri(args.uri)
 
@@ -20,8 +22,13 @@ def main() -> int:
         handle.store.put_bytes(handle._key("CANCEL"), b"driver signalled")
 
     signal.signal(signal.SIGTERM, on_term)
-    record = drive(handle, poll=args.poll)
-    print(f"sweep {record.sweep_id}: done; " + ", ".join(f"{t.name} {t.state}" for t in record.trials), flush=True)
+    try:
+        record = drive(handle, poll=args.poll, token=args.token)
+    except (SweepBusy, LeaseLost) as exc:  # another driver has the sweep: this one leaves it alone
+        print(f"sweep {handle.id}: {exc}", flush=True)
+        return 0
+    state = "done" if record.finished else "stopped with trials left (finetune sweep resume)"
+    print(f"sweep {record.sweep_id}: {state}; " + ", ".join(f"{t.name} {t.state}" for t in record.trials), flush=True)
     return 0
 
 

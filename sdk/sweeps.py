@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from sdk.errors import LaunchError, RunNotFound, SpecError
+from sdk.errors import LaunchError, RunNotFound, SpecError, StoreError
 from sdk.runfolder import TERMINAL, RunState, new_run_id
 from sdk.spec import DEFAULT_OUTPUT, FineTuneSpec
 from sdk.store import Store, open_store
@@ -220,6 +220,33 @@ class Trial(BaseModel):
     error: str | None = None
     launched: float | None = None
     released: bool = False  # its cluster torn down (or there was none to tear down)
+    teardown_attempts: int = 0
+    next_teardown: float | None = None  # a failed teardown is tried again from then on, until it succeeds
+    adopted: float | None = None  # when a resumed driver found its run folder without a launch record
+
+
+class Lease(BaseModel):
+    """Who drives the sweep. The driver renews it while it lives; a second driver refuses a live lease and
+    takes over an expired one (or one whose holder is a dead process on its own machine)."""
+
+    token: str
+    host: str
+    pid: int
+    started: int | None = None  # the holder's identity (sdk.processes.identify): a reused PID is not the holder
+    boot: str | None = None
+    expires: float
+
+    def live(self, now: float) -> bool:
+        return now < self.expires
+
+    def provably_dead(self) -> bool:
+        """The holder is a process on this machine that has ended (no need to wait for the expiry)."""
+        from sdk.processes import is_same
+
+        return self.host == socket.gethostname() and not is_same(self.pid, self.started, self.boot)
+
+    def describe(self) -> str:
+        return f"the driver {self.host}:{self.pid} (lease until {time.strftime('%H:%M:%S', time.localtime(self.expires))})"
 
 
 class SweepRecord(BaseModel):
@@ -237,6 +264,7 @@ class SweepRecord(BaseModel):
     output: str
     estimate_usd: float | None = None
     driver: dict[str, Any] = Field(default_factory=dict)  # host and PID of the driver process
+    lease: Lease | None = None  # the driver that may write this record, until `expires`
     finished: bool = False
     trials: list[Trial]
 
@@ -259,6 +287,8 @@ class SweepStatus(BaseModel):
     state: SweepState
     counts: dict[str, int]
     trials: list[tuple[str, RunState, str | None]]  # (name, state, run id)
+    driver: Literal["running", "finished", "stopped"] = "running"  # stopped: its lease expired with work left
+    note: str | None = None
 
     @property
     def done(self) -> bool:
@@ -346,16 +376,29 @@ class Sweep:
             out.append((t, state, run))
         return out
 
+    def driver_state(self, record: SweepRecord) -> tuple[Literal["running", "finished", "stopped"], str | None]:
+        """Whether a driver still works on the sweep: its lease is live (renewed every third of it)."""
+        if record.finished:
+            return "finished", None
+        lease = record.lease
+        if lease is not None and lease.live(time.time()) and not lease.provably_dead():
+            return "running", None
+        since = f" at {time.strftime('%H:%M:%S', time.localtime(lease.expires))}" if lease else ""
+        return "stopped", (f"its driver stopped (lease expired{since}) with trials left; "
+                           f"resume it: finetune sweep resume {self.id}")
+
     def status(self) -> SweepStatus:
         record = self.record()
         rows = self._trial_states(record)
         states = [s for _, s, _ in rows]
         counts = {s: states.count(s) for s in dict.fromkeys(states)}
+        driver, note = self.driver_state(record)
         return SweepStatus(state=sweep_state(states, finished=record.finished), counts=counts,
-                           trials=[(t.name, s, t.run_id) for t, s, _ in rows])
+                           trials=[(t.name, s, t.run_id) for t, s, _ in rows], driver=driver, note=note)
 
     def wait(self, *, progress: bool = True, timeout: float | None = None, poll: float = 2.0) -> SweepStatus:
-        """Block until every trial is final; a progress line per change (trials done of total, best so far)."""
+        """Block until every trial is final and the driver has written its last record (clusters released);
+        a progress line per change. Raises SweepBusy's sibling LaunchError when the driver stopped with work left."""
         deadline = None if timeout is None else time.time() + timeout
         last = None
         while True:
@@ -365,29 +408,27 @@ class Sweep:
                 if line != last:
                     print(line, file=sys.stderr, flush=True)
                     last = line
-            if status.done and self._driver_done():
+            if status.driver == "finished":
                 return status
+            if status.driver == "stopped":
+                raise LaunchError(f"sweep {self.id}: {status.note}")
             if deadline is not None and time.time() > deadline:
                 raise TimeoutError(f"sweep {self.id} still {status.state} after {timeout} s")
             time.sleep(poll)
 
-    def _driver_done(self) -> bool:
-        """The driver has written its last record (clusters released) — or is not a process on this machine."""
-        record = self.record()
-        driver = record.driver or {}
-        if record.finished or driver.get("host") != socket.gethostname() or not driver.get("pid"):
-            return True
-        try:
-            os.kill(int(driver["pid"]), 0)
-        except (ProcessLookupError, PermissionError):
-            return True
-        return False
-
     def cancel(self, *, timeout: float = 60.0) -> SweepStatus:
         """Every trial stops: CANCEL in the store (the driver stops launching and cancels what runs), and
-        each running trial this machine can reach is cancelled now. Waits until all are final."""
+        each running trial this machine can reach is cancelled now. A sweep whose driver is gone is driven
+        to its end here. Waits until all are final."""
         self.store.put_bytes(self._key(CANCEL_FILE), str(time.time()).encode())
-        for _trial, state, run in self._trial_states(self.record()):
+        record = self.record()
+        if self.driver_state(record)[0] == "stopped":
+            try:
+                drive(self, max_hours=timeout / 3600)
+            except (SweepBusy, LeaseLost):
+                pass  # a driver appeared meanwhile: it obeys CANCEL
+            return self.status()
+        for _trial, state, run in self._trial_states(record):
             if run is not None and state not in TERMINAL and run.info is not None:
                 try:
                     run.cancel()
@@ -396,7 +437,7 @@ class Sweep:
         deadline = time.time() + timeout
         while time.time() < deadline:
             status = self.status()
-            if status.done and self.record().finished:
+            if status.done and status.driver != "running":
                 return status
             time.sleep(0.5)
         return self.status()
@@ -549,23 +590,11 @@ def sweep(spec: FineTuneSpec, *, grid: Mapping[str, Sequence[Any]], backend: str
         trials=[Trial(index=i, name=t.name or f"trial-{i}", values=values, spec=t.model_dump(mode="json"))
                 for i, (values, t) in enumerate(trials)],
     )
-    handle._write(record)
-    start_driver(handle)
+    hand_over(handle, record)
     from sdk import registry
 
     registry.record_sweep(sweep_id, handle.uri)
     return handle
-
-
-def start_driver(handle: Sweep) -> int:
-    from sdk.registry import home
-
-    log = home() / "sweeps" / f"{handle.id}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", "sdk.sweep_driver", handle.uri], stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    return process.pid
 
 
 def get_sweep(id_or_uri: str, *, store: str | None = None) -> Sweep:
@@ -594,109 +623,322 @@ def list_sweeps(*, store: str | None = None, limit: int = 50) -> list[Sweep]:
 
 # ------------------------------------------------------------------------------------------- driver
 
+LEASE_S = 120.0  # FINETUNE_SWEEP_LEASE_S: a driver renews its lease every third of this
+LAUNCH_GRACE_S = 900.0  # a run folder a resumed driver finds without a launch record: how long its node has to report
+STORE_PATIENCE_S = 1800.0  # store errors in a row before a driver gives up (its lease then expires: resume it)
+RETRY_DELAYS_S = (5, 15, 30, 60, 120, 300)  # teardowns and cancels that failed are tried again after these
 
-def drive(handle: Sweep, *, poll: float = 1.0, max_hours: float = 168.0,
-          submit: Callable[[FineTuneSpec, str], Any] | None = None) -> SweepRecord:
-    """The driver loop: keep up to max_parallel trials launching or running (launches run in threads: a
-    SkyPilot launch blocks for its provisioning, and trials must not queue behind each other's), record
-    each, tear down a finished trial's cluster where its infra leaves it up, obey CANCEL, end when all
-    are final. Only this thread writes sweep.json."""
-    import socket
-    from concurrent.futures import Future, ThreadPoolExecutor
 
-    from sdk.runs import submit as submit_run
+class SweepBusy(LaunchError):
+    """Another driver holds the sweep's lease."""
 
-    serial = threading.Lock()
 
-    def launch(spec: FineTuneSpec, backend: str) -> Any:
+class LeaseLost(Exception):
+    """Another driver took the sweep over while this one was stopped past its lease: stop without writing."""
+
+
+def lease_seconds() -> float:
+    return float(os.environ.get("FINETUNE_SWEEP_LEASE_S", LEASE_S))
+
+
+def _new_lease(token: str, pid: int) -> Lease:
+    from sdk.processes import identify
+
+    who = identify(pid)
+    return Lease(token=token, host=socket.gethostname(), pid=pid, started=who["started"], boot=who["boot"],
+                 expires=time.time() + lease_seconds())
+
+
+def _check_free(handle: Sweep, record: SweepRecord, *, token: str | None = None) -> None:
+    """SweepBusy unless the lease is ours (`token`), expired, or held by a process on this machine that ended."""
+    lease = record.lease
+    if lease is None or lease.token == token or not lease.live(time.time()) or lease.provably_dead():
+        return
+    raise SweepBusy(f"sweep {handle.id}: driven by {lease.describe()}; a second driver would launch its trials twice. "
+                    "Resume it once that lease has expired")
+
+
+def start_driver(handle: Sweep, *, token: str) -> int:
+    """The detached driver process; it drives only under the lease that carries `token` (written before)."""
+    from sdk.registry import home
+
+    log = home() / "sweeps" / f"{handle.id}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        process = subprocess.Popen([sys.executable, "-m", "sdk.sweep_driver", handle.uri, "--token", token], stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return process.pid
+
+
+def hand_over(handle: Sweep, record: SweepRecord) -> int:
+    """Start a driver and write its lease (its PID, a token only it was given): from then on a second `resume`
+    refuses. The driver waits for that lease before it writes anything, so this write never lands over its own."""
+    import secrets
+
+    token = secrets.token_hex(8)
+    pid = start_driver(handle, token=token)
+    record.lease = _new_lease(token, pid)
+    handle._write(record)
+    return pid
+
+
+def resume_sweep(id_or_uri: str, *, store: str | None = None) -> Sweep:
+    """Start a new driver for a sweep whose driver is gone (killed, its machine asleep past the lease). It reads
+    sweep.json, adopts every trial whose run id was recorded (launched or not), and goes on where the last one
+    stopped; no trial is launched twice."""
+    handle = get_sweep(id_or_uri, store=store)
+    record = handle.record()
+    if record.finished:
+        raise SweepBusy(f"sweep {handle.id}: already finished ({handle.status().state}); nothing to resume")
+    _check_free(handle, record)
+    hand_over(handle, record)
+    return handle
+
+
+def drive(handle: Sweep, *, poll: float = 1.0, max_hours: float = 168.0, token: str | None = None,
+          submit: Callable[..., Any] | None = None) -> SweepRecord:
+    """Drive the sweep until every trial is final and released, or until CANCEL has been carried out.
+    Refuses (SweepBusy) while another driver holds a live lease; stops without writing (LeaseLost) once
+    another driver has taken over."""
+    return _Driver(handle, poll=poll, max_hours=max_hours, token=token, submit=submit).run()
+
+
+class _Driver:
+    """Keeps up to max_parallel trials launching or running (launches run in threads: a SkyPilot launch blocks
+    for its provisioning, and trials must not queue behind each other's), records each (its run id before the
+    launch), tears down a finished trial's cluster where its infra leaves it up (retrying until it succeeds),
+    obeys CANCEL, and ends when all are final. Only this driver writes sweep.json, and only under its lease."""
+
+    def __init__(self, handle: Sweep, *, poll: float, max_hours: float, token: str | None, submit: Callable[..., Any] | None):
+        import secrets
+
+        self.handle, self.poll = handle, poll
+        self.deadline = time.time() + max_hours * 3600
+        self.max_hours = max_hours
+        self.handed_over = token is not None
+        self.token = token or secrets.token_hex(8)
+        self.submit = submit or self._launch
+        self.serial = threading.Lock()
+        self.launching: dict[int, Any] = {}  # trial index -> Future of its launch
+        self.retry_at: dict[tuple[str, int], float] = {}  # (what, trial index) -> earliest next try of a failed cancel
+        self.cancelling = False
+        self.cancel_deadline = float("inf")
+
+    # -- the lease
+
+    def _acquire(self) -> SweepRecord:
+        record = self.handle.record()
+        if self.handed_over:  # started by hand_over: its starter writes our lease right after starting us
+            deadline = time.time() + 30
+            while (record.lease is None or record.lease.token != self.token) and time.time() < deadline:
+                time.sleep(0.2)
+                record = self.handle.record()
+        if record.finished:
+            return record
+        _check_free(self.handle, record, token=self.token)
+        record.lease = _new_lease(self.token, os.getpid())
+        record.driver = {"host": record.lease.host, "pid": os.getpid(), "started": time.time()}
+        self.handle._write(record)
+        time.sleep(min(1.0, lease_seconds() / 10))  # two drivers taking over at the same moment: the later write wins
+        if (self.handle.record().lease or record.lease).token != self.token:
+            raise SweepBusy(f"sweep {self.handle.id}: another driver took it over at the same moment")
+        return record
+
+    def _write(self, record: SweepRecord) -> None:
+        current = self.handle.record().lease
+        if current is None or current.token != self.token:
+            raise LeaseLost(f"sweep {self.handle.id}: taken over by "
+                            f"{current.describe() if current else 'another driver'}; this driver stops")
+        record.lease = current.model_copy(update={"expires": time.time() + lease_seconds()})
+        self.handle._write(record)
+
+    # -- launching
+
+    def _launch(self, spec: FineTuneSpec, backend: str, run_id: str) -> Any:
         from sdk.backends import get_backend
+        from sdk.runs import submit as submit_run
 
         impl = get_backend(backend)
         if getattr(impl, "serial_launch", lambda s: False)(spec):
-            with serial:  # one launch at a time onto this infra; the trials still run side by side
-                return submit_run(spec, backend=backend, check_data=False)
-        return submit_run(spec, backend=backend, check_data=False)
+            with self.serial:  # one launch at a time onto this infra; the trials still run side by side
+                return submit_run(spec, backend=backend, check_data=False, run_id=run_id)
+        return submit_run(spec, backend=backend, check_data=False, run_id=run_id)
 
-    submit = submit or launch
-    record = handle.record()
-    record.driver = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
-    handle._write(record)
-    deadline = time.time() + max_hours * 3600
-    launching: dict[int, Future] = {}
-    last_written = record.model_copy(deep=True)
-    with ThreadPoolExecutor(max_workers=record.max_parallel, thread_name_prefix="launch") as pool:
-        while True:
-            for index, future in list(launching.items()):
-                if future.done():
-                    trial = record.trials[index]
-                    del launching[index]
-                    try:
-                        run = future.result()
-                    except Exception as exc:  # a trial that cannot start does not stop the sweep
-                        trial.state, trial.error = "failed", f"launch failed: {exc}"
-                        continue
-                    trial.run_id, trial.uri, trial.backend = run.id, run.uri, run.backend
-                    trial.info = run.info.model_dump(mode="json") if run.info is not None else None
-            rows = handle._trial_states(record)
-            for trial, state, run in rows:
-                if trial.uri:
-                    trial.state = state
-                    if state in FINAL:
-                        _release(trial, run)
-            if handle.cancel_requested() or time.time() > deadline:
-                reason = "sweep cancelled" if handle.cancel_requested() else f"sweep driver stopped after {max_hours} h"
-                for future in launching.values():
-                    future.cancel()
-                for index, future in list(launching.items()):
-                    try:  # a launch under way finishes (SkyPilot cannot be interrupted mid-provision); then it is cancelled
-                        run = future.result(timeout=600)
-                        run.cancel()
-                        trial = record.trials[index]
-                        trial.run_id, trial.uri, trial.backend = run.id, run.uri, run.backend
-                        trial.info = run.info.model_dump(mode="json") if run.info is not None else None
-                    except Exception:
-                        pass
-                for trial, state, run in handle._trial_states(record):
-                    if run is not None and state not in TERMINAL:
-                        try:
-                            run.cancel()
-                        except Exception as exc:
-                            trial.error = f"cancel failed: {exc}"
-                    if run is not None:
-                        trial.state = run.folder.status().get("state", "cancelled")
-                        _release(trial, run)
-                    elif trial.state in ("pending", "provisioning"):
-                        trial.state, trial.error = "cancelled", reason
-                record.finished = True
-                handle._write(record)
-                return record
-            busy = len(launching) + sum(1 for t in record.trials if t.uri and t.state not in FINAL)
-            for trial in record.trials:
-                if busy >= record.max_parallel:
-                    break
-                if trial.uri or trial.state != "pending" or trial.index in launching:
+    @staticmethod
+    def _folder(trial: Trial) -> Any:
+        from sdk.runfolder import RunFolder
+
+        return RunFolder(open_store(FineTuneSpec.model_validate(trial.spec).output), trial.run_id)
+
+    def _adopt(self, trial: Trial) -> bool:
+        """A trial whose run id was recorded but whose launch did not come back to this driver: its run folder
+        says whether it started. True when adopted (it will not be launched again)."""
+        from sdk.runfolder import LAUNCH
+
+        folder = self._folder(trial)
+        if not folder.exists():
+            return False
+        trial.uri = folder.uri
+        launch = folder.read_json(LAUNCH)
+        if launch:
+            trial.backend, trial.info = launch.get("backend"), launch.get("info")
+        else:  # the launch was cut short before it recorded its backend: the node may still report
+            trial.adopted = trial.adopted or time.time()
+        return True
+
+    def _collect(self, record: SweepRecord) -> None:
+        for index, future in list(self.launching.items()):
+            if not future.done():
+                continue
+            trial = record.trials[index]
+            del self.launching[index]
+            try:
+                run = future.result()
+            except Exception as exc:  # a trial that cannot start does not stop the sweep
+                if trial.run_id and self._adopt(trial):  # another driver launched this very run id first
                     continue
-                trial.state, trial.launched = "provisioning", time.time()
-                launching[trial.index] = pool.submit(submit, FineTuneSpec.model_validate(trial.spec), record.backend)
-                busy += 1
-            if not launching and all(t.state in FINAL for t in record.trials):
-                record.finished = True
-                handle._write(record)
-                return record
-            if record != last_written:  # one PUT per change, not per poll (S3 bills requests)
-                handle._write(record)
-                last_written = record.model_copy(deep=True)
-            time.sleep(poll)
+                trial.state, trial.error = "failed", f"launch failed: {exc}"
+                continue
+            trial.uri, trial.backend = run.uri, run.backend
+            trial.info = run.info.model_dump(mode="json") if run.info is not None else None
 
+    def _start_trials(self, record: SweepRecord, pool: Any) -> None:
+        busy = len(self.launching) + sum(1 for t in record.trials if t.uri and t.state not in FINAL)
+        for trial in record.trials:
+            if busy >= record.max_parallel:
+                return
+            if trial.uri or trial.state != "pending" or trial.index in self.launching:
+                continue
+            trial.run_id = trial.run_id or new_run_id(trial.name)
+            trial.state, trial.launched = "provisioning", time.time()
+            self._write(record)  # the run id is in the store before the launch: a resumed driver finds it
+            self.launching[trial.index] = pool.submit(self.submit, FineTuneSpec.model_validate(trial.spec), record.backend,
+                                                      trial.run_id)
+            busy += 1
 
-def _release(trial: Trial, run: Any) -> None:
-    """A finished trial's cluster goes down where its infra does not take it down itself (Slurm)."""
-    if trial.released or run is None:
-        return
-    backend = run._backend()
-    if backend is not None and hasattr(backend, "left_up") and backend.left_up(run.info):
+    # -- watching
+
+    def _refresh(self, record: SweepRecord) -> None:
+        now = time.time()
+        for trial, state, run in self.handle._trial_states(record):
+            if not trial.uri:
+                continue
+            if trial.adopted and not trial.backend and state == "pending" and now - trial.adopted > LAUNCH_GRACE_S:
+                run.folder.write_status("failed", error=f"launch interrupted: the sweep driver stopped during the launch "
+                                                        f"and no node reported within {LAUNCH_GRACE_S:.0f} s")
+                state = "failed"
+            trial.state = state
+            if state in FINAL:
+                self._release(trial, run, now)
+            elif self.cancelling:
+                self._cancel(trial, run, now)
+
+    def _release(self, trial: Trial, run: Any, now: float) -> None:
+        """A finished trial's cluster goes down where its infra does not take it down itself (Slurm); a teardown
+        that fails is tried again, later and later, until it succeeds (a cluster left up keeps billing)."""
+        if trial.released or run is None or (trial.next_teardown and now < trial.next_teardown):
+            return
+        backend = run._backend()
+        if backend is not None and hasattr(backend, "left_up") and backend.left_up(run.info):
+            try:
+                backend.down(run.info)
+            except Exception as exc:  # the error is kept in the trial; the next try is scheduled
+                trial.teardown_attempts += 1
+                delay = RETRY_DELAYS_S[min(trial.teardown_attempts, len(RETRY_DELAYS_S)) - 1]
+                trial.next_teardown = now + delay
+                trial.error = f"teardown failed ({trial.teardown_attempts}x, next try in {delay} s): {exc}"
+                return
+        if trial.teardown_attempts:
+            trial.error = None
+        trial.released, trial.next_teardown = True, None
+
+    def _cancel(self, trial: Trial, run: Any, now: float) -> None:
+        key = ("cancel", trial.index)
+        if run is None or now < self.retry_at.get(key, 0.0):
+            return
         try:
-            backend.down(run.info)
+            if run.info is not None:
+                run.cancel()
+            else:  # adopted without its backend's record: the node obeys the marker
+                run.folder.request_cancel()
         except Exception as exc:
-            trial.error = f"{trial.error + '; ' if trial.error else ''}teardown failed: {exc}"
-    trial.released = True
+            tries = sum(1 for k in self.retry_at if k == key) + 1
+            self.retry_at[key] = now + RETRY_DELAYS_S[min(tries, len(RETRY_DELAYS_S)) - 1]
+            trial.error = f"cancel failed: {exc}"
+
+    def _begin_cancel(self, record: SweepRecord, reason: str) -> None:
+        """Nothing more launches; launches under way finish (SkyPilot cannot be interrupted mid-provision) and are
+        cancelled by the loop; trials never launched are cancelled; running ones are cancelled (retried)."""
+        self.cancelling = True
+        self.cancel_deadline = max(self.deadline, time.time() + 60)
+        for future in self.launching.values():
+            future.cancel()
+        for trial in record.trials:
+            if trial.index in self.launching and self.launching[trial.index].cancelled():
+                del self.launching[trial.index]
+                if trial.run_id and not self._adopt(trial):
+                    trial.state, trial.error = "cancelled", reason
+            elif not trial.uri and trial.index not in self.launching and trial.state in ("pending", "provisioning"):
+                trial.state, trial.error = "cancelled", reason
+        self._write(record)
+
+    # -- the loop
+
+    def _step(self, record: SweepRecord, pool: Any) -> bool:
+        """One pass; True when the sweep is finished."""
+        self._collect(record)
+        self._refresh(record)
+        if not self.cancelling and (self.handle.cancel_requested() or time.time() > self.deadline):
+            reason = "sweep cancelled" if self.handle.cancel_requested() else f"sweep driver stopped after {self.max_hours} h"
+            self._begin_cancel(record, reason)
+        if not self.cancelling:
+            self._start_trials(record, pool)
+        settled = all(t.state in FINAL and (t.released or not t.uri) for t in record.trials)
+        if not self.launching and settled:
+            record.finished = True
+            self._write(record)
+            return True
+        return False
+
+    def run(self) -> SweepRecord:
+        from concurrent.futures import ThreadPoolExecutor
+
+        record = self._acquire()
+        if record.finished:
+            return record
+        for trial in record.trials:  # trials a previous driver recorded but did not see launched
+            if trial.run_id and not trial.uri and trial.state == "provisioning" and not self._adopt(trial):
+                trial.state = "pending"  # nothing was created: it is launched now, under the same run id
+        self._write(record)
+        last_written = record.model_copy(deep=True)
+        failing_since: float | None = None
+        failures = 0
+        with ThreadPoolExecutor(max_workers=record.max_parallel, thread_name_prefix="launch") as pool:
+            try:
+                while True:
+                    try:
+                        if self._step(record, pool):
+                            return record
+                        if self.cancelling and time.time() > self.cancel_deadline:  # left to `sweep resume` / cancel
+                            self._write(record)
+                            return record
+                        lease = record.lease
+                        due = lease is None or lease.expires - time.time() < lease_seconds() * 2 / 3
+                        if due or record.model_dump(exclude={"lease"}) != last_written.model_dump(exclude={"lease"}):
+                            self._write(record)  # one PUT per change or renewal, not per poll (S3 bills requests)
+                            last_written = record.model_copy(deep=True)
+                        failing_since, failures = None, 0
+                    except (StoreError, RunNotFound) as exc:  # the store is down or throttling: keep what we know, retry
+                        failing_since = failing_since or time.time()
+                        failures += 1
+                        if time.time() - failing_since > STORE_PATIENCE_S:
+                            raise
+                        delay = min(60.0, 2.0 ** failures)
+                        print(f"sweep {self.handle.id}: store error ({failures}x, retrying in {delay:.0f} s): {exc}", flush=True)
+                        time.sleep(delay)
+                        continue
+                    time.sleep(self.poll)
+            finally:
+                for future in self.launching.values():
+                    future.cancel()

@@ -168,3 +168,194 @@ def test_cancelling_a_running_sweep_stops_every_trial(tmp_path, finetune_home):
     assert not any(pid_alive(p) for p in pids), pids
     for run in handle.runs():
         assert run.folder.adapter_manifest() is None
+
+
+# ------------------------------------------------------------------------ a sweep that survives its driver
+
+
+def _wait_for(what, predicate, timeout: float):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _runs_in_store(store_dir) -> dict[str, int]:
+    """Run folders per trial name, counted in the store itself (spec.json of every folder)."""
+    counts: dict[str, int] = {}
+    for spec_file in sorted(store_dir.glob("*/spec.json")):
+        name = json.loads(spec_file.read_text())["name"]
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def test_a_stopped_or_killed_driver_is_resumed_and_every_trial_runs_exactly_once(tmp_path, finetune_home, run_cli,
+                                                                                   monkeypatch):
+    """SIGSTOP (a laptop asleep): a resume is refused while the lease lives, takes over once it expired, and the
+    woken driver stands down without launching. Then kill -9 of the new driver and a second resume: every trial
+    ends once, no run folder twice."""
+    import os
+    import signal
+
+    monkeypatch.setenv("FINETUNE_SWEEP_LEASE_S", "6")
+    store_dir = tmp_path / "store"
+    spec = load_recipe("tiny", ["train.max_steps=30", "data.max_samples=32", "eval.before=false", "eval.after=false",
+                                f"output={store_dir}"])
+    handle = sdk.sweep(spec, grid={"train.lr": [1e-3, 2e-3, 3e-3, 4e-3]}, backend="local", max_parallel=2)
+    first = _wait_for("two trials launched", lambda: handle.record().lease if sum(
+        1 for t in handle.record().trials if t.uri) == 2 else None, 120)
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        refused = run_cli("sweep", "resume", handle.id, "--detach")
+        assert refused.returncode == 2 and "driven by" in refused.stderr and str(first.pid) in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+        _wait_for("the stopped driver's lease to expire", lambda: handle.status().driver == "stopped", 30)
+        shown = run_cli("status", handle.id)
+        assert f"finetune sweep resume {handle.id}" in shown.stdout, shown.stdout
+        resumed = run_cli("sweep", "resume", handle.id, "--detach")
+        assert resumed.returncode == 0, resumed.stderr
+        second = _wait_for("the new driver", lambda: handle.record().lease if handle.record().lease.pid != first.pid else None, 30)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    _wait_for("the woken driver to stand down", lambda: not pid_alive(first.pid), 60)
+    assert second.pid != first.pid and pid_alive(second.pid)
+    _wait_for("a third trial launched by the new driver", lambda: sum(1 for t in handle.record().trials if t.run_id) >= 3, 180)
+    os.kill(second.pid, signal.SIGKILL)
+    _wait_for("the killed driver's lease to read stopped", lambda: handle.status().driver == "stopped", 30)
+    done = run_cli("sweep", "resume", handle.id, timeout=600)
+    assert done.returncode == 0, done.stderr + done.stdout
+    status = handle.status()
+    assert status.state == "succeeded" and status.driver == "finished", status
+    record = handle.record()
+    run_ids = [t.run_id for t in record.trials]
+    assert len(set(run_ids)) == 4 and None not in run_ids
+    assert _runs_in_store(store_dir) == {t.name: 1 for t in record.trials}  # every trial once, none launched twice
+    log = (finetune_home / "sweeps" / f"{handle.id}.log").read_text()
+    assert "taken over by" in log, log  # the woken driver said why it stopped
+
+
+def _record_with(store_dir, trials_spec, *, n: int):
+    from sdk.store import open_store
+    from sdk.sweeps import Sweep, SweepRecord, Trial
+
+    handle = Sweep(open_store(str(store_dir)), "sweep-unit-20261130-000000-0000")
+    record = SweepRecord(sweep_id=handle.id, name="unit", grid={"train.lr": list(range(n))}, metric="eval_loss", goal="min",
+                         max_parallel=n, backend="local", output=str(store_dir),
+                         trials=[Trial(index=i, name=f"t{i}", values={"train.lr": i},
+                                       spec=trials_spec.model_copy(update={"name": f"t{i}"}).model_dump(mode="json"))
+                                 for i in range(n)])
+    handle._write(record)
+    return handle, record
+
+
+def test_a_resumed_driver_adopts_what_the_killed_one_launched_and_launches_only_the_rest(tmp_path, monkeypatch):
+    """The states a driver killed mid-launch leaves: a run id recorded with no folder (launched now, same id), a
+    folder with its launch record (adopted with its backend's handle), a folder without one (adopted; failed once its
+    node stays silent past the grace)."""
+    from sdk import sweeps
+    from sdk.runfolder import LAUNCH, RunFolder
+    from sdk.runs import Run
+    from sdk.store import open_store
+
+    monkeypatch.setattr(sweeps, "LAUNCH_GRACE_S", 0.0)
+    store_dir = tmp_path / "store"
+    spec = load_recipe("tiny", [f"output={store_dir}"])
+    handle, record = _record_with(store_dir, spec, n=4)
+    store = open_store(str(store_dir))
+    for trial, (folder_state, launch) in zip(record.trials, [(None, False), ("succeeded", True), ("pending", False),
+                                                            (None, None)], strict=True):
+        if launch is None:
+            continue  # trial 3: never reached (pending, no run id)
+        trial.run_id, trial.state = f"{trial.name}-run", "provisioning"
+        if folder_state:
+            folder = RunFolder(store, trial.run_id)
+            folder.write_json("spec.json", trial.spec)
+            folder.write_status(folder_state, backend="local")
+            if launch:
+                folder.write_json(LAUNCH, {"backend": "local", "info": {"pid": 1, "log": "x", "host": "elsewhere"}})
+    handle._write(record)
+    launched = []
+
+    def submit(spec, backend, run_id):
+        launched.append(run_id)
+        folder = RunFolder(store, run_id)
+        folder.write_json("spec.json", spec.model_dump(mode="json"))
+        folder.write_status("succeeded")
+        return Run(folder.uri)
+
+    final = sweeps.drive(handle, poll=0.05, submit=submit)
+    assert final.finished
+    assert launched[0] == "t0-run" and len(launched) == 2 and launched[1].startswith("t3-")  # t1 and t2 adopted
+    states = {t.name: t.state for t in final.trials}
+    assert states == {"t0": "succeeded", "t1": "succeeded", "t2": "failed", "t3": "succeeded"}, states
+    assert final.trials[1].backend == "local" and final.trials[1].info["host"] == "elsewhere"
+    assert "launch interrupted" in RunFolder(store, "t2-run").status()["error"]
+
+
+def test_the_driver_rides_out_a_store_outage_and_retries_a_failed_teardown(tmp_path, monkeypatch, capsys):
+    """The sweep's folder vanishes for a few seconds (a store that answers 'no such object'): the driver retries
+    with backoff instead of dying. A teardown that fails is tried again until it succeeds; the sweep ends only then."""
+    import shutil
+    import threading
+
+    from sdk import sweeps
+    from sdk.runfolder import RunFolder
+    from sdk.runs import Run
+    from sdk.store import open_store
+
+    monkeypatch.setattr(sweeps, "RETRY_DELAYS_S", (0.2,))
+    monkeypatch.setenv("FINETUNE_SWEEP_LEASE_S", "1.5")  # renewals fall inside the outage
+    store_dir = tmp_path / "store"
+    spec = load_recipe("tiny", [f"output={store_dir}"])
+    handle, _ = _record_with(store_dir, spec, n=2)
+    store = open_store(str(store_dir))
+    downs = []
+
+    class FlakyCluster:  # a backend whose clusters stay up after the job and whose teardown fails twice
+        def left_up(self, info):
+            return True
+
+        def down(self, info):
+            downs.append(time.time())
+            if len(downs) <= 2:
+                raise RuntimeError("cloud API: 503")
+
+    release = threading.Event()
+
+    def submit(spec, backend, run_id):
+        folder = RunFolder(store, run_id)
+        folder.write_json("spec.json", spec.model_dump(mode="json"))
+        folder.write_status("running")
+
+        def finish():
+            release.wait(30)
+            folder.write_status("succeeded")
+        threading.Thread(target=finish, daemon=True).start()
+        return Run(folder.uri)
+
+    def run_of(trial):  # each trial's run as the driver sees it, on the flaky infra
+        run = Run(trial.uri)
+        run._backend = lambda: FlakyCluster()
+        return run
+
+    monkeypatch.setattr(handle, "_run", run_of)
+
+    sweep_dir = store_dir / "sweeps" / handle.id
+    result = {}
+    driver = threading.Thread(target=lambda: result.update(record=sweeps.drive(handle, poll=0.1, submit=submit)))
+    driver.start()
+    _wait_for("both trials launched", lambda: sum(1 for t in handle.record().trials if t.uri) == 2, 30)
+    shutil.move(sweep_dir, tmp_path / "away")  # the outage
+    time.sleep(2.5)
+    shutil.move(tmp_path / "away", sweep_dir)
+    release.set()
+    driver.join(60)
+    assert not driver.is_alive()
+    record = result["record"]
+    assert record.finished and [t.state for t in record.trials] == ["succeeded", "succeeded"]
+    assert all(t.released for t in record.trials) and len(downs) == 4  # two failures, then one success each
+    assert sum(t.teardown_attempts for t in record.trials) == 2 and not any(t.error for t in record.trials)
+    assert "store error (1x, retrying in 2 s)" in capsys.readouterr().out
