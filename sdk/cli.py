@@ -207,9 +207,10 @@ def launch(
                                     "repository as it loads the model; set it only for a repository you trust",
                                     markup=False, highlight=False)
     _check_data(spec, dry_run=dry_run)
-    if dry_run:
-        from sdk.backends import choose_backend
+    from sdk.backends import choose_backend
 
+    _warn_short_session(spec, choose_backend(spec, chosen))
+    if dry_run:
         name = choose_backend(spec, chosen)
         _console().print(f"would run {spec.method.name} on {spec.model.id} ({spec.train.length}) with backend "
                          f"{name}, output {spec.output}")
@@ -234,6 +235,25 @@ def launch(
     if status.state == "failed" and log_tail:
         _console(stderr=True).print(log_tail, markup=False)
     raise typer.Exit(130 if status.state == "cancelled" else 1)
+
+
+def _warn_short_session(spec, backend: str, *, hours: float | None = None) -> None:
+    """A forwarded AWS session token that expires before the planned end of the run: say so before launch."""
+    if backend != "skypilot":
+        return
+    from sdk.backends.skypilot import forwarded_secrets
+    from sdk.credentials import session_warning
+    from sdk.errors import FinetuneError
+    from sdk.plan import estimate_cost
+
+    if hours is None:
+        try:
+            hours = estimate_cost(spec, backend=backend).hours
+        except FinetuneError:
+            hours = None
+    line = session_warning(hours=hours, forwards_aws="AWS_SESSION_TOKEN" in forwarded_secrets(spec))
+    if line:
+        _console(stderr=True).print(f"warning: {line}", markup=False, highlight=False)
 
 
 def _check_data(spec, *, dry_run: bool = False) -> None:
@@ -584,6 +604,14 @@ def sweep(
         _console().print(f"{len(trials)} trials on {name}, {max_parallel} at a time, ranked by "
                          f"{metric or default_metric(spec)}; estimated cost {total}", markup=False)
         return
+    from sdk.backends import choose_backend
+    from sdk.plan import estimate_cost
+    from sdk.sweeps import trial_specs
+
+    name = choose_backend(spec, chosen)
+    if name == "skypilot":  # the token must outlast the last trial: the trials run max_parallel at a time
+        hours = [estimate_cost(t, backend=name).hours for _, t in trial_specs(spec, axes)]
+        _warn_short_session(spec, name, hours=None if None in hours else sum(hours) / min(max_parallel, len(hours)))
     handle = start_sweep(spec, grid=axes, backend=chosen, max_parallel=max_parallel, metric=metric, budget=budget)
     final = _follow(handle, what="sweep", detach=detach, hint=f"stop every trial: finetune cancel {handle.id}")
     if final is None:

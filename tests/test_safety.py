@@ -361,3 +361,35 @@ print("ok", round(took, 1))
         for conn in held:
             conn.close()
         listener.close()
+
+
+def test_a_forwarded_aws_session_that_ends_before_the_planned_run_is_warned_about(run_cli, tmp_path):
+    from sdk.credentials import session_warning
+
+    now = 1_800_000_000.0
+    env = {"AWS_ACCESS_KEY_ID": "AKIA", "AWS_SECRET_ACCESS_KEY": "s", "AWS_SESSION_TOKEN": "t",
+           "AWS_CREDENTIAL_EXPIRATION": "2027-01-15T08:30:00Z"}
+    from datetime import datetime
+
+    expires = datetime.fromisoformat("2027-01-15T08:30:00+00:00").timestamp()
+    line = session_warning(hours=2.0, forwards_aws=True, environ=env, now=expires - 3600)
+    assert line and "in 60 min" in line and "~2.0 h" in line and "adapter commit would fail" in line
+    assert session_warning(hours=0.5, forwards_aws=True, environ=env, now=expires - 3600) is None  # 0.5 h x 1.25 fits
+    assert "expired" in session_warning(hours=None, forwards_aws=True, environ=env, now=expires + 1)
+    assert "length is unknown" in session_warning(hours=None, forwards_aws=True, environ=env, now=expires - 3600)
+    assert session_warning(hours=None, forwards_aws=True, environ=env, now=expires - 13 * 3600) is None
+    assert session_warning(hours=9.0, forwards_aws=False, environ=env, now=now) is None  # nothing forwarded
+    assert session_warning(hours=9.0, forwards_aws=True, environ={**env, "AWS_SESSION_TOKEN": ""}, now=now) is None
+    assert session_warning(hours=9.0, forwards_aws=True, environ={k: v for k, v in env.items()
+                                                                  if k != "AWS_CREDENTIAL_EXPIRATION"}, now=now) is None
+    # through the CLI: a dry run of a cloud recipe with a token that ends in five minutes
+    from datetime import timezone
+
+    soon = datetime.fromtimestamp(__import__("time").time() + 300, tz=timezone.utc).isoformat()
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
+    out = run_cli("launch", "llama8b", "--dry-run", "--set", f"data.source={rows}", "--set", "train.max_steps=500",
+                  env={**env, "AWS_CREDENTIAL_EXPIRATION": soon, "FINETUNE_HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert "warning: AWS_SESSION_TOKEN expires at" in out.stderr and "before the planned end" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
