@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from sdk.errors import FinetuneError
+    from sdk.grants import GRANTS_ENV, materialize
     from sdk.serving import SERVE_KEY_ENV, ServePlan
     from sdk.spec import parse_spec
 
@@ -64,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.workdir or Path(args.plan).with_suffix("").with_suffix(""))
         work.mkdir(parents=True, exist_ok=True)
         spec = parse_spec(plan.base_spec)
+        grants = os.environ.pop(GRANTS_ENV, None)
+        if grants:  # a cloud node: the served runs' files through signed URLs, into a run folder of its own
+            local = materialize(grants, work / "runs")
+            plan = plan.model_copy(update={
+                "adapters": [a.model_copy(update={"run_uri": local[a.run_uri]}) for a in plan.adapters],
+                "merged": plan.merged.model_copy(update={"run_uri": local[plan.merged.run_uri]}) if plan.merged else None})
+            print(f"[finetune] {len(local)} served run(s) downloaded through read-only grants", flush=True)
         from sdk.runs import get_run
 
         adapters: dict[str, Path] = {}

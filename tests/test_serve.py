@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -214,5 +215,54 @@ def test_dry_run_prints_the_skypilot_serving_task(tmp_path, run_cli, two_adapter
     assert "ports" not in serve_task_config(plan, slurm)["resources"]
     with pytest.raises(sdk.serving.ServeError, match="--replicas: SkyPilot cannot open ports on slurm"):
         serve_task_config(plan, slurm, replicas=2)
+    # the serving node gets the endpoint's key, the served runs' read-only grants and a Hub token: no store keys,
+    # no tracker keys, no other training secret
+    secret = spec.model_copy(update={"secrets": ["HF_TOKEN", "WANDB_API_KEY", "DB_PASSWORD"]})
+    assert serve_task_config(plan, secret)["secrets"] == {"HF_TOKEN": None, "FINETUNE_SERVE_GRANTS": None,
+                                                          "FINETUNE_SERVE_API_KEY": None}
     with pytest.raises(sdk.serving.ServeError, match="cloud node reads the adapters from the store"):
         serve_task_config(plan.model_copy(update={"adapters": [ServedAdapter(name="n", run_id="r", run_uri="/tmp/r", rank=8)]}), gpu)
+
+
+def test_a_serving_node_reads_the_served_runs_through_grants_and_nothing_else(two_adapters, s3_env, tmp_path):
+    """Signed GET URLs of the served files only (no checkpoints, no logs, no other run); a process without any
+    AWS credential downloads them and fetches the adapter verified against its manifest; an expired grant is refused."""
+    import base64
+    import gzip
+    import os
+    import subprocess
+    import sys
+
+    from sdk.grants import sign_runs
+    from sdk.store import S3Store
+
+    env, bucket = s3_env
+    runs, _ = two_adapters
+    source = runs[0].folder
+    store = S3Store(f"s3://{bucket}/runs")
+    local_root = Path(source.store.url(source.run_id))
+    for path in local_root.rglob("*"):
+        if path.is_file():
+            store.upload_file(path, f"{source.run_id}/{path.relative_to(local_root)}")
+    store.put_bytes(f"{source.run_id}/checkpoints/step-5/optimizer.pt", b"x")
+    store.put_bytes("another-run/adapter/adapter_model.safetensors", b"private")
+    uri = store.url(source.run_id)
+    encoded = sign_runs([uri])
+    payload = json.loads(gzip.decompress(base64.b64decode(encoded)))
+    files = payload["runs"][uri]["files"]
+    assert "adapter/adapter_model.safetensors" in files and "spec.json" in files
+    assert not any(rel.startswith(("checkpoints/", "logs/")) for rel in files) and "another-run" not in encoded
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # the node: no store credentials at all
+    script = ("import sys; from pathlib import Path; from sdk.grants import materialize; from sdk.runs import get_run\n"
+              "local = materialize(sys.stdin.read(), Path(sys.argv[1]))\n"
+              "run = get_run(local[sys.argv[2]]); print(run.fetch_adapter(Path(sys.argv[1]) / 'fetched'))\n"
+              "import boto3; boto3.client('s3', endpoint_url=sys.argv[3]).list_objects_v2(Bucket=sys.argv[4])")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "node"), uri, env["AWS_ENDPOINT_URL"], bucket],
+                         input=encoded, capture_output=True, text=True, env=bare, timeout=120)
+    assert (tmp_path / "node" / "fetched" / "adapter_model.safetensors").read_bytes() == \
+        (local_root / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert "NoCredentialsError" in out.stderr, out.stderr  # the same node cannot list, let alone write, the bucket
+    expired = base64.b64encode(gzip.compress(json.dumps({**payload, "expires": 1.0}).encode())).decode()
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "late"), uri, "x", "y"], input=expired,
+                         capture_output=True, text=True, env=bare, timeout=120)
+    assert "grants to the served runs have expired" in out.stderr

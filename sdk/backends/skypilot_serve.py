@@ -1,4 +1,4 @@
-"""Serving through SkyPilot: a task whose node fetches the adapters from the store (manifest-verified),
+"""Serving through SkyPilot: a task whose node fetches the adapters through signed read-only URLs (manifest-verified),
 starts vLLM (launch/serve.py, the same node code as a local server) and exposes its port; with `replicas`
 it is a SkyPilot service (`sky serve`: replicas behind one load-balanced endpoint, readiness on /v1/models)
 rather than anything hand-made.
@@ -10,18 +10,18 @@ import os
 from typing import Any
 
 from sdk.backends.skypilot import (
-    AWS_PLAIN,
     build_dist,
     build_task,
     constraints,
     finish_task,
-    forwarded_secrets,
     infra_of,
     resources_config,
     setup_script,
     stack_key,
+    validate,
 )
 from sdk.errors import LaunchError
+from sdk.grants import GRANTS_ENV, sign_runs
 from sdk.serving import SERVE_KEY_ENV, ServeError, ServePlan
 from sdk.spec import FineTuneSpec
 
@@ -68,7 +68,6 @@ def serve_task_config(plan: ServePlan, spec: FineTuneSpec, *, replicas: int | No
                          "behind a load balancer there; serve one server (its endpoint is the node's address)")
     envs = {"FINETUNE_SERVE_PLAN": plan.model_dump_json(), "FINETUNE_SERVER_ID": plan.server_id,
             "FINETUNE_STACK_KEY": stack_key(spec, constraints()), **spec.env}
-    envs.update({n: os.environ[n] for n in AWS_PLAIN if n in os.environ and n not in spec.env})
     config: dict[str, Any] = {
         "name": plan.server_id[:63],
         "resources": resources,
@@ -79,8 +78,16 @@ def serve_task_config(plan: ServePlan, spec: FineTuneSpec, *, replicas: int | No
     if replicas:  # /health answers without the key; /v1 needs it
         config["service"] = {"readiness_probe": {"path": "/health", "initial_delay_seconds": 600}, "replicas": replicas}
     config = finish_task(config, spec, dist)
-    config.setdefault("secrets", {})[SERVE_KEY_ENV] = None  # the endpoint's key: by name here, its value in the Task only
+    # The serving node gets no store credentials and no training secrets (tracker keys, the user's S3 keys): signed
+    # GET URLs of the served runs' files (sdk.grants), a Hub token for a gated base, and the endpoint's key.
+    config["secrets"] = {**{name: None for name in serving_secrets(spec)}, GRANTS_ENV: None, SERVE_KEY_ENV: None}
+    validate(config)
     return config
+
+
+def serving_secrets(spec: FineTuneSpec) -> list[str]:
+    """The spec's secrets a serving node needs: a Hugging Face token, to download a gated base model."""
+    return [name for name in spec.secrets if name.upper().startswith(("HF_", "HUGGING_FACE", "HUGGINGFACE"))]
 
 
 def opens_ports(infra: str | None) -> bool:
@@ -102,7 +109,9 @@ def launch_server(plan: ServePlan, spec: FineTuneSpec, *, replicas: int | None =
     import sky
 
     config = serve_task_config(plan, spec, replicas=replicas, dist=build_dist())
-    task = build_task(config, {**{n: os.environ[n] for n in forwarded_secrets(spec) if n in os.environ}, SERVE_KEY_ENV: api_key})
+    served = [a.run_uri for a in plan.adapters + ([plan.merged] if plan.merged else [])]
+    task = build_task(config, {**{n: os.environ[n] for n in serving_secrets(spec) if n in os.environ},
+                               GRANTS_ENV: sign_runs(served), SERVE_KEY_ENV: api_key})
     name = config["name"]
     try:
         if replicas:
