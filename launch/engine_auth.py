@@ -13,12 +13,27 @@ import hmac
 import os
 
 OPEN = ("/health", "/ping")  # load-balancer probes; they tell nothing about the models
+ACTIVITY_ENV = "FINETUNE_ACTIVITY_FILE"  # touched on every keyed request: launch/idle_stop.py reads its age
 
 
 class RequireKey:
     def __init__(self, app):
         self.app = app
         self.key = hashlib.sha256(os.environ["VLLM_API_KEY"].encode()).digest()
+        self.activity = os.environ.get(ACTIVITY_ENV)
+        self.touched = 0.0
+
+    def _touch(self) -> None:
+        """A request that is not a probe: the server is in use (one write per second at most)."""
+        import time
+
+        now = time.time()
+        if self.activity and now - self.touched > 1.0:
+            self.touched = now
+            try:
+                os.utime(self.activity)
+            except OSError:
+                pass  # the watcher treats a missing file as no activity; serving must not fail on it
 
     def _allowed(self, scope) -> bool:
         if scope["type"] not in ("http", "websocket") or scope.get("method") == "OPTIONS":
@@ -31,6 +46,8 @@ class RequireKey:
 
     async def __call__(self, scope, receive, send):
         if self._allowed(scope):
+            if scope["type"] != "lifespan" and scope.get("path", "").removeprefix(scope.get("root_path", "")) not in OPEN:
+                self._touch()
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})

@@ -36,6 +36,10 @@ def engine_command(plan, python: str, model_dir: str, adapters: dict[str, Path],
     argv = [python, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", model_dir, "--served-model-name", served,
             "--host", plan.host, "--port", str(plan.port), "--dtype", plan.dtype, "--max-model-len", str(plan.max_model_len),
             "--uvicorn-log-level", "warning", "--middleware", "finetune_engine_auth.RequireKey"]  # the key on every route
+    if plan.tls:  # the certificate the client mounted (sdk.serving.NODE_TLS)
+        from sdk.serving import NODE_TLS
+
+        argv += ["--ssl-certfile", os.path.expanduser(NODE_TLS["certfile"]), "--ssl-keyfile", os.path.expanduser(NODE_TLS["keyfile"])]
     if cpu:
         argv += ["--gpu-memory-utilization", "0.5"]  # vLLM's CPU build counts the page cache as used memory
     if adapters:
@@ -110,6 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(engine_path), env.get("PYTHONPATH")]))
     if cpu:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
+    if plan.idle_stop_minutes:  # the middleware stamps each request; a watcher stops the engine when none came
+        activity = work / "last-request"
+        activity.touch()
+        env["FINETUNE_ACTIVITY_FILE"] = str(activity)
+        import subprocess
+
+        subprocess.Popen([sys.executable, "-m", "launch.idle_stop", "--pid", str(os.getpid()), "--activity", str(activity),
+                          "--minutes", str(plan.idle_stop_minutes)], stdin=subprocess.DEVNULL)
+        print(f"[finetune] idle stop: the engine stops after {plan.idle_stop_minutes:g} min without a request", flush=True)
     print(f"[finetune] starting vLLM: {shlex.join(command)}", flush=True)
     os.execve(command[0], command, env)
     return 1  # not reached

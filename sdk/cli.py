@@ -726,6 +726,11 @@ def serve(
     replicas: int | None = typer.Option(None, "--replicas", help="SkyPilot: a service of N replicas behind one endpoint (sky serve)"),
     detach: bool = typer.Option(False, "--detach", "-d", help="return once the server answers; stop it with finetune servers --stop ID"),
     dry_run: bool = typer.Option(False, "--dry-run", help="check and show what would be served; start nothing"),
+    idle_stop: float | None = typer.Option(None, "--idle-stop", min=0,
+                                           help="minutes without a request before the engine stops (default: 60 on a "
+                                                "cloud cluster, which then goes down; never locally); 0: never"),
+    tls_cert: str | None = typer.Option(None, "--tls-cert", help="SkyPilot: PEM certificate; the endpoint serves HTTPS"),
+    tls_key: str | None = typer.Option(None, "--tls-key", help="SkyPilot: the certificate's PEM private key"),
 ) -> None:
     """Serve runs' adapters and their base model on one OpenAI-compatible endpoint (vLLM multi-LoRA)."""
     from sdk.backends import choose_backend
@@ -733,6 +738,10 @@ def serve(
     from sdk.serving import parse_ref, plan_serving
     from sdk.serving import serve as start_server
 
+    if (tls_cert is None) != (tls_key is None):
+        from sdk.serving import ServeError
+
+        raise ServeError("--tls-cert and --tls-key: give both (the certificate and its private key)")
     first = get_run(parse_ref(runs[0])[1]).spec()
     backend = choose_backend(first, "local" if local else "auto")
     console = _console()
@@ -745,9 +754,11 @@ def serve(
             from sdk.backends.skypilot import to_yaml
             from sdk.backends.skypilot_serve import serve_task_config
 
-            console.print(to_yaml(serve_task_config(plan, first, replicas=replicas)), markup=False, highlight=False)
+            tls = (tls_cert, tls_key) if tls_cert and tls_key else None
+            console.print(to_yaml(serve_task_config(plan, first, replicas=replicas, tls=tls)), markup=False, highlight=False)
         return
-    server = start_server(runs, merge=merge, port=port, base_name=base_name, backend=backend, replicas=replicas)
+    server = start_server(runs, merge=merge, port=port, base_name=base_name, backend=backend, replicas=replicas,
+                          idle_stop=idle_stop, tls=(tls_cert, tls_key) if tls_cert and tls_key else None)
     console.print(f"server [bold]{server.id}[/bold] → {server.url}/v1  models: {', '.join(server.models)}", markup=True)
     example = server.prompt(server.models[-1], "Hello")
     if isinstance(example, str):  # prompted as in training: the completions endpoint with the run's template

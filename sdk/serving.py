@@ -36,6 +36,8 @@ class ServeError(FinetuneError, ValueError):
 
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max-lora-rank accepts
 ENGINE_BASE = "finetune-engine-base"
+NODE_TLS = {"certfile": "~/.finetune/tls/cert.pem", "keyfile": "~/.finetune/tls/key.pem"}  # where a node finds them
+CLOUD_IDLE_STOP_MINUTES = 60.0  # a GPU cluster nobody sends requests to stops billing after an hour
 SERVE_KEY_ENV = "FINETUNE_SERVE_API_KEY"  # how the key reaches the serving node (launch/serve.py hands it to vLLM)  # the engine's own name for the bare base; clients use the served names
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -62,6 +64,8 @@ class ServePlan(BaseModel):
     dtype: str = "float32"
     max_model_len: int = 2048
     prompting: dict[str, dict[str, str | None]] = {}  # served name -> its run's summary template and instruction
+    idle_stop_minutes: float | None = None  # the engine stops after this long without a request (launch/idle_stop.py)
+    tls: bool = False  # the engine serves HTTPS with the certificate mounted at NODE_TLS (a single-node cloud server)
 
     @property
     def names(self) -> list[str]:
@@ -307,15 +311,24 @@ def get_server(ident: str) -> Server:
 
 def serve(runs: Sequence[str], *, merge: bool = False, port: int = 8000, base_name: str | None = None,
           dtype: str = "float32", max_model_len: int = 2048, backend: Literal["local", "skypilot"] = "local",
-          replicas: int | None = None, wait: bool = True, timeout: float = 900) -> Server:
+          replicas: int | None = None, wait: bool = True, timeout: float = 900,
+          idle_stop: float | None = None, tls: tuple[str, str] | None = None) -> Server:
     """Serve runs' adapters (and their base) on one OpenAI-compatible endpoint; `wait` until it answers.
     Local: a process group on this machine. SkyPilot: a cluster of the first run's resources (or a service of
-    `replicas` behind one endpoint) whose node fetches the adapters from the store."""
+    `replicas` behind one endpoint) whose node fetches the adapters through read-only grants.
+    `idle_stop`: minutes without a request after which the engine stops (a cloud cluster then goes down);
+    default CLOUD_IDLE_STOP_MINUTES on a SkyPilot cluster, never for a local server; 0 turns it off."""
     local = backend == "local"
     if replicas is not None and local:
         raise ServeError("--replicas: a SkyPilot service; a local server is one process")
+    idle_stop = idle_stop_minutes(idle_stop, local=local, replicas=replicas)
     plan = plan_serving(runs, merge=merge, port=port, base_name=base_name, dtype=dtype, max_model_len=max_model_len,
                         backend=backend)
+    plan = plan.model_copy(update={"idle_stop_minutes": idle_stop or None})
+    if tls is not None:
+        if local:
+            raise ServeError("--tls-cert: a local server listens on 127.0.0.1 only; TLS is for a cloud endpoint")
+        check_tls(tls)
     import secrets
 
     folder = servers_dir()
@@ -335,7 +348,8 @@ def serve(runs: Sequence[str], *, merge: bool = False, port: int = 8000, base_na
         from sdk.spec import FineTuneSpec
 
         # the plan holds the first run's spec, read once by the preflight: its resources are the node's
-        record.update(launch_server(plan, FineTuneSpec.model_validate(plan.base_spec), replicas=replicas, api_key=api_key))
+        record.update(launch_server(plan, FineTuneSpec.model_validate(plan.base_spec), replicas=replicas, api_key=api_key,
+                                    tls=tls))
     write_private(folder / f"{plan.server_id}.json", json.dumps(record, indent=1))
     server = Server(record)
     if wait:
@@ -345,6 +359,30 @@ def serve(runs: Sequence[str], *, merge: bool = False, port: int = 8000, base_na
             server.stop()
             raise
     return server
+
+
+def idle_stop_minutes(requested: float | None, *, local: bool, replicas: int | None) -> float | None:
+    """The idle stop a server gets: as asked (0: none); by default CLOUD_IDLE_STOP_MINUTES on a cloud cluster and
+    none locally. A service's replicas are SkyPilot's to keep up: an engine stopping itself would be replaced."""
+    if requested is not None and requested < 0:
+        raise ServeError("--idle-stop: minutes without a request, 0 to keep the server up")
+    if requested is None:
+        requested = None if local or replicas else CLOUD_IDLE_STOP_MINUTES
+    if replicas and requested:
+        raise ServeError("--idle-stop: a service's replicas are kept up by SkyPilot (a stopped replica is replaced); "
+                         "stop the service with finetune servers --stop")
+    return requested or None
+
+
+def check_tls(tls: tuple[str, str]) -> None:
+    """(certificate, key): both PEM files that exist, or ServeError naming the option."""
+    for option, path in zip(("--tls-cert", "--tls-key"), tls, strict=True):
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise ServeError(f"{option} {path}: no such file")
+        head = file.read_bytes()[:4096]
+        if b"-----BEGIN " not in head:
+            raise ServeError(f"{option} {path}: not a PEM file (no -----BEGIN line)")
 
 
 def write_private(path: Path, text: str) -> None:

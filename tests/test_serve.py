@@ -52,7 +52,7 @@ def two_adapters(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(two_adapters):
     runs, _ = two_adapters
-    server = sdk.serve([f"news={runs[0].uri}", runs[1].uri], port=free_port(), timeout=900)
+    server = sdk.serve([f"news={runs[0].uri}", runs[1].uri], port=free_port(), timeout=900, idle_stop=600)
     yield server
     pgid = server.pid
     server.stop()
@@ -115,6 +115,21 @@ def test_the_endpoint_answers_only_with_its_key(server, two_adapters):
     for path in [*folder.rglob("*"), *(root / "runs").rglob("*")]:
         if path.is_file() and path != record and path.stat().st_size < 50_000_000:
             assert key.encode() not in path.read_bytes(), path
+
+
+def test_a_served_request_is_seen_by_the_idle_stop_watcher(server):
+    """The real engine with an idle stop: its watcher runs in the server's process group (stopped with it) and a
+    keyed request refreshes the activity file it reads."""
+    import os
+    import time
+
+    activity = sdk.serving.servers_dir() / server.id / "last-request"
+    watchers = [pid for pid in group_members(server.pid)
+                if b"launch.idle_stop" in open(f"/proc/{pid}/cmdline", "rb").read()]
+    assert len(watchers) == 1, group_members(server.pid)
+    os.utime(activity, (1, 1))
+    assert server.client.models.list().data
+    assert time.time() - activity.stat().st_mtime < 30
 
 
 def test_each_answer_equals_finetune_generate(server, answers):
@@ -220,6 +235,32 @@ def test_dry_run_prints_the_skypilot_serving_task(tmp_path, run_cli, two_adapter
     secret = spec.model_copy(update={"secrets": ["HF_TOKEN", "WANDB_API_KEY", "DB_PASSWORD"]})
     assert serve_task_config(plan, secret)["secrets"] == {"HF_TOKEN": None, "FINETUNE_SERVE_GRANTS": None,
                                                           "FINETUNE_SERVE_API_KEY": None}
+    # TLS: a service terminates it at SkyPilot's load balancer; a single server's engine serves HTTPS itself
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n")
+    key.write_text("-----BEGIN PRIVATE KEY-----\nMII\n-----END PRIVATE KEY-----\n")
+    service = serve_task_config(plan, gpu, replicas=2, tls=(str(cert), str(key)))
+    assert service["service"]["tls"] == {"certfile": str(cert), "keyfile": str(key)}
+    single = serve_task_config(plan, gpu, tls=(str(cert), str(key)))
+    assert single["file_mounts"]["~/.finetune/tls/cert.pem"] == str(cert)
+    assert json.loads(single["envs"]["FINETUNE_SERVE_PLAN"])["tls"] is True
+    from launch.serve import engine_command
+
+    argv = engine_command(ServePlan.model_validate_json(single["envs"]["FINETUNE_SERVE_PLAN"]), "py", "m", {}, cpu=False)
+    assert "--ssl-certfile" in argv and "--ssl-keyfile" in argv
+    (tmp_path / "key.der").write_bytes(b"\x30\x82\x04")
+    with pytest.raises(sdk.serving.ServeError, match="--tls-key .*: not a PEM file"):
+        serve_task_config(plan, gpu, tls=(str(cert), str(tmp_path / "key.der")))
+    with pytest.raises(sdk.serving.ServeError, match="--tls-cert .*: no such file"):
+        serve_task_config(plan, gpu, tls=(str(tmp_path / "missing.pem"), str(key)))
+    # idle stop: an hour on a cloud cluster by default, never locally, refused for a service's replicas
+    from sdk.serving import idle_stop_minutes
+
+    assert idle_stop_minutes(None, local=False, replicas=None) == 60 and idle_stop_minutes(None, local=True, replicas=None) is None
+    assert idle_stop_minutes(0, local=False, replicas=None) is None and idle_stop_minutes(5, local=True, replicas=None) == 5
+    assert idle_stop_minutes(None, local=False, replicas=2) is None
+    with pytest.raises(sdk.serving.ServeError, match="--idle-stop: a service's replicas"):
+        idle_stop_minutes(30, local=False, replicas=2)
     with pytest.raises(sdk.serving.ServeError, match="cloud node reads the adapters from the store"):
         serve_task_config(plan.model_copy(update={"adapters": [ServedAdapter(name="n", run_id="r", run_uri="/tmp/r", rank=8)]}), gpu)
 
@@ -266,3 +307,54 @@ def test_a_serving_node_reads_the_served_runs_through_grants_and_nothing_else(tw
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "late"), uri, "x", "y"], input=expired,
                          capture_output=True, text=True, env=bare, timeout=120)
     assert "grants to the served runs have expired" in out.stderr
+
+
+def test_the_middleware_stamps_requests_and_the_watcher_stops_an_idle_engine(tmp_path, monkeypatch):
+    """Keyed requests (not health probes) touch the activity file; launch/idle_stop.py stops a stand-in engine once
+    that file is older than the limit, and leaves it running while requests come."""
+    import asyncio
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from launch.engine_auth import RequireKey
+
+    activity = tmp_path / "last-request"
+    activity.touch()
+    os.utime(activity, (1, 1))
+    monkeypatch.setenv("VLLM_API_KEY", "k")
+    monkeypatch.setenv("FINETUNE_ACTIVITY_FILE", str(activity))
+    sent = []
+
+    async def app(scope, receive, send):
+        sent.append(scope["path"])
+
+    async def call(path, key):
+        headers = [(b"authorization", f"Bearer {key}".encode())] if key else []
+        await RequireKey(app)({"type": "http", "path": path, "method": "GET", "headers": headers}, None, _noop)
+
+    async def _noop(message):
+        return None
+
+    asyncio.run(call("/health", None))
+    assert activity.stat().st_mtime == 1  # a probe is not use
+    asyncio.run(call("/v1/models", "wrong"))
+    assert activity.stat().st_mtime == 1 and sent == ["/health"]  # refused: not use either
+    asyncio.run(call("/v1/models", "k"))
+    assert time.time() - activity.stat().st_mtime < 5 and sent == ["/health", "/v1/models"]
+
+    engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    watcher = subprocess.Popen([sys.executable, "-m", "launch.idle_stop", "--pid", str(engine.pid), "--activity", str(activity),
+                                "--minutes", str(3 / 60), "--poll", "0.5"], stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(8):  # requests keep coming for 4 s: more than the 3 s limit in all
+            os.utime(activity)
+            time.sleep(0.5)
+        assert engine.poll() is None
+        assert engine.wait(timeout=20) == -15  # then nothing: SIGTERM
+        assert watcher.wait(timeout=10) == 0 and "no request for" in watcher.stdout.read()
+    finally:
+        for proc in (engine, watcher):
+            if proc.poll() is None:
+                proc.kill()

@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from sdk.backends.skypilot import (
+    NO_AUTODOWN,
     build_dist,
     build_task,
     constraints,
@@ -22,7 +23,7 @@ from sdk.backends.skypilot import (
 )
 from sdk.errors import LaunchError
 from sdk.grants import GRANTS_ENV, sign_runs
-from sdk.serving import SERVE_KEY_ENV, ServeError, ServePlan
+from sdk.serving import NODE_TLS, SERVE_KEY_ENV, ServeError, ServePlan, check_tls
 from sdk.spec import FineTuneSpec
 
 ENGINE_SETUP = """
@@ -51,14 +52,17 @@ exec "$VENV/bin/python" -m launch.serve --plan ~/.finetune/servers/$FINETUNE_SER
 
 
 def serve_task_config(plan: ServePlan, spec: FineTuneSpec, *, replicas: int | None = None,
-                      dist: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The serving task as a SkyPilot YAML dict, checked against SkyPilot's schema."""
+                      dist: dict[str, Any] | None = None, tls: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The serving task as a SkyPilot YAML dict, checked against SkyPilot's schema. With `tls` (certificate, key):
+    a service terminates HTTPS at SkyPilot's load balancer; a single server's engine serves HTTPS itself."""
+    if tls:
+        check_tls(tls)
     if not all(a.run_uri.startswith("s3://") for a in plan.adapters + ([plan.merged] if plan.merged else [])):
         raise ServeError("serve: a cloud node reads the adapters from the store; these runs live in a directory on "
                         "this machine (serve them with --local, or train with an s3:// output)")
     if replicas is not None and replicas < 1:
         raise ServeError("--replicas: must be at least 1")
-    plan = plan.model_copy(update={"host": "0.0.0.0"})
+    plan = plan.model_copy(update={"host": "0.0.0.0", "tls": bool(tls) and not replicas})
     resources = resources_config(spec, managed=False)
     resources.pop("job_recovery", None)
     if opens_ports(infra_of(spec)):
@@ -77,7 +81,11 @@ def serve_task_config(plan: ServePlan, spec: FineTuneSpec, *, replicas: int | No
     }
     if replicas:  # /health answers without the key; /v1 needs it
         config["service"] = {"readiness_probe": {"path": "/health", "initial_delay_seconds": 600}, "replicas": replicas}
+    if tls and replicas:
+        config["service"]["tls"] = {"certfile": tls[0], "keyfile": tls[1]}
     config = finish_task(config, spec, dist)
+    if plan.tls:
+        config.setdefault("file_mounts", {}).update({NODE_TLS["certfile"]: tls[0], NODE_TLS["keyfile"]: tls[1]})
     # The serving node gets no store credentials and no training secrets (tracker keys, the user's S3 keys): signed
     # GET URLs of the served runs' files (sdk.grants), a Hub token for a gated base, and the endpoint's key.
     config["secrets"] = {**{name: None for name in serving_secrets(spec)}, GRANTS_ENV: None, SERVE_KEY_ENV: None}
@@ -103,12 +111,13 @@ def opens_ports(infra: str | None) -> bool:
     return clouds.CloudImplementationFeatures.OPEN_PORTS not in unsupported
 
 
-def launch_server(plan: ServePlan, spec: FineTuneSpec, *, replicas: int | None = None, api_key: str) -> dict[str, Any]:
+def launch_server(plan: ServePlan, spec: FineTuneSpec, *, replicas: int | None = None, api_key: str,
+                  tls: tuple[str, str] | None = None) -> dict[str, Any]:
     """Launch the serving task (a cluster, or a SkyPilot service with replicas); returns what the server
     record needs: the endpoint URL and the cluster or service to take down."""
     import sky
 
-    config = serve_task_config(plan, spec, replicas=replicas, dist=build_dist())
+    config = serve_task_config(plan, spec, replicas=replicas, dist=build_dist(), tls=tls)
     served = [a.run_uri for a in plan.adapters + ([plan.merged] if plan.merged else [])]
     task = build_task(config, {**{n: os.environ[n] for n in serving_secrets(spec) if n in os.environ},
                                GRANTS_ENV: sign_runs(served), SERVE_KEY_ENV: api_key})
@@ -116,8 +125,11 @@ def launch_server(plan: ServePlan, spec: FineTuneSpec, *, replicas: int | None =
     try:
         if replicas:
             name, endpoint = sky.stream_and_get(sky.serve.up(task, service_name=name))
-            return {"url": _http(endpoint), "service": name}
-        sky.stream_and_get(sky.launch(task, cluster_name=name))  # returns once the job is submitted
+            return {"url": _http(endpoint, tls=bool(tls)), "service": name}
+        # an idle-stopped engine ends the job; the cluster then goes down where SkyPilot can take it down itself
+        infra = (spec.resources.infra or "").split("/")[0]
+        autodown = {"down": True, "idle_minutes_to_autostop": 1} if plan.idle_stop_minutes and infra not in NO_AUTODOWN else {}
+        sky.stream_and_get(sky.launch(task, cluster_name=name, **autodown))  # returns once the job is submitted
         if "ports" in config["resources"]:
             endpoints = sky.get(sky.endpoints(name, plan.port))
             address = endpoints.get(plan.port) or endpoints.get(str(plan.port))
@@ -127,11 +139,13 @@ def launch_server(plan: ServePlan, spec: FineTuneSpec, *, replicas: int | None =
         raise LaunchError(f"SkyPilot could not start the server {name}: {type(exc).__name__}: {exc}") from None
     if not address:
         raise LaunchError(f"{name}: SkyPilot reports no endpoint for port {plan.port}")
-    return {"url": _http(address), "cluster": name}
+    return {"url": _http(address, tls=bool(tls)), "cluster": name}
 
 
-def _http(address: str) -> str:
-    return address if address.startswith("http") else f"http://{address}"
+def _http(address: str, *, tls: bool = False) -> str:
+    if address.startswith("http"):
+        return address.replace("http://", "https://", 1) if tls else address
+    return f"{'https' if tls else 'http'}://{address}"
 
 
 def _head_address(cluster: str) -> str:
