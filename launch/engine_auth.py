@@ -13,6 +13,7 @@ import hmac
 import os
 
 OPEN = ("/health", "/ping")  # load-balancer probes; they tell nothing about the models
+NOT_USE = ("/v1/models", "/metrics", "/version")  # listings (`finetune servers` asks /v1/models): they keep nothing up
 ACTIVITY_ENV = "FINETUNE_ACTIVITY_FILE"  # touched on every keyed request: launch/idle_stop.py reads its age
 
 
@@ -46,8 +47,9 @@ class RequireKey:
 
     async def __call__(self, scope, receive, send):
         if self._allowed(scope):
-            if scope["type"] != "lifespan" and scope.get("path", "").removeprefix(scope.get("root_path", "")) not in OPEN:
-                self._touch()
+            path = scope.get("path", "").removeprefix(scope.get("root_path", ""))
+            if scope["type"] == "http" and scope.get("method") != "OPTIONS" and path not in OPEN + NOT_USE:
+                self._touch()  # a keyed request (anything unkeyed was refused above): the server is in use
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})

@@ -38,15 +38,15 @@ def main(argv: list[str] | None = None) -> int:
         if idle > limit:
             print(f"[finetune] no request for {idle / 60:.1f} min (idle stop {args.minutes:g} min): stopping the engine",
                   flush=True)
-            os.kill(args.pid, signal.SIGTERM)
-            deadline = time.time() + 60
-            while time.time() < deadline:
-                try:
+            try:
+                os.kill(args.pid, signal.SIGTERM)  # vLLM shuts its own workers down on SIGTERM
+                deadline = time.time() + 60
+                while time.time() < deadline:
                     os.kill(args.pid, 0)
-                except ProcessLookupError:
-                    return 0
-                time.sleep(1)
-            os.kill(args.pid, signal.SIGKILL)
+                    time.sleep(1)
+                os.killpg(os.getpgid(args.pid), signal.SIGKILL)  # the engine's group, this watcher with it
+            except (ProcessLookupError, PermissionError):
+                pass
             return 0
         time.sleep(min(args.poll, max(1.0, limit - idle)))
 

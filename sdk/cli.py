@@ -611,7 +611,8 @@ def sweep(
     name = choose_backend(spec, chosen)
     if name == "skypilot":  # the token must outlast the last trial: the trials run max_parallel at a time
         hours = [estimate_cost(t, backend=name).hours for _, t in trial_specs(spec, axes)]
-        _warn_short_session(spec, name, hours=None if None in hours else sum(hours) / min(max_parallel, len(hours)))
+        waves = -(-len(hours) // max_parallel)  # the trials run in waves of max_parallel
+        _warn_short_session(spec, name, hours=None if None in hours else waves * max(hours))
     handle = start_sweep(spec, grid=axes, backend=chosen, max_parallel=max_parallel, metric=metric, budget=budget)
     final = _follow(handle, what="sweep", detach=detach, hint=f"stop every trial: finetune cancel {handle.id}")
     if final is None:

@@ -199,6 +199,12 @@ class Server:
     def client(self) -> Any:
         import openai
 
+        ca = self.record.get("tls_ca")  # the certificate given with --tls-cert: trusted as its own authority
+        if ca:
+            import httpx
+
+            return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.api_key, max_retries=0, timeout=600,
+                                 http_client=httpx.Client(verify=ca, timeout=600))
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.api_key, max_retries=0, timeout=600)
 
     def logs(self) -> str:
@@ -226,8 +232,14 @@ class Server:
         import urllib.request
 
         request = urllib.request.Request(f"{self.url}/v1/models", headers={"Authorization": f"Bearer {self.api_key}"})
+        context = None
+        if self.record.get("tls_ca"):
+            import ssl
+
+            context = ssl.create_default_context(cafile=self.record["tls_ca"])
+            context.check_hostname = False  # a cloud endpoint is an IP address; the certificate itself is pinned
         try:
-            with urllib.request.urlopen(request, timeout=2) as response:
+            with urllib.request.urlopen(request, timeout=2, context=context) as response:
                 listed = {m["id"] for m in json.loads(response.read())["data"]}
         except (OSError, ValueError, KeyError):
             return False
@@ -350,6 +362,8 @@ def serve(runs: Sequence[str], *, merge: bool = False, port: int = 8000, base_na
         # the plan holds the first run's spec, read once by the preflight: its resources are the node's
         record.update(launch_server(plan, FineTuneSpec.model_validate(plan.base_spec), replicas=replicas, api_key=api_key,
                                     tls=tls))
+        if tls:
+            record["tls_ca"] = str(Path(tls[0]).expanduser().resolve())
     write_private(folder / f"{plan.server_id}.json", json.dumps(record, indent=1))
     server = Server(record)
     if wait:

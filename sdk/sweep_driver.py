@@ -18,8 +18,8 @@ def main() -> int:
     args = parser.parse_args()
     handle = Sweep.from_uri(args.uri)
 
-    def on_term(signum, frame):  # killing the driver cancels the sweep rather than orphaning its trials
-        handle.store.put_bytes(handle._key("CANCEL"), b"driver signalled")
+    def on_term(signum, frame):  # a shutdown or logout stops the driver, not the sweep: `finetune sweep resume`
+        raise SystemExit(143)  # goes on later; only `finetune cancel` cancels the trials
 
     signal.signal(signal.SIGTERM, on_term)
     try:

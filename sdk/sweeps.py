@@ -381,7 +381,16 @@ class Sweep:
         if record.finished:
             return "finished", None
         lease = record.lease
-        if lease is not None and lease.live(time.time()) and not lease.provably_dead():
+        now = time.time()
+        if lease is None:  # a record written before leases: the driver's PID on this machine, if any
+            driver = record.driver or {}
+            if not driver.get("pid") or driver.get("host") != socket.gethostname():
+                return "running", None  # no way to tell from here; the old behaviour
+            from sdk.processes import pid_alive
+
+            if pid_alive(int(driver["pid"])):
+                return "running", None
+        elif not lease.provably_dead() and now < lease.expires + lease_seconds():  # a lapse of one renewal is tolerated
             return "running", None
         since = f" at {time.strftime('%H:%M:%S', time.localtime(lease.expires))}" if lease else ""
         return "stopped", (f"its driver stopped (lease expired{since}) with trials left; "
@@ -624,7 +633,7 @@ def list_sweeps(*, store: str | None = None, limit: int = 50) -> list[Sweep]:
 # ------------------------------------------------------------------------------------------- driver
 
 LEASE_S = 120.0  # FINETUNE_SWEEP_LEASE_S: a driver renews its lease every third of this
-LAUNCH_GRACE_S = 900.0  # a run folder a resumed driver finds without a launch record: how long its node has to report
+LAUNCH_GRACE_S = 3600.0  # a run folder a resumed driver finds without a launch record: how long its node has to report
 STORE_PATIENCE_S = 1800.0  # store errors in a row before a driver gives up (its lease then expires: resume it)
 RETRY_DELAYS_S = (5, 15, 30, 60, 120, 300)  # teardowns and cancels that failed are tried again after these
 
@@ -677,9 +686,15 @@ def hand_over(handle: Sweep, record: SweepRecord) -> int:
     import secrets
 
     token = secrets.token_hex(8)
-    pid = start_driver(handle, token=token)
-    record.lease = _new_lease(token, pid)
+    record.lease = _new_lease(token, os.getpid())  # held by this process until the driver's own PID is in it
     handle._write(record)
+    pid = start_driver(handle, token=token)
+    try:
+        record.lease = _new_lease(token, pid)
+        handle._write(record)
+    except BaseException:
+        os.kill(pid, 15)  # it would wait for a lease naming it, then leave; do not leave it waiting
+        raise
     return pid
 
 
@@ -721,7 +736,9 @@ class _Driver:
         self.submit = submit or self._launch
         self.serial = threading.Lock()
         self.launching: dict[int, Any] = {}  # trial index -> Future of its launch
-        self.retry_at: dict[tuple[str, int], float] = {}  # (what, trial index) -> earliest next try of a failed cancel
+        self.retry_at: dict[int, float] = {}  # trial index -> earliest next try of a failed cancel
+        self.cancel_tries: dict[int, int] = {}
+        self.cancel_sent: set[int] = set()
         self.cancelling = False
         self.cancel_deadline = float("inf")
 
@@ -729,11 +746,14 @@ class _Driver:
 
     def _acquire(self) -> SweepRecord:
         record = self.handle.record()
-        if self.handed_over:  # started by hand_over: its starter writes our lease right after starting us
+        if self.handed_over:  # started by hand_over: its starter writes a lease naming our PID right after starting us
             deadline = time.time() + 30
-            while (record.lease is None or record.lease.token != self.token) and time.time() < deadline:
+            while (record.lease is None or record.lease.token != self.token or record.lease.pid != os.getpid()) \
+                    and time.time() < deadline:
                 time.sleep(0.2)
                 record = self.handle.record()
+            if record.lease is None or record.lease.token != self.token:
+                raise SweepBusy(f"sweep {self.handle.id}: the lease this driver was started for never came")
         if record.finished:
             return record
         _check_free(self.handle, record, token=self.token)
@@ -762,8 +782,16 @@ class _Driver:
         impl = get_backend(backend)
         if getattr(impl, "serial_launch", lambda s: False)(spec):
             with self.serial:  # one launch at a time onto this infra; the trials still run side by side
+                self._still_ours()
                 return submit_run(spec, backend=backend, check_data=False, run_id=run_id)
+        self._still_ours()
         return submit_run(spec, backend=backend, check_data=False, run_id=run_id)
+
+    def _still_ours(self) -> None:
+        """Checked in the launch thread right before a launch: a driver that lost its lease launches nothing."""
+        lease = self.handle.record().lease
+        if lease is None or lease.token != self.token:
+            raise LeaseLost(f"sweep {self.handle.id}: taken over; launch skipped")
 
     @staticmethod
     def _folder(trial: Trial) -> Any:
@@ -796,7 +824,12 @@ class _Driver:
             try:
                 run = future.result()
             except Exception as exc:  # a trial that cannot start does not stop the sweep
-                if trial.run_id and self._adopt(trial):  # another driver launched this very run id first
+                try:
+                    if trial.run_id and self._adopt(trial):  # its folder exists: another driver launched it, or
+                        continue                             # the launch failed after creating it (its status says)
+                except (StoreError, RunNotFound):
+                    continue  # the store is down: the next passes adopt or relaunch it (_heal)
+                if isinstance(exc, LeaseLost):
                     continue
                 trial.state, trial.error = "failed", f"launch failed: {exc}"
                 continue
@@ -810,14 +843,39 @@ class _Driver:
                 return
             if trial.uri or trial.state != "pending" or trial.index in self.launching:
                 continue
-            trial.run_id = trial.run_id or new_run_id(trial.name)
+            before = trial.model_copy()
+            # one id per trial of this sweep: two drivers that both launch it collide on its folder instead of
+            # starting it twice (submit refuses an existing folder; the loser adopts it)
+            trial.run_id = trial.run_id or f"{trial.name}-{record.sweep_id[-20:]}-t{trial.index}"
             trial.state, trial.launched = "provisioning", time.time()
-            self._write(record)  # the run id is in the store before the launch: a resumed driver finds it
+            try:
+                self._write(record)  # the run id is in the store before the launch: a resumed driver finds it
+            except BaseException:
+                record.trials[trial.index] = before  # not recorded: not launched (the next pass tries again)
+                raise
             self.launching[trial.index] = pool.submit(self.submit, FineTuneSpec.model_validate(trial.spec), record.backend,
                                                       trial.run_id)
             busy += 1
 
     # -- watching
+
+    def _heal(self, record: SweepRecord) -> None:
+        """Trials marked provisioning that no launch of this driver carries (a launch whose outcome a store outage
+        hid, a record left by a killed driver): adopt the run folder, or launch again under the same id."""
+        from sdk.runfolder import LAUNCH
+
+        for trial in record.trials:
+            if trial.index in self.launching or trial.uri or trial.state != "provisioning":
+                continue
+            if trial.run_id is None:  # a record from before run ids were recorded first: it may have started
+                trial.state, trial.error = "failed", "launch interrupted (the driver stopped during it)"
+            elif not self._adopt(trial):
+                trial.state = "pending"
+        for trial in record.trials:  # adopted without its launch record: it may have been written since
+            if trial.adopted and not trial.backend and trial.uri:
+                launch = self._folder(trial).read_json(LAUNCH)
+                if launch:
+                    trial.backend, trial.info = launch.get("backend"), launch.get("info")
 
     def _refresh(self, record: SweepRecord) -> None:
         now = time.time()
@@ -825,6 +883,7 @@ class _Driver:
             if not trial.uri:
                 continue
             if trial.adopted and not trial.backend and state == "pending" and now - trial.adopted > LAUNCH_GRACE_S:
+                run.folder.request_cancel()  # a node that still starts obeys it
                 run.folder.write_status("failed", error=f"launch interrupted: the sweep driver stopped during the launch "
                                                         f"and no node reported within {LAUNCH_GRACE_S:.0f} s")
                 state = "failed"
@@ -844,6 +903,9 @@ class _Driver:
             try:
                 backend.down(run.info)
             except Exception as exc:  # the error is kept in the trial; the next try is scheduled
+                if "does not exist" in str(exc) or "not found" in str(exc).lower():
+                    trial.released, trial.next_teardown = True, None  # already gone: nothing bills
+                    return
                 trial.teardown_attempts += 1
                 delay = RETRY_DELAYS_S[min(trial.teardown_attempts, len(RETRY_DELAYS_S)) - 1]
                 trial.next_teardown = now + delay
@@ -854,18 +916,18 @@ class _Driver:
         trial.released, trial.next_teardown = True, None
 
     def _cancel(self, trial: Trial, run: Any, now: float) -> None:
-        key = ("cancel", trial.index)
-        if run is None or now < self.retry_at.get(key, 0.0):
+        if run is None or trial.index in self.cancel_sent or now < self.retry_at.get(trial.index, 0.0):
             return
         try:
             if run.info is not None:
                 run.cancel()
             else:  # adopted without its backend's record: the node obeys the marker
                 run.folder.request_cancel()
+            self.cancel_sent.add(trial.index)
         except Exception as exc:
-            tries = sum(1 for k in self.retry_at if k == key) + 1
-            self.retry_at[key] = now + RETRY_DELAYS_S[min(tries, len(RETRY_DELAYS_S)) - 1]
-            trial.error = f"cancel failed: {exc}"
+            self.cancel_tries[trial.index] = tries = self.cancel_tries.get(trial.index, 0) + 1
+            self.retry_at[trial.index] = now + RETRY_DELAYS_S[min(tries, len(RETRY_DELAYS_S)) - 1]
+            trial.error = f"cancel failed ({tries}x): {exc}"
 
     def _begin_cancel(self, record: SweepRecord, reason: str) -> None:
         """Nothing more launches; launches under way finish (SkyPilot cannot be interrupted mid-provision) and are
@@ -888,6 +950,7 @@ class _Driver:
     def _step(self, record: SweepRecord, pool: Any) -> bool:
         """One pass; True when the sweep is finished."""
         self._collect(record)
+        self._heal(record)
         self._refresh(record)
         if not self.cancelling and (self.handle.cancel_requested() or time.time() > self.deadline):
             reason = "sweep cancelled" if self.handle.cancel_requested() else f"sweep driver stopped after {self.max_hours} h"

@@ -128,7 +128,8 @@ def test_a_served_request_is_seen_by_the_idle_stop_watcher(server):
                 if b"launch.idle_stop" in open(f"/proc/{pid}/cmdline", "rb").read()]
     assert len(watchers) == 1, group_members(server.pid)
     os.utime(activity, (1, 1))
-    assert server.client.models.list().data
+    assert server.client.models.list().data and activity.stat().st_mtime == 1  # listing the models is not use
+    assert server.client.completions.create(model="news", prompt="Striker", max_tokens=1, temperature=0).choices
     assert time.time() - activity.stat().st_mtime < 30
 
 
@@ -339,10 +340,12 @@ def test_the_middleware_stamps_requests_and_the_watcher_stops_an_idle_engine(tmp
 
     asyncio.run(call("/health", None))
     assert activity.stat().st_mtime == 1  # a probe is not use
-    asyncio.run(call("/v1/models", "wrong"))
+    asyncio.run(call("/v1/completions", "wrong"))
     assert activity.stat().st_mtime == 1 and sent == ["/health"]  # refused: not use either
-    asyncio.run(call("/v1/models", "k"))
-    assert time.time() - activity.stat().st_mtime < 5 and sent == ["/health", "/v1/models"]
+    asyncio.run(call("/v1/models", "k"))  # a listing (`finetune servers` asks it): keeps nothing up
+    assert activity.stat().st_mtime == 1
+    asyncio.run(call("/v1/completions", "k"))
+    assert time.time() - activity.stat().st_mtime < 5 and sent == ["/health", "/v1/models", "/v1/completions"]
 
     engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     watcher = subprocess.Popen([sys.executable, "-m", "launch.idle_stop", "--pid", str(engine.pid), "--activity", str(activity),

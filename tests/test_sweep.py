@@ -233,6 +233,7 @@ def test_a_stopped_or_killed_driver_is_resumed_and_every_trial_runs_exactly_once
     run_ids = [t.run_id for t in record.trials]
     assert len(set(run_ids)) == 4 and None not in run_ids
     assert _runs_in_store(store_dir) == {t.name: 1 for t in record.trials}  # every trial once, none launched twice
+    assert sorted(p.parent.name for p in store_dir.glob("*/spec.json")) == sorted(run_ids)
     log = (finetune_home / "sweeps" / f"{handle.id}.log").read_text()
     assert "taken over by" in log, log  # the woken driver said why it stopped
 
@@ -263,9 +264,10 @@ def test_a_resumed_driver_adopts_what_the_killed_one_launched_and_launches_only_
     monkeypatch.setattr(sweeps, "LAUNCH_GRACE_S", 0.0)
     store_dir = tmp_path / "store"
     spec = load_recipe("tiny", [f"output={store_dir}"])
-    handle, record = _record_with(store_dir, spec, n=4)
+    handle, record = _record_with(store_dir, spec, n=5)
     store = open_store(str(store_dir))
-    for trial, (folder_state, launch) in zip(record.trials, [(None, False), ("succeeded", True), ("pending", False),
+    record.trials[4].state = "provisioning"  # a record from before run ids were written first: it may have started
+    for trial, (folder_state, launch) in zip(record.trials[:4], [(None, False), ("succeeded", True), ("pending", False),
                                                             (None, None)], strict=True):
         if launch is None:
             continue  # trial 3: never reached (pending, no run id)
@@ -290,7 +292,8 @@ def test_a_resumed_driver_adopts_what_the_killed_one_launched_and_launches_only_
     assert final.finished
     assert launched[0] == "t0-run" and len(launched) == 2 and launched[1].startswith("t3-")  # t1 and t2 adopted
     states = {t.name: t.state for t in final.trials}
-    assert states == {"t0": "succeeded", "t1": "succeeded", "t2": "failed", "t3": "succeeded"}, states
+    assert states == {"t0": "succeeded", "t1": "succeeded", "t2": "failed", "t3": "succeeded", "t4": "failed"}, states
+    assert "launch interrupted" in final.trials[4].error
     assert final.trials[1].backend == "local" and final.trials[1].info["host"] == "elsewhere"
     assert "launch interrupted" in RunFolder(store, "t2-run").status()["error"]
 
