@@ -192,7 +192,7 @@ def labelled_examples(spec: FineTuneSpec, path: str, *, text_field: str = "text"
     if mapped.data.template == "plain":
         mapped.data.template = "auto"
     if fields.instruction not in sample and mapped.data.instruction is None:
-        from launch.builtin_data import INSTRUCTION
+        from sdk.builtin_data import INSTRUCTION
 
         labels = spec.eval.labels or []
         mapped.data.instruction = (

@@ -8,8 +8,6 @@ SmolLM2's GGUF, the cached copy loads in under a second.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -18,65 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from sdk.errors import SpecError
+from sdk.modelref import ModelSource, gguf_cache, resolve_reference
 from sdk.precision import Precision, compute_dtype, torch_dtype, weight_dtype
 from sdk.spec import FineTuneSpec, ModelSpec
 
 
-def cache_dir(*parts: str) -> Path:
-    root = Path(os.environ.get("FINETUNE_CACHE", Path.home() / ".cache" / "finetune"))
-    return root.joinpath(*parts)
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where from_pretrained reads: a path or Hub id, with the GGUF file inside it if any."""
-
-    path: str
-    gguf_file: str | None = None
-    revision: str | None = None
-
-    @property
-    def is_local(self) -> bool:
-        return Path(self.path).exists()
-
-
 def resolve(model: ModelSpec) -> ModelSource:
-    ident = model.id
-    if ident.startswith("tiny:"):
+    """Where the node loads the model from; a tiny model is built (and cached) here first."""
+    if model.id.startswith("tiny:"):
         from launch.tiny import ensure_tiny
 
-        return ModelSource(str(ensure_tiny(ident.partition(":")[2] or "llama")))
-    if ident.startswith("pkg://"):
-        package, _, rel = ident[len("pkg://"):].partition("/")
-        spec = importlib.util.find_spec(package)  # finds the folder without running the package's __init__
-        if spec is None or not spec.submodule_search_locations:
-            raise SpecError(f"model.id: package {package!r} is not installed (pip install {package.replace('_', '-')})")
-        file = Path(list(spec.submodule_search_locations)[0]) / rel
-        if not file.is_file():
-            raise SpecError(f"model.id: {file} does not exist in package {package!r}")
-        ident = str(file)
-    path = Path(ident).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise SpecError(f"model.id: GGUF file {path} does not exist")
-        return ModelSource(str(path.parent), path.name)
-    if path.exists():
-        if not path.is_dir():
-            raise SpecError(f"model.id: {path} is a file; give a model directory or a .gguf file")
-        if model.gguf_file is None and not (path / "config.json").is_file():
-            raise SpecError(f"model.id: {path} has no config.json (not a transformers model directory)")
-        return ModelSource(str(path), model.gguf_file)
-    if ident.startswith((".", "/", "~")):
-        raise SpecError(f"model.id: local path {ident} does not exist")
-    return ModelSource(ident, model.gguf_file, model.revision)
-
-
-def gguf_cache(source: ModelSource) -> Path:
-    """Where a GGUF checkpoint's float32 conversion is cached, keyed by the file's identity."""
-    gguf = Path(source.path) / str(source.gguf_file)
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_dir("gguf", f"{gguf.stem}-{key}")
+        return ModelSource(str(ensure_tiny(model.id.partition(":")[2] or "llama")))
+    return resolve_reference(model)
 
 
 def _dequantized_gguf(source: ModelSource, trust_remote_code: bool) -> ModelSource:

@@ -15,23 +15,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from launch.models import cache_dir
-
-TINY_VERSION = "v2"
-from sdk.architectures import TINY_SHAPE as SHRINK  # noqa: E402  (client and node agree on the tiny shapes)
-from sdk.architectures import TINY_VOCAB as VOCAB_SIZE  # noqa: E402
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{% if m['role'] == 'assistant' %}<|end|>{% endif %}\n"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
+from sdk.architectures import TINY_CHAT_TEMPLATE as CHAT_TEMPLATE  # client and node agree on the tiny models
+from sdk.architectures import TINY_SHAPE as SHRINK
+from sdk.architectures import TINY_VOCAB as VOCAB_SIZE
+from sdk.modelref import TINY_VERSION, tiny_dir
 
 
 def train_tokenizer() -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from launch.builtin_data import corpus
+    from sdk.builtin_data import corpus
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -108,7 +102,7 @@ def ensure_tiny(arch: str) -> Path:
         from sdk.errors import SpecError
 
         raise SpecError(f"model.id: tiny:{arch}: unknown architecture (try tiny:llama, tiny:qwen2, tiny:mistral)")
-    out = cache_dir("tiny", f"{arch}-{TINY_VERSION}")
+    out = tiny_dir(arch)
     if not (out / "model.safetensors").is_file():
         import fcntl
 
@@ -143,3 +137,39 @@ def config_like(reference: str) -> dict[str, Any]:
     if config is None:
         raise SpecError(f"{reference}: no local config for {spec.model.id!r}; pass --like path/to/config.json")
     return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m launch.tiny OUT --like REF` (what `finetune tiny-model` runs: the client never builds a model)."""
+    import argparse
+    import sys
+
+    from sdk.errors import FinetuneError
+
+    parser = argparse.ArgumentParser(prog="python -m launch.tiny")
+    parser.add_argument("out")
+    parser.add_argument("--like", default="llama")
+    args = parser.parse_args(argv)
+    try:
+        reference = Path(args.like).expanduser()
+        if not reference.exists() and "/" not in args.like and not args.like.endswith((".yaml", ".yml", ".json")):
+            from sdk.recipes import RECIPES_DIR
+
+            config = config_like(args.like) if (RECIPES_DIR / f"{args.like}.yaml").is_file() else {"model_type": args.like}
+        else:
+            config = config_like(args.like)
+        from transformers import CONFIG_MAPPING
+
+        if config.get("model_type") not in CONFIG_MAPPING:
+            raise ValueError(f"--like {args.like}: unknown architecture {config.get('model_type')!r} "
+                             "(a recipe, a config.json, a model directory, or a name such as llama, qwen2, mistral)")
+        path = build_tiny(Path(args.out), config)
+    except (FinetuneError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"tiny {config.get('model_type')} model → {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

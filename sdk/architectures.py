@@ -13,6 +13,10 @@ from typing import Any
 # The tiny models `tiny:<arch>` builds (launch.tiny): shapes shared by client and node.
 TINY_SHAPE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
 TINY_VOCAB = 512
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{% if m['role'] == 'assistant' %}<|end|>{% endif %}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 _LLAMA31 = {"model_type": "llama", "vocab_size": 128256, "max_position_embeddings": 131072, "tie_word_embeddings": False,
             "num_attention_heads": None, "num_key_value_heads": 8, "attention_bias": False, "mlp_bias": False}

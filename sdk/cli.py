@@ -701,17 +701,16 @@ def tiny_model(
     like: str = typer.Option("llama", "--like", help="recipe, config.json, model dir, or an architecture name"),
 ) -> None:
     """Build a tiny model of a target architecture (few layers, small hidden, local tokenizer) for dry runs."""
-    from launch.tiny import build_tiny, config_like
+    import subprocess
 
-    reference = Path(like).expanduser()
-    if not reference.exists() and "/" not in like and not like.endswith((".yaml", ".yml", ".json")):
-        from sdk.recipes import RECIPES_DIR
-
-        config = config_like(like) if (RECIPES_DIR / f"{like}.yaml").is_file() else {"model_type": like}
-    else:
-        config = config_like(like)
-    path = build_tiny(out, config)
-    _console().print(f"tiny {config.get('model_type')} model → {path}")
+    # built by the node's code in a process of its own: the client never imports torch or transformers
+    done = subprocess.run([sys.executable, "-m", "launch.tiny", str(out), "--like", like], capture_output=True, text=True)
+    if done.returncode != 0:
+        _console(stderr=True).print((done.stderr.strip().splitlines() or [f"tiny-model failed ({done.returncode})"])[-1]
+                                    .removeprefix("error: ").strip(),
+                                    markup=False, highlight=False)
+        raise typer.Exit(2)
+    _console().print((done.stdout.strip().splitlines() or [""])[-1], markup=False)  # its last line says where
 
 
 # ------------------------------------------------------------------------------------------- entry

@@ -231,7 +231,7 @@ class LengthCount:
 def tiny_chat_template(spec: FineTuneSpec) -> str | None:
     """A tiny model's chat template is a constant: known before the model is first built."""
     if spec.model.id.startswith("tiny:"):
-        from launch.tiny import CHAT_TEMPLATE
+        from sdk.architectures import TINY_CHAT_TEMPLATE
 
-        return CHAT_TEMPLATE
+        return TINY_CHAT_TEMPLATE
     return None

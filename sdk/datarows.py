@@ -210,7 +210,7 @@ def iter_rows(source: str, *, declared: str = "auto", split: str = "train", fiel
               s3_local: Path | None = None) -> Iterator[Row | BadRow]:
     """Every row of a source, in order. `s3_local`: a copy of an s3:// source already downloaded (the node)."""
     if source.startswith("builtin:"):
-        from launch.builtin_data import load_builtin
+        from sdk.builtin_data import load_builtin
 
         try:
             values = load_builtin(source)

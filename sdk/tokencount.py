@@ -18,18 +18,14 @@ _GENERATION_TAGS = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
 
 def tokenizer_dir(spec: FineTuneSpec) -> Path | None:
     """A directory holding tokenizer.json for the spec's model, without downloading weights."""
-    from launch.models import ModelSource, cache_dir, gguf_cache
+    from sdk.modelref import ModelSource, gguf_cache, resolve_reference, tiny_dir
 
     model = spec.model.id
     try:
         if model.startswith("tiny:"):
-            from launch.tiny import TINY_VERSION
-
-            folder = cache_dir("tiny", f"{model.partition(':')[2] or 'llama'}-{TINY_VERSION}")
+            folder = tiny_dir(model.partition(":")[2])
         elif model.startswith("pkg://") or model.endswith(".gguf") or spec.model.gguf_file:
-            from launch.models import resolve
-
-            source = resolve(spec.model)
+            source = resolve_reference(spec.model)
             folder = gguf_cache(ModelSource(source.path, source.gguf_file)) if source.gguf_file else Path(source.path)
         elif Path(model).expanduser().is_dir():
             folder = Path(model).expanduser()

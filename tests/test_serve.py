@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import socket
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from conftest import free_port
 
 import sdk
 import sdk.serving
-from launch.builtin_data import INSTRUCTION
+from sdk.builtin_data import INSTRUCTION
 from sdk.processes import group_members
 from sdk.recipes import load_recipe
 

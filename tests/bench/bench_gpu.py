@@ -62,7 +62,7 @@ def write_rows(path: Path, model_dir: Path, *, count: int, shortest: int, longes
 
     from transformers import AutoTokenizer
 
-    from launch.builtin_data import load_builtin
+    from sdk.builtin_data import load_builtin
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     words = " ".join(r["input"] for r in load_builtin("builtin:news-topics")).split()
