@@ -168,6 +168,9 @@ def test_cli_launch_local_end_to_end(run_cli, tmp_path, finetune_home):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "label accuracy" in result.stdout and "succeeded" in result.stdout
     run_id = next(p.name for p in out.iterdir())
+    # redirected (a pipe, as in CI or `> file`): plain progress lines, no bar redrawn with carriage returns
+    assert "\r" not in result.stderr and f"{run_id}: succeeded" in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) < 40, result.stderr
     for args in (["status", run_id], ["metrics", run_id, "--plot", str(tmp_path / "loss.png")], ["runs"], ["logs", run_id]):
         res = run_cli(*args, env=env)
         assert res.returncode == 0, (args, res.stderr)
