@@ -743,7 +743,7 @@ def serve(
 
         raise ServeError("--tls-cert and --tls-key: give both (the certificate and its private key)")
     first = get_run(parse_ref(runs[0])[1]).spec()
-    backend = choose_backend(first, "local" if local else "auto")
+    backend = choose_backend(first, "local" if local else "auto")  # the same rule as sdk.serve(backend="auto")
     console = _console()
     if dry_run:
         plan = plan_serving(runs, merge=merge, port=port, base_name=base_name, backend=backend)

@@ -322,14 +322,20 @@ def get_server(ident: str) -> Server:
 
 
 def serve(runs: Sequence[str], *, merge: bool = False, port: int = 8000, base_name: str | None = None,
-          dtype: str = "float32", max_model_len: int = 2048, backend: Literal["local", "skypilot"] = "local",
+          dtype: str = "float32", max_model_len: int = 2048, backend: Literal["auto", "local", "skypilot"] = "auto",
           replicas: int | None = None, wait: bool = True, timeout: float = 900,
           idle_stop: float | None = None, tls: tuple[str, str] | None = None) -> Server:
     """Serve runs' adapters (and their base) on one OpenAI-compatible endpoint; `wait` until it answers.
     Local: a process group on this machine. SkyPilot: a cluster of the first run's resources (or a service of
     `replicas` behind one endpoint) whose node fetches the adapters through read-only grants.
     `idle_stop`: minutes without a request after which the engine stops (a cloud cluster then goes down);
-    default CLOUD_IDLE_STOP_MINUTES on a SkyPilot cluster, never for a local server; 0 turns it off."""
+    default CLOUD_IDLE_STOP_MINUTES on a SkyPilot cluster, never for a local server; 0 turns it off.
+    `backend="auto"` (as `finetune serve`): SkyPilot when the first run's spec names accelerators or an infra."""
+    if backend == "auto":
+        from sdk.backends import choose_backend
+        from sdk.runs import get_run
+
+        backend = choose_backend(get_run(parse_ref(runs[0])[1]).spec(), "auto") if runs else "local"
     local = backend == "local"
     if replicas is not None and local:
         raise ServeError("--replicas: a SkyPilot service; a local server is one process")
