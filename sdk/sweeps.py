@@ -970,9 +970,7 @@ class _Driver:
         record = self._acquire()
         if record.finished:
             return record
-        for trial in record.trials:  # trials a previous driver recorded but did not see launched
-            if trial.run_id and not trial.uri and trial.state == "provisioning" and not self._adopt(trial):
-                trial.state = "pending"  # nothing was created: it is launched now, under the same run id
+        self._heal(record)  # trials a previous driver recorded but did not see launched
         self._write(record)
         last_written = record.model_copy(deep=True)
         failing_since: float | None = None
