@@ -21,9 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sync-interval", type=float, default=float(os.environ.get("FINETUNE_SYNC_INTERVAL", 3)))
     args = parser.parse_args(argv)
 
-    from sdk.errors import FinetuneError
-    from sdk.runfolder import SPEC, RunFolder
-    from sdk.spec import FineTuneSpec, parse_spec
+    from sdk.core.errors import FinetuneError
+    from sdk.core.spec import FineTuneSpec, parse_spec
+    from sdk.store.runfolder import SPEC, RunFolder
 
     try:
         folder = RunFolder.from_uri(args.run_dir)

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from launch import ranks
-from sdk.errors import FinetuneError, StoreError
-from sdk.runfolder import CHECKPOINTS, RunFolder
+from sdk.core.errors import FinetuneError, StoreError
 from sdk.store import MANIFEST, fetch_dir, sha256_file
+from sdk.store.runfolder import CHECKPOINTS, RunFolder
 
 PARTS = ".parts"
 

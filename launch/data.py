@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdk.datacheck import LengthCount, SourceCheck, chat_loss_route, load_samples, template_for
-from sdk.dataformats import Instruction, Sample, learns_several_turns
-from sdk.datarows import BadRow, DataError, iter_rows
-from sdk.rendering import Example, Renderer, instruction_prompt
-from sdk.spec import DataSpec, FineTuneSpec
+from sdk.core.spec import DataSpec, FineTuneSpec
+from sdk.data.check import LengthCount, SourceCheck, chat_loss_route, load_samples, template_for
+from sdk.data.formats import Instruction, Sample, learns_several_turns
+from sdk.data.rendering import Example, Renderer, instruction_prompt
+from sdk.data.rows import BadRow, DataError, iter_rows
 
 __all__ = ["DataError", "Example", "PreparedData", "prepare", "read_rows", "labelled_examples", "instruction_prompt"]
 
@@ -145,7 +145,7 @@ def shared_instruction(rows: list[Sample]) -> str | None:
 
 
 class NodeTokens:
-    """The model's tokenizer in the shape sdk.datacheck.LengthCount counts with (the client's is tokenizers +
+    """The model's tokenizer in the shape sdk.data.check.LengthCount counts with (the client's is tokenizers +
     jinja2; here transformers itself)."""
 
     def __init__(self, tokenizer: Any):
@@ -192,7 +192,7 @@ def labelled_examples(spec: FineTuneSpec, path: str, *, text_field: str = "text"
     if mapped.data.template == "plain":
         mapped.data.template = "auto"
     if fields.instruction not in sample and mapped.data.instruction is None:
-        from sdk.builtin_data import INSTRUCTION
+        from sdk.data.builtin import INSTRUCTION
 
         labels = spec.eval.labels or []
         mapped.data.instruction = (

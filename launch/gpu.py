@@ -119,7 +119,7 @@ MEMORY_MARGIN = 0.7
 
 
 def memory_error(needed_bytes: int | None, facts: CudaFacts) -> str | None:
-    """Free GPU memory far below what the planner (sdk.plan) expects this run to need: an OOM minutes in,
+    """Free GPU memory far below what the planner (sdk.core.plan) expects this run to need: an OOM minutes in,
     after the model has loaded. Within the planner's error (+25% on the one GPU point measured) it goes on."""
     if not facts.available or not needed_bytes or facts.free_bytes is None or facts.free_bytes >= MEMORY_MARGIN * needed_bytes:
         return None

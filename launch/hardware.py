@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from sdk.summary import Hardware
+from sdk.core.summary import Hardware
 
 
 def capability() -> tuple[int, int] | None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdk.spec import FineTuneSpec
+from sdk.core.spec import FineTuneSpec
 
 DEFAULT_MASTER_PORT = 29500
 
@@ -193,7 +193,7 @@ def offloadable_parameters(spec: FineTuneSpec) -> bool:
     """Can ZeRO-3 move the parameters themselves to the CPU? Not a 4-bit base's: bitsandbytes computes
     on the packed weights where they live, and DeepSpeed's CPU copies drop their quantization state. There
     `offload` moves what can move, the optimizer states (the adapter's fp32 Adam moments)."""
-    from sdk.methods import method_of
+    from sdk.core.methods import method_of
 
     return spec.distributed.zero_stage == 3 and not method_of(spec).quantized_base
 
@@ -242,8 +242,8 @@ def planned_bytes(spec: FineTuneSpec) -> int | None:
     """The planner's per-GPU estimate, None where it cannot tell: an architecture it does not know, or memory it
     does not model (optimizer or parameter offload, Liger's fused loss, activation offloading), where it would
     refuse runs that fit."""
-    from sdk.errors import FinetuneError
-    from sdk.plan import estimate
+    from sdk.core.errors import FinetuneError
+    from sdk.core.plan import estimate
 
     if spec.distributed.offload or spec.train.liger_kernels or spec.train.activation_offloading:
         return None
@@ -260,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print", action="store_true", help="print the command instead of running it")
     args = parser.parse_args(argv)
 
-    from sdk.errors import FinetuneError
-    from sdk.runfolder import SPEC, RunFolder
-    from sdk.spec import parse_spec
+    from sdk.core.errors import FinetuneError
+    from sdk.core.spec import parse_spec
+    from sdk.store.runfolder import SPEC, RunFolder
 
     try:
         folder = RunFolder.from_uri(args.run_dir)

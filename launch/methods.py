@@ -1,9 +1,9 @@
-"""Method builders: how each registered method (sdk.methods) loads its base and attaches to it, node side.
+"""Method builders: how each registered method (sdk.core.methods) loads its base and attaches to it, node side.
 
 A builder says how the base model is loaded (quantization), how it is made trainable (attach), and
 how its trained artifact is saved and reloaded. Adapter methods save a PEFT directory that loads
 with `PeftModel.from_pretrained`; `full` saves the whole model; `head_only` saves the head weights.
-The registration in sdk.methods names the builder of each method; nothing here branches on names.
+The registration in sdk.core.methods names the builder of each method; nothing here branches on names.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from sdk.methods import gradient_checkpointing
-from sdk.spec import FineTuneSpec
+from sdk.core.methods import gradient_checkpointing
+from sdk.core.spec import FineTuneSpec
 
 HEAD_FILE = "head.safetensors"
 # Projection names used by the common decoder families, to resolve target_modules="attention".
@@ -29,7 +29,7 @@ class MethodBuilder(Protocol):
 
 
 def builder_for(spec: FineTuneSpec) -> MethodBuilder:
-    from sdk.methods import method_of
+    from sdk.core.methods import method_of
 
     return method_of(spec).load_builder()
 
@@ -114,7 +114,7 @@ class QloraBuilder(LoraBuilder):
         from transformers import BitsAndBytesConfig
 
         from launch.gpu import quant_storage_dtype
-        from sdk.precision import dtype_name, torch_dtype
+        from sdk.core.precision import dtype_name, torch_dtype
 
         m = spec.method
         storage = quant_storage_dtype(dtype_name(compute_dtype), strategy=spec.distributed.strategy,
@@ -131,7 +131,7 @@ class QloraBuilder(LoraBuilder):
         from peft import get_peft_model, prepare_model_for_kbit_training
 
         from launch.gpu import upcast_frozen_weights
-        from sdk.precision import dtype_name
+        from sdk.core.precision import dtype_name
 
         frozen = dtype_name(model.get_input_embeddings().weight.dtype)
         if upcast_frozen_weights(frozen):

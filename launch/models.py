@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdk.errors import SpecError
-from sdk.modelref import ModelSource, gguf_cache, resolve_reference
-from sdk.precision import Precision, compute_dtype, torch_dtype, weight_dtype
-from sdk.spec import FineTuneSpec, ModelSpec
+from sdk.core.errors import SpecError
+from sdk.core.modelref import ModelSource, gguf_cache, resolve_reference
+from sdk.core.precision import Precision, compute_dtype, torch_dtype, weight_dtype
+from sdk.core.spec import FineTuneSpec, ModelSpec
 
 
 def resolve(model: ModelSpec) -> ModelSource:
@@ -178,7 +178,7 @@ class BaseLoader:
 
         from launch import ranks
         from launch.gpu import device_map
-        from sdk.methods import method_of
+        from sdk.core.methods import method_of
 
         quant = self.builder.quantization_config(self.spec, torch_dtype(compute or compute_dtype(self.spec, self.precision)))
         weights = torch_dtype(dtype or weight_dtype(self.spec, self.precision))

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdk.runfolder import ADAPTER, SUMMARY, RunFolder
-from sdk.spec import FineTuneSpec
+from sdk.core.spec import FineTuneSpec
+from sdk.core.summary import Generation, LabelAccuracy, LabelScore, RunSummary, Runtime
 from sdk.store import commit_dir
-from sdk.summary import Generation, LabelAccuracy, LabelScore, RunSummary, Runtime
+from sdk.store.runfolder import ADAPTER, SUMMARY, RunFolder
 
 
 class Cancelled(Exception):
@@ -122,9 +122,9 @@ class NodeRecipe:
         from launch.gpu import attention_choice, flash_attn_installed, save_route
         from launch.hardware import capability, hardware
         from launch.models import BaseLoader
-        from sdk.errors import SpecError
-        from sdk.methods import method_of
-        from sdk.precision import resolve_precision
+        from sdk.core.errors import SpecError
+        from sdk.core.methods import method_of
+        from sdk.core.precision import resolve_precision
 
         self.sink.set_state("running", phase="loading model")
         self.hardware = hardware()

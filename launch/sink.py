@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sdk.runfolder import LOG, RunFolder
+from sdk.store.runfolder import LOG, RunFolder
 
 
 class RunSink:

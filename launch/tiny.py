@@ -15,17 +15,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sdk.architectures import TINY_CHAT_TEMPLATE as CHAT_TEMPLATE  # client and node agree on the tiny models
-from sdk.architectures import TINY_SHAPE as SHRINK
-from sdk.architectures import TINY_VOCAB as VOCAB_SIZE
-from sdk.modelref import TINY_VERSION, tiny_dir
+from sdk.core.architectures import TINY_CHAT_TEMPLATE as CHAT_TEMPLATE  # client and node agree on the tiny models
+from sdk.core.architectures import TINY_SHAPE as SHRINK
+from sdk.core.architectures import TINY_VOCAB as VOCAB_SIZE
+from sdk.core.modelref import TINY_VERSION, tiny_dir
 
 
 def train_tokenizer() -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from sdk.builtin_data import corpus
+    from sdk.data.builtin import corpus
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -99,7 +99,7 @@ def ensure_tiny(arch: str) -> Path:
     from transformers import CONFIG_MAPPING
 
     if arch not in CONFIG_MAPPING:
-        from sdk.errors import SpecError
+        from sdk.core.errors import SpecError
 
         raise SpecError(f"model.id: tiny:{arch}: unknown architecture (try tiny:llama, tiny:qwen2, tiny:mistral)")
     out = tiny_dir(arch)
@@ -122,8 +122,8 @@ def config_like(reference: str) -> dict[str, Any]:
         path = path / "config.json"
     if path.suffix == ".json":
         return json.loads(path.read_text())
-    from sdk.errors import SpecError
-    from sdk.recipes import load_recipe
+    from sdk.core.errors import SpecError
+    from sdk.core.recipes import load_recipe
 
     spec = load_recipe(reference)
     if spec.model.id.startswith("tiny:"):
@@ -131,7 +131,7 @@ def config_like(reference: str) -> dict[str, Any]:
     local = Path(spec.model.id).expanduser()
     if (local / "config.json").is_file():
         return json.loads((local / "config.json").read_text())
-    from sdk.architectures import config_for
+    from sdk.core.architectures import config_for
 
     config = config_for(spec.model.id)
     if config is None:
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from sdk.errors import FinetuneError
+    from sdk.core.errors import FinetuneError
 
     parser = argparse.ArgumentParser(prog="python -m launch.tiny")
     parser.add_argument("out")
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         reference = Path(args.like).expanduser()
         if not reference.exists() and "/" not in args.like and not args.like.endswith((".yaml", ".yml", ".json")):
-            from sdk.recipes import RECIPES_DIR
+            from sdk.core.recipes import RECIPES_DIR
 
             config = config_like(args.like) if (RECIPES_DIR / f"{args.like}.yaml").is_file() else {"model_type": args.like}
         else:

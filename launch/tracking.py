@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from sdk.runfolder import RunFolder
-from sdk.spec import FineTuneSpec
+from sdk.core.spec import FineTuneSpec
+from sdk.store.runfolder import RunFolder
 
 TRACKING = "tracking.json"
 _SKIP = {"step", "epoch", "time"}

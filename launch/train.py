@@ -9,11 +9,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sdk.errors import FinetuneError
-from sdk.methods import gradient_checkpointing, method_of
-from sdk.precision import Precision, torch_dtype, trainable_dtype, uses_tf32
-from sdk.spec import FineTuneSpec
-from sdk.summary import Hardware, TrainFeatures
+from sdk.core.errors import FinetuneError
+from sdk.core.methods import gradient_checkpointing, method_of
+from sdk.core.precision import Precision, torch_dtype, trainable_dtype, uses_tf32
+from sdk.core.spec import FineTuneSpec
+from sdk.core.summary import Hardware, TrainFeatures
 
 
 def has_cuda() -> bool:
@@ -182,7 +182,7 @@ def distributed_args(spec: FineTuneSpec) -> dict[str, Any]:
 
 def keep_trainable_dtype(model: Any, dtype: Any) -> None:
     """trl casts QLoRA adapters to bf16 (the paper's GPU recipe); the product keeps trained parameters
-    in the dtype sdk.precision.trainable_dtype decides (fp32 for adapters), so small updates are not
+    in the dtype sdk.core.precision.trainable_dtype decides (fp32 for adapters), so small updates are not
     rounded away and the saved adapter computes like the trained one."""
     for param in model.parameters():
         if param.requires_grad and param.dtype != dtype:

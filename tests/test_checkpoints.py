@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from conftest import losses, run_node
 
-from sdk.recipes import load_recipe
+from sdk.core.recipes import load_recipe
 
 STEPS = ["train.max_steps=15", "train.save_steps=5", "train.logging_steps=1", "data.max_samples=64",
          "eval.num_samples=4", "eval.max_new_tokens=4"]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import sdk
-from sdk.runfolder import RunFolder
 from sdk.store import open_store
+from sdk.store.runfolder import RunFolder
 
 HERE = Path(__file__).parent
 FORMATS = HERE / "data" / "formats"
@@ -149,7 +149,7 @@ def test_malformed_file_is_refused_before_launch(run_cli, tmp_path, file):
 
 
 def test_the_first_20_bad_rows_are_listed_with_a_count_of_the_rest(tmp_path):
-    from sdk.datarows import DataError
+    from sdk.data.rows import DataError
 
     data = tmp_path / "many.jsonl"
     data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
@@ -167,7 +167,7 @@ def test_the_first_20_bad_rows_are_listed_with_a_count_of_the_rest(tmp_path):
 
 
 def test_preference_rows_need_dpo_and_dpo_needs_preference_rows(tmp_path):
-    from sdk.datarows import DataError
+    from sdk.data.rows import DataError
 
     spec = format_spec("preference", str(tmp_path / "runs")).model_copy(update={"objective": "sft"})
     with pytest.raises(DataError, match="holds preference rows, preference pairs: set objective: dpo"):
@@ -188,7 +188,7 @@ def test_validate_reports_format_and_chat_fallback(run_cli):
 
 
 def test_a_named_format_skips_detection_and_mapped_columns_are_read():
-    from sdk.datacheck import load_samples
+    from sdk.data.check import load_samples
 
     spec = format_spec("alpaca", "/tmp/unused").model_copy(deep=True)
     spec.data.format = "prompt_completion"
@@ -208,7 +208,7 @@ def test_s3_data_is_checked_streamed_before_launch(s3_env, tmp_path):
     client.put_object(Bucket=bucket, Key="data/bad.jsonl", Body=(MALFORMED / "sharegpt_unknown_role.jsonl").read_bytes())
     spec = format_spec("sharegpt", str(tmp_path / "runs")).model_copy(deep=True)
     spec.data.source = spec.data.eval_source = f"s3://{bucket}/data/bad.jsonl"
-    from sdk.datarows import DataError
+    from sdk.data.rows import DataError
 
     with pytest.raises(DataError, match=rf"s3://{bucket}/data/bad.jsonl:2: conversations\[1\]: unknown role 'bot'"):
         sdk.submit(spec)
@@ -256,8 +256,8 @@ def test_the_client_counts_tokens_as_the_model_tokenizer_does(run_cli):
     from transformers import AutoTokenizer
 
     from launch.tiny import ensure_tiny
-    from sdk.dataformats import FORMATS as REGISTERED
-    from sdk.dataformats import Context
+    from sdk.data.formats import FORMATS as REGISTERED
+    from sdk.data.formats import Context
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_tiny("llama"))
     first = json.loads((FORMATS / "sharegpt.jsonl").read_text().splitlines()[0])
@@ -270,7 +270,7 @@ def test_the_client_counts_tokens_as_the_model_tokenizer_does(run_cli):
 
 
 def test_files_saved_with_a_byte_order_mark_are_read(tmp_path):
-    from sdk.datacheck import load_samples
+    from sdk.data.check import load_samples
 
     spec = format_spec("alpaca", str(tmp_path / "runs"))
     for name, body in (("bom.jsonl", '{"instruction": "Say hi", "output": "Hi"}\n'), ("bom.csv", "instruction,output\nSay hi,Hi\n"),

@@ -8,7 +8,7 @@ import pytest
 from conftest import run_node
 
 from launch.launcher import Topology, build_plan, deepspeed_config, interface_for
-from sdk.recipes import load_recipe
+from sdk.core.recipes import load_recipe
 
 FAST = ["train.max_steps=6", "train.logging_steps=1", "data.max_samples=48", "eval.num_samples=4", "eval.max_new_tokens=4"]
 

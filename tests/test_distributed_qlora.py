@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from conftest import losses, run_node
 
-from sdk.recipes import load_recipe
+from sdk.core.recipes import load_recipe
 
 QLORA = ["method=qlora", "distributed.nproc_per_node=2", "train.max_steps=6", "train.save_steps=3", "train.logging_steps=1",
          "data.max_samples=48", "eval.num_samples=4", "eval.max_new_tokens=4"]
@@ -40,7 +40,7 @@ def reloaded_logits(spec, adapter_dir, text: str):
     import torch
 
     from launch.models import BaseLoader
-    from sdk.precision import resolve_precision
+    from sdk.core.precision import resolve_precision
 
     loader = BaseLoader.for_spec(spec, resolve_precision(spec.train.precision, capability=None))
     tokenizer = loader.tokenizer()

@@ -21,7 +21,7 @@ from launch.gpu import (
     save_route,
     upcast_frozen_weights,
 )
-from sdk.methods import gradient_checkpointing
+from sdk.core.methods import gradient_checkpointing
 
 CPU_TORCH = CudaFacts(available=False, device_count=0, torch_version="2.13.0+cpu", cuda_build=None, driver=None)
 MISMATCHED = CudaFacts(available=False, device_count=0, torch_version="2.13.0+cu130", cuda_build="13.0", driver="535.104.05")

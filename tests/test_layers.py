@@ -12,17 +12,17 @@ ROOT = Path(__file__).resolve().parent.parent
 # What both sides import: the contract (spec, methods, precision, errors), the run folder and store, the shared
 # facts about models, data and rendering.
 CORE = {
-    "sdk", "sdk.errors", "sdk.spec", "sdk.validation", "sdk.methods", "sdk.precision", "sdk.architectures",
-    "sdk.modelref", "sdk.builtin_data", "sdk.runfolder", "sdk.store", "sdk.summary", "sdk.dataformats", "sdk.datarows",
-    "sdk.datacheck", "sdk.rendering", "sdk.tokencount", "sdk.grants", "sdk.parts",
+    "sdk", "sdk.core.errors", "sdk.core.spec", "sdk.core.validation", "sdk.core.methods", "sdk.core.precision", "sdk.core.architectures",
+    "sdk.core.modelref", "sdk.data.builtin", "sdk.store.runfolder", "sdk.store", "sdk.core.summary", "sdk.data.formats", "sdk.data.rows",
+    "sdk.data.check", "sdk.data.rendering", "sdk.data.tokencount", "sdk.store.grants", "sdk.core.parts",
 }
 # The node's remaining arrows into client code (issue 24 removes them): module -> why it is still there.
 KNOWN_NODE_TO_CLIENT = {
     "sdk.runs": "the node tools (merge, generate, eval, serve) open runs through the client's Run handle",
     "sdk.serving": "the serving node reads its plan model and key variable from the client's serving module",
-    "sdk.node_tools": "launch/serve.py merges through the client's helper, which respawns python -m launch.merge",
-    "sdk.recipes": "launch/tiny.py reads a recipe for `tiny-model --like RECIPE`",
-    "sdk.plan": "the node logs the planner's estimate beside the measured peak",
+    "sdk.runs.tools": "launch/tools/serve.py merges through the client's helper, which respawns python -m launch.tools.merge",
+    "sdk.core.recipes": "launch/tiny.py reads a recipe for `tiny-model --like RECIPE`",
+    "sdk.core.plan": "the node logs the planner's estimate beside the measured peak",
 }
 
 

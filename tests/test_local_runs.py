@@ -12,8 +12,8 @@ import time
 import pytest
 
 import sdk
-from sdk.processes import group_members
-from sdk.recipes import load_recipe
+from sdk.core.recipes import load_recipe
+from sdk.runs.processes import group_members
 
 FAST = ["train.max_steps=6", "train.logging_steps=2", "data.max_samples=48", "eval.num_samples=8", "eval.max_new_tokens=6"]
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import run_node
 
 import sdk
-from sdk.recipes import load_recipe
+from sdk.core.recipes import load_recipe
 
 FAST = ["train.max_steps=10", "data.max_samples=64", "eval.num_samples=4", "eval.max_new_tokens=4"]
 

@@ -7,12 +7,12 @@ import math
 
 import pytest
 
-from sdk.methods import method_named
-from sdk.recipes import load_recipe
-from sdk.runfolder import RunFolder
-from sdk.spec import FineTuneSpec
+from sdk.core.methods import method_named
+from sdk.core.recipes import load_recipe
+from sdk.core.spec import FineTuneSpec
+from sdk.core.summary import RunSummary
 from sdk.store import LocalStore, fetch_dir
-from sdk.summary import RunSummary
+from sdk.store.runfolder import RunFolder
 
 torch = pytest.importorskip("torch")
 

@@ -223,7 +223,7 @@ def test_the_node_installs_what_the_spec_uses_and_nothing_more(overrides, extras
     import tomllib
 
     from sdk.backends.skypilot import extras_for, install_env, setup_script
-    from sdk.recipes import load_recipe
+    from sdk.core.recipes import load_recipe
 
     spec = load_recipe("tiny", overrides)
     assert extras_for(spec) == extras and install_env(spec) == env

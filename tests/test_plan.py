@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from sdk.architectures import REGISTRY, Shapes, config_for
-from sdk.plan import GPUS, estimate, rank_accelerators, trainable_params
-from sdk.recipes import load_recipe
-from sdk.spec import FineTuneSpec
+from sdk.core.architectures import REGISTRY, Shapes, config_for
+from sdk.core.plan import GPUS, estimate, rank_accelerators, trainable_params
+from sdk.core.recipes import load_recipe
+from sdk.core.spec import FineTuneSpec
 
 torch = pytest.importorskip("torch")
 
@@ -101,7 +101,7 @@ def test_components_move_the_right_way():
 
 
 def test_unknown_architecture_is_a_clear_error():
-    from sdk.errors import SpecError
+    from sdk.core.errors import SpecError
 
     with pytest.raises(SpecError, match="model.id: no architecture known"):
         estimate(FineTuneSpec(model="someone/unknown-model", data="x"))

@@ -6,7 +6,7 @@ import time
 
 from conftest import run_node, start_moto
 
-from sdk.recipes import load_recipe
+from sdk.core.recipes import load_recipe
 
 
 def test_two_ranks_make_one_get_of_the_dataset(tmp_path):

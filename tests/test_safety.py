@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import sdk
-from sdk.errors import StoreError
+from sdk.core.errors import StoreError
 from sdk.store import contained, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_a_symlink_in_a_local_store_does_not_lead_out(tmp_path):
 
 
 def _planted_run(store_uri: str, keys: dict[str, bytes]) -> sdk.Run:
-    from sdk.runfolder import SPEC, RunFolder
+    from sdk.store.runfolder import SPEC, RunFolder
 
     folder = RunFolder(open_store(store_uri), "r1")
     folder.write_json(SPEC, sdk.FineTuneSpec(model="tiny:llama", data="builtin:news-topics", output=store_uri).model_dump(mode="json"))
@@ -134,7 +134,7 @@ def stranger():
 
 
 def _running_folder(tmp_path):
-    from sdk.runfolder import RunFolder
+    from sdk.store.runfolder import RunFolder
 
     folder = RunFolder(open_store(str(tmp_path / "store")), "r1")
     folder.write_status("running")
@@ -143,7 +143,7 @@ def _running_folder(tmp_path):
 
 def test_cancel_never_signals_a_process_that_inherited_the_pid(tmp_path, stranger):
     from sdk.backends.local import LocalBackend, LocalRunInfo
-    from sdk.processes import identify
+    from sdk.runs.processes import identify
 
     who = identify(stranger.pid)
     reused = LocalRunInfo(pid=stranger.pid, log=str(tmp_path / "log"), host=os.uname().nodename,
@@ -155,7 +155,7 @@ def test_cancel_never_signals_a_process_that_inherited_the_pid(tmp_path, strange
 
 def test_cancel_of_a_finished_run_signals_nobody(tmp_path, stranger):
     from sdk.backends.local import LocalBackend, LocalRunInfo
-    from sdk.processes import identify
+    from sdk.runs.processes import identify
 
     who = identify(stranger.pid)  # even the very same process: the run ended, its PID is not the run's any more
     info = LocalRunInfo(pid=stranger.pid, log=str(tmp_path / "log"), host=os.uname().nodename, **{k: who[k] for k in ("started", "boot")})
@@ -167,7 +167,7 @@ def test_cancel_of_a_finished_run_signals_nobody(tmp_path, stranger):
 
 def test_a_recorded_process_is_recognised_and_stopped(tmp_path):
     from sdk.backends.local import LocalBackend, LocalRunInfo
-    from sdk.processes import identify, is_same
+    from sdk.runs.processes import identify, is_same
 
     proc = subprocess.Popen(["sleep", "120"], start_new_session=True)
     try:
@@ -186,7 +186,7 @@ def test_a_recorded_process_is_recognised_and_stopped(tmp_path):
 
 
 def _folder_with(tmp_path, state: str, **extra):
-    from sdk.runfolder import SPEC, RunFolder
+    from sdk.store.runfolder import SPEC, RunFolder
 
     folder = RunFolder(open_store(str(tmp_path / "store")), "r1")
     folder.write_json(SPEC, sdk.FineTuneSpec(model="tiny:llama", data="builtin:news-topics").model_dump(mode="json"))
@@ -240,8 +240,8 @@ def test_a_node_killed_while_nobody_watches_reads_lost(tmp_path, finetune_home):
     import signal
     import time as clock
 
-    from sdk.processes import group_members
-    from sdk.recipes import load_recipe
+    from sdk.core.recipes import load_recipe
+    from sdk.runs.processes import group_members
 
     run = sdk.submit(load_recipe("tiny", [f"output={tmp_path / 'runs'}", "train.max_steps=100000", "eval.before=false"]))
     deadline = clock.time() + 120
@@ -279,7 +279,7 @@ def test_a_backend_success_without_the_nodes_word_reads_failed(tmp_path):
 
 @pytest.mark.parametrize("tool", ["merge", "generate", "evaluate"])
 def test_tools_refuse_a_run_that_did_not_succeed(tmp_path, tool):
-    from sdk import node_tools
+    from sdk.runs import tools as node_tools
 
     folder = _folder_with(tmp_path, "failed", error="CUDA out of memory")
     call = {"merge": lambda: node_tools.merge(folder.uri, tmp_path / "out"),
@@ -296,8 +296,8 @@ def test_a_run_cancelled_before_its_node_starts_never_loads_the_model(tmp_path):
 
     from conftest import run_node
 
-    from sdk.recipes import load_recipe
-    from sdk.runfolder import SPEC, RunFolder
+    from sdk.core.recipes import load_recipe
+    from sdk.store.runfolder import SPEC, RunFolder
 
     spec = load_recipe("tiny", [f"output={tmp_path}"])
     folder = RunFolder(open_store(str(tmp_path)), "r1")
@@ -364,7 +364,7 @@ print("ok", round(took, 1))
 
 
 def test_a_forwarded_aws_session_that_ends_before_the_planned_run_is_warned_about(run_cli, tmp_path):
-    from sdk.credentials import session_warning
+    from sdk.store.credentials import session_warning
 
     now = 1_800_000_000.0
     env = {"AWS_ACCESS_KEY_ID": "AKIA", "AWS_SECRET_ACCESS_KEY": "s", "AWS_SESSION_TOKEN": "t",

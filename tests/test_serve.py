@@ -16,9 +16,9 @@ from conftest import free_port
 
 import sdk
 import sdk.serving
-from sdk.builtin_data import INSTRUCTION
-from sdk.processes import group_members
-from sdk.recipes import load_recipe
+from sdk.core.recipes import load_recipe
+from sdk.data.builtin import INSTRUCTION
+from sdk.runs.processes import group_members
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +60,7 @@ def server(two_adapters):
 
 
 def expected(run, *, base: bool = False) -> list[str]:
-    from sdk.node_tools import generate
+    from sdk.runs.tools import generate
 
     return [o["text"] for o in generate(run.uri, PROMPTS, max_new_tokens=NEW_TOKENS, base=base)["outputs"]]
 
@@ -125,7 +125,7 @@ def test_a_served_request_is_seen_by_the_idle_stop_watcher(server):
 
     activity = sdk.serving.servers_dir() / server.id / "last-request"
     watchers = [pid for pid in group_members(server.pid)
-                if b"launch.idle_stop" in open(f"/proc/{pid}/cmdline", "rb").read()]
+                if b"launch.tools.idle_stop" in open(f"/proc/{pid}/cmdline", "rb").read()]
     assert len(watchers) == 1, group_members(server.pid)
     before = time.time() - 120  # two minutes ago: well inside the 600-minute limit (an older stamp would stop it)
     os.utime(activity, (before, before))
@@ -213,8 +213,8 @@ def test_dry_run_prints_the_skypilot_serving_task(tmp_path, run_cli, two_adapter
     """The SkyPilot task (and the `sky serve` service) pass SkyPilot's own schema."""
     import sky
 
-    from sdk.backends.skypilot_serve import serve_task_config
     from sdk.serving import ServedAdapter, ServePlan
+    from sdk.serving.skypilot import serve_task_config
 
     runs, _ = two_adapters
     spec = runs[0].spec()
@@ -246,7 +246,7 @@ def test_dry_run_prints_the_skypilot_serving_task(tmp_path, run_cli, two_adapter
     single = serve_task_config(plan, gpu, tls=(str(cert), str(key)))
     assert single["file_mounts"]["~/.finetune/tls/cert.pem"] == str(cert)
     assert json.loads(single["envs"]["FINETUNE_SERVE_PLAN"])["tls"] is True
-    from launch.serve import engine_command
+    from launch.tools.serve import engine_command
 
     argv = engine_command(ServePlan.model_validate_json(single["envs"]["FINETUNE_SERVE_PLAN"]), "py", "m", {}, cpu=False)
     assert "--ssl-certfile" in argv and "--ssl-keyfile" in argv
@@ -276,8 +276,8 @@ def test_a_serving_node_reads_the_served_runs_through_grants_and_nothing_else(tw
     import subprocess
     import sys
 
-    from sdk.grants import sign_runs
     from sdk.store import S3Store
+    from sdk.store.grants import sign_runs
 
     env, bucket = s3_env
     runs, _ = two_adapters
@@ -296,7 +296,7 @@ def test_a_serving_node_reads_the_served_runs_through_grants_and_nothing_else(tw
     assert "adapter/adapter_model.safetensors" in files and "spec.json" in files
     assert not any(rel.startswith(("checkpoints/", "logs/")) for rel in files) and "another-run" not in encoded
     bare = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # the node: no store credentials at all
-    script = ("import sys; from pathlib import Path; from sdk.grants import materialize; from sdk.runs import get_run\n"
+    script = ("import sys; from pathlib import Path; from sdk.store.grants import materialize; from sdk.runs import get_run\n"
               "local = materialize(sys.stdin.read(), Path(sys.argv[1]))\n"
               "run = get_run(local[sys.argv[2]]); print(run.fetch_adapter(Path(sys.argv[1]) / 'fetched'))\n"
               "import boto3; boto3.client('s3', endpoint_url=sys.argv[3]).list_objects_v2(Bucket=sys.argv[4])")
@@ -312,7 +312,7 @@ def test_a_serving_node_reads_the_served_runs_through_grants_and_nothing_else(tw
 
 
 def test_the_middleware_stamps_requests_and_the_watcher_stops_an_idle_engine(tmp_path, monkeypatch):
-    """Keyed requests (not health probes) touch the activity file; launch/idle_stop.py stops a stand-in engine once
+    """Keyed requests (not health probes) touch the activity file; launch/tools/idle_stop.py stops a stand-in engine once
     that file is older than the limit, and leaves it running while requests come."""
     import asyncio
     import os
@@ -320,7 +320,7 @@ def test_the_middleware_stamps_requests_and_the_watcher_stops_an_idle_engine(tmp
     import sys
     import time
 
-    from launch.engine_auth import RequireKey
+    from launch.tools.engine_auth import RequireKey
 
     activity = tmp_path / "last-request"
     activity.touch()
@@ -349,7 +349,7 @@ def test_the_middleware_stamps_requests_and_the_watcher_stops_an_idle_engine(tmp
     assert time.time() - activity.stat().st_mtime < 5 and sent == ["/health", "/v1/models", "/v1/completions"]
 
     engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    watcher = subprocess.Popen([sys.executable, "-m", "launch.idle_stop", "--pid", str(engine.pid), "--activity", str(activity),
+    watcher = subprocess.Popen([sys.executable, "-m", "launch.tools.idle_stop", "--pid", str(engine.pid), "--activity", str(activity),
                                 "--minutes", str(3 / 60), "--poll", "0.5"], stdout=subprocess.PIPE, text=True)
     try:
         for _ in range(8):  # requests keep coming for 4 s: more than the 3 s limit in all

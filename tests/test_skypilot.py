@@ -13,10 +13,10 @@ import pytest
 from conftest import ROOT
 
 from sdk.backends.skypilot import build_dist, build_task, cluster_name, setup_script, task_config, to_yaml
-from sdk.errors import SpecError
-from sdk.recipes import load_recipe, shipped_recipes
-from sdk.runfolder import SPEC, RunFolder
+from sdk.core.errors import SpecError
+from sdk.core.recipes import load_recipe, shipped_recipes
 from sdk.store import open_store
+from sdk.store.runfolder import SPEC, RunFolder
 
 
 def folder_for(spec, run_id="r-1"):
@@ -49,7 +49,7 @@ def test_the_wheel_is_this_source_tree(dist):
     import zipfile
 
     names = zipfile.ZipFile(dist["wheel"]).namelist()
-    assert "launch/launcher.py" in names and "sdk/spec.py" in names
+    assert "launch/launcher.py" in names and "sdk/core/spec.py" in names
     pins = dist["constraints"].read_text()
     assert "torch==2.13.0" in pins and "transformers==" in pins
 

@@ -73,7 +73,7 @@ def test_two_node_ddp_through_skypilot_on_slurm(slurm, s3_env, finetune_home, tm
 
 
 def test_cancel_a_running_skypilot_job(slurm, s3_env, finetune_home):
-    from sdk.recipes import load_recipe
+    from sdk.core.recipes import load_recipe
 
     env, bucket = s3_env
     spec = load_recipe("tiny", [*node_overrides(slurm, bucket), "train.max_steps=100000"])
@@ -119,7 +119,7 @@ def consolidated_jobs_controller():
 
 def test_a_managed_job_reaches_running_and_is_cancelled(slurm, s3_env, finetune_home, consolidated_jobs_controller):
     """Managed jobs cannot finish offline (the controller checks internet reachability): RUNNING, then cancel."""
-    from sdk.recipes import load_recipe
+    from sdk.core.recipes import load_recipe
 
     env, bucket = s3_env
     spec = load_recipe("tiny", [*node_overrides(slurm, bucket), "resources.managed=true", "train.max_steps=100000"])
@@ -149,7 +149,7 @@ def test_a_sweep_runs_two_trials_at_once_on_the_two_nodes(slurm, s3_env, finetun
     shared cores) to outlast the second launch even under the full suite's load (400 steps once did not)."""
     import json
 
-    from sdk.recipes import load_recipe
+    from sdk.core.recipes import load_recipe
 
     env, bucket = s3_env
     spec = load_recipe("tiny", [*node_overrides(slurm, bucket), "resources.cpus=3", "train.max_steps=2000",
@@ -193,9 +193,9 @@ def test_a_served_run_answers_through_its_endpoint_on_slurm(slurm, s3_env, finet
     as `finetune generate` does; stopping the server takes the cluster down."""
     from conftest import free_port
 
-    from sdk.engine_env import engine_python
-    from sdk.node_tools import generate
-    from sdk.recipes import load_recipe
+    from sdk.core.recipes import load_recipe
+    from sdk.runs.tools import generate
+    from sdk.serving.engine_env import engine_python
 
     env, bucket = s3_env
     spec = load_recipe("smollm2-news", [*node_overrides(slurm, bucket), "resources.cpus=2", "resources.memory=4",
@@ -224,7 +224,7 @@ def test_a_served_run_answers_through_its_endpoint_on_slurm(slurm, s3_env, finet
 def test_a_node_installs_the_kernels_its_spec_asks_for(slurm, s3_env, finetune_home):
     """`train.liger_kernels` on a harness node: setup installs the `liger` extra (liger-kernel and triton), the
     node imports it, then refuses the kernel itself with the CPU message (Liger needs a GPU), not an ImportError."""
-    from sdk.recipes import load_recipe
+    from sdk.core.recipes import load_recipe
 
     env, bucket = s3_env
     spec = load_recipe("tiny", [*node_overrides(slurm, bucket), "train.liger_kernels=true", "train.max_steps=2"])

@@ -8,9 +8,9 @@ import textwrap
 import pytest
 
 import sdk
-from sdk.errors import SpecError
-from sdk.recipes import RECIPES_DIR, load_recipe
-from sdk.spec import FineTuneSpec
+from sdk.core.errors import SpecError
+from sdk.core.recipes import RECIPES_DIR, load_recipe
+from sdk.core.spec import FineTuneSpec
 
 SHIPPED = sorted(RECIPES_DIR.glob("*.yaml"))
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sdk.errors import IntegrityError, StoreError
+from sdk.core.errors import IntegrityError, StoreError
 from sdk.store import LocalStore, S3Store, commit_dir, fetch_dir, open_store, read_manifest
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 import swift_harness
 
-from sdk.errors import IntegrityError, StoreError
+from sdk.core.errors import IntegrityError, StoreError
 from sdk.store import MANIFEST, S3Store, commit_dir, fetch_dir, read_manifest
 
 pytestmark = [

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 import sdk
-from sdk.errors import SpecError
-from sdk.methods import REGISTRY, method_named
-from sdk.precision import compute_dtype, resolve_precision, trainable_dtype, uses_tf32, weight_dtype
+from sdk.core.errors import SpecError
+from sdk.core.methods import REGISTRY, method_named
+from sdk.core.precision import compute_dtype, resolve_precision, trainable_dtype, uses_tf32, weight_dtype
 
 ROOT = Path(__file__).resolve().parent.parent
 REGISTRY_FILES = {ROOT / "sdk" / "methods.py"}
@@ -71,7 +71,7 @@ def test_serving_facts_come_from_the_spec():
 
 
 def test_client_side_registry_imports_no_torch():
-    code = "import sys, sdk.methods, sdk.spec, sdk.plan, sdk.precision; print('torch' in sys.modules)"
+    code = "import sys, sdk.core.methods, sdk.core.spec, sdk.core.plan, sdk.core.precision; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
 
@@ -161,7 +161,7 @@ def test_shipped_recipes_work_from_an_installed_wheel(tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr
     env = {**os.environ, "PYTHONPATH": str(site)}
-    where = subprocess.run([sys.executable, "-c", "import sdk.recipes as r; print(r.__file__); print(r.RECIPES_DIR)"],
+    where = subprocess.run([sys.executable, "-c", "import sdk.core.recipes as r; print(r.__file__); print(r.RECIPES_DIR)"],
                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert where.stdout.split() == [str(site / "sdk" / "recipes.py"), str(site / "finetune_recipes")], where.stderr
     listed = subprocess.run([sys.executable, "-m", "sdk.cli", "recipes"], capture_output=True, text=True, cwd=tmp_path,

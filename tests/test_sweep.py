@@ -9,9 +9,9 @@ import time
 import pytest
 
 import sdk
-from sdk.errors import RunNotFound, SpecError
-from sdk.processes import pid_alive
-from sdk.recipes import load_recipe
+from sdk.core.errors import RunNotFound, SpecError
+from sdk.core.recipes import load_recipe
+from sdk.runs.processes import pid_alive
 from sdk.sweeps import check_metric, parse_grid, split_values, trial_specs
 
 FAST = ["train.max_steps=16", "data.max_samples=64", "eval.num_samples=8", "eval.max_new_tokens=4", "eval.generations=0",
@@ -257,9 +257,9 @@ def test_a_resumed_driver_adopts_what_the_killed_one_launched_and_launches_only_
     folder with its launch record (adopted with its backend's handle), a folder without one (adopted; failed once its
     node stays silent past the grace)."""
     from sdk import sweeps
-    from sdk.runfolder import LAUNCH, RunFolder
     from sdk.runs import Run
     from sdk.store import open_store
+    from sdk.store.runfolder import LAUNCH, RunFolder
 
     monkeypatch.setattr(sweeps, "LAUNCH_GRACE_S", 0.0)
     store_dir = tmp_path / "store"
@@ -305,9 +305,9 @@ def test_the_driver_rides_out_a_store_outage_and_retries_a_failed_teardown(tmp_p
     import threading
 
     from sdk import sweeps
-    from sdk.runfolder import RunFolder
     from sdk.runs import Run
     from sdk.store import open_store
+    from sdk.store.runfolder import RunFolder
 
     monkeypatch.setattr(sweeps, "RETRY_DELAYS_S", (0.2,))
     monkeypatch.setenv("FINETUNE_SWEEP_LEASE_S", "1.5")  # renewals fall inside the outage

@@ -15,7 +15,7 @@ import pytest
 from conftest import free_port, run_node
 
 import sdk
-from sdk.recipes import load_recipe
+from sdk.core.recipes import load_recipe
 
 pytestmark = pytest.mark.slow
 

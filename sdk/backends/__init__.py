@@ -11,8 +11,8 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from sdk.runfolder import RunFolder, RunState
-from sdk.spec import FineTuneSpec
+from sdk.core.spec import FineTuneSpec
+from sdk.store.runfolder import RunFolder, RunState
 
 
 class BackendView(BaseModel):
@@ -75,7 +75,7 @@ class Backend(Protocol):
 
 
 def get_backend(name: str) -> Backend:
-    from sdk.errors import LaunchError
+    from sdk.core.errors import LaunchError
 
     if name == "local":
         from sdk.backends.local import LocalBackend

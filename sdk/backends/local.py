@@ -11,12 +11,12 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from sdk.backends import BackendView
-from sdk.errors import LaunchError, SpecError
-from sdk.processes import group_members, identify, is_same, pid_alive, stop_group
-from sdk.registry import home
-from sdk.runfolder import LOG, TERMINAL, RunFolder
-from sdk.spec import FineTuneSpec
+from sdk.core.errors import LaunchError, SpecError
+from sdk.core.spec import FineTuneSpec
+from sdk.runs.processes import group_members, identify, is_same, pid_alive, stop_group
+from sdk.runs.registry import home
 from sdk.store import LocalStore
+from sdk.store.runfolder import LOG, TERMINAL, RunFolder
 
 
 class LocalRunInfo(BaseModel):
@@ -25,7 +25,7 @@ class LocalRunInfo(BaseModel):
     pid: int
     log: str
     host: str
-    started: int | None = None  # the launcher's start time and boot (sdk.processes.identify): the PID is checked
+    started: int | None = None  # the launcher's start time and boot (sdk.runs.processes.identify): the PID is checked
     boot: str | None = None     # against both before any signal, since the kernel reuses numbers
 
 

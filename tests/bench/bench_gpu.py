@@ -62,7 +62,7 @@ def write_rows(path: Path, model_dir: Path, *, count: int, shortest: int, longes
 
     from transformers import AutoTokenizer
 
-    from sdk.builtin_data import load_builtin
+    from sdk.data.builtin import load_builtin
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     words = " ".join(r["input"] for r in load_builtin("builtin:news-topics")).split()
@@ -132,8 +132,8 @@ def run_trl(side: str, model_dir: Path, rows_file: Path, args, attention: str, l
 def run_product(spec, overrides: list[str]) -> dict | None:
     """The product on the same rows through `sdk.submit` (local backend)."""
     import sdk
-    from sdk.recipes import apply_overrides
-    from sdk.spec import parse_spec
+    from sdk.core.recipes import apply_overrides
+    from sdk.core.spec import parse_spec
 
     data, _ = apply_overrides(spec.model_dump(mode="json"), overrides)
     run = sdk.submit(parse_spec(data), backend="local")
@@ -244,7 +244,7 @@ def main() -> int:
             say(f"goals: >= 1.5x (a) {'met' if met[0] else 'MISSED'}{' (not a goal on uniform rows)' if name == 'uniform' else ''}; "
                 f">= 1.0x (b) {'met' if met[1] else 'MISSED'}; peak <= (b) {'met' if met[2] else 'MISSED'}")
             if name == "mix":
-                from sdk.plan import estimate
+                from sdk.core.plan import estimate
 
                 unpacked = spec.model_copy(update={"data": spec.data.model_copy(update={"packing": False})})
                 predicted = estimate(unpacked, device="gpu", seq_len=args.seq, micro_batch=args.batch).allocated_bytes

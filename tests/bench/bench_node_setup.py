@@ -26,7 +26,7 @@ from slurm_harness import SlurmHarness  # noqa: E402
 
 def submit(harness: SlurmHarness, bucket: str, venv: Path, pip_cache: Path) -> dict:
     import sdk
-    from sdk.recipes import load_recipe
+    from sdk.core.recipes import load_recipe
 
     spec = load_recipe("tiny", [
         "resources.infra=slurm", f"output=s3://{bucket}/runs", "resources.cpus=1", "resources.memory=2",

@@ -84,7 +84,7 @@ def main() -> int:
 
     from launch.data import prepare
     from launch.models import local_source
-    from sdk.recipes import load_recipe
+    from sdk.core.recipes import load_recipe
 
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     recipe = MODELS[args.model]

@@ -8,7 +8,7 @@ CPU counterpart of torch.cuda.max_memory_allocated) instead of keeping freed one
 to the OS (malloc_trim) and reads its RSS (the baseline); then loads the model and attaches the
 method with the node's own code, and runs two training steps (forward with labels, backward, AdamW
 step) on a fixed [batch, seq] batch while a thread samples RSS every 2 ms. Measured = peak RSS − baseline.
-Predicted = sdk.plan.estimate(spec, device="cpu", seq_len, micro_batch).allocated_bytes.
+Predicted = sdk.core.plan.estimate(spec, device="cpu", seq_len, micro_batch).allocated_bytes.
 RSS also counts allocator caching and page rounding, so small models carry a fixed error of a few MB.
 """
 
@@ -32,7 +32,7 @@ CASES = {
 
 
 def _spec(model: str, method: str, seq: int, batch: int):
-    from sdk.spec import FineTuneSpec
+    from sdk.core.spec import FineTuneSpec
 
     # fp32 precision: a quantized base computes in fp32 too (compute_dtype auto).
     return FineTuneSpec(model=model, method=method, data={"source": "builtin:news-topics", "max_length": seq},
@@ -96,7 +96,7 @@ def main() -> int:
     if args.worker:
         worker(args.worker)
         return 0
-    from sdk.plan import estimate
+    from sdk.core.plan import estimate
 
     print(f"{'case':15} {'predicted':>11} {'measured':>11} {'error':>8}")
     errors = []

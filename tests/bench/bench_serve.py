@@ -49,7 +49,7 @@ def main() -> int:
     args = parser.parse_args()
 
     import sdk
-    from sdk.engine_env import engine_python
+    from sdk.serving.engine_env import engine_python
 
     engine_python()  # created once, not counted in the start time
     start = time.perf_counter()

@@ -56,7 +56,7 @@ def sky_echo(index: int) -> tuple[float, str]:
 
 def finetune_submit(harness: SlurmHarness, bucket: str) -> tuple[float, str]:
     import sdk
-    from sdk.recipes import load_recipe
+    from sdk.core.recipes import load_recipe
 
     spec = load_recipe("tiny", [
         "resources.infra=slurm", f"output=s3://{bucket}/runs", "resources.cpus=1", "resources.memory=2",

@@ -26,9 +26,9 @@ def main() -> int:
     import argparse
 
     import sdk
-    from sdk.methods import REGISTRY
-    from sdk.node_tools import merge
-    from sdk.recipes import load_recipe
+    from sdk.core.methods import REGISTRY
+    from sdk.core.recipes import load_recipe
+    from sdk.runs.tools import merge
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--parallel", type=int, default=4, help="runs training at once (start-up dominates on a GPU)")

@@ -1,0 +1,62 @@
+"""`python -m launch.tools.generate --run RUN --prompt TEXT [--prompt ...] [--base] [--max-new-tokens N]`: greedy
+completions with transformers + peft, each prompt written in the run's own training template (the summary's
+`template`), one prompt at a time (no padding to perturb the numbers). One JSON object on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m launch.tools.generate")
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--prompt", action="append", required=True)
+    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--base", action="store_true", help="the base model (adapter off)")
+    parser.add_argument("--raw", action="store_true", help="send the prompt as written, without the run's template")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    args = parser.parse_args(argv)
+
+    from sdk.core.errors import FinetuneError
+
+    try:
+        from sdk.data.rendering import user_prompt
+        from sdk.runs import get_run
+
+        run = get_run(args.run)
+        spec = run.spec()
+        summary = run.summary()
+        template = summary.template if summary else None
+        instruction = summary.instruction if summary else None
+        prompts = [p if args.raw else user_prompt(spec, template, p, instruction=instruction) for p in args.prompt]
+        from launch.node import quiet_libraries
+
+        quiet_libraries()
+        from launch.evaluate import generate, prompt_text
+        from launch.models import BaseLoader
+
+        precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[args.dtype]
+        loader = BaseLoader.for_spec(spec, precision)
+        tokenizer = loader.tokenizer()
+        model = loader.load()
+        if not args.base:
+            with tempfile.TemporaryDirectory() as tmp:
+                model = loader.builder.reload(model, run.fetch_adapter(Path(tmp) / "adapter"))
+        new_tokens = args.max_new_tokens or spec.eval.max_new_tokens
+        texts = [generate(model, tokenizer, [p], max_new_tokens=new_tokens, batch_size=1)[0] for p in prompts]
+    except FinetuneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"run": run.id, "model": "base" if args.base else run.id, "template": template,
+                      "max_new_tokens": new_tokens,
+                      "outputs": [{"prompt": p, "rendered": prompt_text(tokenizer, r), "text": t}
+                                  for p, r, t in zip(args.prompt, prompts, texts, strict=True)]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Planner: per-GPU memory by component, which GPUs fit, and what they cost — from the spec alone.
+
+Bytes per component (N = data-parallel world size, P = total params, T = trainable params):
+  frozen weights   16-bit: 2·P (full fine-tuning: fp32 master weights, 4·P) · NF4/FP4: 0.5 B per Linear weight + quantization constants
+                   (fp32 absmax per 64 → 0.5 bit/param; double quant: 8-bit absmax + fp32 per 256 blocks
+                   → 0.127 bit/param) with embeddings, norms and head kept in 16-bit
+  trainable        adapters in fp32 at every precision, QLoRA's too (sdk.core.precision.trainable_dtype)
+  gradients        T in the trainable dtype
+  optimizer        AdamW 2 states in the parameter's dtype; 8-bit: 2 B/param; SGD: 0; Adafactor ≈ 0.5 B/param
+                   DeepSpeed: fp32 master + 2 states = 12 B/param, sharded over N from ZeRO-1 on
+  activations      per layer per token (Llama-style, SDPA attention): (6h + 2·kv + 4·I) values saved
+                   for backward, + fp32 RMSNorm intermediates, + a copy of each LoRA input when dropout > 0;
+                   with gradient checkpointing only each layer's input, + one layer recomputed
+  logits           s·b·V·(a + 4 + 4): the logits, their fp32 up-cast and the fp32 log-softmax for the loss
+  attention (CPU)  SDPA's backward holds the s² scores and their gradient for one layer (not on CUDA)
+  runtime          CUDA context and allocator slack (not part of max_memory_allocated)
+Sharding: DDP replicates everything; ZeRO-2 shards grads + optimizer; ZeRO-3 / FSDP also parameters.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from sdk.core.architectures import Shapes, config_for
+from sdk.core.errors import SpecError
+from sdk.core.methods import gradient_checkpointing, method_of
+from sdk.core.precision import BYTES, DTYPE_OF, resolve_precision, trainable_dtype, weight_dtype
+from sdk.core.spec import FineTuneSpec
+
+GiB = 1024**3
+CUDA_CONTEXT = int(0.6 * GiB)
+
+# Common cloud GPUs and their memory (GB as sold). Order: smallest first.
+GPUS: dict[str, int] = {
+    "T4": 16, "V100": 16, "L4": 24, "A10G": 24, "RTX4090": 24, "A10": 24, "V100-32GB": 32, "A100": 40,
+    "L40S": 48, "A40": 48, "RTX6000-Ada": 48, "A100-80GB": 80, "H100": 80, "H200": 141, "B200": 180,
+}
+
+class Component(BaseModel):
+    name: str
+    bytes: int
+    note: str = ""
+
+
+class GpuFit(BaseModel):
+    gpu: str
+    memory_gb: int
+    fits: bool
+    headroom_gb: float
+    hourly_usd: float | None = None
+
+
+class MemoryEstimate(BaseModel):
+    model: str
+    method: str
+    device: str
+    total_params: int
+    trainable_params: int
+    world_size: int
+    seq_len: int
+    micro_batch: int
+    components: list[Component]
+    allocated_bytes: int  # comparable with torch.cuda.max_memory_allocated()
+    required_bytes: int  # allocated + runtime overhead: what a GPU must hold
+    fits: list[GpuFit]
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable_params / self.total_params if self.total_params else 0.0
+
+
+def trainable_params(spec: FineTuneSpec, shapes: Shapes) -> int:
+    return method_of(spec).trainable_params(spec.method, shapes)
+
+
+def estimate(
+    spec: FineTuneSpec, *, device: str = "gpu", seq_len: int | None = None, micro_batch: int | None = None,
+    config: dict[str, Any] | None = None,
+) -> MemoryEstimate:
+    """Per-GPU (or per-process on CPU) training memory for the spec, by component."""
+    config = config or config_for(spec.model.id)
+    if config is None:
+        raise SpecError(f"model.id: no architecture known for {spec.model.id!r}; give a local model directory "
+                        "(with config.json) or one of the registry's models (finetune estimate --help)")
+    try:
+        shapes = Shapes(config)
+    except KeyError as exc:
+        raise SpecError(f"model.id: config of {spec.model.id!r} lacks {exc.args[0]!r}") from None
+    method = method_of(spec)
+    # The planner assumes a GPU with native bf16 (compute capability 8.0+), as the cloud GPUs it lists.
+    precision = resolve_precision(spec.train.precision, capability=(8, 0) if device == "gpu" else None)
+    act = BYTES[DTYPE_OF[precision]]
+    weight = BYTES[weight_dtype(spec, precision)]
+    s = seq_len or spec.data.max_length
+    b = micro_batch or spec.train.batch_size
+    total = shapes.total_params()
+    trainable = trainable_params(spec, shapes)
+    dist = spec.distributed
+    world = spec.resources.nodes * max(1, spec.resources.gpus_per_node) if device == "gpu" else 1
+    deepspeed = dist.strategy == "deepspeed"
+    stage = dist.zero_stage if deepspeed else (3 if dist.strategy == "fsdp" else 0)
+    shard_params = world if stage == 3 else 1
+    shard_states = world if stage >= 2 or (deepspeed and stage >= 1) else 1
+    parts: list[Component] = []
+
+    # -- frozen / model weights
+    if method.quantized_base:
+        linear = shapes.linear_params()
+        per_block = (1 / 64 + 4 / (64 * 256)) if spec.method.double_quant else 4 / 64
+        quantized = int(linear * (0.5 + per_block))
+        rest = (total - linear) * weight
+        # transformers loads a 4-bit model outside zero.Init (DeepSpeed#5660): each rank holds it whole until the
+        # engine partitions it, so that is what must fit.
+        whole = "; whole on each rank at load (DeepSpeed#5660)" if shard_params > 1 else ""
+        parts.append(Component(name="weights (4-bit)", bytes=quantized,
+                               note=f"{linear:,} Linear params at 4 bits + {'double-quantized ' if spec.method.double_quant else ''}constants{whole}"))
+        parts.append(Component(name="weights (16-bit rest)", bytes=rest, note=f"embeddings, norms, head{whole}"))
+    else:
+        parts.append(Component(name="weights", bytes=total * weight // shard_params, note=f"{total:,} params × {weight} B"))
+
+    # -- trainable parameters, gradients, optimizer
+    param_bytes = BYTES[trainable_dtype(spec, precision)]
+    if method.adds_parameters:  # trained weights of the base itself are counted with the weights
+        parts.append(Component(name="trainable params", bytes=trainable * param_bytes // shard_params,
+                               note=f"{trainable:,} × {param_bytes} B"))
+    parts.append(Component(name="gradients", bytes=trainable * param_bytes // shard_states, note=f"{param_bytes} B each"))
+    optimizer = spec.train.optimizer
+    if deepspeed:
+        opt_bytes, note = 12, "DeepSpeed fp32 master + Adam m, v"
+    elif optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        opt_bytes, note = 2, f"{optimizer}: 2 × 1 B states"
+    elif optimizer == "sgd":
+        opt_bytes, note = 0, "SGD without momentum"
+    elif optimizer == "adafactor":
+        opt_bytes, note = 0.5, "factored second moment (approx.)"
+    else:
+        state = 4 if optimizer == "paged_adamw_32bit" else param_bytes
+        opt_bytes, note = 2 * state, f"AdamW m, v at {state} B"
+    parts.append(Component(name="optimizer", bytes=int(trainable * opt_bytes) // shard_states, note=note))
+
+    # -- activations
+    h, inter, kv = shapes.h, shapes.inter, shapes.kv_heads * shapes.head_dim
+    tokens = s * b
+    norm_fp32 = 2 * (8 if act == 2 else 4) * h  # HF RMSNorm computes in fp32 and keeps its intermediates
+    per_layer = tokens * (act * (6 * h + 2 * kv + 4 * inter) + norm_fp32)
+    per_layer += tokens * method.activation_bytes(spec.method, shapes, act)
+    if gradient_checkpointing(spec):
+        activations = shapes.layers * tokens * h * act + per_layer
+        note = f"checkpointed: {shapes.layers} layer inputs + one layer recomputed"
+    else:
+        activations = shapes.layers * per_layer
+        note = f"{shapes.layers} layers × {tokens:,} tokens"
+    virtual = method.virtual_tokens(spec.method)
+    if virtual:  # soft prompts lengthen every sequence
+        activations = activations * (s + virtual) // s
+    parts.append(Component(name="activations", bytes=int(activations), note=note))
+    parts.append(Component(name="logits", bytes=tokens * shapes.vocab * (act + 4 + 4),
+                           note=f"{tokens:,} tokens × {shapes.vocab:,} vocab"))
+    if device == "cpu":
+        # CPU SDPA's backward materialises the attention matrix and its gradient, one layer at a time;
+        # CUDA's flash / memory-efficient kernels never hold the s² matrix.
+        parts.append(Component(name="attention workspace", bytes=2 * b * shapes.heads * s * s * 4,
+                               note="CPU SDPA backward: scores + their gradient, one layer"))
+    allocated = sum(p.bytes for p in parts)
+    overhead = CUDA_CONTEXT + int(0.05 * allocated) if device == "gpu" else 0
+    required = allocated + overhead
+    if device == "gpu":
+        parts.append(Component(name="runtime overhead", bytes=overhead, note="CUDA context + 5% allocator slack"))
+    fits = [
+        GpuFit(gpu=name, memory_gb=gb, fits=required <= gb * 1e9, headroom_gb=round(gb - required / 1e9, 1),
+               hourly_usd=_hourly_price(name, spec))
+        for name, gb in GPUS.items()
+    ]
+    return MemoryEstimate(
+        model=spec.model.id, method=method.name, device=device, total_params=total, trainable_params=trainable,
+        world_size=world, seq_len=s, micro_batch=b, components=parts, allocated_bytes=allocated,
+        required_bytes=required, fits=fits,
+    )
+
+
+def _hourly_price(gpu: str, spec: FineTuneSpec) -> float | None:
+    """Cheapest hourly price of a 1-GPU instance from SkyPilot's local catalog, when it has been fetched."""
+    catalog_root = Path.home() / ".sky" / "catalogs"
+    if not catalog_root.is_dir():
+        return None
+    best: float | None = None
+    for vms in catalog_root.glob("v*/*/vms.csv"):
+        try:
+            with open(vms, newline="") as handle:
+                for row in csv.DictReader(handle):
+                    if row.get("AcceleratorName") != gpu or row.get("AcceleratorCount") not in ("1", "1.0"):
+                        continue
+                    price = row.get("SpotPrice" if spec.resources.spot else "Price")
+                    if price:
+                        value = float(price)
+                        best = value if best is None else min(best, value)
+        except (OSError, ValueError):
+            continue
+    return best
+
+
+def rank_accelerators(spec: FineTuneSpec) -> list[str]:
+    """GPUs that fit, cheapest known price first, else smallest memory first (for recipes that pin none)."""
+    fits = [f for f in estimate(spec).fits if f.fits]
+    return [f.gpu for f in sorted(fits, key=lambda f: (f.hourly_usd is None, f.hourly_usd or 0, f.memory_gb))]
+
+
+# ---------------------------------------------------------------------------------------- cost
+
+# Dense bf16/fp16 tensor-core peak, TFLOP/s (vendor sheets). A run reaches a fraction of it (MFU_ASSUMED).
+PEAK_TFLOPS: dict[str, float] = {
+    "T4": 65, "V100": 125, "V100-32GB": 125, "L4": 121, "A10G": 70, "A10": 125, "RTX4090": 165, "A100": 312,
+    "A100-80GB": 312, "L40S": 362, "A40": 150, "RTX6000-Ada": 364, "H100": 989, "H200": 989, "B200": 2250,
+}
+MFU_ASSUMED = 0.3  # PEFT fine-tuning at modest batch reaches 25-40% of peak
+STARTUP_HOURS = 0.25  # provisioning, setup, model download and evaluation, billed too
+
+
+class CostEstimate(BaseModel):
+    """What one run would cost on the first candidate GPU: FLOPs at an assumed utilisation, plus start-up."""
+
+    gpu: str | None
+    gpus: int
+    hourly_usd: float | None  # per GPU, SkyPilot's local catalog; None when unknown
+    hours: float | None  # None when the run's length is unknown (epochs over data the client has not read)
+    usd: float | None
+    note: str = ""
+
+
+def estimate_cost(spec: FineTuneSpec, *, backend: str) -> CostEstimate:
+    """Local runs cost nothing here. Cloud runs: tokens = steps x batch x accumulation x processes x
+    max_length (an upper bound: rows shorter than max_length cost less); FLOPs per token = 2 (forward)
+    + 2 (activation gradients) + 2 more when the base's own weights train, + 2 with recomputation."""
+    if backend == "local":
+        return CostEstimate(gpu=None, gpus=0, hourly_usd=0.0, hours=None, usd=0.0, note="local machine")
+    accelerators = spec.resources.accelerators or {}
+    gpu = next(iter(accelerators), None) or next(iter(rank_accelerators(spec)), None)
+    if gpu is None:
+        return CostEstimate(gpu=None, gpus=0, hourly_usd=None, hours=None, usd=None, note="no GPU fits the spec")
+    per_node = accelerators.get(gpu, 1)
+    gpus = per_node * spec.resources.nodes
+    hourly = _hourly_price(gpu, spec)
+    steps = spec.train.max_steps
+    if steps is None:
+        return CostEstimate(gpu=gpu, gpus=gpus, hourly_usd=hourly, hours=None, usd=None,
+                            note="train.epochs: the number of steps depends on the data; set train.max_steps to price it")
+    config = config_for(spec.model.id)
+    if config is None or gpu not in PEAK_TFLOPS:
+        return CostEstimate(gpu=gpu, gpus=gpus, hourly_usd=hourly, hours=None, usd=None,
+                            note=f"no architecture or no throughput figure known for {spec.model.id} on {gpu}")
+    shapes = Shapes(config)
+    t = spec.train
+    tokens = steps * t.batch_size * t.grad_accum * gpus * spec.data.max_length
+    per_token = 4 + (2 if method_of(spec).trains_all_weights else 0) + (2 if gradient_checkpointing(spec) else 0)
+    seconds = per_token * shapes.total_params() * tokens / (gpus * PEAK_TFLOPS[gpu] * 1e12 * MFU_ASSUMED)
+    hours = seconds / 3600 + STARTUP_HOURS
+    usd = None if hourly is None else round(hours * hourly * gpus, 2)
+    return CostEstimate(gpu=gpu, gpus=gpus, hourly_usd=hourly, hours=round(hours, 3), usd=usd,
+                        note="" if hourly is not None else f"no price for {gpu}: SkyPilot's catalog is not fetched here")

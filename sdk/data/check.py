@@ -1,0 +1,237 @@
+"""Checking a spec's data before launch: every row read, its format detected, each bad row named.
+
+`finetune validate RECIPE` prints the report; `launch` / `sdk.submit` refuse to start on any bad row.
+The node loads its samples through the same `load_samples`, so what the client accepted is what trains.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdk.core.spec import FineTuneSpec
+from sdk.data.formats import (
+    FORMATS,
+    Context,
+    Instruction,
+    RowError,
+    RowFormat,
+    Sample,
+    detect,
+    learns_several_turns,
+    normalize,
+    undetected,
+)
+from sdk.data.rows import BadRow, DataError, is_hub_id, iter_rows
+
+MAX_LISTED = 20
+_GENERATION_MARK = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+@dataclass
+class SourceCheck:
+    source: str
+    field: str
+    format: str | None = None
+    detected_from: str | None = None  # where the format was read from; None when data.format named it
+    rows: int = 0
+    samples: list[Sample] = field(default_factory=list)
+    bad: list[tuple[str, str]] = field(default_factory=list)
+
+    def error(self) -> str:
+        shown = "\n".join(f"  {where}: {reason}" for where, reason in self.bad[:MAX_LISTED])
+        rest = len(self.bad) - MAX_LISTED
+        fmt = f", format {self.format}" + (f" detected from {self.detected_from}" if self.detected_from else "") if self.format else ""
+        return (f"{self.field}: {len(self.bad)} bad row(s) of {self.rows} in {self.source}{fmt}:\n{shown}"
+                + (f"\n  ... and {rest} more" if rest > 0 else ""))
+
+
+def context(spec: FineTuneSpec) -> Context:
+    return Context(fields=spec.data.fields, instruction=spec.data.instruction, labels=spec.eval.labels)
+
+
+def template_for(template: str, sample: Sample) -> str:
+    """The template a sample renders with ('auto' resolved), or RowError when it cannot render it."""
+    if sample.kind == "text":
+        if template not in ("auto", "plain"):
+            raise RowError(f"text rows train as written; template {template} needs prompts (use template: plain or auto)")
+        return "plain"
+    chat = sample.chat
+    if template == "auto":
+        return "chat" if chat else "instruction" if isinstance(sample.prompt, Instruction) else "plain"
+    if chat and template != "chat":
+        turns = sample.turns or sample.prompt or []
+        users = sum(1 for t in turns if t["role"] == "user")
+        if users > 1 or any(t["role"] == "system" for t in turns):
+            raise RowError(f"a conversation with {users} user turn(s)"
+                           f"{' and a system turn' if any(t['role'] == 'system' for t in turns) else ''} "
+                           f"cannot be written in the {template} template; use template: chat (or auto)")
+    return template
+
+
+def load_samples(spec: FineTuneSpec, source: str, field_name: str, *, keep: bool = True,
+                 s3_local: Any = None, on_row: Callable[[Sample], None] | None = None) -> SourceCheck:
+    """Every row of a source normalized; bad rows collected with where they are (never raised one by one)."""
+    ctx = context(spec)
+    data = spec.data
+    check = SourceCheck(source=source, field=field_name)
+    fmt: RowFormat | None = FORMATS[data.format] if data.format != "auto" else None
+    if fmt is not None:
+        check.format = fmt.name
+    for row in iter_rows(source, declared=data.file_type, split=data.split, field=field_name, s3_local=s3_local):
+        check.rows += 1
+        if isinstance(row, BadRow):
+            check.bad.append((row.where, row.reason))
+            continue
+        if fmt is None:
+            fmt = detect(row.value, ctx)
+            if fmt is None:
+                raise DataError(f"{field_name}: {row.where}: {undetected(row.value, ctx)}")
+            check.format, check.detected_from = fmt.name, row.where
+        try:
+            sample = normalize(fmt, row.value, ctx, row.where)
+            template_for(data.template, sample)
+        except RowError as exc:
+            check.bad.append((row.where, str(exc)))
+            continue
+        if on_row is not None:
+            on_row(sample)
+        if keep:
+            check.samples.append(sample)
+    if check.rows == 0:
+        raise DataError(f"{field_name}: {source} has no rows")
+    wants_pairs = spec.objective == "dpo"
+    if fmt is not None and fmt.preference != wants_pairs:
+        raise DataError(f"{field_name}: {source} holds {fmt.name} rows, " + (
+            "preference pairs: set objective: dpo" if fmt.preference else
+            "but objective dpo trains on preference pairs (prompt/chosen/rejected)"))
+    return check
+
+
+def chat_loss_route(chat_template: str | None, *, weighted: bool) -> tuple[str, str]:
+    """How multi-turn chat learns only the assistant's turns: 'assistant_masks' where the chat template marks
+    them ({% generation %}), else 'per_turn': one example per assistant turn with the turns before it as the prompt."""
+    if chat_template and _GENERATION_MARK.search(chat_template):
+        if weighted:
+            return "per_turn", ("some assistant turns have weight 0, which the template's assistant masks cannot skip: "
+                                "one example per trained assistant turn, the turns before it as the prompt")
+        return "assistant_masks", "the chat template marks assistant turns ({% generation %}): the loss is on them only"
+    return "per_turn", ("the chat template does not mark assistant turns ({% generation %}), so each trained assistant "
+                        "turn becomes its own example with the turns before it as the prompt (loss on that turn only)")
+
+
+@dataclass
+class DataReport:
+    checks: list[SourceCheck]
+    notes: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not any(c.bad for c in self.checks)
+
+    def error(self) -> str:
+        return "\n".join(c.error() for c in self.checks if c.bad)
+
+    def lines(self) -> list[str]:
+        out = []
+        for c in self.checks:
+            how = f"detected from {c.detected_from}" if c.detected_from else "named in data.format"
+            out.append(f"{c.field}: {c.source}: {c.rows} rows, format {c.format} ({how})"
+                       + (f", {len(c.bad)} bad" if c.bad else ""))
+        return out + self.notes
+
+
+def check_data(spec: FineTuneSpec, *, tokenizer: Any = None) -> DataReport:
+    """Read every row of data.source (and eval_source) the way the node will, without keeping them."""
+    sources = [(spec.data.source, "data.source")]
+    if spec.data.eval_source and spec.data.eval_source != spec.data.source:
+        sources.append((spec.data.eval_source, "data.eval_source"))
+    from sdk.data.rendering import Renderer
+    from sdk.data.tokencount import ClientTokenizer
+
+    checks, notes = [], []
+    weighted = False
+    conversations = 0
+    tokens = tokenizer if tokenizer is not None else ClientTokenizer.for_spec(spec)
+    lengths = LengthCount(spec.data.max_length, tokens, Renderer(spec, route="assistant_masks"))
+
+    def count(sample: Sample) -> None:
+        nonlocal weighted, conversations
+        if learns_several_turns(sample):
+            conversations += 1
+            weighted = weighted or any(t.get("weight") == 0 for t in sample.turns)
+        lengths.add(sample)
+
+    for source, name in sources:
+        if source.startswith(("builtin:",)) or not is_hub_id(source):
+            checks.append(load_samples(spec, source, name, keep=False, on_row=count))
+            notes.append(f"{name}: {lengths.report()}")
+            lengths.reset()
+        else:
+            notes.append(f"{name}: {source} is a Hub dataset: its rows are checked on the node")
+    if conversations:
+        template = tokens.chat_template if tokens is not None else tiny_chat_template(spec)
+        if template is None:
+            notes.append("chat: the model's chat template is not readable here; the node decides between assistant "
+                         "masks and one example per assistant turn")
+        else:
+            route, why = chat_loss_route(template, weighted=weighted)
+            notes.append(f"chat: {why}")
+    return DataReport(checks, notes)
+
+
+class LengthCount:
+    """How many rows are longer than max_length tokens (they would be truncated), counted in batches with
+    the model's tokenizer; the texts are rendered exactly as the node renders them."""
+
+    BATCH = 512
+
+    def __init__(self, max_length: int, tokenizer: Any, renderer: Any):
+        self.max_length, self.tokenizer, self.renderer = max_length, tokenizer, renderer
+        self.reset()
+
+    def reset(self) -> None:
+        self.pending: list[str] = []
+        self.rows = self.long = self.longest = 0
+        self.failed: str | None = None
+
+    def add(self, sample: Sample) -> None:
+        from sdk.data.rendering import row_text
+
+        if self.tokenizer is None or self.failed:
+            return
+        try:
+            self.pending += [row_text(r, self.tokenizer.render_chat, self.tokenizer.eos) for r in self.renderer.trainer_rows(sample)]
+        except Exception as exc:  # a chat template that refuses the turns: the node will say so too
+            self.failed = f"{sample.where}: the chat template cannot render this row ({exc})"
+        if len(self.pending) >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        counts = self.tokenizer.count(self.pending) if self.pending else []
+        self.rows += len(counts)
+        self.long += sum(1 for c in counts if c > self.max_length)
+        self.longest = max([self.longest, *counts])
+        self.pending = []
+
+    def report(self) -> str:
+        if self.tokenizer is None:
+            return "token lengths: the model's tokenizer is not on this machine; the node counts rows over max_length"
+        if self.failed:
+            return f"token lengths not counted: {self.failed}"
+        self._flush()
+        if self.long:
+            return (f"{self.long} of {self.rows} rows are longer than max_length {self.max_length} tokens "
+                    f"(longest {self.longest}) and will be truncated")
+        return f"every row fits in max_length {self.max_length} tokens (longest {self.longest})"
+
+
+def tiny_chat_template(spec: FineTuneSpec) -> str | None:
+    """A tiny model's chat template is a constant: known before the model is first built."""
+    if spec.model.id.startswith("tiny:"):
+        from sdk.core.architectures import TINY_CHAT_TEMPLATE
+
+        return TINY_CHAT_TEMPLATE
+    return None

@@ -1,0 +1,343 @@
+"""Row formats: detected from the rows (or named in `data.format`), each row normalized into one `Sample`.
+
+One registration per format (name → the columns that identify it → a normalizer that raises `RowError`
+naming what is wrong). The client runs these before launch and the node runs the same ones, so a
+malformed row is reported as `file:line` before a GPU is paid for. No torch here.
+
+  alpaca             instruction / input / output (also any column names mapped with data.fields)
+  sharegpt           conversations: [{from: human|gpt|system, value}]  (role/content turns accepted too)
+  messages           OpenAI chat: messages: [{role: system|user|assistant, content, weight?}]
+  prompt_completion  prompt / completion (text, or conversational turns)
+  text               text
+  preference         prompt / chosen / rejected; or chosen / rejected conversations sharing the prompt turns
+  openai_preference  input.messages / preferred_output / non_preferred_output (hosted fine-tuning APIs' DPO rows)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+from sdk.core.spec import FieldMap
+
+ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
+KNOWN_ROLES = "system, user (or human), assistant (or gpt)"
+
+
+class RowError(ValueError):
+    """What is wrong with one row; the caller adds where the row is."""
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """An instruction prompt, rendered by the template (instruction, chat or plain)."""
+
+    instruction: str
+    input: str | None = None
+
+
+Prompt = Union[Instruction, str, list]  # an instruction, text used as written, or chat turns ending with the user
+
+
+@dataclass
+class Sample:
+    """One row, normalized. kind: text (a document), pair (prompt → completion), conversation (several
+    assistant turns to learn), preference (prompt → chosen over rejected)."""
+
+    kind: Literal["text", "pair", "conversation", "preference"]
+    where: str = ""
+    text: str | None = None
+    prompt: Prompt | None = None
+    completion: str | None = None
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    chosen: str | None = None
+    rejected: str | None = None
+
+    @property
+    def chat(self) -> bool:
+        return self.kind == "conversation" or isinstance(self.prompt, list)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What normalizing needs from the spec."""
+
+    fields: FieldMap
+    instruction: str | None = None  # data.instruction: the fixed instruction of classification rows
+    labels: list[str] | None = None  # eval.labels: an integer output is an index into them
+
+
+@dataclass(frozen=True)
+class RowFormat:
+    name: str
+    layout: str  # what the rows look like, for messages
+    columns: Callable[[FieldMap], tuple[str, ...]]  # present in a row of this format
+    normalize: Callable[[dict[str, Any], Context], Sample]
+    preference: bool = False
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _text(row: dict[str, Any], column: str, *, optional: bool = False, what: str | None = None) -> str | None:
+    value = row.get(column)
+    if value is None:
+        if optional:
+            return None
+        raise RowError(f"missing field {column!r}" + (f" ({what})" if what else ""))
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise RowError(f"{column!r} must be text, not {type(value).__name__}")
+    text = str(value)
+    if not text.strip() and not optional:
+        raise RowError(f"empty {column!r}")
+    return text
+
+
+def _label(row: dict[str, Any], column: str, ctx: Context) -> str:
+    value = row.get(column)
+    if isinstance(value, int) and not isinstance(value, bool) and ctx.labels:
+        if not 0 <= value < len(ctx.labels):
+            raise RowError(f"{column!r}: label index {value} is outside eval.labels ({len(ctx.labels)} labels)")
+        return ctx.labels[value]
+    return _text(row, column)  # type: ignore[return-value]
+
+
+def _turns(value: Any, name: str, *, weights: bool = False) -> list[dict[str, Any]]:
+    """Chat turns as {role, content[, weight]}; ShareGPT's from/value and human/gpt are read too."""
+    if not isinstance(value, list):
+        raise RowError(f"{name!r} must be a list of turns, not {type(value).__name__}")
+    if not value:
+        raise RowError(f"{name!r} has no turns")
+    turns = []
+    for index, turn in enumerate(value):
+        where = f"{name}[{index}]"
+        if not isinstance(turn, dict):
+            raise RowError(f"{where}: a turn must be an object with role and content, not {type(turn).__name__}")
+        role_key = "role" if "role" in turn else "from" if "from" in turn else None
+        content_key = "content" if "content" in turn else "value" if "value" in turn else None
+        if role_key is None:
+            raise RowError(f"{where}: missing field 'role' (or ShareGPT's 'from')")
+        if content_key is None:
+            raise RowError(f"{where}: missing field 'content' (or ShareGPT's 'value')")
+        role = ROLES.get(str(turn[role_key]).strip().lower()) if isinstance(turn[role_key], str) else None
+        if role is None:
+            raise RowError(f"{where}: unknown role {turn[role_key]!r} (known: {KNOWN_ROLES})")
+        content = turn[content_key]
+        if not isinstance(content, str):
+            raise RowError(f"{where}: {content_key} must be text, not {type(content).__name__}")
+        out: dict[str, Any] = {"role": role, "content": content}
+        if "weight" in turn:
+            if not weights:
+                raise RowError(f"{where}: 'weight' belongs to OpenAI chat rows (messages), not here")
+            if turn["weight"] not in (0, 1) or isinstance(turn["weight"], bool):
+                raise RowError(f"{where}: weight must be 0 or 1, not {turn['weight']!r}")
+            if role != "assistant":
+                raise RowError(f"{where}: weight is only for assistant turns, not {role}")
+            out["weight"] = int(turn["weight"])
+        turns.append(out)
+    return turns
+
+
+def check_turns(turns: list[dict[str, Any]], name: str, *, ends_with: str) -> None:
+    """System first (optional), then user and assistant alternating, ending as asked; no empty turn."""
+    expected = "user"
+    for index, turn in enumerate(turns):
+        role = turn["role"]
+        if role == "system":
+            if index != 0:
+                raise RowError(f"{name}[{index}]: a system turn may only come first")
+            continue
+        if role != expected:
+            previous = turns[index - 1]["role"] if index else "the start"
+            raise RowError(f"{name}[{index}]: roles do not alternate: {role} after {previous}")
+        if not turn["content"].strip():
+            raise RowError(f"{name}[{index}]: empty {role} turn")
+        expected = "assistant" if role == "user" else "user"
+    last = turns[-1]["role"]
+    if last != ends_with:
+        if ends_with == "assistant":
+            raise RowError(f"{name}: ends with a {last} turn; a training conversation ends with the assistant's answer")
+        raise RowError(f"{name}: ends with a {last} turn; a prompt ends with the user's turn")
+
+
+def _conversation(turns: list[dict[str, Any]], name: str) -> Sample:
+    check_turns(turns, name, ends_with="assistant")
+    if all(t.get("weight", 1) == 0 for t in turns if t["role"] == "assistant"):
+        raise RowError(f"{name}: every assistant turn has weight 0: nothing to learn")
+    return Sample("conversation", turns=turns)
+
+
+def _response(value: Any, name: str) -> str:
+    """A preference response: text, one assistant turn, or a list holding one."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise RowError(f"empty {name!r}")
+        return value
+    if isinstance(value, dict):
+        value = [value]
+    turns = _turns(value, name)
+    if len(turns) != 1 or turns[0]["role"] != "assistant":
+        raise RowError(f"{name!r} must be one assistant turn (the response), not {len(turns)} turns "
+                       f"({', '.join(t['role'] for t in turns)}); put the conversation before it in the prompt")
+    if not turns[0]["content"].strip():
+        raise RowError(f"{name}[0]: empty assistant turn")
+    return turns[0]["content"]
+
+
+def _distinct(chosen: str, rejected: str) -> None:
+    if chosen.strip() == rejected.strip():
+        raise RowError("chosen equals rejected: nothing to prefer")
+
+
+# ------------------------------------------------------------------------------------------ formats
+
+
+def _alpaca(row: dict[str, Any], ctx: Context) -> Sample:
+    f = ctx.fields
+    instruction = _text(row, f.instruction, optional=ctx.instruction is not None) or ctx.instruction
+    if instruction is None or not instruction.strip():
+        raise RowError(f"empty {f.instruction!r}")
+    input_text = _text(row, f.input, optional=True)
+    completion = _label(row, f.output, ctx)
+    return Sample("pair", prompt=Instruction(instruction, input_text or None), completion=completion)
+
+
+def _sharegpt(row: dict[str, Any], ctx: Context) -> Sample:
+    column = ctx.fields.conversations
+    turns = _turns(row.get(column), column) if column in row else None
+    if turns is None:
+        raise RowError(f"missing field {column!r}")
+    system = row.get("system")
+    if isinstance(system, str) and system.strip() and turns[0]["role"] != "system":
+        turns.insert(0, {"role": "system", "content": system})
+    return _conversation(turns, column)
+
+
+def _messages(row: dict[str, Any], ctx: Context) -> Sample:
+    column = ctx.fields.messages
+    if column not in row:
+        raise RowError(f"missing field {column!r}")
+    return _conversation(_turns(row[column], column, weights=True), column)
+
+
+def _prompt(value: Any, name: str) -> Prompt:
+    if isinstance(value, list):
+        turns = _turns(value, name)
+        check_turns(turns, name, ends_with="user")
+        return turns
+    if not isinstance(value, str):
+        raise RowError(f"{name!r} must be text or a list of turns, not {type(value).__name__}")
+    if not value.strip():
+        raise RowError(f"empty {name!r}")
+    return value
+
+
+def _prompt_completion(row: dict[str, Any], ctx: Context) -> Sample:
+    f = ctx.fields
+    for column in (f.prompt, f.completion):
+        if row.get(column) is None:
+            raise RowError(f"missing field {column!r}")
+    return Sample("pair", prompt=_prompt(row[f.prompt], f.prompt), completion=_response(row[f.completion], f.completion))
+
+
+def _plain_text(row: dict[str, Any], ctx: Context) -> Sample:
+    return Sample("text", text=_text(row, ctx.fields.text))
+
+
+def _preference(row: dict[str, Any], ctx: Context) -> Sample:
+    f = ctx.fields
+    for column in (f.chosen, f.rejected):
+        if row.get(column) is None:
+            raise RowError(f"missing field {column!r}")
+    chosen, rejected = row[f.chosen], row[f.rejected]
+    if row.get(f.prompt) is not None:
+        prompt = _prompt(row[f.prompt], f.prompt)
+        if isinstance(prompt, str) and isinstance(chosen, str) and isinstance(rejected, str) \
+                and chosen.startswith(prompt) and rejected.startswith(prompt):
+            raise RowError(f"{f.chosen!r} and {f.rejected!r} repeat the prompt: give only the responses, "
+                           f"or drop {f.prompt!r} for the implicit-prompt form")
+        if isinstance(prompt, list) and isinstance(chosen, list) and len(chosen) > 1 and chosen[: len(prompt)] == row[f.prompt]:
+            raise RowError(f"{f.chosen!r} repeats the prompt turns: give only the assistant's response")
+    elif row.get(f.instruction) is not None or ctx.instruction is not None:  # instruction rows with two answers
+        instruction = _text(row, f.instruction, optional=ctx.instruction is not None) or ctx.instruction
+        prompt = Instruction(instruction or "", _text(row, f.input, optional=True) or None)
+    else:  # implicit prompt: two conversations that share every turn but the last
+        if not (isinstance(chosen, list) and isinstance(rejected, list)):
+            raise RowError(f"missing field {f.prompt!r}: without it, {f.chosen!r} and {f.rejected!r} must be conversations "
+                           "that share the prompt turns (the implicit-prompt form)")
+        chosen_turns, rejected_turns = _turns(chosen, f.chosen), _turns(rejected, f.rejected)
+        shared = 0
+        while shared < min(len(chosen_turns), len(rejected_turns)) and chosen_turns[shared] == rejected_turns[shared]:
+            shared += 1
+        if shared == 0:
+            raise RowError(f"{f.chosen!r} and {f.rejected!r} share no prompt turns (implicit-prompt form)")
+        prompt = chosen_turns[:shared]
+        check_turns(prompt, f"{f.chosen}[:{shared}]", ends_with="user")
+        chosen, rejected = chosen_turns[shared:], rejected_turns[shared:]
+    sample = Sample("preference", prompt=prompt, chosen=_response(chosen, f.chosen), rejected=_response(rejected, f.rejected))
+    _distinct(sample.chosen or "", sample.rejected or "")
+    return sample
+
+
+def _openai_preference(row: dict[str, Any], ctx: Context) -> Sample:
+    source = row.get("input")
+    if not isinstance(source, dict) or "messages" not in source:
+        raise RowError("missing field 'input.messages' (the prompt turns)")
+    prompt = _turns(source["messages"], "input.messages")
+    check_turns(prompt, "input.messages", ends_with="user")
+    for column in ("preferred_output", "non_preferred_output"):
+        if row.get(column) is None:
+            raise RowError(f"missing field {column!r}")
+    sample = Sample("preference", prompt=prompt, chosen=_response(row["preferred_output"], "preferred_output"),
+                    rejected=_response(row["non_preferred_output"], "non_preferred_output"))
+    _distinct(sample.chosen or "", sample.rejected or "")
+    return sample
+
+
+# In detection order: the most specific layout first.
+FORMATS: dict[str, RowFormat] = {f.name: f for f in (
+    RowFormat("openai_preference", "input.messages / preferred_output / non_preferred_output",
+              lambda f: ("preferred_output", "non_preferred_output"), _openai_preference, preference=True),
+    RowFormat("preference", "prompt / chosen / rejected (or chosen / rejected conversations)",
+              lambda f: (f.chosen, f.rejected), _preference, preference=True),
+    RowFormat("messages", "messages: [{role, content}]", lambda f: (f.messages,), _messages),
+    RowFormat("sharegpt", "conversations: [{from, value}]", lambda f: (f.conversations,), _sharegpt),
+    RowFormat("prompt_completion", "prompt / completion", lambda f: (f.prompt, f.completion), _prompt_completion),
+    RowFormat("alpaca", "instruction / input / output", lambda f: (f.output,), _alpaca),
+    RowFormat("text", "text", lambda f: (f.text,), _plain_text),
+)}
+
+
+def trained_turn(turn: dict[str, Any]) -> bool:
+    """An assistant turn the loss is on (OpenAI chat's `weight: 0` keeps one out)."""
+    return turn["role"] == "assistant" and turn.get("weight", 1) != 0
+
+
+def learns_several_turns(sample: Sample) -> bool:
+    """A conversation with more than one trained assistant turn: how its loss is masked depends on the
+    chat template (sdk.data.check.chat_loss_route); one trained turn is one prompt/completion row either way."""
+    return sample.kind == "conversation" and sum(trained_turn(t) for t in sample.turns) > 1
+
+
+def detect(row: dict[str, Any], ctx: Context) -> RowFormat | None:
+    """The format whose identifying columns the row has; alpaca also needs its instruction (or data.instruction)."""
+    for fmt in FORMATS.values():
+        if all(column in row for column in fmt.columns(ctx.fields)):
+            if fmt.name == "alpaca" and ctx.fields.instruction not in row and ctx.instruction is None:
+                continue
+            return fmt
+    return None
+
+
+def undetected(row: dict[str, Any], ctx: Context) -> str:
+    columns = ", ".join(map(str, row)) or "none"
+    layouts = "; ".join(f"{f.name}: {f.layout}" for f in FORMATS.values())
+    return (f"cannot tell the format from the columns ({columns}). Known formats: {layouts}. "
+            "Name it with data.format, map other column names with data.fields")
+
+
+def normalize(fmt: RowFormat, row: dict[str, Any], ctx: Context, where: str) -> Sample:
+    sample = fmt.normalize(row, ctx)
+    sample.where = where
+    return sample

@@ -1,0 +1,111 @@
+"""Rendering: a normalized Sample into the rows trl trains on, in the template it resolves to.
+
+No torch here: the client renders the same rows to count tokens before launch, the node to train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sdk.core.spec import FineTuneSpec
+from sdk.data.check import template_for
+from sdk.data.formats import Instruction, Sample, trained_turn
+
+
+def instruction_prompt(instruction: str, input_text: str | None) -> str:
+    prompt = f"### Instruction:\n{instruction}\n\n"
+    if input_text:
+        prompt += f"### Input:\n{input_text}\n\n"
+    return prompt + "### Response:\n"
+
+
+def _joined(prompt: Instruction) -> str:
+    return prompt.instruction if not prompt.input else f"{prompt.instruction}\n\n{prompt.input}"
+
+
+@dataclass
+class Example:
+    """One row for evaluation: the prompt (text or chat turns), the gold response, and DPO's rejected one."""
+
+    prompt: Any
+    response: str
+    rejected: str | None = None
+    where: str = ""
+
+
+class Renderer:
+    """Samples into trl rows, each in the template it resolves to (sdk.data.check.template_for).
+
+    Multi-turn chat learns the assistant turns only: with `route` "assistant_masks" a conversation stays one
+    `messages` row (trl masks by the template's {% generation %} marks); with "per_turn" each trained assistant
+    turn is a prompt/completion row whose prompt is the conversation before it."""
+
+    def __init__(self, spec: FineTuneSpec, route: str = "per_turn"):
+        self.data = spec.data
+        self.route = route
+
+    def _chat(self, turns: list[dict[str, Any]]) -> list[dict[str, str]]:
+        out = [{"role": t["role"], "content": t["content"]} for t in turns]
+        if self.data.system_prompt and (not out or out[0]["role"] != "system"):
+            out.insert(0, {"role": "system", "content": self.data.system_prompt})
+        return out
+
+    def prompt(self, prompt: Any, template: str) -> Any:
+        """A prompt (an Instruction, text or turns) written in a template: text, or chat turns."""
+        if template == "chat":
+            if isinstance(prompt, list):
+                return self._chat(prompt)
+            return self._chat([{"role": "user", "content": _joined(prompt) if isinstance(prompt, Instruction) else prompt}])
+        if isinstance(prompt, list):  # one user turn: template_for refused anything longer
+            prompt = Instruction(prompt[-1]["content"]) if template == "instruction" else prompt[-1]["content"]
+        if template == "instruction":
+            inst = prompt if isinstance(prompt, Instruction) else Instruction(prompt)
+            return instruction_prompt(inst.instruction, inst.input)
+        return _joined(prompt) if isinstance(prompt, Instruction) else prompt
+
+    def example(self, sample: Sample) -> Example:
+        template = template_for(self.data.template, sample)
+        if sample.kind == "text":
+            return Example("", sample.text or "", where=sample.where)
+        if sample.kind == "conversation":
+            last = max(i for i, t in enumerate(sample.turns) if t["role"] == "assistant")
+            return Example(self.prompt(sample.turns[:last], template), sample.turns[last]["content"], where=sample.where)
+        if sample.kind == "preference":
+            return Example(self.prompt(sample.prompt, template), sample.chosen or "", sample.rejected, where=sample.where)
+        return Example(self.prompt(sample.prompt, template), sample.completion or "", where=sample.where)
+
+    def trainer_rows(self, sample: Sample) -> list[dict[str, Any]]:
+        template = template_for(self.data.template, sample)
+        if sample.kind == "text":
+            return [{"text": sample.text}]
+        wrap = (lambda text: [{"role": "assistant", "content": text}]) if template == "chat" else (lambda text: text)
+        if sample.kind == "conversation" and template == "chat":
+            if self.route == "assistant_masks":
+                return [{"messages": self._chat(sample.turns)}]
+            return [{"prompt": self._chat(sample.turns[:i]), "completion": wrap(t["content"])}
+                    for i, t in enumerate(sample.turns) if trained_turn(t)]
+        ex = self.example(sample)
+        if ex.rejected is not None:
+            return [{"prompt": ex.prompt, "chosen": wrap(ex.response), "rejected": wrap(ex.rejected)}]
+        return [{"prompt": ex.prompt, "completion": wrap(ex.response)}]
+
+
+def row_text(row: dict[str, Any], render_chat: Any, eos: str) -> str:
+    """The whole sequence a trainer row becomes (for counting its tokens): the prompt and the response; for
+    preference pairs, the prompt with the longer response. `render_chat(turns)` applies the chat template."""
+    if "text" in row:
+        return row["text"] + eos
+    if "messages" in row:
+        return render_chat(row["messages"])
+    responses = [row["completion"]] if "completion" in row else [row["chosen"], row["rejected"]]
+    if isinstance(row["prompt"], list):
+        return max((render_chat(row["prompt"] + r) for r in responses), key=len)
+    return row["prompt"] + max(responses, key=len) + eos
+
+
+def user_prompt(spec: FineTuneSpec, template: str | None, text: str, *, instruction: str | None = None) -> Any:
+    """A user's text written the way the run's training prompts were (the summary's `template`): the
+    '### Instruction' text (the text as the input under the run's shared `instruction`, for classifiers), chat
+    turns for the chat template (with data.system_prompt), or the text as is."""
+    return Renderer(spec).prompt(Instruction(instruction, text) if instruction else text, template or "instruction")

@@ -1,0 +1,84 @@
+"""Counting the tokens of training rows on the client, with the model's own tokenizer but without
+transformers (which imports torch): `tokenizers` reads tokenizer.json and jinja2 renders the chat template
+the way transformers does (trim_blocks, lstrip_blocks, a sandbox). Where the tokenizer is not on this
+machine (a Hub id offline, a GGUF not yet converted, a tiny model not yet built) the node counts instead.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from sdk.core.spec import FineTuneSpec
+
+_GENERATION_TAGS = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
+
+
+def tokenizer_dir(spec: FineTuneSpec) -> Path | None:
+    """A directory holding tokenizer.json for the spec's model, without downloading weights."""
+    from sdk.core.modelref import ModelSource, gguf_cache, resolve_reference, tiny_dir
+
+    model = spec.model.id
+    try:
+        if model.startswith("tiny:"):
+            folder = tiny_dir(model.partition(":")[2])
+        elif model.startswith("pkg://") or model.endswith(".gguf") or spec.model.gguf_file:
+            source = resolve_reference(spec.model)
+            folder = gguf_cache(ModelSource(source.path, source.gguf_file)) if source.gguf_file else Path(source.path)
+        elif Path(model).expanduser().is_dir():
+            folder = Path(model).expanduser()
+        else:
+            from huggingface_hub import hf_hub_download
+
+            for name in ("tokenizer_config.json", "tokenizer.json"):
+                path = Path(hf_hub_download(model, name, revision=spec.model.revision))
+            folder = path.parent
+    except Exception:  # offline, gated, missing: the node counts
+        return None
+    return folder if (folder / "tokenizer.json").is_file() else None
+
+
+class ClientTokenizer:
+    def __init__(self, folder: Path):
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        config_path = folder / "tokenizer_config.json"
+        self.config: dict[str, Any] = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        jinja = folder / "chat_template.jinja"
+        template = jinja.read_text() if jinja.is_file() else self.config.get("chat_template")
+        self.chat_template = template if isinstance(template, str) else None
+        self._compiled: Any = None
+
+    @classmethod
+    def for_spec(cls, spec: FineTuneSpec) -> ClientTokenizer | None:
+        folder = tokenizer_dir(spec)
+        return cls(folder) if folder is not None else None
+
+    @staticmethod
+    def _token(value: Any) -> str:
+        return value.get("content", "") if isinstance(value, dict) else (value or "")
+
+    @property
+    def eos(self) -> str:
+        return self._token(self.config.get("eos_token"))
+
+    def render_chat(self, turns: list[dict[str, Any]]) -> str:
+        if self.chat_template is None:
+            raise ValueError("the tokenizer has no chat template")
+        if self._compiled is None:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+            def raise_exception(message: str) -> None:
+                raise ValueError(message)
+
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.globals["raise_exception"] = raise_exception
+            self._compiled = env.from_string(_GENERATION_TAGS.sub("", self.chat_template))
+        return self._compiled.render(messages=turns, add_generation_prompt=False,
+                                     bos_token=self._token(self.config.get("bos_token")), eos_token=self.eos)
+
+    def count(self, texts: list[str]) -> list[int]:
+        return [len(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]

@@ -1,0 +1,418 @@
+"""Run handles: submit a spec, watch it, read its metrics and fetch its adapter — all from the store."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from sdk.backends import BackendView
+from sdk.core.errors import LaunchError, RunNotFound, StoreError
+from sdk.core.spec import DEFAULT_OUTPUT, FineTuneSpec
+from sdk.core.summary import RunSummary
+from sdk.runs import registry
+from sdk.store import FETCHED, check_replaceable, contained, fetch_dir, open_store
+from sdk.store.runfolder import ADAPTER, LAUNCH, LOG, SPEC, SUMMARY, TERMINAL, RunFolder, RunState, new_run_id
+
+
+class RunStatus(BaseModel):
+    """status.json, typed. Unknown keys are kept (the node may add more)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    state: RunState = "pending"
+    heartbeat: float | None = None
+    phase: str | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    last_loss: float | None = None
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        """Nothing more will happen that a client can wait for: a final state, or a node gone silent."""
+        return self.state in TERMINAL or self.state == "lost"
+
+
+# A node writes its heartbeat every sync interval; this many missed in a row, and at least LOST_AFTER_S,
+# and a run that says "running" is read as lost.
+LOST_AFTER_INTERVALS = 20
+LOST_AFTER_S = 120.0
+
+
+def lost_view(stored: RunStatus, now: float) -> RunStatus | None:
+    """A "running" status whose heartbeat stopped: the node died while nobody watched (a detached client,
+    a machine that slept). The store alone says so; nothing is written."""
+    if stored.state not in ("running", "cancelling") or stored.heartbeat is None:
+        return None
+    interval = float(getattr(stored, "sync_interval", None) or 3.0)
+    silent = now - stored.heartbeat
+    if silent < max(LOST_AFTER_INTERVALS * interval, LOST_AFTER_S):
+        return None
+    step = f" at step {stored.step}" if stored.step is not None else ""
+    return stored.model_copy(update={"state": "lost", "error": f"no heartbeat from the node for {silent:.0f} s{step}; "
+                                     "it stopped without a final word (finetune logs shows its last lines)"})
+
+
+class Run:
+    """A handle on one run. Everything it reports is read from the run folder in the store."""
+
+    def __init__(self, uri: str, *, backend: str | None = None, info: BaseModel | None = None):
+        self.folder = RunFolder.from_uri(uri)
+        self.id = self.folder.run_id
+        self.uri = self.folder.uri
+        self.backend = backend
+        self.info = info  # the backend's typed Info (PID, cluster); None for a run found in a store
+
+    def __repr__(self) -> str:
+        return f"Run(id={self.id!r}, uri={self.uri!r}, backend={self.backend!r})"
+
+    def _backend(self) -> Any:
+        if not self.backend or self.info is None:
+            return None
+        from sdk.backends import get_backend
+
+        return get_backend(self.backend)
+
+    # -- state
+
+    def _views(self) -> tuple[RunStatus, BackendView | None]:
+        stored = RunStatus.model_validate(self.folder.status())
+        backend = self._backend()
+        view = backend.status(self.folder, self.info) if backend is not None and not stored.done else None
+        return stored, view
+
+    def status(self) -> RunStatus:
+        """The run's state: status.json, unless the backend knows better (a node process that died
+        without a word, a cluster still provisioning). Reads only; see reconcile()."""
+        stored, view = self._views()
+        if view is None:  # a backend that can see the node (a live local process) knows better than a heartbeat
+            return (lost_view(stored, time.time()) if self._backend() is None else None) or stored
+        update = {"state": view.state, "error": view.error or stored.error, **({"note": view.note} if view.note else {})}
+        return stored.model_copy(update=update)
+
+    def reconcile(self) -> RunStatus:
+        """Write the backend's view into status.json when it differs from what the store says, so that
+        a client elsewhere, reading the store alone, sees it too."""
+        stored, view = self._views()
+        if view is None or view.note:  # nothing new: the backend agrees, or did not answer
+            return stored
+        extra = stored.model_dump(exclude={"state", "heartbeat", "error"}, exclude_none=True)
+        self.folder.write_status(view.state, **extra, **({"error": view.error} if view.error else {}))
+        return RunStatus.model_validate(self.folder.status())
+
+    def wait(self, *, progress: bool = True, timeout: float | None = None, poll: float = 1.0) -> RunStatus:
+        """Block until the run ends; show step/total and loss on a progress bar (notebook or terminal)."""
+        deadline = None if timeout is None else time.time() + timeout
+        bar = None
+        try:
+            while True:
+                status = self.status()
+                if progress:
+                    bar = _update_bar(bar, status, self.id)
+                if status.done:
+                    # A final state only the backend knew (the node died silently) goes into the store.
+                    if status.state == "lost" or self.folder.status().get("state") == status.state:
+                        return status
+                    return self.reconcile()
+                if deadline is not None and time.time() > deadline:
+                    raise TimeoutError(f"run {self.id} still {status.state} after {timeout} s")
+                time.sleep(poll)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def cancel(self) -> RunStatus:
+        """Stop the run: a cancel marker in its folder (the node polls it and stops after its current step,
+        whatever machine started it), then the backend's own stop where this client knows the backend. A run
+        that already ended is left as it is: nothing is signalled and its state does not change."""
+        if self.folder.status().get("state") in TERMINAL:
+            return self.status()
+        self.folder.request_cancel()
+        backend = self._backend()
+        if backend is not None:
+            backend.cancel(self.folder, self.info)
+        return self.status()
+
+    def down(self) -> None:
+        """Tear down the cluster this run left up (SkyPilot runs on infra without autodown, e.g. Slurm)."""
+        backend = self._backend()
+        if backend is None or not hasattr(backend, "down"):
+            raise LaunchError(f"run {self.id} ran on the {self.backend or 'unknown'} backend: there is no cluster to tear down")
+        backend.down(self.info)
+
+    # -- artifacts
+
+    def spec(self) -> FineTuneSpec:
+        data = self.folder.read_json(SPEC)
+        if data is None:
+            raise RunNotFound(f"{self.uri}: no {SPEC}")
+        return FineTuneSpec.model_validate(data)
+
+    def metrics(self, *, as_frame: bool = False) -> Any:
+        rows = self.folder.metrics()
+        if as_frame:
+            import pandas as pd
+
+            return pd.DataFrame(rows)
+        return rows
+
+    def summary(self) -> RunSummary | None:
+        """summary.json, typed; None until the run has finished."""
+        data = self.folder.read_json(SUMMARY)
+        return None if data is None else RunSummary.model_validate(data)
+
+    def logs(self, *, follow: bool = False, poll: float = 1.0) -> str | Iterator[str]:
+        """The node's log: all of it, or (follow=True) an iterator of new text until the run ends."""
+        if follow:
+            return self._follow(poll)
+        return self._log_text()
+
+    def _log_text(self) -> str:
+        backend = self._backend()
+        text = backend.logs(self.folder, self.info) if backend is not None else None
+        if text is None:
+            key = self.folder.key(LOG)
+            text = self.folder.store.get_bytes(key).decode(errors="replace") if self.folder.store.exists(key) else ""
+        return text
+
+    def _follow(self, poll: float) -> Iterator[str]:
+        seen = 0
+        while True:
+            done = self.status().done
+            text = self._log_text()
+            if len(text) > seen:
+                yield text[seen:]
+                seen = len(text)
+            if done:
+                return
+            time.sleep(poll)
+
+    def fetch_adapter(self, dest: str | Path, *, overwrite: bool = False) -> Path:
+        """Download the committed adapter, verified against its manifest; all or nothing."""
+        if self.folder.adapter_manifest() is None:
+            state = self.status().state
+            raise StoreError(f"{self.uri}/{ADAPTER}: no committed adapter (run is {state})")
+        if overwrite:
+            check_replaceable(Path(dest))
+        return fetch_dir(self.folder.store, self.folder.key(ADAPTER), Path(dest), overwrite=overwrite)
+
+    def generate(self, prompts: str | list[str], *, max_new_tokens: int | None = None, base: bool = False) -> list[str]:
+        """Greedy completions of the tuned model (`base=True`: the adapter off), each prompt written in the
+        run's own training template; transformers + peft in a subprocess (the client never imports torch)."""
+        from sdk.runs.tools import generate
+
+        items = [prompts] if isinstance(prompts, str) else list(prompts)
+        result = generate(self.uri, items, max_new_tokens=max_new_tokens, base=base)
+        return [o["text"] for o in result["outputs"]]
+
+    def fetch(self, dest: str | Path, *, overwrite: bool = False, checkpoints: bool = False) -> Path:
+        """The whole run folder (metrics, logs, summary, tracker files such as tensorboard/ and wandb/, the
+        adapter verified against its manifest) into dest, all or nothing; checkpoints only when asked."""
+        import shutil
+        import tempfile
+
+        from sdk.store.runfolder import CHECKPOINTS
+
+        dest = Path(dest).expanduser().resolve()
+        if dest.exists() and any(dest.iterdir()) and not overwrite:
+            raise StoreError(f"{dest}: destination exists and is not empty (pass overwrite=True / --force)")
+        if overwrite:
+            check_replaceable(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
+        try:
+            prefix = self.folder.key("")
+            for key in self.folder.store.list(prefix):
+                rel = key[len(prefix):]
+                top = rel.split("/", 1)[0]
+                if top == ADAPTER or (top == CHECKPOINTS and not checkpoints):
+                    continue
+                target = contained(staging, rel)  # a key planted in a shared bucket never writes outside dest
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.folder.store.download_file(key, target)
+            if self.folder.adapter_manifest() is not None:
+                fetch_dir(self.folder.store, self.folder.key(ADAPTER), staging / ADAPTER)
+            (staging / FETCHED).write_text(f"{self.uri}\n")
+            if dest.exists():
+                shutil.rmtree(dest)
+            staging.replace(dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return dest
+
+    def plot(self, path: str | Path | None = None) -> Any:
+        """Loss and learning-rate curves (matplotlib); saved to `path` when given."""
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = [r for r in self.metrics() if "loss" in r]
+        fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.5))
+        ax_loss.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss")
+        evals = [r for r in self.metrics() if "eval_loss" in r]
+        if evals:
+            ax_loss.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss")
+        ax_loss.set_xlabel("step")
+        ax_loss.set_title(f"{self.id}: loss")
+        ax_loss.legend()
+        ax_lr.plot([r["step"] for r in rows if "lr" in r], [r["lr"] for r in rows if "lr" in r])
+        ax_lr.set_xlabel("step")
+        ax_lr.set_title("learning rate")
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+        return fig
+
+
+class PlainProgress:
+    """Progress where no one watches a terminal (CI logs, `> file`, nohup): one plain line when the state or
+    phase changes, and at most one every `every` seconds while steps advance (a bar would rewrite itself with a
+    carriage return every second: hundreds of KB per run in a log)."""
+
+    def __init__(self, run_id: str, *, every: float = 10.0, out: Any = None):
+        self.run_id, self.every, self.out = run_id, every, out or sys.stderr
+        self.last_key: tuple | None = None
+        self.last_step: int | None = None
+        self.last_time = 0.0
+
+    def update(self, status: RunStatus) -> None:
+        key = (status.state, status.phase if not status.done else None)
+        now = time.time()
+        moved = status.step is not None and status.step != self.last_step
+        if key == self.last_key and not (moved and now - self.last_time >= self.every):
+            return
+        parts = [f"{self.run_id}: {status.state}"]
+        if status.phase and not status.done:
+            parts.append(status.phase)
+        if status.step is not None:
+            parts.append(f"step {status.step}" + (f"/{status.total_steps}" if status.total_steps else ""))
+        if status.last_loss is not None:
+            parts.append(f"loss {status.last_loss:.4f}")
+        print(", ".join(parts), file=self.out, flush=True)
+        self.last_key, self.last_step, self.last_time = key, status.step, now
+
+    def close(self) -> None:
+        pass
+
+
+def _interactive() -> bool:
+    """A terminal or a notebook is watching (a bar redraws in place there)."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
+def _update_bar(bar: Any, status: RunStatus, run_id: str) -> Any:
+    if isinstance(bar, PlainProgress) or (bar is None and not _interactive()):
+        bar = bar or PlainProgress(run_id)
+        bar.update(status)
+        return bar
+    from tqdm.auto import tqdm
+
+    if bar is None:
+        bar = tqdm(total=status.total_steps or None, desc=run_id, unit="step", dynamic_ncols=True)
+    if status.total_steps and bar.total != status.total_steps:
+        bar.total = status.total_steps
+    if status.step is not None and status.step > bar.n:
+        bar.update(status.step - bar.n)
+    post = {"state": status.state}
+    if status.phase and not status.done:
+        post["phase"] = status.phase
+    if status.last_loss is not None:
+        post["loss"] = f"{status.last_loss:.4f}"
+    bar.set_postfix(post, refresh=True)
+    return bar
+
+
+# ---------------------------------------------------------------------------------------- functions
+
+
+def preflight_data(spec: FineTuneSpec) -> Any:
+    """The data report, or DataError naming every bad row (the first 20, and how many more)."""
+    from sdk.data.check import check_data
+    from sdk.data.rows import DataError
+
+    report = check_data(spec)
+    if not report.ok:
+        raise DataError(report.error())
+    return report
+
+
+def submit(spec: FineTuneSpec, *, backend: str = "auto", check_data: bool = True, run_id: str | None = None) -> Run:
+    """Create the run folder (spec.json, never overwriting a run) and start the node on the backend.
+
+    Before anything starts, every row of the data is read and checked (sdk.data.check): a bad row raises
+    DataError listing file:line and what is wrong. `check_data=False` skips that (the node checks anyway).
+    `run_id` is chosen by the caller when it must know the id before the launch returns (a sweep driver
+    records it first, so that a driver killed mid-launch is resumed without launching the trial twice)."""
+    from sdk.backends import choose_backend, get_backend
+    from sdk.core.spec import check_new_spec
+    from sdk.runs.tracking import check_env
+
+    check_new_spec(spec)
+    name = choose_backend(spec, backend)
+    impl = get_backend(name)
+    impl.check(spec)
+    check_env(spec)
+    if check_data:
+        preflight_data(spec)
+    store = open_store(spec.output)
+    if run_id is not None and (not run_id or "/" in run_id or run_id in (".", "..")):
+        raise LaunchError(f"run id {run_id!r}: not a folder name")
+    folder = RunFolder(store, run_id or new_run_id(spec.name))
+    if folder.exists():
+        raise LaunchError(f"{folder.uri} already exists; refusing to overwrite a run")
+    folder.write_json(SPEC, spec.model_dump(mode="json"))
+    folder.write_status("pending", backend=name)
+    try:
+        info = impl.submit(spec, folder)
+    except BaseException as exc:
+        folder.write_status("failed", error=f"submit failed: {exc}")
+        raise
+    folder.write_json(LAUNCH, {"backend": name, "info": info.model_dump(mode="json")})
+    registry.record(folder.run_id, folder.uri, name, info.model_dump(mode="json"))
+    return Run(folder.uri, backend=name, info=info)
+
+
+def _from_entry(entry: dict[str, Any]) -> Run:
+    """A registry row as a Run with its backend's typed Info."""
+    from sdk.backends import get_backend
+
+    info = get_backend(entry["backend"]).Info.model_validate(entry["info"])
+    return Run(entry["uri"], backend=entry["backend"], info=info)
+
+
+def get_run(id_or_uri: str, *, store: str | None = None) -> Run:
+    """A run by id (registry, then the given or default store) or by its folder URI."""
+    entry = registry.lookup(id_or_uri)
+    if entry is not None:
+        return _from_entry(entry)
+    if "://" in id_or_uri or "/" in id_or_uri or Path(id_or_uri).expanduser().is_dir():
+        run = Run(id_or_uri)
+        if not run.folder.exists():
+            raise RunNotFound(f"{run.uri}: no run here (no {SPEC})")
+        entry = registry.lookup(run.id)
+        if entry is not None and entry["uri"] == run.uri:  # submitted here: the backend can cancel it
+            return _from_entry(entry)
+        return run
+    root = open_store(store or DEFAULT_OUTPUT)
+    folder = RunFolder(root, id_or_uri)
+    if folder.exists():
+        return Run(folder.uri)
+    raise RunNotFound(f"no run {id_or_uri!r} in the registry or in {root.uri}")
+
+
+def list_runs(*, store: str | None = None, limit: int = 100) -> list[Run]:
+    """Runs in a store (read from the store alone), or the locally registered ones."""
+    if store is None:
+        return [_from_entry(e) for e in registry.entries(limit)]
+    root = open_store(store)
+    ids = sorted({key.split("/")[0] for key in root.list("") if key.count("/") == 1 and key.endswith(f"/{SPEC}")}, reverse=True)
+    return [Run(root.url(run_id)) for run_id in ids[:limit]]
+

@@ -1,0 +1,129 @@
+"""The run folder in a store: names of its objects and typed reads/writes of them.
+
+    <output>/<run_id>/spec.json, status.json, metrics.jsonl, summary.json, logs/, checkpoints/<step>/, adapter/
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from sdk.core.errors import StoreError
+from sdk.store import Store, open_store, read_manifest, split_run_uri
+
+SPEC = "spec.json"
+STATUS = "status.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+ADAPTER = "adapter"
+CHECKPOINTS = "checkpoints"
+LOG = "logs/node.log"
+CANCEL = "cancel_requested.json"
+LAUNCH = "launch.json"  # the backend and its Info: any client (a resumed sweep driver) can reach the run again
+
+# cancelling: a cancel was asked for and neither the node nor the backend has confirmed it yet; lost: the node's
+# heartbeat stopped without a final word (it may have died while nobody watched): read, never written by a node.
+RunState = Literal["pending", "provisioning", "running", "recovering", "cancelling", "lost", "succeeded", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def new_run_id(name: str | None) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{name or 'run'}-{stamp}-{secrets.token_hex(2)}"
+
+
+class RunFolder:
+    """One run's folder: `store` is the output store, keys below are relative to the run id."""
+
+    def __init__(self, store: Store, run_id: str):
+        self.store = store
+        self.run_id = run_id
+
+    @classmethod
+    def from_uri(cls, run_uri: str) -> RunFolder:
+        parent, run_id = split_run_uri(run_uri)
+        return cls(open_store(parent), run_id)
+
+    @property
+    def uri(self) -> str:
+        return self.store.url(self.run_id)
+
+    def key(self, name: str) -> str:
+        return f"{self.run_id}/{name}"
+
+    # -- json objects
+
+    def write_json(self, name: str, data: Any) -> None:
+        self.store.put_bytes(self.key(name), json.dumps(data, indent=2, default=str).encode())
+
+    def read_json(self, name: str) -> Any | None:
+        if not self.store.exists(self.key(name)):
+            return None
+        raw = self.store.get_bytes(self.key(name))
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise StoreError(f"{self.store.url(self.key(name))}: not valid JSON") from None
+
+    def exists(self) -> bool:
+        return self.store.exists(self.key(SPEC))
+
+    # -- status
+
+    def write_status(self, state: RunState, **extra: Any) -> dict[str, Any]:
+        status = {"state": state, "heartbeat": time.time(), **extra}
+        self.write_json(STATUS, status)
+        return status
+
+    def status(self) -> dict[str, Any]:
+        status = self.read_json(STATUS) or {"state": "pending", "heartbeat": None}
+        if status.get("state") not in TERMINAL and self.cancel_requested():
+            # The node stops at its next step or its backend kills it; until the node's own last word (or the
+            # backend's confirmation) lands, the run is cancelling: it may still be running, and billing.
+            status = {**status, "state": "cancelling"}
+        return status
+
+    # -- cancellation: a marker any client can write and every node polls, so a run started on
+    # another machine, or one whose backend is unreachable, still stops
+
+    def request_cancel(self) -> None:
+        self.write_json(CANCEL, {"requested": time.time()})
+
+    def cancel_requested(self) -> bool:
+        return self.store.exists(self.key(CANCEL))
+
+    # -- metrics
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        body = "".join(json.dumps(row, default=float) + "\n" for row in rows)
+        self.store.put_bytes(self.key(METRICS), body.encode())
+
+    def metrics(self) -> list[dict[str, Any]]:
+        if not self.store.exists(self.key(METRICS)):
+            return []
+        rows = []
+        for line in self.store.get_bytes(self.key(METRICS)).decode().splitlines():
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    continue  # a torn last line while the node rewrites the object
+        return rows
+
+    # -- committed artifacts
+
+    def adapter_manifest(self) -> dict[str, Any] | None:
+        return read_manifest(self.store, self.key(ADAPTER))
+
+    def committed_checkpoints(self) -> list[int]:
+        """Steps of checkpoints whose manifest exists (partial ones are ignored)."""
+        steps = []
+        prefix = self.key(CHECKPOINTS)
+        for key in self.store.list(prefix):
+            parts = key[len(prefix) + 1:].split("/")
+            if len(parts) == 2 and parts[1] == "MANIFEST.json" and parts[0].isdigit():
+                steps.append(int(parts[0]))
+        return sorted(steps)
