@@ -1,6 +1,7 @@
-"""One-way layers: the client (`sdk/`) never imports the node (`launch/`), and the node imports only the core the
-two sides share, plus the client modules listed below, each a known arrow the architecture work removes. An AST
-walk over every import, at module level or inside a function, so a new wrong-way arrow fails here."""
+"""One-way layers: the packages of `sdk` stack in LAYERS (each imports only its own layer and those below), the
+client (`sdk/`) never imports the node (`launch/`), and the node imports only the shared core (`sdk.core`,
+`sdk.store`, `sdk.data`). An AST walk over every import, at module level or inside a function, so a new
+wrong-way arrow fails here."""
 
 from __future__ import annotations
 
@@ -9,21 +10,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# What both sides import: the contract (spec, methods, precision, errors), the run folder and store, the shared
-# facts about models, data and rendering.
-CORE = {
-    "sdk", "sdk.core.errors", "sdk.core.spec", "sdk.core.validation", "sdk.core.methods", "sdk.core.precision", "sdk.core.architectures",
-    "sdk.core.modelref", "sdk.data.builtin", "sdk.store.runfolder", "sdk.store", "sdk.core.summary", "sdk.data.formats", "sdk.data.rows",
-    "sdk.data.check", "sdk.data.rendering", "sdk.data.tokencount", "sdk.store.grants", "sdk.core.parts",
-}
-# The node's remaining arrows into client code (issue 24 removes them): module -> why it is still there.
-KNOWN_NODE_TO_CLIENT = {
-    "sdk.runs": "the node tools (merge, generate, eval, serve) open runs through the client's Run handle",
-    "sdk.serving": "the serving node reads its plan model and key variable from the client's serving module",
-    "sdk.runs.tools": "launch/tools/serve.py merges through the client's helper, which respawns python -m launch.tools.merge",
-    "sdk.core.recipes": "launch/tiny.py reads a recipe for `tiny-model --like RECIPE`",
-    "sdk.core.plan": "the node logs the planner's estimate beside the measured peak",
-}
+# The packages of `sdk`, bottom layer first. A package imports its own layer and the ones below, never above.
+# The first three are the core both sides share; the node (`launch`) imports them and nothing else of `sdk`.
+LAYERS = [
+    {"sdk.core"},  # the contract: spec, methods, objectives, precision, model references, planner, recipes, errors
+    {"sdk.store"},  # object stores, the run folder, read-only grants
+    {"sdk.data"},  # data formats, rows, the pre-launch check, rendering (reads s3:// data through the store)
+    {"sdk.machine"},  # this machine's client state: home, registry, process identity
+    {"sdk.backends"},  # where a run executes: local processes, SkyPilot
+    {"sdk.runs"},  # the Run handle: submit, status, wait, fetch; the node tools' client side
+    {"sdk.serving", "sdk.sweeps"},  # built on runs
+    {"sdk.cli", "sdk.entry"},  # parse, call the SDK, print
+]
+SHARED = set().union(*LAYERS[:3])
+LAYER_OF = {package: i for i, layer in enumerate(LAYERS) for package in layer}
+
+
+def package_of(module: str) -> str:
+    return ".".join(module.split(".")[:2])
 
 
 def imports(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
@@ -46,16 +50,26 @@ def imports(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
 def wrong_way(root: Path) -> list[str]:
     problems = []
     for path in sorted((root / "sdk").rglob("*.py")):
+        here = package_of(".".join(path.relative_to(root).with_suffix("").parts))
         for line, name in imports(path, root):
+            where = f"{path.relative_to(root)}:{line}"
             if name == "launch" or name.startswith("launch."):
-                problems.append(f"{path.relative_to(root)}:{line}: the client imports the node ({name})")
-    sdk_modules = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
-                   for p in (root / "sdk").rglob("*.py")}
+                problems.append(f"{where}: the client imports the node ({name})")
+            elif name.startswith("sdk.") and here in LAYER_OF and package_of(name) in LAYER_OF \
+                    and LAYER_OF[package_of(name)] > LAYER_OF[here]:
+                problems.append(f"{where}: {here} imports {package_of(name)}, a layer above it ({name})")
     for path in sorted((root / "launch").rglob("*.py")):
         for line, name in imports(path, root):
-            if name in sdk_modules and name not in CORE and name not in KNOWN_NODE_TO_CLIENT:
+            if name.startswith("sdk.") and package_of(name) not in SHARED and not name.startswith("sdk.__"):
                 problems.append(f"{path.relative_to(root)}:{line}: the node imports client-only {name}")
     return problems
+
+
+def test_every_package_has_a_layer():
+    """A new package under sdk/ is placed in LAYERS (its place is a decision, not an accident)."""
+    packages = {f"sdk.{p.parent.name}" for p in (ROOT / "sdk").glob("*/__init__.py")}
+    modules = {f"sdk.{p.stem}" for p in (ROOT / "sdk").glob("*.py") if p.stem != "__init__"}
+    assert sorted((packages | modules) - set(LAYER_OF)) == []
 
 
 def test_imports_go_one_way():
@@ -63,21 +77,18 @@ def test_imports_go_one_way():
 
 
 def test_a_wrong_way_import_is_caught(tmp_path):
-    """The same walk over a copy with one deliberate arrow each way."""
+    """The same walk over a copy with one deliberate arrow of each kind."""
     import shutil
 
     for folder in ("sdk", "launch"):
         shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "sdk" / "probe.py").write_text("def f():\n    from launch.train import build_trainer\n")
+    (tmp_path / "sdk" / "runs" / "probe.py").write_text("def f():\n    from launch.train import build_trainer\n")
+    (tmp_path / "sdk" / "core" / "probe.py").write_text("from sdk.runs import get_run\n")
     (tmp_path / "launch" / "probe.py").write_text("from sdk import sweeps\n")
     assert wrong_way(tmp_path) == [
-        "sdk/probe.py:2: the client imports the node (launch.train)",
-        "sdk/probe.py:2: the client imports the node (launch.train.build_trainer)",
+        "sdk/core/probe.py:1: sdk.core imports sdk.runs, a layer above it (sdk.runs)",
+        "sdk/core/probe.py:1: sdk.core imports sdk.runs, a layer above it (sdk.runs.get_run)",
+        "sdk/runs/probe.py:2: the client imports the node (launch.train)",
+        "sdk/runs/probe.py:2: the client imports the node (launch.train.build_trainer)",
         "launch/probe.py:1: the node imports client-only sdk.sweeps",
     ]
-
-
-def test_every_known_arrow_still_exists():
-    """A known arrow that is gone is taken off the list (so the list shrinks to nothing, never hides a new one)."""
-    used = {name for path in (ROOT / "launch").rglob("*.py") for _, name in imports(path)}
-    assert sorted(set(KNOWN_NODE_TO_CLIENT) - used) == []

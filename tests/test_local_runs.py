@@ -13,7 +13,7 @@ import pytest
 
 import sdk
 from sdk.core.recipes import load_recipe
-from sdk.runs.processes import group_members
+from sdk.machine.processes import group_members
 
 FAST = ["train.max_steps=6", "train.logging_steps=2", "data.max_samples=48", "eval.num_samples=8", "eval.max_new_tokens=6"]
 

@@ -143,7 +143,7 @@ def _running_folder(tmp_path):
 
 def test_cancel_never_signals_a_process_that_inherited_the_pid(tmp_path, stranger):
     from sdk.backends.local import LocalBackend, LocalRunInfo
-    from sdk.runs.processes import identify
+    from sdk.machine.processes import identify
 
     who = identify(stranger.pid)
     reused = LocalRunInfo(pid=stranger.pid, log=str(tmp_path / "log"), host=os.uname().nodename,
@@ -155,7 +155,7 @@ def test_cancel_never_signals_a_process_that_inherited_the_pid(tmp_path, strange
 
 def test_cancel_of_a_finished_run_signals_nobody(tmp_path, stranger):
     from sdk.backends.local import LocalBackend, LocalRunInfo
-    from sdk.runs.processes import identify
+    from sdk.machine.processes import identify
 
     who = identify(stranger.pid)  # even the very same process: the run ended, its PID is not the run's any more
     info = LocalRunInfo(pid=stranger.pid, log=str(tmp_path / "log"), host=os.uname().nodename, **{k: who[k] for k in ("started", "boot")})
@@ -167,7 +167,7 @@ def test_cancel_of_a_finished_run_signals_nobody(tmp_path, stranger):
 
 def test_a_recorded_process_is_recognised_and_stopped(tmp_path):
     from sdk.backends.local import LocalBackend, LocalRunInfo
-    from sdk.runs.processes import identify, is_same
+    from sdk.machine.processes import identify, is_same
 
     proc = subprocess.Popen(["sleep", "120"], start_new_session=True)
     try:
@@ -241,7 +241,7 @@ def test_a_node_killed_while_nobody_watches_reads_lost(tmp_path, finetune_home):
     import time as clock
 
     from sdk.core.recipes import load_recipe
-    from sdk.runs.processes import group_members
+    from sdk.machine.processes import group_members
 
     run = sdk.submit(load_recipe("tiny", [f"output={tmp_path / 'runs'}", "train.max_steps=100000", "eval.before=false"]))
     deadline = clock.time() + 120

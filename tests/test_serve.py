@@ -18,7 +18,7 @@ import sdk
 import sdk.serving
 from sdk.core.recipes import load_recipe
 from sdk.data.builtin import INSTRUCTION
-from sdk.runs.processes import group_members
+from sdk.machine.processes import group_members
 
 pytestmark = pytest.mark.slow
 

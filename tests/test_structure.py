@@ -163,7 +163,7 @@ def test_shipped_recipes_work_from_an_installed_wheel(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(site)}
     where = subprocess.run([sys.executable, "-c", "import sdk.core.recipes as r; print(r.__file__); print(r.RECIPES_DIR)"],
                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
-    assert where.stdout.split() == [str(site / "sdk" / "recipes.py"), str(site / "finetune_recipes")], where.stderr
+    assert where.stdout.split() == [str(site / "sdk" / "core" / "recipes.py"), str(site / "finetune_recipes")], where.stderr
     listed = subprocess.run([sys.executable, "-m", "sdk.cli", "recipes"], capture_output=True, text=True, cwd=tmp_path,
                             env=env, timeout=60)
     assert listed.returncode == 0 and "llama8b" in listed.stdout and "tiny" in listed.stdout, listed.stderr

@@ -11,7 +11,7 @@ import pytest
 import sdk
 from sdk.core.errors import RunNotFound, SpecError
 from sdk.core.recipes import load_recipe
-from sdk.runs.processes import pid_alive
+from sdk.machine.processes import pid_alive
 from sdk.sweeps import check_metric, parse_grid, split_values, trial_specs
 
 FAST = ["train.max_steps=16", "data.max_samples=64", "eval.num_samples=8", "eval.max_new_tokens=4", "eval.generations=0",

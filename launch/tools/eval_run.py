@@ -21,9 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     from sdk.core.errors import FinetuneError, SpecError
 
     try:
-        from sdk.runs import get_run
+        from sdk.store.runfolder import RunFolder
 
-        run = get_run(args.run)
+        run = RunFolder.open(args.run)
         spec = run.spec()
         if not spec.eval.labels:
             raise SpecError("eval.labels: the run's spec names no labels, so label accuracy is undefined")
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except FinetuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"run": run.id, "data": args.data, "rows": len(examples), "labels": spec.eval.labels,
+    print(json.dumps({"run": run.run_id, "data": args.data, "rows": len(examples), "labels": spec.eval.labels,
                       "base": base.as_dict(), "tuned": tuned.as_dict()}))
     return 0
 

@@ -25,9 +25,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         from sdk.data.rendering import user_prompt
-        from sdk.runs import get_run
+        from sdk.store.runfolder import RunFolder
 
-        run = get_run(args.run)
+        run = RunFolder.open(args.run)
         spec = run.spec()
         summary = run.summary()
         template = summary.template if summary else None
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     except FinetuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"run": run.id, "model": "base" if args.base else run.id, "template": template,
+    print(json.dumps({"run": run.run_id, "model": "base" if args.base else run.run_id, "template": template,
                       "max_new_tokens": new_tokens,
                       "outputs": [{"prompt": p, "rendered": prompt_text(tokenizer, r), "text": t}
                                   for p, r, t in zip(args.prompt, prompts, texts, strict=True)]}))

@@ -81,7 +81,7 @@ def merge(run: str, out: Path, *, dtype: str = "auto", num_prompts: int = 8, tol
     from sdk.core.errors import FinetuneError
     from sdk.core.methods import method_of
     from sdk.core.precision import DTYPE_OF, PRECISION_OF, compute_dtype, resolve_precision, weight_dtype
-    from sdk.runs import get_run
+    from sdk.store.runfolder import RunFolder
 
     out = Path(out).expanduser().resolve()
     if out.exists() and any(out.iterdir()) and not force:
@@ -90,8 +90,8 @@ def merge(run: str, out: Path, *, dtype: str = "auto", num_prompts: int = 8, tol
         from sdk.store import check_replaceable
 
         check_replaceable(out)
-    handle = get_run(run)
-    spec = handle.spec()
+    run_folder = RunFolder.open(run)
+    spec = run_folder.spec()
     method = method_of(spec)
     if method.merge == "none":
         raise FinetuneError(f"method.name: {method.name} {method.merge_refusal}")
@@ -108,13 +108,13 @@ def merge(run: str, out: Path, *, dtype: str = "auto", num_prompts: int = 8, tol
     builder = loader.builder
     tokenizer = loader.tokenizer()
     prompts = eval_prompts(spec, tokenizer, num_prompts)
-    report: dict[str, Any] = {"run": handle.id, "method": method.name, "dtype": dtype_name, "prompts": len(prompts)}
+    report: dict[str, Any] = {"run": run_folder.run_id, "method": method.name, "dtype": dtype_name, "prompts": len(prompts)}
 
     def base() -> Any:
         return loader.load(dtype=target, compute=target)
 
     with tempfile.TemporaryDirectory(prefix="finetune-merge-") as tmp:
-        artifact = handle.fetch_adapter(Path(tmp) / "adapter")
+        artifact = run_folder.fetch_adapter(Path(tmp) / "adapter")
         reference = logits(builder.reload(base(), artifact), tokenizer, prompts)  # the model as trained
         report["logit_scale"] = logit_scale(reference)
         if tolerance is None:
@@ -140,7 +140,7 @@ def merge(run: str, out: Path, *, dtype: str = "auto", num_prompts: int = 8, tol
         report["top1_agreement"] = top1_agreement(merged_logits, reference)
         if report["max_logit_diff"] > tolerance:
             raise FinetuneError(
-                f"merge of {handle.id}: max logit difference {report['max_logit_diff']:.3g} against the adapter model "
+                f"merge of {run_folder.run_id}: max logit difference {report['max_logit_diff']:.3g} against the adapter model "
                 f"exceeds {tolerance:.3g} ({why}); nothing written (raise --max-logit-diff to accept it)"
             )
         merged = merged.to(torch_dtype(target))

@@ -30,14 +30,14 @@ def zero_adapter(source: Path, target: Path) -> Path:
 
 
 def engine_command(plan, python: str, model_dir: str, adapters: dict[str, Path], cpu: bool) -> list[str]:
-    from sdk.serving import ENGINE_BASE
+    from sdk.core.serveplan import ENGINE_BASE
 
     served = plan.merged.name if plan.merged else ENGINE_BASE
     argv = [python, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", model_dir, "--served-model-name", served,
             "--host", plan.host, "--port", str(plan.port), "--dtype", plan.dtype, "--max-model-len", str(plan.max_model_len),
             "--uvicorn-log-level", "warning", "--middleware", "finetune_engine_auth.RequireKey"]  # the key on every route
-    if plan.tls:  # the certificate the client mounted (sdk.serving.NODE_TLS)
-        from sdk.serving import NODE_TLS
+    if plan.tls:  # the certificate the client mounted (sdk.core.serveplan.NODE_TLS)
+        from sdk.core.serveplan import NODE_TLS
 
         argv += ["--ssl-certfile", os.path.expanduser(NODE_TLS["certfile"]), "--ssl-keyfile", os.path.expanduser(NODE_TLS["keyfile"])]
     if cpu:
@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from sdk.core.errors import FinetuneError
+    from sdk.core.serveplan import SERVE_KEY_ENV, ServePlan
     from sdk.core.spec import parse_spec
-    from sdk.serving import SERVE_KEY_ENV, ServePlan
     from sdk.store.grants import GRANTS_ENV, materialize
 
     key = os.environ.pop(SERVE_KEY_ENV, None)  # checked first: a missing key must not cost the adapter fetches
@@ -76,17 +76,17 @@ def main(argv: list[str] | None = None) -> int:
                 "adapters": [a.model_copy(update={"run_uri": local[a.run_uri]}) for a in plan.adapters],
                 "merged": plan.merged.model_copy(update={"run_uri": local[plan.merged.run_uri]}) if plan.merged else None})
             print(f"[finetune] {len(local)} served run(s) downloaded through read-only grants", flush=True)
-        from sdk.runs import get_run
+        from sdk.store.runfolder import RunFolder
 
         adapters: dict[str, Path] = {}
         for adapter in plan.adapters:
-            adapters[adapter.name] = get_run(adapter.run_uri).fetch_adapter(work / "adapters" / adapter.name, overwrite=True)
+            adapters[adapter.name] = RunFolder.open(adapter.run_uri).fetch_adapter(work / "adapters" / adapter.name, overwrite=True)
             print(f"[finetune] {adapter.name}: adapter of {adapter.run_id} (rank {adapter.rank}) fetched and verified", flush=True)
         if adapters:
             first = next(iter(adapters.values()))
             adapters = {plan.base_name: zero_adapter(first, work / "adapters" / plan.base_name), **adapters}
         if plan.merged:
-            from sdk.runs.tools import merge
+            from launch.tools.merge import merge
 
             out = work / "merged" / plan.merged.name
             report = merge(plan.merged.run_uri, out, dtype="auto", force=True)

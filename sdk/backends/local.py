@@ -13,8 +13,8 @@ from pydantic import BaseModel
 from sdk.backends import BackendView
 from sdk.core.errors import LaunchError, SpecError
 from sdk.core.spec import FineTuneSpec
-from sdk.runs.processes import group_members, identify, is_same, pid_alive, stop_group
-from sdk.runs.registry import home
+from sdk.machine.processes import group_members, identify, is_same, pid_alive, stop_group
+from sdk.machine.registry import home
 from sdk.store import LocalStore
 from sdk.store.runfolder import LOG, TERMINAL, RunFolder
 
@@ -25,7 +25,7 @@ class LocalRunInfo(BaseModel):
     pid: int
     log: str
     host: str
-    started: int | None = None  # the launcher's start time and boot (sdk.runs.processes.identify): the PID is checked
+    started: int | None = None  # the launcher's start time and boot (sdk.machine.processes.identify): the PID is checked
     boot: str | None = None     # against both before any signal, since the kernel reuses numbers
 
 

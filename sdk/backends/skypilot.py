@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from sdk.backends import BackendView, bounded
 from sdk.core.errors import LaunchError, SpecError
 from sdk.core.spec import FineTuneSpec
-from sdk.runs.registry import home
+from sdk.machine.registry import home
 from sdk.store.runfolder import TERMINAL, RunFolder
 
 TORCH_DEFAULT = "2.13.0"  # the node's torch when this client has none installed (a client-only install)
@@ -288,7 +288,7 @@ exit "${{PIPESTATUS[0]}}"
 
 
 def forwarded_secrets(spec: FineTuneSpec) -> list[str]:
-    from sdk.runs.tracking import forwarded_env
+    from sdk.backends.tracking import forwarded_env
 
     names = list(spec.secrets)
     names += [n for n in forwarded_env(spec) if n not in names]

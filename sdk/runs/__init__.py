@@ -14,9 +14,9 @@ from sdk.backends import BackendView
 from sdk.core.errors import LaunchError, RunNotFound, StoreError
 from sdk.core.spec import DEFAULT_OUTPUT, FineTuneSpec
 from sdk.core.summary import RunSummary
-from sdk.runs import registry
+from sdk.machine import registry
 from sdk.store import FETCHED, check_replaceable, contained, fetch_dir, open_store
-from sdk.store.runfolder import ADAPTER, LAUNCH, LOG, SPEC, SUMMARY, TERMINAL, RunFolder, RunState, new_run_id
+from sdk.store.runfolder import ADAPTER, LAUNCH, LOG, SPEC, TERMINAL, RunFolder, RunState, new_run_id
 
 
 class RunStatus(BaseModel):
@@ -148,10 +148,7 @@ class Run:
     # -- artifacts
 
     def spec(self) -> FineTuneSpec:
-        data = self.folder.read_json(SPEC)
-        if data is None:
-            raise RunNotFound(f"{self.uri}: no {SPEC}")
-        return FineTuneSpec.model_validate(data)
+        return self.folder.spec()
 
     def metrics(self, *, as_frame: bool = False) -> Any:
         rows = self.folder.metrics()
@@ -163,8 +160,7 @@ class Run:
 
     def summary(self) -> RunSummary | None:
         """summary.json, typed; None until the run has finished."""
-        data = self.folder.read_json(SUMMARY)
-        return None if data is None else RunSummary.model_validate(data)
+        return self.folder.summary()
 
     def logs(self, *, follow: bool = False, poll: float = 1.0) -> str | Iterator[str]:
         """The node's log: all of it, or (follow=True) an iterator of new text until the run ends."""
@@ -195,11 +191,8 @@ class Run:
     def fetch_adapter(self, dest: str | Path, *, overwrite: bool = False) -> Path:
         """Download the committed adapter, verified against its manifest; all or nothing."""
         if self.folder.adapter_manifest() is None:
-            state = self.status().state
-            raise StoreError(f"{self.uri}/{ADAPTER}: no committed adapter (run is {state})")
-        if overwrite:
-            check_replaceable(Path(dest))
-        return fetch_dir(self.folder.store, self.folder.key(ADAPTER), Path(dest), overwrite=overwrite)
+            raise StoreError(f"{self.uri}/{ADAPTER}: no committed adapter (run is {self.status().state})")
+        return self.folder.fetch_adapter(dest, overwrite=overwrite)
 
     def generate(self, prompts: str | list[str], *, max_new_tokens: int | None = None, base: bool = False) -> list[str]:
         """Greedy completions of the tuned model (`base=True`: the adapter off), each prompt written in the
@@ -352,8 +345,8 @@ def submit(spec: FineTuneSpec, *, backend: str = "auto", check_data: bool = True
     `run_id` is chosen by the caller when it must know the id before the launch returns (a sweep driver
     records it first, so that a driver killed mid-launch is resumed without launching the trial twice)."""
     from sdk.backends import choose_backend, get_backend
+    from sdk.backends.tracking import check_env
     from sdk.core.spec import check_new_spec
-    from sdk.runs.tracking import check_env
 
     check_new_spec(spec)
     name = choose_backend(spec, backend)

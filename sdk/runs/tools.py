@@ -1,6 +1,6 @@
 """`sdk.evaluate` and `sdk.merge`: work on a run's model, done by node code in a subprocess.
 
-The client never imports torch, so these run `python -m launch.<tool>` (which needs the `train`
+The client never imports torch, so these run `python -m launch.tools.<tool>` (which needs the `train`
 extra) and read its last stdout line as JSON. Exit code 2 is a user error with a clear message.
 """
 
@@ -15,14 +15,17 @@ from typing import Any
 from sdk.core.errors import FinetuneError, LaunchError
 
 
-def require_succeeded(run: str, what: str) -> None:
-    """merge, generate, eval and serve work on a trained model: a run that did not succeed has none to trust."""
+def require_succeeded(run: str, what: str) -> str:
+    """merge, generate, eval and serve work on a trained model: a run that did not succeed has none to trust.
+    Returns the run folder's URI, which is what the node's tools take (they never read this machine's registry)."""
     from sdk.runs import get_run
 
-    status = get_run(run).status()
+    handle = get_run(run)
+    status = handle.status()
     if status.state != "succeeded":
         reason = f": {status.error}" if status.error else ""
         raise FinetuneError(f"run {run} is {status.state}{reason}; {what} needs a run that succeeded")
+    return handle.uri
 
 
 def _run_tool(module: str, args: list[str], what: str) -> dict[str, Any]:
@@ -37,10 +40,10 @@ def _run_tool(module: str, args: list[str], what: str) -> dict[str, Any]:
 
 def evaluate(run: str, *, data: str, text_field: str = "text", label_field: str = "label", limit: int | None = None) -> dict[str, Any]:
     """{'base': {accuracy, correct, total}, 'tuned': {...}, 'labels': [...], 'rows': n}."""
-    args = ["--run", run, "--data", data, "--text-field", text_field, "--label-field", label_field]
+    uri = require_succeeded(run, "eval")
+    args = ["--run", uri, "--data", data, "--text-field", text_field, "--label-field", label_field]
     if limit:
         args += ["--limit", str(limit)]
-    require_succeeded(run, "eval")
     return _run_tool("launch.tools.eval_run", args, f"evaluation of {run}")
 
 
@@ -50,12 +53,12 @@ def merge(
     """Write a standalone model (base + adapter merged) to `out`; returns the merge report with
     `max_logit_diff` against the adapter model (and `max_logit_diff_4bit_merge` for QLoRA).
     Nothing is written when the difference exceeds the tolerance."""
-    args = ["--run", run, "--out", str(out), "--dtype", dtype, "--prompts", str(prompts)]
+    uri = require_succeeded(run, "merge")
+    args = ["--run", uri, "--out", str(out), "--dtype", dtype, "--prompts", str(prompts)]
     if max_logit_diff is not None:
         args += ["--max-logit-diff", str(max_logit_diff)]
     if force:
         args.append("--force")
-    require_succeeded(run, "merge")
     return _run_tool("launch.tools.merge", args, f"merge of {run}")
 
 
@@ -63,7 +66,7 @@ def generate(run: str, prompts: list[str], *, max_new_tokens: int | None = None,
              raw: bool = False) -> dict[str, Any]:
     """Greedy completions with transformers + peft, each prompt written in the run's training template
     (`raw`: as given). {'outputs': [{'prompt', 'rendered', 'text'}], 'template', 'model'}."""
-    args = ["--run", run]
+    args = ["--run", require_succeeded(run, "generate")]
     for prompt in prompts:
         args += ["--prompt", prompt]
     if max_new_tokens:
@@ -72,5 +75,4 @@ def generate(run: str, prompts: list[str], *, max_new_tokens: int | None = None,
         args.append("--base")
     if raw:
         args.append("--raw")
-    require_succeeded(run, "generate")
     return _run_tool("launch.tools.generate", args, f"generation with {run}")

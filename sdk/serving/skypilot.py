@@ -7,6 +7,7 @@ rather than anything hand-made.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from sdk.backends.skypilot import (
@@ -22,8 +23,10 @@ from sdk.backends.skypilot import (
     validate,
 )
 from sdk.core.errors import LaunchError
+from sdk.core.serveplan import NODE_TLS, SERVE_KEY_ENV, ServePlan
 from sdk.core.spec import FineTuneSpec
-from sdk.serving import NODE_TLS, SERVE_KEY_ENV, ServeError, ServePlan, check_tls
+from sdk.serving.plan import ServeError, check_tls
+from sdk.serving.record import ServerRecord
 from sdk.store.grants import GRANTS_ENV, sign_runs
 
 ENGINE_SETUP = """
@@ -162,40 +165,61 @@ def _head_address(cluster: str) -> str:
     return address
 
 
-def remote_alive(record: dict[str, Any]) -> bool:
+class SkyPilotServing:
+    """A cluster (or a `sky serve` service with replicas) whose node runs launch/tools/serve.py."""
+
+    name = "skypilot"
+    poll_every = 15  # asking SkyPilot whether a cluster is up takes a second
+
+    def start(self, plan: ServePlan, *, folder: Path, api_key: str, replicas: int | None = None,
+              tls: tuple[str, str] | None = None) -> dict[str, Any]:
+        # the plan holds the first run's spec, read once by the preflight: its resources are the node's
+        return launch_server(plan, FineTuneSpec.model_validate(plan.base_spec), replicas=replicas, api_key=api_key, tls=tls)
+
+    def alive(self, record: ServerRecord) -> bool:
+        return remote_alive(record)
+
+    def stop(self, record: ServerRecord, *, timeout: float) -> None:
+        remote_stop(record)
+
+    def logs(self, record: ServerRecord) -> str:
+        return remote_logs(record)
+
+
+def remote_alive(record: ServerRecord) -> bool:
     import sky
 
     try:
-        if record.get("service"):
-            return bool(sky.get(sky.serve.status([record["service"]])))
-        return bool(sky.get(sky.status(cluster_names=[record["cluster"]])))
+        if record.service:
+            return bool(sky.get(sky.serve.status([record.service])))
+        return bool(sky.get(sky.status(cluster_names=[record.cluster])))
     except Exception:
         return True  # the API server is unreachable: keep the record rather than lose the way to stop it
 
 
-def remote_stop(record: dict[str, Any]) -> None:
+def remote_stop(record: ServerRecord) -> None:
     import sky
 
     try:
-        if record.get("service"):
-            sky.get(sky.serve.down(record["service"]))
+        if record.service:
+            sky.get(sky.serve.down(record.service))
         else:
-            sky.get(sky.down(record["cluster"]))
+            sky.get(sky.down(record.cluster))
     except Exception as exc:
-        raise LaunchError(f"SkyPilot could not take down {record.get('service') or record['cluster']}: {exc}") from None
+        raise LaunchError(f"SkyPilot could not take down {record.service or record.cluster}: {exc}") from None
 
 
-def remote_logs(record: dict[str, Any]) -> str:
+def remote_logs(record: ServerRecord) -> str:
     import io
 
     import sky
 
     buffer = io.StringIO()
     try:
-        if record.get("service"):
-            sky.serve.tail_logs(record["service"], target="replica", replica_id=1, follow=False, output_stream=buffer)
+        if record.service:
+            sky.serve.tail_logs(record.service, target="replica", replica_id=1, follow=False, output_stream=buffer)
         else:
-            sky.tail_logs(record["cluster"], None, follow=False, output_stream=buffer)
+            sky.tail_logs(record.cluster, None, follow=False, output_stream=buffer)
     except Exception as exc:
         return f"(no logs from SkyPilot: {exc})"
     return buffer.getvalue()

@@ -9,10 +9,15 @@ import json
 import secrets
 import time
 from datetime import datetime, timezone
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-from sdk.core.errors import StoreError
-from sdk.store import Store, open_store, read_manifest, split_run_uri
+from sdk.core.errors import RunNotFound, StoreError
+from sdk.store import Store, check_replaceable, fetch_dir, open_store, read_manifest, split_run_uri
+
+if TYPE_CHECKING:
+    from sdk.core.spec import FineTuneSpec
+    from sdk.core.summary import RunSummary
 
 SPEC = "spec.json"
 STATUS = "status.json"
@@ -47,6 +52,14 @@ class RunFolder:
         parent, run_id = split_run_uri(run_uri)
         return cls(open_store(parent), run_id)
 
+    @classmethod
+    def open(cls, run_uri: str) -> RunFolder:
+        """An existing run folder (the node's tools get its URI or local path from the client), or RunNotFound."""
+        folder = cls.from_uri(run_uri)
+        if not folder.exists():
+            raise RunNotFound(f"{folder.uri}: no run here (no {SPEC})")
+        return folder
+
     @property
     def uri(self) -> str:
         return self.store.url(self.run_id)
@@ -70,6 +83,32 @@ class RunFolder:
 
     def exists(self) -> bool:
         return self.store.exists(self.key(SPEC))
+
+    # -- typed reads: what the node's tools (merge, generate, eval, serve) and the client's Run share
+
+    def spec(self) -> FineTuneSpec:
+        from sdk.core.spec import FineTuneSpec
+
+        data = self.read_json(SPEC)
+        if data is None:
+            raise RunNotFound(f"{self.uri}: no {SPEC}")
+        return FineTuneSpec.model_validate(data)
+
+    def summary(self) -> RunSummary | None:
+        """summary.json, typed; None until the run has finished."""
+        from sdk.core.summary import RunSummary
+
+        data = self.read_json(SUMMARY)
+        return None if data is None else RunSummary.model_validate(data)
+
+    def fetch_adapter(self, dest: str | Path, *, overwrite: bool = False) -> Path:
+        """Download the committed adapter, verified against its manifest; all or nothing."""
+        if self.adapter_manifest() is None:
+            state = self.status().get("state")
+            raise StoreError(f"{self.uri}/{ADAPTER}: no committed adapter (run is {state})")
+        if overwrite:
+            check_replaceable(Path(dest))
+        return fetch_dir(self.store, self.key(ADAPTER), Path(dest), overwrite=overwrite)
 
     # -- status
 

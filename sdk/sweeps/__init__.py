@@ -232,7 +232,7 @@ class Lease(BaseModel):
     token: str
     host: str
     pid: int
-    started: int | None = None  # the holder's identity (sdk.runs.processes.identify): a reused PID is not the holder
+    started: int | None = None  # the holder's identity (sdk.machine.processes.identify): a reused PID is not the holder
     boot: str | None = None
     expires: float
 
@@ -241,7 +241,7 @@ class Lease(BaseModel):
 
     def provably_dead(self) -> bool:
         """The holder is a process on this machine that has ended (no need to wait for the expiry)."""
-        from sdk.runs.processes import is_same
+        from sdk.machine.processes import is_same
 
         return self.host == socket.gethostname() and not is_same(self.pid, self.started, self.boot)
 
@@ -386,7 +386,7 @@ class Sweep:
             driver = record.driver or {}
             if not driver.get("pid") or driver.get("host") != socket.gethostname():
                 return "running", None  # no way to tell from here; the old behaviour
-            from sdk.runs.processes import pid_alive
+            from sdk.machine.processes import pid_alive
 
             if pid_alive(int(driver["pid"])):
                 return "running", None
@@ -600,7 +600,7 @@ def sweep(spec: FineTuneSpec, *, grid: Mapping[str, Sequence[Any]], backend: str
                 for i, (values, t) in enumerate(trials)],
     )
     hand_over(handle, record)
-    from sdk.runs import registry
+    from sdk.machine import registry
 
     registry.record_sweep(sweep_id, handle.uri)
     return handle
@@ -608,7 +608,7 @@ def sweep(spec: FineTuneSpec, *, grid: Mapping[str, Sequence[Any]], backend: str
 
 def get_sweep(id_or_uri: str, *, store: str | None = None) -> Sweep:
     """A sweep by id (this machine's registry, then the given or default store) or by its folder URI."""
-    from sdk.runs import registry
+    from sdk.machine import registry
 
     if f"/{SWEEPS}/" in id_or_uri:
         handle = Sweep.from_uri(id_or_uri)
@@ -621,7 +621,7 @@ def get_sweep(id_or_uri: str, *, store: str | None = None) -> Sweep:
 
 def list_sweeps(*, store: str | None = None, limit: int = 50) -> list[Sweep]:
     """Sweeps in a store (read from the store alone), or the ones started on this machine."""
-    from sdk.runs import registry
+    from sdk.machine import registry
 
     if store is None:
         return [Sweep.from_uri(uri) for uri in registry.sweeps(limit)]
@@ -651,7 +651,7 @@ def lease_seconds() -> float:
 
 
 def _new_lease(token: str, pid: int) -> Lease:
-    from sdk.runs.processes import identify
+    from sdk.machine.processes import identify
 
     who = identify(pid)
     return Lease(token=token, host=socket.gethostname(), pid=pid, started=who["started"], boot=who["boot"],
@@ -669,7 +669,7 @@ def _check_free(handle: Sweep, record: SweepRecord, *, token: str | None = None)
 
 def start_driver(handle: Sweep, *, token: str) -> int:
     """The detached driver process; it drives only under the lease that carries `token` (written before)."""
-    from sdk.runs.registry import home
+    from sdk.machine.registry import home
 
     log = home() / "sweeps" / f"{handle.id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
