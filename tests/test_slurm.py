@@ -208,7 +208,7 @@ def test_a_served_run_answers_through_its_endpoint_on_slurm(slurm, s3_env, finet
 
     server = sdk.serve([f"news={run.uri}"], backend="skypilot", port=free_port(), timeout=900)
     try:
-        assert server.backend == "skypilot" and server.record["cluster"] in clusters()
+        assert server.backend == "skypilot" and server.record.cluster in clusters()
         got = server.client.completions.create(model="news", prompt=server.prompt("news", prompt), max_tokens=12,
                                                temperature=0).choices[0].text
         assert got == wanted
@@ -217,7 +217,7 @@ def test_a_served_run_answers_through_its_endpoint_on_slurm(slurm, s3_env, finet
     finally:
         stopped = cli("servers", "--stop", server.id)
     assert stopped.returncode == 0, stopped.stderr
-    assert server.record["cluster"] not in clusters()
+    assert server.record.cluster not in clusters()
 
 
 @pytest.mark.timeout(900)  # setup downloads liger-kernel and triton (~290 MB) into a new node environment

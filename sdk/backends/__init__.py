@@ -73,6 +73,25 @@ class Backend(Protocol):
     def logs(self, folder: RunFolder, info: BaseModel) -> str | None:
         """The node's log so far, or None when only the store has it."""
 
+    def serial_launch(self, spec: FineTuneSpec) -> bool:
+        """Must launches onto this spec's infra go one at a time (a sweep then serializes them)?"""
+
+    def left_up(self, info: BaseModel) -> bool:
+        """Does the run's machine stay up after the job, so the client must tear it down (`down`)?"""
+
+    def down(self, info: BaseModel) -> None:
+        """Tear down what the run left up; LaunchError when there is nothing this backend can take down."""
+
+    def dry_run(self, spec: FineTuneSpec) -> DryRun:
+        """What a launch would do, provisioning nothing: lines to show and, for a cluster, the task it submits."""
+
+
+class DryRun(BaseModel):
+    """A launch described without starting anything (`finetune launch --dry-run`)."""
+
+    lines: list[str] = []
+    task_yaml: str | None = None  # the SkyPilot task exactly as it would be submitted
+
 
 def get_backend(name: str) -> Backend:
     from sdk.core.errors import LaunchError

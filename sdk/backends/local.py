@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from sdk.backends import BackendView
+from sdk.backends import BackendView, DryRun
 from sdk.core.errors import LaunchError, SpecError
 from sdk.core.spec import FineTuneSpec
 from sdk.machine.processes import group_members, identify, is_same, pid_alive, stop_group
@@ -100,3 +100,15 @@ class LocalBackend:
         if self._ours(info) and path.is_file():
             return path.read_text(errors="replace")
         return None
+
+    def serial_launch(self, spec: FineTuneSpec) -> bool:
+        return False
+
+    def left_up(self, info: LocalRunInfo) -> bool:
+        return False  # the node is a process group on this machine: it ends with its run
+
+    def down(self, info: LocalRunInfo) -> None:
+        raise LaunchError("a local run has no cluster to tear down (finetune cancel stops a running one)")
+
+    def dry_run(self, spec: FineTuneSpec) -> DryRun:
+        return DryRun(lines=[f"node: python -m launch.launcher in a process group on this machine; output {spec.output}"])

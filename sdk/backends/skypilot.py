@@ -29,8 +29,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sdk.backends import BackendView, bounded
-from sdk.core.errors import LaunchError, SpecError
+from sdk.backends import BackendView, DryRun, bounded
+from sdk.core.errors import FinetuneError, LaunchError, SpecError
 from sdk.core.spec import FineTuneSpec
 from sdk.machine.registry import home
 from sdk.store.runfolder import TERMINAL, RunFolder
@@ -558,3 +558,32 @@ class SkyPilotBackend:
             sky.get(sky.down(info.cluster))
         except Exception as exc:
             raise LaunchError(f"SkyPilot could not tear down {info.cluster}: {exc}") from None
+
+    def dry_run(self, spec: FineTuneSpec) -> DryRun:
+        """Accelerators, nodes, the planner's memory per process, forwarded secrets, what setup installs, and
+        the task YAML as it would be submitted; provisions nothing and needs no cloud credentials."""
+        from sdk.backends.torch_index import explain
+        from sdk.core.plan import estimate
+        from sdk.store import open_store
+        from sdk.store.runfolder import new_run_id
+
+        accel = spec.resources.accelerators or {}
+        wanted = ", ".join(f"{name}:{count}" for name, count in accel.items()) or "none (CPU nodes)"
+        lines = [f"accelerators: {wanted} × {spec.resources.nodes} node(s); infra: {spec.resources.infra or 'any'}"]
+        try:
+            est = estimate(spec)
+        except FinetuneError as exc:
+            lines.append(f"estimated memory: unknown ({exc})")
+        else:
+            lines.append(f"estimated memory per process: {est.required_bytes / 2**30:.1f} GiB "
+                         f"(world size {est.world_size}, {est.trainable_params:,} trainable parameters)")
+            for fit in (f for f in est.fits if f.gpu in accel):
+                price = f", ${fit.hourly_usd:.2f}/h" if fit.hourly_usd is not None else ""
+                lines.append(f"  {fit.gpu}: {fit.memory_gb} GB, {'fits' if fit.fits else 'DOES NOT FIT'}{price}")
+        secrets = forwarded_secrets(spec)
+        if secrets:
+            lines.append(f"secrets forwarded by name (values never written): {', '.join(secrets)}")
+        pins = dict(line.split("==", 1) for line in constraints().splitlines() if "==" in line)
+        lines.append(f"node setup: finetune[{extras_for(spec)}]; {explain(pins.get('torch', TORCH_DEFAULT))}")
+        folder = RunFolder(open_store(spec.output), new_run_id(spec.name))
+        return DryRun(lines=lines, task_yaml=to_yaml(task_config(spec, folder, build_dist())))

@@ -141,7 +141,7 @@ class Run:
     def down(self) -> None:
         """Tear down the cluster this run left up (SkyPilot runs on infra without autodown, e.g. Slurm)."""
         backend = self._backend()
-        if backend is None or not hasattr(backend, "down"):
+        if backend is None:
             raise LaunchError(f"run {self.id} ran on the {self.backend or 'unknown'} backend: there is no cluster to tear down")
         backend.down(self.info)
 

@@ -606,6 +606,11 @@ def sweep(spec: FineTuneSpec, *, grid: Mapping[str, Sequence[Any]], backend: str
     return handle
 
 
+def is_sweep_ref(ref: str) -> bool:
+    """Does `ref` name a sweep rather than a run? Sweep ids start `sweep-`; sweep folders live under sweeps/."""
+    return ref.startswith("sweep-") or f"/{SWEEPS}/" in ref
+
+
 def get_sweep(id_or_uri: str, *, store: str | None = None) -> Sweep:
     """A sweep by id (this machine's registry, then the given or default store) or by its folder URI."""
     from sdk.machine import registry
@@ -780,7 +785,7 @@ class _Driver:
         from sdk.runs import submit as submit_run
 
         impl = get_backend(backend)
-        if getattr(impl, "serial_launch", lambda s: False)(spec):
+        if impl.serial_launch(spec):
             with self.serial:  # one launch at a time onto this infra; the trials still run side by side
                 self._still_ours()
                 return submit_run(spec, backend=backend, check_data=False, run_id=run_id)
@@ -899,7 +904,7 @@ class _Driver:
         if trial.released or run is None or (trial.next_teardown and now < trial.next_teardown):
             return
         backend = run._backend()
-        if backend is not None and hasattr(backend, "left_up") and backend.left_up(run.info):
+        if backend is not None and backend.left_up(run.info):
             try:
                 backend.down(run.info)
             except Exception as exc:  # the error is kept in the trial; the next try is scheduled

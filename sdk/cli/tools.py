@@ -1,0 +1,89 @@
+"""Commands that use a finished run's model (node code in a subprocess): generate, eval, merge."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from sdk.cli.app import (
+    _console,
+    app,
+    escape_markup,
+)
+
+
+@app.command()
+def generate(
+    run: str = typer.Argument(...),
+    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="a prompt (repeat for several); written in the run's training template"),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="default: the run's eval.max_new_tokens"),
+    base: bool = typer.Option(False, "--base", help="the base model, adapter off"),
+    raw: bool = typer.Option(False, "--raw", help="send the prompt as written, without the run's template"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object: rendered prompts and outputs"),
+) -> None:
+    """Greedy completions from a run's model with transformers + peft: a quick try without a server."""
+    import json
+
+    from sdk.runs import get_run
+    from sdk.runs.tools import generate as generate_with
+
+    result = generate_with(get_run(run).uri, prompt, max_new_tokens=max_new_tokens, base=base, raw=raw)
+    if as_json:
+        print(json.dumps(result))
+        return
+    for item in result["outputs"]:
+        _console().print(f"[bold]{item['prompt']}[/bold] → {escape_markup(item['text'])}", markup=True)
+
+
+@app.command(name="eval")
+def eval_command(
+    run: str = typer.Argument(...),
+    data: str = typer.Option(..., "--data", help="labelled file (jsonl/csv/parquet with text + label columns)"),
+    text_field: str = typer.Option("text", "--text-field"),
+    label_field: str = typer.Option("label", "--label-field"),
+    limit: int | None = typer.Option(None, "--limit", help="score at most this many rows"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Label accuracy of the base and the tuned model on a labelled file you bring."""
+    import json
+
+    from sdk.runs.tools import evaluate
+
+    result = evaluate(run, data=data, text_field=text_field, label_field=label_field, limit=limit)
+    if json_out:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    b, t = result["base"], result["tuned"]
+    _console().print(f"{result['rows']} rows of {data}: base {b['accuracy']:.1%} ({b['correct']}/{b['total']}) → "
+                     f"tuned {t['accuracy']:.1%} ({t['correct']}/{t['total']})")
+
+
+@app.command()
+def merge(
+    run: str = typer.Argument(...),
+    out: Path = typer.Argument(..., help="output directory for the standalone model (must be empty unless --force)"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (the run's compute dtype), fp32, bf16 or fp16"),
+    prompts: int = typer.Option(8, "--prompts", help="eval prompts the merged logits are checked on"),
+    max_logit_diff: float | None = typer.Option(None, "--max-logit-diff", help="tolerance (default by dtype)"),
+    force: bool = typer.Option(False, "--force", help="replace a non-empty output directory"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Merge the adapter into its base and write a standalone model, checked against the adapter's logits.
+    QLoRA merges into the dequantized 16-bit base, never into the 4-bit weights."""
+    import json
+
+    from sdk.core.errors import SpecError
+    from sdk.runs.tools import merge as merge_run
+
+    if dtype not in ("auto", "fp32", "bf16", "fp16"):
+        raise SpecError(f"--dtype: {dtype!r} is not one of auto, fp32, bf16, fp16")
+    report = merge_run(run, out, dtype=dtype, prompts=prompts, max_logit_diff=max_logit_diff, force=force)
+    if json_out:
+        sys.stdout.write(json.dumps(report) + "\n")
+        return
+    line = f"merged {report['method']} into the {report['merged_into']}: max logit diff vs adapter {report['max_logit_diff']:.3g}"
+    if "max_logit_diff_4bit_merge" in report:
+        line += f" (merging into the 4-bit base would give {report['max_logit_diff_4bit_merge']:.3g})"
+    _console().print(f"{line}\nmodel → {report['out']}")
