@@ -261,7 +261,7 @@ def test_a_resumed_driver_adopts_what_the_killed_one_launched_and_launches_only_
     from sdk.store import open_store
     from sdk.store.runfolder import LAUNCH, RunFolder
 
-    monkeypatch.setattr(sweeps, "LAUNCH_GRACE_S", 0.0)
+    monkeypatch.setattr(sweeps.driver, "LAUNCH_GRACE_S", 0.0)
     store_dir = tmp_path / "store"
     spec = load_recipe("tiny", [f"output={store_dir}"])
     handle, record = _record_with(store_dir, spec, n=5)
@@ -309,7 +309,7 @@ def test_the_driver_rides_out_a_store_outage_and_retries_a_failed_teardown(tmp_p
     from sdk.store import open_store
     from sdk.store.runfolder import RunFolder
 
-    monkeypatch.setattr(sweeps, "RETRY_DELAYS_S", (0.2,))
+    monkeypatch.setattr(sweeps.driver, "RETRY_DELAYS_S", (0.2,))
     monkeypatch.setenv("FINETUNE_SWEEP_LEASE_S", "1.5")  # renewals fall inside the outage
     store_dir = tmp_path / "store"
     spec = load_recipe("tiny", [f"output={store_dir}"])
