@@ -8,9 +8,6 @@ SmolLM2's GGUF, the cached copy loads in under a second.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,14 +44,11 @@ def _dequantized_gguf(source: ModelSource, trust_remote_code: bool) -> ModelSour
         del config.quantization_config  # GGUF-loaded models refuse save_pretrained otherwise
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    plain.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    try:
-        os.replace(staging, target)
-    except OSError:  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
+    from sdk.store.atomic import staged_dir
+
+    with staged_dir(target, keep_existing=True) as staging:  # another process may finish first: its copy is kept
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     return ModelSource(str(target))
 
 

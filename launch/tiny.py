@@ -9,9 +9,6 @@ on a CPU without downloading weights.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -77,20 +74,16 @@ def build_tiny(out: Path, config: dict[str, Any] | None = None, *, seed: int = 0
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    from sdk.store.atomic import staged_dir
+
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / "finetune_tiny.json").write_text(json.dumps({"version": TINY_VERSION, "shrunk_from": model_type}))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except OSError:
+        with staged_dir(out) as staging:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            (staging / "finetune_tiny.json").write_text(json.dumps({"version": TINY_VERSION, "shrunk_from": model_type}))
+    except OSError:  # another process built the same tiny model at the same moment
         if not (out / "config.json").is_file():
             raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

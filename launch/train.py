@@ -6,6 +6,7 @@ import resource
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -222,35 +223,26 @@ def train_features(args: Any, *, packing_note: str | None = None) -> TrainFeatur
                          optimizer=str(getattr(args.optim, "value", args.optim)))
 
 
-def build_trainer(
-    spec: FineTuneSpec,
-    model: Any,
-    tokenizer: Any,
-    train_rows: list[dict],
-    eval_rows: list[dict],
-    *,
-    precision: Precision,
-    hardware: Hardware,
-    attention: str,
-    workdir: Path,
-    sink: Any,
-    on_checkpoint: Callable[[Path, int], None] | None = None,
-    assistant_only_loss: bool = False,
-) -> Any:
-    from datasets import Dataset
+def check_kernels(spec: FineTuneSpec, *, cuda: bool) -> None:
+    """Liger's kernels are installed by the node's setup for this spec (the `liger` extra) and need a GPU."""
+    if not spec.train.liger_kernels:
+        return
+    try:  # a missing package is a setup fault, said as such
+        import liger_kernel.transformers  # noqa: F401
+    except ImportError as exc:
+        raise FinetuneError(f"train.liger_kernels: liger-kernel cannot be imported on this node ({exc}); "
+                            "install finetune[liger]") from None
+    if not cuda:
+        raise FinetuneError("train.liger_kernels: Liger's Triton kernels need a CUDA GPU; drop it on CPU")
 
-    from launch.gpu import activation_offloading, layer_kinds, optimizer_name, packing_choice, transformers_packs_masks
+
+def training_args(spec: FineTuneSpec, *, precision: Precision, hardware: Hardware, workdir: Path,
+                  has_eval: bool) -> dict[str, Any]:
+    """The TrainingArguments every objective shares, from the spec and the facts of this node."""
+    from launch.gpu import activation_offloading, optimizer_name
 
     t = spec.train
     cuda = hardware.device == "cuda"
-    if t.liger_kernels:
-        try:  # installed by the node's setup for this spec (the `liger` extra): a missing one is a setup fault
-            import liger_kernel.transformers  # noqa: F401
-        except ImportError as exc:
-            raise FinetuneError(f"train.liger_kernels: liger-kernel cannot be imported on this node ({exc}); "
-                                "install finetune[liger]") from None
-        if not cuda:
-            raise FinetuneError("train.liger_kernels: Liger's Triton kernels need a CUDA GPU; drop it on CPU")
     checkpointing = gradient_checkpointing(spec)
     try:
         offload = activation_offloading(t.activation_offloading, cuda=cuda, quantized_base=method_of(spec).quantized_base,
@@ -286,7 +278,7 @@ def build_trainer(
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
         save_total_limit=2,  # local scratch only; the store keeps what `train.keep_checkpoints` says
-        eval_strategy="steps" if (t.eval_steps and eval_rows) else "no",
+        eval_strategy="steps" if (t.eval_steps and has_eval) else "no",
         eval_steps=t.eval_steps,
         report_to=[],
         disable_tqdm=True,
@@ -296,30 +288,81 @@ def build_trainer(
         max_length=spec.data.max_length,
     )
     common.update(distributed_args(spec))  # may move checkpointing into FSDP's own wrapper
-    train_ds = Dataset.from_list(train_rows)
-    eval_ds = Dataset.from_list(eval_rows) if eval_rows else None
-    callbacks = [make_callback(sink, on_checkpoint)]
-    note = None
-    if spec.objective == "dpo":
-        from trl import DPOConfig, DPOTrainer
+    return common
 
-        args = DPOConfig(**common, beta=t.dpo_beta)
-        trainer = with_cpu_resume_fix(DPOTrainer)(
-            model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, callbacks=callbacks
-        )
-    else:
-        from trl import SFTConfig, SFTTrainer
 
-        kinds, kinds_from = layer_kinds(model.config)
-        pack, padding_free, note = packing_choice(spec.data.packing, attention, packed_masks=transformers_packs_masks(),
-                                                  kinds=kinds, kinds_from=kinds_from)
-        if note:
-            print(f"[finetune] note: {note}", flush=True)
-        args = SFTConfig(**common, packing=pack, padding_free=padding_free, completion_only_loss=spec.data.completion_only_loss,
-                         assistant_only_loss=assistant_only_loss)
-        trainer = with_cpu_resume_fix(SFTTrainer)(
-            model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, callbacks=callbacks
-        )
+@dataclass(frozen=True)
+class TrainerInputs:
+    """What an objective's trainer is built from."""
+
+    spec: FineTuneSpec
+    model: Any
+    tokenizer: Any
+    args: dict[str, Any]
+    train_ds: Any
+    eval_ds: Any
+    callbacks: list[Any]
+    attention: str
+    assistant_only_loss: bool
+
+
+def sft_trainer(inputs: TrainerInputs) -> tuple[Any, str | None]:
+    from trl import SFTConfig, SFTTrainer
+
+    from launch.gpu import layer_kinds, packing_choice, transformers_packs_masks
+
+    spec = inputs.spec
+    kinds, kinds_from = layer_kinds(inputs.model.config)
+    pack, padding_free, note = packing_choice(spec.data.packing, inputs.attention, packed_masks=transformers_packs_masks(),
+                                              kinds=kinds, kinds_from=kinds_from)
+    if note:
+        print(f"[finetune] note: {note}", flush=True)
+    args = SFTConfig(**inputs.args, packing=pack, padding_free=padding_free, completion_only_loss=spec.data.completion_only_loss,
+                     assistant_only_loss=inputs.assistant_only_loss)
+    trainer = with_cpu_resume_fix(SFTTrainer)(model=inputs.model, args=args, train_dataset=inputs.train_ds,
+                                              eval_dataset=inputs.eval_ds, processing_class=inputs.tokenizer,
+                                              callbacks=inputs.callbacks)
+    return trainer, note
+
+
+def dpo_trainer(inputs: TrainerInputs) -> tuple[Any, str | None]:
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(**inputs.args, beta=inputs.spec.train.dpo_beta)
+    trainer = with_cpu_resume_fix(DPOTrainer)(model=inputs.model, args=args, train_dataset=inputs.train_ds,
+                                              eval_dataset=inputs.eval_ds, processing_class=inputs.tokenizer,
+                                              callbacks=inputs.callbacks)
+    return trainer, None
+
+
+# One trainer per objective (sdk.core.objectives.OBJECTIVES names them): (trainer, packing note).
+TRAINERS: dict[str, Callable[[TrainerInputs], tuple[Any, str | None]]] = {"sft": sft_trainer, "dpo": dpo_trainer}
+
+
+def build_trainer(
+    spec: FineTuneSpec,
+    model: Any,
+    tokenizer: Any,
+    train_rows: list[dict],
+    eval_rows: list[dict],
+    *,
+    precision: Precision,
+    hardware: Hardware,
+    attention: str,
+    workdir: Path,
+    sink: Any,
+    on_checkpoint: Callable[[Path, int], None] | None = None,
+    assistant_only_loss: bool = False,
+) -> Any:
+    from datasets import Dataset
+
+    check_kernels(spec, cuda=hardware.device == "cuda")
+    args = training_args(spec, precision=precision, hardware=hardware, workdir=workdir, has_eval=bool(eval_rows))
+    inputs = TrainerInputs(spec=spec, model=model, tokenizer=tokenizer, args=args, train_ds=Dataset.from_list(train_rows),
+                           eval_ds=Dataset.from_list(eval_rows) if eval_rows else None,
+                           callbacks=[make_callback(sink, on_checkpoint)], attention=attention,
+                           assistant_only_loss=assistant_only_loss)
+    trainer, note = TRAINERS[spec.objective](inputs)
     keep_trainable_dtype(trainer.model, torch_dtype(trainable_dtype(spec, precision)))
     from transformers.trainer_callback import PrinterCallback
 

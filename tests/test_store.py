@@ -125,3 +125,23 @@ def test_missing_bucket_is_a_clear_error(s3_env):
 def test_unsupported_scheme():
     with pytest.raises(StoreError, match="unsupported store"):
         open_store("gs://bucket/x")
+
+
+def test_a_staged_folder_lands_whole_or_not_at_all(tmp_path):
+    """sdk.store.atomic.staged_dir, the one helper every all-or-nothing folder goes through."""
+    from sdk.store.atomic import staged_dir
+
+    dest = tmp_path / "out"
+    with staged_dir(dest) as staging:
+        (staging / "a").write_text("1")
+    assert (dest / "a").read_text() == "1"
+    with pytest.raises(RuntimeError), staged_dir(dest) as staging:
+        (staging / "a").write_text("2")
+        raise RuntimeError("half way")
+    assert (dest / "a").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing left
+    with staged_dir(dest) as staging:
+        (staging / "b").write_text("3")
+    assert sorted(p.name for p in dest.iterdir()) == ["b"]  # replaced
+    with staged_dir(dest, keep_existing=True) as staging:  # a cache someone else filled first
+        (staging / "c").write_text("4")
+    assert sorted(p.name for p in dest.iterdir()) == ["b"] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -144,17 +142,12 @@ def merge(run: str, out: Path, *, dtype: str = "auto", num_prompts: int = 8, tol
                 f"exceeds {tolerance:.3g} ({why}); nothing written (raise --max-logit-diff to accept it)"
             )
         merged = merged.to(torch_dtype(target))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-        try:
+        from sdk.store.atomic import staged_dir
+
+        with staged_dir(out) as staging:
             merged.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
             (staging / "merge_report.json").write_text(json.dumps(report, indent=2))
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(staging, out)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     report["out"] = str(out)
     return report
 

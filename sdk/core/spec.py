@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from sdk.core.errors import SpecError
 from sdk.core.methods import REGISTRY, LoraSpec, method_named
+from sdk.core.objectives import OBJECTIVES, ROW_FORMATS, data_refusal
 from sdk.core.parts import SpecPart
 
 DEFAULT_OUTPUT = "~/.finetune/runs"
@@ -57,8 +58,8 @@ MethodSpec = Annotated[Union[tuple(m.spec for m in REGISTRY.values())], Field(di
 # ---------------------------------------------------------------------------------------------- data
 
 
-RowFormatName = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text", "preference",
-                        "openai_preference"]
+RowFormatName = Literal[("auto", *ROW_FORMATS)]  # type: ignore[valid-type]  # the names sdk.core.objectives registers
+ObjectiveName = Literal[tuple(OBJECTIVES)]  # type: ignore[valid-type]
 FILE_TYPES = ("jsonl", "json", "csv", "parquet")
 
 
@@ -333,7 +334,7 @@ class FineTuneSpec(SpecPart):
     description: str | None = None
     model: ModelSpec = Field(description="a Hub model id, a local model directory, a .gguf file, pkg://<package>/<file> or tiny:<arch>")
     method: MethodSpec = Field(default_factory=LoraSpec)
-    objective: Literal["sft", "dpo"] = "sft"
+    objective: ObjectiveName = "sft"
     data: DataSpec = Field(description="a local file, an s3:// URI, a Hub dataset id or builtin:<name>")
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
@@ -425,14 +426,9 @@ class FineTuneSpec(SpecPart):
         if self.objective not in method.objectives:
             trains = ", ".join(sorted(m.name for m in REGISTRY.values() if self.objective in m.objectives))
             raise _CrossFieldError("method", f"{method.name} cannot be trained with objective {self.objective}; use one of {trains}")
-        if self.objective == "dpo":
-            if self.data.packing:
-                raise _CrossFieldError("data.packing", "packing is not available with objective dpo")
-            if self.data.format not in ("auto", "preference", "openai_preference"):
-                raise _CrossFieldError("data.format", f"dpo trains on preference pairs (preference or openai_preference), "
-                                       f"not {self.data.format} rows")
-        elif self.data.format in ("preference", "openai_preference"):
-            raise _CrossFieldError("data.format", f"{self.data.format} rows are preference pairs: set objective: dpo")
+        refusal = data_refusal(self.objective, self.data.format, packing=self.data.packing)
+        if refusal:
+            raise _CrossFieldError(*refusal)
         if self.data.packing and method.virtual_tokens(self.method):
             raise _CrossFieldError("data.packing", f"{method.name} prepends virtual tokens to every sequence, "
                                    "so sequences cannot be packed into one row; set data.packing: false")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdk.core.objectives import objective_for_rows, objective_named
 from sdk.core.spec import FineTuneSpec
 from sdk.data.formats import (
     FORMATS,
@@ -102,11 +103,11 @@ def load_samples(spec: FineTuneSpec, source: str, field_name: str, *, keep: bool
             check.samples.append(sample)
     if check.rows == 0:
         raise DataError(f"{field_name}: {source} has no rows")
-    wants_pairs = spec.objective == "dpo"
-    if fmt is not None and fmt.preference != wants_pairs:
+    objective = objective_named(spec.objective)
+    if fmt is not None and (fmt.preference != (objective.trains_on == "preference")):
         raise DataError(f"{field_name}: {source} holds {fmt.name} rows, " + (
-            "preference pairs: set objective: dpo" if fmt.preference else
-            "but objective dpo trains on preference pairs (prompt/chosen/rejected)"))
+            f"preference pairs: set objective: {' or '.join(objective_for_rows('preference'))}" if fmt.preference else
+            f"but objective {objective.name} trains on preference pairs ({' or '.join(objective.formats)})"))
     return check
 
 

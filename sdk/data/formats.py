@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
+from sdk.core.objectives import ROW_FORMATS
 from sdk.core.spec import FieldMap
 
 ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
@@ -307,6 +308,10 @@ FORMATS: dict[str, RowFormat] = {f.name: f for f in (
     RowFormat("alpaca", "instruction / input / output", lambda f: (f.output,), _alpaca),
     RowFormat("text", "text", lambda f: (f.text,), _plain_text),
 )}
+
+
+if {name: "preference" if f.preference else "examples" for name, f in FORMATS.items()} != ROW_FORMATS:
+    raise ImportError("sdk.data.formats.FORMATS and sdk.core.objectives.ROW_FORMATS must name the same formats")
 
 
 def trained_turn(turn: dict[str, Any]) -> bool:

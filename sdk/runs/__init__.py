@@ -206,9 +206,7 @@ class Run:
     def fetch(self, dest: str | Path, *, overwrite: bool = False, checkpoints: bool = False) -> Path:
         """The whole run folder (metrics, logs, summary, tracker files such as tensorboard/ and wandb/, the
         adapter verified against its manifest) into dest, all or nothing; checkpoints only when asked."""
-        import shutil
-        import tempfile
-
+        from sdk.store.atomic import staged_dir
         from sdk.store.runfolder import CHECKPOINTS
 
         dest = Path(dest).expanduser().resolve()
@@ -216,9 +214,7 @@ class Run:
             raise StoreError(f"{dest}: destination exists and is not empty (pass overwrite=True / --force)")
         if overwrite:
             check_replaceable(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
-        try:
+        with staged_dir(dest) as staging:
             prefix = self.folder.key("")
             for key in self.folder.store.list(prefix):
                 rel = key[len(prefix):]
@@ -231,11 +227,6 @@ class Run:
             if self.folder.adapter_manifest() is not None:
                 fetch_dir(self.folder.store, self.folder.key(ADAPTER), staging / ADAPTER)
             (staging / FETCHED).write_text(f"{self.uri}\n")
-            if dest.exists():
-                shutil.rmtree(dest)
-            staging.replace(dest)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         return dest
 
     def plot(self, path: str | Path | None = None) -> Any:

@@ -387,9 +387,9 @@ def fetch_dir(store: Store, key: str, dest: Path, *, overwrite: bool = False) ->
         raise StoreError(f"{store.url(key)}: not committed (no {MANIFEST}); the run may still be writing it")
     if dest.exists() and any(dest.iterdir()) and not overwrite:
         raise StoreError(f"{dest}: destination exists and is not empty (pass overwrite=True / --force)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
-    try:
+    from sdk.store.atomic import staged_dir
+
+    with staged_dir(dest) as staging:
         for rel, meta in manifest["files"].items():
             try:
                 target = contained(staging, rel)
@@ -405,11 +405,5 @@ def fetch_dir(store: Store, key: str, dest: Path, *, overwrite: bool = False) ->
                 )
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
         (staging / FETCHED).write_text(f"{store.url(key)}\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(staging, dest)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return dest
 
