@@ -45,3 +45,18 @@ def test_an_objective_refuses_the_data_it_cannot_train_on(objective, fmt, packin
 def test_an_unknown_objective_names_the_known_ones():
     with pytest.raises(ValueError, match="unknown objective 'kto'; use one of sft, dpo"):
         data_refusal("kto", "auto", packing=False)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("fp32", "fp32"), ("float32", "fp32"), ("BF16", "bf16"),
+                                                ("bfloat16", "bf16"), ("float16", "fp16"), ("auto", "auto")])
+def test_one_precision_vocabulary_for_every_option(text, expected):
+    from sdk.core.precision import parse_precision
+
+    assert parse_precision(text, option="--dtype") == expected
+
+
+def test_a_precision_option_names_itself_when_wrong():
+    from sdk.core.precision import parse_precision
+
+    with pytest.raises(ValueError, match=r"--dtype: 'fp8' is not one of fp32, bf16, fp16 \(or float32"):
+        parse_precision("fp8", option="--dtype", allow_auto=False)

@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int)
     parser.add_argument("--base", action="store_true", help="the base model (adapter off)")
     parser.add_argument("--raw", action="store_true", help="send the prompt as written, without the run's template")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (or float32, bfloat16, float16)")
     args = parser.parse_args(argv)
 
     from sdk.core.errors import FinetuneError
@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         quiet_libraries()
         from launch.evaluate import generate, prompt_text
         from launch.models import BaseLoader
+        from sdk.core.precision import parse_precision
 
-        precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[args.dtype]
+        precision = parse_precision(args.dtype, option="--dtype", allow_auto=False)
         loader = BaseLoader.for_spec(spec, precision)
         tokenizer = loader.tokenizer()
         model = loader.load()
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                 model = loader.builder.reload(model, run.fetch_adapter(Path(tmp) / "adapter"))
         new_tokens = args.max_new_tokens or spec.eval.max_new_tokens
         texts = [generate(model, tokenizer, [p], max_new_tokens=new_tokens, batch_size=1)[0] for p in prompts]
-    except FinetuneError as exc:
+    except (FinetuneError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"run": run.run_id, "model": "base" if args.base else run.run_id, "template": template,

@@ -156,18 +156,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launch.tools.merge", description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="run id or run folder URI")
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16 (or float32, bfloat16, float16)")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--max-logit-diff", type=float)
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
 
     from sdk.core.errors import FinetuneError
+    from sdk.core.precision import parse_precision
 
     try:
-        report = merge(args.run, args.out, dtype=args.dtype, num_prompts=args.prompts, tolerance=args.max_logit_diff,
+        report = merge(args.run, args.out, dtype=parse_precision(args.dtype, option="--dtype"), num_prompts=args.prompts, tolerance=args.max_logit_diff,
                        force=args.force)
-    except FinetuneError as exc:
+    except (FinetuneError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report))

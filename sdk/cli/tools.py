@@ -75,10 +75,13 @@ def merge(
     import json
 
     from sdk.core.errors import SpecError
+    from sdk.core.precision import parse_precision
     from sdk.runs.tools import merge as merge_run
 
-    if dtype not in ("auto", "fp32", "bf16", "fp16"):
-        raise SpecError(f"--dtype: {dtype!r} is not one of auto, fp32, bf16, fp16")
+    try:
+        dtype = parse_precision(dtype, option="--dtype")
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
     report = merge_run(run, out, dtype=dtype, prompts=prompts, max_logit_diff=max_logit_diff, force=force)
     if json_out:
         sys.stdout.write(json.dumps(report) + "\n")

@@ -23,6 +23,21 @@ DtypeName = Literal["float32", "bfloat16", "float16"]
 DTYPE_OF: dict[str, DtypeName] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 PRECISION_OF: dict[str, Precision] = {v: k for k, v in DTYPE_OF.items()}  # type: ignore[misc]
 BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
+# The one vocabulary of options that take a precision (merge --dtype, generate --dtype, ...): the short names,
+# with torch's names accepted as the same thing.
+NAMES: dict[str, Precision] = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", **PRECISION_OF}
+
+
+def parse_precision(text: str, *, option: str, allow_auto: bool = True) -> str:
+    """`text` as a precision (fp32, bf16 or fp16; torch's float32, bfloat16, float16 too), or `auto` where the
+    option has one; ValueError naming the option otherwise."""
+    name = text.strip().lower()
+    if allow_auto and name == "auto":
+        return "auto"
+    if name not in NAMES:
+        choices = ", ".join((["auto"] if allow_auto else []) + list(DTYPE_OF))
+        raise ValueError(f"{option}: {text!r} is not one of {choices} (or float32, bfloat16, float16)")
+    return NAMES[name]
 # bf16 arithmetic is native from Ampere (compute capability 8.0: A100, A10G, L4, H100) on.
 BF16_MIN_CAPABILITY = (8, 0)
 
