@@ -13,17 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from sdk.core.errors import SpecError
-from sdk.core.modelref import ModelSource, gguf_cache, resolve_reference
+from sdk.core.modelref import ModelSource, gguf_cache, resolve_reference, tiny_arch
 from sdk.core.precision import Precision, compute_dtype, torch_dtype, weight_dtype
 from sdk.core.spec import FineTuneSpec, ModelSpec
 
 
 def resolve(model: ModelSpec) -> ModelSource:
     """Where the node loads the model from; a tiny model is built (and cached) here first."""
-    if model.id.startswith("tiny:"):
+    arch = tiny_arch(model.id)
+    if arch:
         from launch.tiny import ensure_tiny
 
-        return ModelSource(str(ensure_tiny(model.id.partition(":")[2] or "llama")))
+        return ModelSource(str(ensure_tiny(arch)))
     return resolve_reference(model)
 
 

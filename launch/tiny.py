@@ -15,7 +15,7 @@ from typing import Any
 from sdk.core.architectures import TINY_CHAT_TEMPLATE as CHAT_TEMPLATE  # client and node agree on the tiny models
 from sdk.core.architectures import TINY_SHAPE as SHRINK
 from sdk.core.architectures import TINY_VOCAB as VOCAB_SIZE
-from sdk.core.modelref import TINY_VERSION, tiny_dir
+from sdk.core.modelref import TINY_VERSION, tiny_arch, tiny_dir
 
 
 def train_tokenizer() -> Any:
@@ -119,8 +119,8 @@ def config_like(reference: str) -> dict[str, Any]:
     from sdk.core.recipes import load_recipe
 
     spec = load_recipe(reference)
-    if spec.model.id.startswith("tiny:"):
-        return {"model_type": spec.model.id.partition(":")[2] or "llama"}
+    if tiny_arch(spec.model.id):
+        return {"model_type": tiny_arch(spec.model.id)}
     local = Path(spec.model.id).expanduser()
     if (local / "config.json").is_file():
         return json.loads((local / "config.json").read_text())

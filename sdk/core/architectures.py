@@ -58,8 +58,10 @@ ALIASES = {
 
 def config_for(model_id: str) -> dict[str, Any] | None:
     """The architecture config for a model id, a local dir / config.json, a GGUF name, or tiny:<arch>."""
-    if model_id.startswith("tiny:"):
-        arch = model_id.partition(":")[2] or "llama"
+    from sdk.core.modelref import tiny_arch
+
+    arch = tiny_arch(model_id)
+    if arch:
         return {"model_type": arch, **TINY_SHAPE, "num_key_value_heads": TINY_SHAPE["num_attention_heads"],
                 "vocab_size": TINY_VOCAB, "tie_word_embeddings": False}
     path = Path(model_id).expanduser()

@@ -9,9 +9,15 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sdk.core.errors import SpecError
-from sdk.core.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from sdk.core.spec import ModelSpec
+
+TINY = "tiny:"  # tiny:<arch>: a few-layer random model of that architecture, built by the node (launch/tiny.py)
+PACKAGE = "pkg://"  # pkg://<package>/<file>: a file shipped inside an installed Python package
 
 TINY_VERSION = "v2"  # bump when the tiny models change: a new cache folder, never a stale model
 
@@ -34,6 +40,16 @@ class ModelSource:
         return Path(self.path).exists()
 
 
+def tiny_arch(model_id: str) -> str | None:
+    """The architecture a `tiny:<arch>` id names (llama when left empty); None for every other reference."""
+    return (model_id[len(TINY):] or "llama") if model_id.startswith(TINY) else None
+
+
+def names_a_file(model: ModelSpec) -> bool:
+    """Is the model a single checkpoint file (pkg://, .gguf, or a GGUF inside a folder or repo)?"""
+    return model.id.startswith(PACKAGE) or model.id.endswith(".gguf") or model.gguf_file is not None
+
+
 def tiny_dir(arch: str) -> Path:
     """Where `tiny:<arch>` is cached once built (launch/tiny.py builds it; the client only looks)."""
     return cache_dir("tiny", f"{arch or 'llama'}-{TINY_VERSION}")
@@ -43,10 +59,10 @@ def resolve_reference(model: ModelSpec) -> ModelSource:
     """A model id as a place to read from: `pkg://package/file`, a .gguf file, a local model directory, or a
     Hub id. Not `tiny:` (a tiny model is built by the node: launch.models.resolve)."""
     ident = model.id
-    if ident.startswith("tiny:"):
+    if tiny_arch(ident):
         raise SpecError(f"model.id: {ident} is built by the node (launch.models.resolve), not a reference")
-    if ident.startswith("pkg://"):
-        package, _, rel = ident[len("pkg://"):].partition("/")
+    if ident.startswith(PACKAGE):
+        package, _, rel = ident[len(PACKAGE):].partition("/")
         spec = importlib.util.find_spec(package)  # finds the folder without running the package's __init__
         if spec is None or not spec.submodule_search_locations:
             raise SpecError(f"model.id: package {package!r} is not installed (pip install {package.replace('_', '-')})")

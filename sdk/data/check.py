@@ -231,7 +231,9 @@ class LengthCount:
 
 def tiny_chat_template(spec: FineTuneSpec) -> str | None:
     """A tiny model's chat template is a constant: known before the model is first built."""
-    if spec.model.id.startswith("tiny:"):
+    from sdk.core.modelref import tiny_arch
+
+    if tiny_arch(spec.model.id):
         from sdk.core.architectures import TINY_CHAT_TEMPLATE
 
         return TINY_CHAT_TEMPLATE

@@ -18,13 +18,13 @@ _GENERATION_TAGS = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
 
 def tokenizer_dir(spec: FineTuneSpec) -> Path | None:
     """A directory holding tokenizer.json for the spec's model, without downloading weights."""
-    from sdk.core.modelref import ModelSource, gguf_cache, resolve_reference, tiny_dir
+    from sdk.core.modelref import ModelSource, gguf_cache, names_a_file, resolve_reference, tiny_arch, tiny_dir
 
     model = spec.model.id
     try:
-        if model.startswith("tiny:"):
-            folder = tiny_dir(model.partition(":")[2])
-        elif model.startswith("pkg://") or model.endswith(".gguf") or spec.model.gguf_file:
+        if tiny_arch(model):
+            folder = tiny_dir(tiny_arch(model))
+        elif names_a_file(spec.model):
             source = resolve_reference(spec.model)
             folder = gguf_cache(ModelSource(source.path, source.gguf_file)) if source.gguf_file else Path(source.path)
         elif Path(model).expanduser().is_dir():
