@@ -4,7 +4,7 @@ a restarted node continues from the newest committed checkpoint and ends where a
 from __future__ import annotations
 
 import pytest
-from conftest import losses, run_node
+from helpers import losses, run_node
 
 from sdk.core.recipes import load_recipe
 

@@ -63,14 +63,13 @@ def format_spec(name: str, output: str) -> sdk.FineTuneSpec:
 def format_runs(tmp_path_factory):
     """All eight formats trained at once (one process each), then read back from the store."""
     root = tmp_path_factory.mktemp("formats")
-    import os
-
-    os.environ["FINETUNE_HOME"] = str(root / "home")
-    runs = {name: sdk.submit(format_spec(name, str(root / "runs"))) for name in EXPECTED}
-    deadline = time.time() + 420
-    for run in runs.values():
-        run.wait(timeout=max(1, deadline - time.time()), progress=False)
-    return runs
+    with pytest.MonkeyPatch.context() as env:  # restored when the module is done
+        env.setenv("FINETUNE_HOME", str(root / "home"))
+        runs = {name: sdk.submit(format_spec(name, str(root / "runs"))) for name in EXPECTED}
+        deadline = time.time() + 420
+        for run in runs.values():
+            run.wait(timeout=max(1, deadline - time.time()), progress=False)
+        yield runs
 
 
 @pytest.mark.slow

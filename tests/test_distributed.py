@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from conftest import run_node
+from helpers import run_node
 
 from launch.launcher import Topology, build_plan, deepspeed_config, interface_for
 from sdk.core.recipes import load_recipe
@@ -89,7 +89,21 @@ def test_deepspeed_configs_come_from_the_spec():
     assert zero["offload_optimizer"]["device"] == "cpu" and zero["offload_param"]["device"] == "cpu"
 
 
-ADAPTERS: dict[str, dict] = {}
+def train_two_processes(path, strategy: list[str]):
+    spec = load_recipe("tiny", [*FAST, *strategy, "distributed.nproc_per_node=2", f"output={path}"])
+    return run_node(spec, path)
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(tmp_path_factory):
+    """The plain DDP run every other strategy is compared with, trained once whichever test asks first."""
+    from safetensors.torch import load_file
+
+    path = tmp_path_factory.mktemp("ddp")
+    result, folder = train_two_processes(path, ["distributed.strategy=ddp"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    adapter = load_file(str(path / "r1" / "adapter" / "adapter_model.safetensors"))
+    return result, folder, adapter, [g["base"] for g in folder.read_json("summary.json")["generations"]]
 
 
 @pytest.mark.parametrize(
@@ -102,11 +116,13 @@ ADAPTERS: dict[str, dict] = {}
     ],
     ids=["ddp", "zero2", "zero3", "zero2-offload"],
 )
-def test_two_processes_train_the_tiny_model(tmp_path, strategy):
+def test_two_processes_train_the_tiny_model(tmp_path, strategy, ddp_reference):
     from safetensors.torch import load_file
 
-    spec = load_recipe("tiny", [*FAST, *strategy, "distributed.nproc_per_node=2", f"output={tmp_path}"])
-    result, folder = run_node(spec, tmp_path)
+    if strategy == ["distributed.strategy=ddp"]:
+        result, folder = ddp_reference[:2]
+    else:
+        result, folder = train_two_processes(tmp_path, strategy)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "torch.distributed.run" in result.stdout and "--nproc-per-node 2" in result.stdout
     summary = folder.read_json("summary.json")
@@ -116,7 +132,7 @@ def test_two_processes_train_the_tiny_model(tmp_path, strategy):
     assert result.stdout.count("[finetune] step 6/6 loss") == 1 and result.stdout.count("succeeded:") == 1
     rows = folder.metrics()
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
-    adapter = load_file(str(tmp_path / "r1" / "adapter" / "adapter_model.safetensors"))
+    adapter = load_file(str(folder.store.url(folder.key("adapter/adapter_model.safetensors"))))
     assert all(t.abs().sum() > 0 for name, t in adapter.items() if "lora_B" in name)  # trained, not empty shards
     if "distributed.zero_stage=3" in strategy:  # the model was never whole on a rank: loaded partitioned
         assert "ZeRO-3: loaded under zero.Init, 21 parameters partitioned over 2 ranks" in result.stdout
@@ -125,11 +141,10 @@ def test_two_processes_train_the_tiny_model(tmp_path, strategy):
         assert "DeepSpeedCPUAdam" in result.stdout + result.stderr  # offloaded states updated by DeepSpeed's CPU Adam
     base_answers = [g["base"] for g in summary["generations"]]
     assert base_answers  # the base model evaluated before training (under ZeRO-3: gathered module by module)
-    ADAPTERS[strategy[-1]] = adapter, base_answers
-    if "distributed.strategy=ddp" in ADAPTERS:  # the same data, seed and global batch give the same adapter whatever the strategy
-        ddp, ddp_answers = ADAPTERS["distributed.strategy=ddp"]
-        assert max(float((adapter[k] - ddp[k]).abs().max()) for k in ddp) < 1e-4, strategy
-        assert base_answers == ddp_answers, strategy  # and the same base model answers
+    # the same data, seed and global batch give the same adapter whatever the strategy, and the same base answers
+    _, _, ddp, ddp_answers = ddp_reference
+    assert max(float((adapter[k] - ddp[k]).abs().max()) for k in ddp) < 1e-4, strategy
+    assert base_answers == ddp_answers, strategy
 
 
 def test_fsdp_on_cpu_is_refused_instead_of_silently_running_ddp(tmp_path):

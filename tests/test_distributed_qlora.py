@@ -8,7 +8,7 @@ a 4-bit base is refused before launch (bitsandbytes#1945); both are proven on a 
 from __future__ import annotations
 
 import pytest
-from conftest import losses, run_node
+from helpers import losses, run_node
 
 from sdk.core.recipes import load_recipe
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_node
+from helpers import run_node
 
 import sdk
 from sdk.core.recipes import load_recipe

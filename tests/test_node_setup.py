@@ -139,7 +139,7 @@ def test_setup_installs_torch_from_the_build_the_driver_runs(tmp_path, pytorch_i
 
 def test_an_unreachable_index_is_one_line(tmp_path):
     """DNS or a firewall: not a traceback, and not a silent install from the wrong place."""
-    from conftest import free_port
+    from helpers import free_port
 
     out = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "sdk" / "backends" / "torch_index.py"), "--torch", "2.13.0",
                           "--index", f"http://127.0.0.1:{free_port()}/whl"], capture_output=True, text=True, timeout=60,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import run_node, start_moto
+from helpers import run_node, start_moto
 
 from sdk.core.recipes import load_recipe
 

@@ -294,7 +294,7 @@ def test_a_run_cancelled_before_its_node_starts_never_loads_the_model(tmp_path):
     """Cancelled while provisioning (or before a managed-job recovery): the node writes cancelled and stops."""
     import time as clock
 
-    from conftest import run_node
+    from helpers import run_node
 
     from sdk.core.recipes import load_recipe
     from sdk.store.runfolder import SPEC, RunFolder

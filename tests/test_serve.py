@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from helpers import free_port
 
 import sdk
 import sdk.serving
@@ -37,16 +37,15 @@ def smollm2(root, name: str, *extra: str):
 @pytest.fixture(scope="module")
 def two_adapters(tmp_path_factory):
     """Two SmolLM2-135M runs with different settings (rank 8 and rank 16, different learning rates)."""
-    import os
-
     root = tmp_path_factory.mktemp("serve")
-    os.environ["FINETUNE_HOME"] = str(root / "home")
-    runs = [sdk.submit(smollm2(root, "serve-a", "method.r=8", "method.alpha=16", "train.lr=5e-4")),
-            sdk.submit(smollm2(root, "serve-b", "method.r=16", "method.alpha=32", "train.lr=1e-3"))]
-    for run in runs:
-        status = run.wait(timeout=600, progress=False)
-        assert status.state == "succeeded", f"{status.error}\n{str(run.logs())[-2000:]}"
-    return runs, root
+    with pytest.MonkeyPatch.context() as env:  # restored when the module is done
+        env.setenv("FINETUNE_HOME", str(root / "home"))
+        runs = [sdk.submit(smollm2(root, "serve-a", "method.r=8", "method.alpha=16", "train.lr=5e-4")),
+                sdk.submit(smollm2(root, "serve-b", "method.r=16", "method.alpha=32", "train.lr=1e-3"))]
+        for run in runs:
+            status = run.wait(timeout=600, progress=False)
+            assert status.state == "succeeded", f"{status.error}\n{str(run.logs())[-2000:]}"
+        yield runs, root
 
 
 @pytest.fixture(scope="module")

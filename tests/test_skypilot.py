@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from sdk.backends.skypilot import build_dist, build_task, cluster_name, setup_script, task_config, to_yaml
 from sdk.core.errors import SpecError

@@ -9,12 +9,12 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT, needs_service
 from slurm_harness import SlurmHarness, missing_prerequisites
 
 import sdk
 
-pytestmark = pytest.mark.skipif(bool(missing_prerequisites()), reason=f"slurm harness needs: {missing_prerequisites()}")
+pytestmark = [pytest.mark.slow, needs_service("the Slurm harness", ", ".join(missing_prerequisites()) or None)]
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_a_served_run_answers_through_its_endpoint_on_slurm(slurm, s3_env, finet
     address. The node fetches the adapter from S3 (manifest-verified), starts vLLM's CPU build (the engine
     environment this machine already has, named by FINETUNE_ENGINE_PYTHON) and answers token for token
     as `finetune generate` does; stopping the server takes the cluster down."""
-    from conftest import free_port
+    from helpers import free_port
 
     from sdk.core.recipes import load_recipe
     from sdk.runs.tools import generate

@@ -104,7 +104,7 @@ def test_recommit_replaces_atomically(store, tmp_path):
 
 
 def test_dead_endpoint_names_the_uri(monkeypatch):
-    from conftest import free_port
+    from helpers import free_port
 
     port = free_port()
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")

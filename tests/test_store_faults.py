@@ -10,13 +10,14 @@ import time
 
 import pytest
 import swift_harness
+from helpers import needs_service
 
 from sdk.core.errors import IntegrityError, StoreError
 from sdk.store import MANIFEST, S3Store, commit_dir, fetch_dir, read_manifest
 
 pytestmark = [
     pytest.mark.swift,
-    pytest.mark.skipif(not swift_harness.available(), reason="Debian swift packages not installed (.ci/run installs them)"),
+    needs_service("OpenStack Swift", None if swift_harness.available() else "Debian's swift packages (.ci/run installs them)"),
 ]
 
 

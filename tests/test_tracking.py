@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, run_node
+from helpers import free_port, run_node
 
 import sdk
 from sdk.core.recipes import load_recipe
@@ -77,14 +77,15 @@ def mlflow_losses(uri: str, experiment: str) -> tuple[list, list[tuple[int, floa
 def tracked_run(mlflow_server, tmp_path_factory):
     """One tiny run logging to all three trackers at once."""
     root = tmp_path_factory.mktemp("tracked")
-    os.environ["FINETUNE_HOME"] = str(root / "home")
-    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
-    spec = load_recipe("tiny", ["name=tracked", "train.max_steps=8", "train.logging_steps=1", "eval.num_samples=4",
-                                f"output={root / 'runs'}", "tracking=[mlflow, tensorboard, {name: wandb, mode: offline}]"])
-    run = sdk.submit(spec)
-    status = run.wait(timeout=300, progress=False)
-    assert status.state == "succeeded", f"{status.error}\n{str(run.logs())[-3000:]}"
-    return run, root
+    with pytest.MonkeyPatch.context() as env:  # restored when the module is done
+        env.setenv("FINETUNE_HOME", str(root / "home"))
+        env.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        spec = load_recipe("tiny", ["name=tracked", "train.max_steps=8", "train.logging_steps=1", "eval.num_samples=4",
+                                    f"output={root / 'runs'}", "tracking=[mlflow, tensorboard, {name: wandb, mode: offline}]"])
+        run = sdk.submit(spec)
+        status = run.wait(timeout=300, progress=False)
+        assert status.state == "succeeded", f"{status.error}\n{str(run.logs())[-3000:]}"
+        yield run, root
 
 
 def test_mlflow_holds_the_loss_series_of_metrics_jsonl(tracked_run, mlflow_server):

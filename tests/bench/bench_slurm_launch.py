@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import free_port, wait_for_port  # noqa: E402
+from helpers import free_port, wait_for_port  # noqa: E402
 from slurm_harness import SlurmHarness, missing_prerequisites  # noqa: E402
 
 

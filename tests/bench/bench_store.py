@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import free_port, wait_for_port  # noqa: E402
+from helpers import free_port, wait_for_port  # noqa: E402
 
 
 def make_artifact(root: Path, total_mb: int) -> int:
