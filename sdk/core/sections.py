@@ -1,0 +1,297 @@
+"""The sections of a FineTuneSpec (model, data, train, eval, resources, distributed, tracking), each a pydantic
+model with extra="forbid"; the spec itself, with its cross-field rules, is sdk.core.spec."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from sdk.core.objectives import OBJECTIVES, ROW_FORMATS
+from sdk.core.parts import SpecPart
+
+# --------------------------------------------------------------------------------------------- model
+
+
+class ModelSpec(SpecPart):
+    """What to fine-tune: a Hub id, a local directory, a `.gguf` file, or `tiny:<arch>` (built locally)."""
+
+    id: str = Field(min_length=1, description="Hub id, local dir, .gguf file, pkg://<package>/<file>, or tiny:<arch>")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
+    gguf_file: str | None = Field(None, description="GGUF file inside `id` when `id` is a directory or Hub repo")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"id": value} if isinstance(value, str) else value
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+RowFormatName = Literal[("auto", *ROW_FORMATS)]  # type: ignore[valid-type]  # the names sdk.core.objectives registers
+ObjectiveName = Literal[tuple(OBJECTIVES)]  # type: ignore[valid-type]
+FILE_TYPES = ("jsonl", "json", "csv", "parquet")
+
+
+class FieldMap(SpecPart):
+    """Which column of the data holds each role. Unused roles are ignored by the template.
+
+    An integer in the `output` column is read as an index into `eval.labels` (AG-News style).
+    """
+
+    instruction: str = "instruction"
+    input: str = "input"
+    output: str = "output"
+    text: str = "text"
+    messages: str = "messages"
+    conversations: str = "conversations"
+    prompt: str = "prompt"
+    completion: str = "completion"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+
+
+class DataSpec(SpecPart):
+    source: str = Field(
+        min_length=1,
+        description="local file or dir, s3://bucket/key, a Hub dataset id, or builtin:<name>",
+    )
+    format: RowFormatName = Field(
+        "auto", description="the rows' layout; auto detects it from the rows (see sdk.data.formats)")
+    file_type: Literal["auto", "jsonl", "json", "csv", "parquet"] = Field("auto", description="auto: from the suffix")
+    split: str = Field("train", description="split name for Hub datasets")
+    fields: FieldMap = Field(default_factory=FieldMap)
+    template: Literal["auto", "instruction", "chat", "plain"] = Field(
+        "auto", description="how a row becomes training text: instruction ('### Instruction/### Response'), chat (the "
+                            "tokenizer's chat template), plain (prompt as written); auto: chat for conversations, "
+                            "instruction for instruction rows, plain for prompt/completion and text")
+    instruction: str | None = Field(
+        None, description="fixed instruction for rows without one (classification data: text + label)"
+    )
+    system_prompt: str | None = None
+    eval_source: str | None = Field(None, description="held-out data; else `eval_split` of the source")
+    eval_split: float | None = Field(None, ge=0, lt=1, description="fraction held out (default 0.1 without eval_source)")
+    max_samples: int | None = Field(None, ge=1, description="use at most this many training rows")
+    max_length: int = Field(512, ge=8, le=1_048_576)
+    packing: bool = False
+    completion_only_loss: bool = Field(True, description="loss on the response only, not the prompt")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"source": value}
+        if isinstance(value, dict):
+            value = dict(value)
+            if value.get("format") in FILE_TYPES and value.get("file_type", "auto") == "auto":
+                value["file_type"] = value.pop("format")  # `format: jsonl` names the file type, as it used to
+            if value.get("template") == "text":  # the text template: plain text rows
+                value["template"] = "plain"
+                value.setdefault("format", "text")
+        return value
+
+    @property
+    def holdout_fraction(self) -> float:
+        if self.eval_split is not None:
+            return self.eval_split
+        return 0.0 if self.eval_source else 0.1
+
+
+# --------------------------------------------------------------------------------------------- train
+
+Optimizer = Literal[
+    "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"
+]
+
+
+class TrainSpec(SpecPart):
+    max_steps: int | None = Field(None, ge=1)
+    epochs: float | None = Field(None, gt=0)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    optimizer: Optimizer = "adamw_torch"
+    gradient_checkpointing: bool | None = Field(
+        None, description="recompute activations in backward; default: on for methods with a 4-bit base (QLoRA), else off")
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="auto: flash_attention_2 where installed on an Ampere+ GPU, else sdpa")
+    activation_offloading: bool | None = Field(
+        None, description="keep saved activations in CPU memory between forward and backward (overlapped copies); "
+                          "default: on where gradient checkpointing is on for a 4-bit base on a GPU; GPU only")
+    liger_kernels: bool = Field(False, description="Liger's Triton kernels for RMSNorm, RoPE and SwiGLU (trl computes "
+                                                   "the loss with its own chunked LM head); GPU only")
+    compile: bool = Field(False, description="torch.compile the model")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    seed: int = 42
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int | None = Field(None, ge=1, description="commit a resumable checkpoint every N steps")
+    keep_checkpoints: int | None = Field(
+        2, ge=1, description="committed checkpoints kept in the store, oldest deleted first; null keeps all"
+    )
+    eval_steps: int | None = Field(None, ge=1)
+    dpo_beta: float = Field(0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> TrainSpec:
+        if self.max_steps is not None and self.epochs is not None:
+            raise ValueError("set max_steps or epochs, not both")
+        if self.warmup_ratio and self.warmup_steps:
+            raise ValueError("set warmup_ratio or warmup_steps, not both")
+        return self
+
+    @property
+    def length(self) -> str:
+        return f"{self.max_steps} steps" if self.max_steps else f"{self.epochs or 1} epoch(s)"
+
+
+# ---------------------------------------------------------------------------------------------- eval
+
+
+class EvalSpec(SpecPart):
+    labels: list[str] | None = Field(None, description="label set for label accuracy (greedy generation)")
+    num_samples: int = Field(100, ge=1, description="held-out rows scored for label accuracy")
+    before: bool = Field(True, description="also score the base model (adapter disabled)")
+    after: bool = True
+    max_new_tokens: int = Field(8, ge=1, le=4096)
+    generations: int = Field(3, ge=0, le=50, description="side-by-side base vs tuned samples in the summary")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if len(value) < 2:
+                raise ValueError("need at least two labels")
+            if len(set(value)) != len(value):
+                raise ValueError("labels must be distinct")
+            if any(not v.strip() for v in value):
+                raise ValueError("labels must not be blank")
+        return value
+
+
+# ------------------------------------------------------------------------------------------ resources
+
+
+class ResourcesSpec(SpecPart):
+    accelerators: dict[str, int] | None = Field(
+        None, description="candidates, e.g. {L4: 1, A10G: 1}; also 'L4:1' or 'H100:8'"
+    )
+    nodes: int = Field(1, ge=1, le=512)
+    infra: str | None = Field(None, description="aws, gcp, azure, kubernetes, slurm, ... optionally /region")
+    region: str | None = None
+    spot: bool = False
+    managed: bool | None = Field(
+        None, description="run as a SkyPilot managed job (recovers onto new VMs, resumes); default: when spot"
+    )
+    disk_size: int | None = Field(None, ge=10, description="GB")
+    image: str | None = None
+    cpus: str | None = None
+    memory: str | None = None
+
+    @field_validator("accelerators", mode="before")
+    @classmethod
+    def _parse_accelerators(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            out: dict[str, int] = {}
+            for part in value.split(","):
+                name, _, count = part.strip().partition(":")
+                if not name:
+                    raise ValueError(f"cannot read accelerator {part!r}; write NAME or NAME:COUNT")
+                try:
+                    out[name] = int(count) if count else 1
+                except ValueError:
+                    raise ValueError(f"count in {part!r} is not an integer") from None
+            return out
+        return value
+
+    @field_validator("accelerators")
+    @classmethod
+    def _counts(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("name at least one accelerator, or leave it out")
+            for name, count in value.items():
+                if count < 1:
+                    raise ValueError(f"{name}: count must be >= 1")
+        return value
+
+    @field_validator("cpus", "memory", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _spot_where_possible(self) -> ResourcesSpec:
+        if self.spot and self.infra and self.infra.split("/")[0] in ("slurm", "kubernetes", "k8s", "ssh"):
+            raise ValueError(f"spot instances do not exist on infra {self.infra!r}; drop spot or pick a cloud")
+        return self
+
+    @property
+    def gpus_per_node(self) -> int:
+        return max(self.accelerators.values()) if self.accelerators else 0
+
+    @property
+    def wants_cloud(self) -> bool:
+        return bool(self.accelerators or self.infra)
+
+
+class DistributedSpec(SpecPart):
+    strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
+    zero_stage: Literal[2, 3] | None = None
+    offload: bool = Field(False, description="DeepSpeed: offload optimizer states to CPU, and ZeRO-3 parameters too unless the base is 4-bit")
+    nproc_per_node: int | None = Field(
+        None, ge=1, le=64, description="processes per node; default one per GPU (one on CPU)"
+    )
+    timeout_minutes: int = Field(
+        30, ge=1, le=24 * 60, description="process-group timeout: how long a rank may wait for the others (checkpoint uploads)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"strategy": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _deepspeed_only(self) -> DistributedSpec:
+        if self.strategy != "deepspeed":
+            for name in ("zero_stage", "offload"):
+                if getattr(self, name):
+                    raise ValueError(f"{name} is a DeepSpeed option; set strategy: deepspeed")
+        elif self.zero_stage is None:
+            self.zero_stage = 2
+        return self
+
+
+# ------------------------------------------------------------------------------------------ tracking
+
+
+class MlflowTracking(SpecPart):
+    name: Literal["mlflow"] = "mlflow"
+    experiment: str | None = Field(None, description="MLflow experiment; default: the run's name")
+    uri_env: str = Field("MLFLOW_TRACKING_URI", description="name of the environment variable or secret that holds "
+                                                              "the tracking URI (never the URI itself)")
+
+
+class WandbTracking(SpecPart):
+    name: Literal["wandb"] = "wandb"
+    project: str | None = Field(None, description="W&B project; default: the run's name")
+    entity: str | None = None
+    mode: Literal["online", "offline"] = Field("online", description="offline: the run directory is kept in the run "
+                                                                     "folder for `wandb sync`")
+    key_env: str = Field("WANDB_API_KEY", description="name of the environment variable or secret with the API key")
+
+
+class TensorBoardTracking(SpecPart):
+    """Event files in the run folder's tensorboard/ (`tensorboard --logdir` on a fetched run)."""
+
+    name: Literal["tensorboard"] = "tensorboard"
+
+
+TrackerSpec = Annotated[Union[MlflowTracking, WandbTracking, TensorBoardTracking], Field(discriminator="name")]
