@@ -192,3 +192,34 @@ def test_every_exported_name_resolves():
     assert {"FineTuneSpec", "LoraSpec", "QloraSpec", "RunSummary", "SpecError", "FieldError"} <= set(package._EXPORTS)
     for name in package._EXPORTS:
         assert getattr(package, name) is not None, name
+
+
+# Functions over 60 lines, each with the reason it stays whole (issue 24 split the rest).
+LONG_FUNCTIONS = {
+    "launch/tools/merge.py:merge": "one procedure read top to bottom: reference logits, merge (4-bit and dequantized), "
+                                   "compare within tolerance, write all or nothing; its steps share the loaded model",
+    "launch/tools/serve.py:main": "the serving node's start-up in order: key, grants, adapters, merge, engine command, "
+                                  "idle watcher, exec; every step is a few lines and they share the plan",
+    "launch/train.py:make_callback": "defines the TrainerCallback class inside, so transformers is imported on the node "
+                                     "only when training starts",
+    "sdk/cli/serving.py:serve": "a typer command: 14 of its lines are the option declarations",
+    "sdk/cli/sweeps.py:sweep": "a typer command: 13 of its lines are the option declarations",
+    "sdk/serving/plan.py:plan_serving": "the preflight's refusals in the order a user meets them (61 lines)",
+}
+
+
+def test_modules_and_functions_stay_small():
+    """No module over 400 lines, no function over 60 outside the listed exceptions (and none listed needlessly)."""
+    import ast
+
+    long_modules, long_functions = [], set()
+    for path in sorted([*(ROOT / "sdk").rglob("*.py"), *(ROOT / "launch").rglob("*.py")]):
+        text = path.read_text(encoding="utf-8")
+        rel = path.relative_to(ROOT).as_posix()
+        if len(text.splitlines()) > 400:
+            long_modules.append(rel)
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
+                long_functions.add(f"{rel}:{node.name}")
+    assert long_modules == []
+    assert long_functions == set(LONG_FUNCTIONS)

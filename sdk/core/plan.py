@@ -20,6 +20,7 @@ Sharding: DDP replicates everything; ZeRO-2 shards grads + optimizer; ZeRO-3 / F
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +78,28 @@ def trainable_params(spec: FineTuneSpec, shapes: Shapes) -> int:
     return method_of(spec).trainable_params(spec.method, shapes)
 
 
-def estimate(
-    spec: FineTuneSpec, *, device: str = "gpu", seq_len: int | None = None, micro_batch: int | None = None,
-    config: dict[str, Any] | None = None,
-) -> MemoryEstimate:
-    """Per-GPU (or per-process on CPU) training memory for the spec, by component."""
+@dataclass(frozen=True)
+class _Facts:
+    """What every component of the estimate is computed from."""
+
+    spec: FineTuneSpec
+    shapes: Shapes
+    method: Any
+    device: str
+    act: int  # bytes per activation value
+    weight: int  # bytes per weight value
+    seq: int
+    batch: int
+    total: int
+    trainable: int
+    world: int
+    deepspeed: bool
+    shard_params: int  # how many ways weights and trainable params are split (ZeRO-3, FSDP)
+    shard_states: int  # how many ways gradients and optimizer states are split (ZeRO-1/2/3)
+
+
+def _facts(spec: FineTuneSpec, *, device: str, seq_len: int | None, micro_batch: int | None,
+           config: dict[str, Any] | None) -> _Facts:
     config = config or config_for(spec.model.id)
     if config is None:
         raise SpecError(f"model.id: no architecture known for {spec.model.id!r}; give a local model directory "
@@ -90,81 +108,95 @@ def estimate(
         shapes = Shapes(config)
     except KeyError as exc:
         raise SpecError(f"model.id: config of {spec.model.id!r} lacks {exc.args[0]!r}") from None
-    method = method_of(spec)
     # The planner assumes a GPU with native bf16 (compute capability 8.0+), as the cloud GPUs it lists.
     precision = resolve_precision(spec.train.precision, capability=(8, 0) if device == "gpu" else None)
-    act = BYTES[DTYPE_OF[precision]]
-    weight = BYTES[weight_dtype(spec, precision)]
-    s = seq_len or spec.data.max_length
-    b = micro_batch or spec.train.batch_size
-    total = shapes.total_params()
-    trainable = trainable_params(spec, shapes)
     dist = spec.distributed
     world = spec.resources.nodes * max(1, spec.resources.gpus_per_node) if device == "gpu" else 1
     deepspeed = dist.strategy == "deepspeed"
     stage = dist.zero_stage if deepspeed else (3 if dist.strategy == "fsdp" else 0)
-    shard_params = world if stage == 3 else 1
-    shard_states = world if stage >= 2 or (deepspeed and stage >= 1) else 1
-    parts: list[Component] = []
+    return _Facts(spec=spec, shapes=shapes, method=method_of(spec), device=device, act=BYTES[DTYPE_OF[precision]],
+                  weight=BYTES[weight_dtype(spec, precision)], seq=seq_len or spec.data.max_length,
+                  batch=micro_batch or spec.train.batch_size, total=shapes.total_params(),
+                  trainable=trainable_params(spec, shapes), world=world, deepspeed=deepspeed,
+                  shard_params=world if stage == 3 else 1,
+                  shard_states=world if stage >= 2 or (deepspeed and stage >= 1) else 1)
 
-    # -- frozen / model weights
-    if method.quantized_base:
-        linear = shapes.linear_params()
-        per_block = (1 / 64 + 4 / (64 * 256)) if spec.method.double_quant else 4 / 64
-        quantized = int(linear * (0.5 + per_block))
-        rest = (total - linear) * weight
-        # transformers loads a 4-bit model outside zero.Init (DeepSpeed#5660): each rank holds it whole until the
-        # engine partitions it, so that is what must fit.
-        whole = "; whole on each rank at load (DeepSpeed#5660)" if shard_params > 1 else ""
-        parts.append(Component(name="weights (4-bit)", bytes=quantized,
-                               note=f"{linear:,} Linear params at 4 bits + {'double-quantized ' if spec.method.double_quant else ''}constants{whole}"))
-        parts.append(Component(name="weights (16-bit rest)", bytes=rest, note=f"embeddings, norms, head{whole}"))
-    else:
-        parts.append(Component(name="weights", bytes=total * weight // shard_params, note=f"{total:,} params × {weight} B"))
 
-    # -- trainable parameters, gradients, optimizer
-    param_bytes = BYTES[trainable_dtype(spec, precision)]
-    if method.adds_parameters:  # trained weights of the base itself are counted with the weights
-        parts.append(Component(name="trainable params", bytes=trainable * param_bytes // shard_params,
-                               note=f"{trainable:,} × {param_bytes} B"))
-    parts.append(Component(name="gradients", bytes=trainable * param_bytes // shard_states, note=f"{param_bytes} B each"))
-    optimizer = spec.train.optimizer
+def _weights(f: _Facts) -> list[Component]:
+    spec = f.spec
+    if not f.method.quantized_base:
+        return [Component(name="weights", bytes=f.total * f.weight // f.shard_params, note=f"{f.total:,} params × {f.weight} B")]
+    linear = f.shapes.linear_params()
+    per_block = (1 / 64 + 4 / (64 * 256)) if spec.method.double_quant else 4 / 64
+    quantized = int(linear * (0.5 + per_block))
+    rest = (f.total - linear) * f.weight
+    # transformers loads a 4-bit model outside zero.Init (DeepSpeed#5660): each rank holds it whole until the
+    # engine partitions it, so that is what must fit.
+    whole = "; whole on each rank at load (DeepSpeed#5660)" if f.shard_params > 1 else ""
+    return [Component(name="weights (4-bit)", bytes=quantized,
+                      note=f"{linear:,} Linear params at 4 bits + {'double-quantized ' if spec.method.double_quant else ''}constants{whole}"),
+            Component(name="weights (16-bit rest)", bytes=rest, note=f"embeddings, norms, head{whole}")]
+
+
+def _optimizer_bytes(optimizer: str, *, deepspeed: bool, param_bytes: int) -> tuple[float, str]:
+    """Bytes of optimizer state per trainable parameter, and how."""
     if deepspeed:
-        opt_bytes, note = 12, "DeepSpeed fp32 master + Adam m, v"
-    elif optimizer in ("adamw_8bit", "paged_adamw_8bit"):
-        opt_bytes, note = 2, f"{optimizer}: 2 × 1 B states"
-    elif optimizer == "sgd":
-        opt_bytes, note = 0, "SGD without momentum"
-    elif optimizer == "adafactor":
-        opt_bytes, note = 0.5, "factored second moment (approx.)"
-    else:
-        state = 4 if optimizer == "paged_adamw_32bit" else param_bytes
-        opt_bytes, note = 2 * state, f"AdamW m, v at {state} B"
-    parts.append(Component(name="optimizer", bytes=int(trainable * opt_bytes) // shard_states, note=note))
+        return 12, "DeepSpeed fp32 master + Adam m, v"
+    if optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        return 2, f"{optimizer}: 2 × 1 B states"
+    if optimizer == "sgd":
+        return 0, "SGD without momentum"
+    if optimizer == "adafactor":
+        return 0.5, "factored second moment (approx.)"
+    state = 4 if optimizer == "paged_adamw_32bit" else param_bytes
+    return 2 * state, f"AdamW m, v at {state} B"
 
-    # -- activations
+
+def _training_state(f: _Facts, precision_bytes: int) -> list[Component]:
+    parts = []
+    if f.method.adds_parameters:  # trained weights of the base itself are counted with the weights
+        parts.append(Component(name="trainable params", bytes=f.trainable * precision_bytes // f.shard_params,
+                               note=f"{f.trainable:,} × {precision_bytes} B"))
+    parts.append(Component(name="gradients", bytes=f.trainable * precision_bytes // f.shard_states, note=f"{precision_bytes} B each"))
+    opt_bytes, note = _optimizer_bytes(f.spec.train.optimizer, deepspeed=f.deepspeed, param_bytes=precision_bytes)
+    parts.append(Component(name="optimizer", bytes=int(f.trainable * opt_bytes) // f.shard_states, note=note))
+    return parts
+
+
+def _activations(f: _Facts) -> list[Component]:
+    shapes, act, s, b = f.shapes, f.act, f.seq, f.batch
     h, inter, kv = shapes.h, shapes.inter, shapes.kv_heads * shapes.head_dim
     tokens = s * b
     norm_fp32 = 2 * (8 if act == 2 else 4) * h  # HF RMSNorm computes in fp32 and keeps its intermediates
     per_layer = tokens * (act * (6 * h + 2 * kv + 4 * inter) + norm_fp32)
-    per_layer += tokens * method.activation_bytes(spec.method, shapes, act)
-    if gradient_checkpointing(spec):
+    per_layer += tokens * f.method.activation_bytes(f.spec.method, shapes, act)
+    if gradient_checkpointing(f.spec):
         activations = shapes.layers * tokens * h * act + per_layer
         note = f"checkpointed: {shapes.layers} layer inputs + one layer recomputed"
     else:
         activations = shapes.layers * per_layer
         note = f"{shapes.layers} layers × {tokens:,} tokens"
-    virtual = method.virtual_tokens(spec.method)
+    virtual = f.method.virtual_tokens(f.spec.method)
     if virtual:  # soft prompts lengthen every sequence
         activations = activations * (s + virtual) // s
-    parts.append(Component(name="activations", bytes=int(activations), note=note))
-    parts.append(Component(name="logits", bytes=tokens * shapes.vocab * (act + 4 + 4),
-                           note=f"{tokens:,} tokens × {shapes.vocab:,} vocab"))
-    if device == "cpu":
+    parts = [Component(name="activations", bytes=int(activations), note=note),
+             Component(name="logits", bytes=tokens * shapes.vocab * (act + 4 + 4), note=f"{tokens:,} tokens × {shapes.vocab:,} vocab")]
+    if f.device == "cpu":
         # CPU SDPA's backward materialises the attention matrix and its gradient, one layer at a time;
         # CUDA's flash / memory-efficient kernels never hold the s² matrix.
         parts.append(Component(name="attention workspace", bytes=2 * b * shapes.heads * s * s * 4,
                                note="CPU SDPA backward: scores + their gradient, one layer"))
+    return parts
+
+
+def estimate(
+    spec: FineTuneSpec, *, device: str = "gpu", seq_len: int | None = None, micro_batch: int | None = None,
+    config: dict[str, Any] | None = None,
+) -> MemoryEstimate:
+    """Per-GPU (or per-process on CPU) training memory for the spec, by component."""
+    f = _facts(spec, device=device, seq_len=seq_len, micro_batch=micro_batch, config=config)
+    precision = resolve_precision(spec.train.precision, capability=(8, 0) if device == "gpu" else None)
+    parts = [*_weights(f), *_training_state(f, BYTES[trainable_dtype(spec, precision)]), *_activations(f)]
     allocated = sum(p.bytes for p in parts)
     overhead = CUDA_CONTEXT + int(0.05 * allocated) if device == "gpu" else 0
     required = allocated + overhead
@@ -176,8 +208,8 @@ def estimate(
         for name, gb in GPUS.items()
     ]
     return MemoryEstimate(
-        model=spec.model.id, method=method.name, device=device, total_params=total, trainable_params=trainable,
-        world_size=world, seq_len=s, micro_batch=b, components=parts, allocated_bytes=allocated,
+        model=spec.model.id, method=f.method.name, device=device, total_params=f.total, trainable_params=f.trainable,
+        world_size=f.world, seq_len=f.seq, micro_batch=f.batch, components=parts, allocated_bytes=allocated,
         required_bytes=required, fits=fits,
     )
 
