@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from launch.runtime import count_parameters, quiet_libraries, versions  # noqa: F401  (tools import them from here too)
 from sdk.core.spec import FineTuneSpec
 from sdk.core.summary import Generation, LabelAccuracy, LabelScore, RunSummary, Runtime
 from sdk.store import commit_dir
@@ -45,55 +46,6 @@ class Outcome:
     summary: RunSummary
 
 
-def quiet_libraries() -> None:
-    """Progress bars and per-step deprecation noise off; real warnings (e.g. an attention fallback) stay."""
-    import logging
-    import os
-    import warnings
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore", message=".*kernels.*")
-    # DeepSpeed calls torch.distributed APIs that torch 2.13 deprecates, once per step.
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-    # bitsandbytes warns at import, on AVX512-BF16 CPUs, that an optional Hub kernel is missing.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_warning()  # warnings stay: an attention fallback is what a user must see
-    hf_logging.disable_progress_bar()
-    import datasets
-
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-
-
-def count_parameters(model: Any) -> tuple[int, int]:
-    trainable = total = 0
-    for param in model.parameters():
-        n = getattr(param, "ds_numel", None) or param.numel()  # a ZeRO-3 partitioned parameter holds a shard
-        # 4-bit weights are packed two per byte of their storage dtype (uint8, or the compute dtype where ZeRO-3
-        # or FSDP shard them: four per bf16 element, eight per fp32 one); count the logical parameters.
-        if type(param).__name__ == "Params4bit":
-            n *= 2 * param.element_size()
-        total += n
-        if param.requires_grad:
-            trainable += n
-    return trainable, total
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "deepspeed"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 @dataclass
 class NodeRecipe:
     """One run on this node. Each phase is a method; state lives on the instance."""
@@ -104,6 +56,27 @@ class NodeRecipe:
     workdir: Path
     timings: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+    # Set by setup(): the facts of this node and what was loaded.
+    hardware: Any = None  # sdk.core.summary.Hardware
+    precision: str | None = None  # bf16 | fp16 | fp32, resolved for this hardware
+    builder: Any = None  # the method's builder (launch.methods), from the registration
+    source: Any = None  # sdk.core.modelref.ModelSource the base was read from
+    save_route: Any = None  # how the trained weights leave the ranks (launch.gpu.save_route)
+    tokenizer: Any = None
+    model: Any = None  # the base, then (attach) the trainable model, then (train) the trained one
+    data: Any = None  # launch.data.Prepared: rows, formats, notes
+    eval_examples: list[Any] = field(default_factory=list)
+    # Set by the phases that follow.
+    before: Any = None  # label accuracy of the base (evaluate_before)
+    trainable: int = 0  # attach(): trainable and total parameters
+    total: int = 0
+    resident_bytes: int = 0  # attach(): the model's memory on this rank before any partitioning
+    resumed_from: int | None = None  # train(): the checkpoint step it resumed from
+    trainer: Any = None
+    result: Any = None  # the trainer's TrainOutput
+    eval_loss: float | None = None
+    adapter_bytes: int = 0  # save()
+    after: Any = None  # label accuracy of the tuned model (evaluate_after)
 
     def check_cancel(self) -> None:
         if self.sink.cancel_requested:

@@ -57,7 +57,7 @@ def _spec(method, **extra) -> FineTuneSpec:
 def test_trainable_count_equals_what_peft_builds(method):
     from launch.methods import builder_for
     from launch.models import load_model, load_tokenizer, local_source
-    from launch.node import count_parameters
+    from launch.runtime import count_parameters
 
     spec = _spec(method)
     source = local_source(spec.model)

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = run.spec()
         if not spec.eval.labels:
             raise SpecError("eval.labels: the run's spec names no labels, so label accuracy is undefined")
-        from launch.node import quiet_libraries
+        from launch.runtime import quiet_libraries
 
         quiet_libraries()
         from launch.data import labelled_examples

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         template = summary.template if summary else None
         instruction = summary.instruction if summary else None
         prompts = [p if args.raw else user_prompt(spec, template, p, instruction=instruction) for p in args.prompt]
-        from launch.node import quiet_libraries
+        from launch.runtime import quiet_libraries
 
         quiet_libraries()
         from launch.evaluate import generate, prompt_text

@@ -75,7 +75,7 @@ def merge(run: str, out: Path, *, dtype: str = "auto", num_prompts: int = 8, tol
           force: bool = False) -> dict[str, Any]:
     from launch.hardware import capability
     from launch.models import BaseLoader
-    from launch.node import quiet_libraries
+    from launch.runtime import quiet_libraries
     from sdk.core.errors import FinetuneError
     from sdk.core.methods import method_of
     from sdk.core.precision import DTYPE_OF, PRECISION_OF, compute_dtype, resolve_precision, weight_dtype

@@ -48,7 +48,7 @@ def worker(case: str) -> None:
 
     from launch.methods import builder_for
     from launch.models import load_model, load_tokenizer, local_source
-    from launch.node import quiet_libraries
+    from launch.runtime import quiet_libraries
 
     quiet_libraries()
     model_id, method, seq, batch = CASES[case]
