@@ -71,3 +71,16 @@ def pytest_runtest_setup(item):
     marker = item.get_closest_marker("service_missing")
     if marker is not None:  # helpers.needs_service: a service CI must have is missing
         pytest.fail(marker.args[0], pytrace=False)
+
+
+# Modules where every test trains a model, starts a server or a cluster: the `slow` tier. `pytest -m "not slow"`
+# is the fast tier for the edit loop (no training); CI runs everything. Mixed modules mark their slow tests.
+SLOW_MODULES = {"test_checkpoints", "test_distributed", "test_distributed_qlora", "test_examples", "test_local_runs",
+                "test_merge", "test_node", "test_s3_data", "test_serve", "test_slurm", "test_store_faults", "test_sweep",
+                "test_tracking"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -189,7 +189,8 @@ READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet"
 
 
 def _s3_rows(uri: str, declared: str, field: str) -> Iterator[Row | BadRow]:
-    from sdk.store import StoreError, open_store
+    from sdk.core.errors import StoreError
+    from sdk.store import open_store
 
     parent, _, key = uri.rstrip("/").rpartition("/")
     kind = file_type(uri, declared, field=field)
