@@ -86,6 +86,7 @@ class _Facts:
     shapes: Shapes
     method: Any
     device: str
+    precision: str  # bf16 | fp16 | fp32, as the planner resolves it for the device
     act: int  # bytes per activation value
     weight: int  # bytes per weight value
     seq: int
@@ -114,7 +115,7 @@ def _facts(spec: FineTuneSpec, *, device: str, seq_len: int | None, micro_batch:
     world = spec.resources.nodes * max(1, spec.resources.gpus_per_node) if device == "gpu" else 1
     deepspeed = dist.strategy == "deepspeed"
     stage = dist.zero_stage if deepspeed else (3 if dist.strategy == "fsdp" else 0)
-    return _Facts(spec=spec, shapes=shapes, method=method_of(spec), device=device, act=BYTES[DTYPE_OF[precision]],
+    return _Facts(spec=spec, shapes=shapes, method=method_of(spec), device=device, precision=precision, act=BYTES[DTYPE_OF[precision]],
                   weight=BYTES[weight_dtype(spec, precision)], seq=seq_len or spec.data.max_length,
                   batch=micro_batch or spec.train.batch_size, total=shapes.total_params(),
                   trainable=trainable_params(spec, shapes), world=world, deepspeed=deepspeed,
@@ -195,8 +196,7 @@ def estimate(
 ) -> MemoryEstimate:
     """Per-GPU (or per-process on CPU) training memory for the spec, by component."""
     f = _facts(spec, device=device, seq_len=seq_len, micro_batch=micro_batch, config=config)
-    precision = resolve_precision(spec.train.precision, capability=(8, 0) if device == "gpu" else None)
-    parts = [*_weights(f), *_training_state(f, BYTES[trainable_dtype(spec, precision)]), *_activations(f)]
+    parts = [*_weights(f), *_training_state(f, BYTES[trainable_dtype(spec, f.precision)]), *_activations(f)]
     allocated = sum(p.bytes for p in parts)
     overhead = CUDA_CONTEXT + int(0.05 * allocated) if device == "gpu" else 0
     required = allocated + overhead

@@ -191,9 +191,7 @@ class Run:
 
     def fetch_adapter(self, dest: str | Path, *, overwrite: bool = False) -> Path:
         """Download the committed adapter, verified against its manifest; all or nothing."""
-        if self.folder.adapter_manifest() is None:
-            raise StoreError(f"{self.uri}/{ADAPTER}: no committed adapter (run is {self.status().state})")
-        return self.folder.fetch_adapter(dest, overwrite=overwrite)
+        return self.folder.fetch_adapter(dest, overwrite=overwrite, state=lambda: self.status().state)
 
     def generate(self, prompts: str | list[str], *, max_new_tokens: int | None = None, base: bool = False) -> list[str]:
         """Greedy completions of the tuned model (`base=True`: the adapter off), each prompt written in the

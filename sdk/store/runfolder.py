@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -101,10 +102,11 @@ class RunFolder:
         data = self.read_json(SUMMARY)
         return None if data is None else RunSummary.model_validate(data)
 
-    def fetch_adapter(self, dest: str | Path, *, overwrite: bool = False) -> Path:
-        """Download the committed adapter, verified against its manifest; all or nothing."""
+    def fetch_adapter(self, dest: str | Path, *, overwrite: bool = False, state: Callable[[], str] | None = None) -> Path:
+        """Download the committed adapter, verified against its manifest; all or nothing. `state` says what the run
+        is when there is no adapter (the client's Run knows better than status.json: a dead node, a backend)."""
         if self.adapter_manifest() is None:
-            state = self.status().get("state")
+            state = state() if state else self.status().get("state")
             raise StoreError(f"{self.uri}/{ADAPTER}: no committed adapter (run is {state})")
         if overwrite:
             check_replaceable(Path(dest))
