@@ -212,7 +212,7 @@ def test_dry_run_prints_the_skypilot_serving_task(tmp_path, run_cli, two_adapter
     """The SkyPilot task (and the `sky serve` service) pass SkyPilot's own schema."""
     import sky
 
-    from sdk.serving import ServedAdapter, ServePlan
+    from sdk.core.serveplan import ServedAdapter, ServePlan
     from sdk.serving.skypilot import serve_task_config
 
     runs, _ = two_adapters

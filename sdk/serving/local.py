@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sdk.core.serveplan import SERVE_KEY_ENV, ServePlan
-from sdk.runs.processes import identify, is_same, stop_group
+from sdk.machine.processes import identify, is_same, stop_group
 from sdk.serving.record import ServerRecord
 
 

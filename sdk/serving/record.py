@@ -13,7 +13,7 @@ from sdk.core.serveplan import ServePlan
 
 
 class ProcessIdentity(BaseModel):
-    """A PID with what tells it from a later process that reuses it (sdk.runs.processes.identify)."""
+    """A PID with what tells it from a later process that reuses it (sdk.machine.processes.identify)."""
 
     model_config = ConfigDict(extra="allow")
     started: int | None = None

@@ -13,7 +13,7 @@ from sdk.serving.record import ServerRecord, serving_backend
 
 
 def servers_dir() -> Path:
-    from sdk.runs.registry import home
+    from sdk.machine.registry import home
 
     return home() / "servers"
 
