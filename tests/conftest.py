@@ -84,3 +84,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Seconds per module (setup + call + teardown), slowest first: where the suite's time goes, in every CI log."""
+    totals: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) in ("setup", "call", "teardown"):
+                module = report.nodeid.split("::")[0]
+                totals[module] = totals.get(module, 0.0) + report.duration
+    if totals:
+        terminalreporter.write_sep("-", "seconds per module")
+        for module, seconds in sorted(totals.items(), key=lambda item: -item[1]):
+            terminalreporter.write_line(f"{seconds:8.1f}  {module}")

@@ -16,14 +16,18 @@ from sdk.core.spec import FineTuneSpec, parse_spec
 
 
 def _shipped_dir() -> Path:
-    """The shipped recipes: the `finetune_recipes` package data of an installed wheel (or an editable
-    install's recipes/), else recipes/ beside this source tree."""
+    """The shipped recipes: recipes/ beside this source tree (a checkout or an editable install), else the
+    `finetune_recipes` package data of an installed wheel. The source tree goes first so that a checkout never
+    reads the recipes of another checkout an older editable install still points at."""
     import importlib.util
 
+    beside = Path(__file__).resolve().parents[2] / "recipes"
+    if any(beside.glob("*.yaml")):
+        return beside
     found = importlib.util.find_spec("finetune_recipes")
     if found is not None and found.submodule_search_locations:
         return Path(next(iter(found.submodule_search_locations)))
-    return Path(__file__).resolve().parents[2] / "recipes"
+    return beside
 
 
 RECIPES_DIR = _shipped_dir()
