@@ -1,6 +1,6 @@
 """Data: read rows from a source, map fields, render them with a template into trainer examples.
 
-Sources: a local file (jsonl, json, csv, parquet), an s3:// object, a Hub dataset id, or builtin:<name>.
+Sources: a local file (jsonl, json, csv, parquet, txt), an s3:// object, a Hub dataset id, or builtin:<name>.
 Templates:
   instruction  '### Instruction:\\n…\\n\\n[### Input:\\n…\\n\\n]### Response:\\n' + response (loss on the response)
   chat         the tokenizer's chat template (rows with `messages`, or instruction rows as a user turn)

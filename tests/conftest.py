@@ -29,6 +29,30 @@ def run_cli():
     return run
 
 
+@pytest.fixture
+def cli_here(capsys, monkeypatch):
+    """The same `finetune` entry point in this process (no interpreter start-up): for the many refusals whose
+    exit code and message are the test; `run_cli` keeps the real subprocess for what a user runs."""
+    from types import SimpleNamespace
+
+    from sdk.cli import main
+
+    def run(*args: str, env: dict | None = None):
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setattr(sys, "argv", ["finetune", *args])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def moto_server():
     """A real S3 server (moto) on 127.0.0.1 in its own process, shared by the session."""

@@ -44,16 +44,31 @@ EXPECTED = {
     "openai_preference": ("openai_preference", {"prompt": "<|user|>\nGreet me politely.<|assistant|>\n",
                                                 "chosen": "Good morning, how can I help?<|end|>",
                                                 "rejected": "What do you want?<|end|>"}),
+    "messages_parts": ("messages", {  # OpenAI content parts: text parts joined with a newline, as vLLM joins them
+        "text": "<|system|>\nAnswer in one word.<|user|>\nHeadline: Storm floods the coastal city\nWhich topic?"
+                "<|assistant|>\nWorld<|end|>",
+        "trained": "World<|end|>"}),
+    "sharegpt_preference": ("preference", {"prompt": "<|system|>\nBe polite.<|user|>\nCan you help me?<|assistant|>\n",
+                                           "chosen": "Of course, gladly.<|end|>", "rejected": "No.<|end|>"}),
+    "corpus": ("text", {"text": "Rivers carry water from the hills to the sea.\nAlong the way they shape valleys and plains.\n<|end|>",
+                        "trained": "Rivers carry water from the hills to the sea.\nAlong the way they shape valleys and plains.\n<|end|>"}),
+    "corpus_blocks": ("text", {"text": "The first harbour was built of stone.\nShips came from the south.<|end|>",
+                               "trained": "The first harbour was built of stone.\nShips came from the south.<|end|>"}),
 }
-TRAIN_ROWS = {"sharegpt": 5}  # 4 conversations, 5 assistant turns
+TRAIN_ROWS = {"sharegpt": 5, "corpus": 1, "corpus_blocks": 3}  # sharegpt: 4 conversations, 5 assistant turns
+FILE_TYPES = {"corpus_blocks": "txt_blocks"}  # the rest: from the suffix
+
+
+def source_of(name: str) -> Path:
+    return next(FORMATS.glob(f"{name}.*"))
 
 
 def format_spec(name: str, output: str) -> sdk.FineTuneSpec:
-    source = str(FORMATS / f"{name}.jsonl")
+    source = str(source_of(name))
     return sdk.FineTuneSpec(
         name=f"fmt-{name.replace('_', '-')}", model="tiny:llama", method={"name": "lora", "r": 4, "alpha": 8},
         objective="dpo" if "preference" in name else "sft",
-        data={"source": source, "eval_source": source, "max_length": 128},  # eval_source: train rows keep file order
+        data={"source": source, "eval_source": source, "max_length": 128, "file_type": FILE_TYPES.get(name, "auto")},  # eval_source: train rows keep file order
         train={"max_steps": 2, "batch_size": 2, "lr": 1e-3, "precision": "fp32", "logging_steps": 1},
         eval={"num_samples": 2, "generations": 0, "before": False}, output=output, env={"OMP_NUM_THREADS": "1"},
     )
@@ -81,7 +96,7 @@ def test_each_format_trains_and_renders_exactly(format_runs, name):
     fmt, expected = EXPECTED[name]
     folder = RunFolder(*_split(run.uri))
     preview = folder.read_json("data_preview.json")
-    assert preview.pop("where") == f"{FORMATS / name}.jsonl:1"
+    assert preview.pop("where") == f"{source_of(name)}:1"
     assert preview == expected
     assert f"data.source {fmt}" in str(run.logs())
     summary = run.summary()
@@ -109,7 +124,9 @@ REFUSED = {
     "messages_bad_weight.jsonl": (1, "weight must be 0 or 1"),
     "messages_all_weights_zero.jsonl": (1, "every assistant turn has weight 0"),
     "messages_late_system.jsonl": (1, "messages[1]: a system turn may only come first"),
-    "messages_content_not_text.jsonl": (1, "messages[0]: content must be text, not list"),
+    "messages_content_not_text.jsonl": (2, "messages[1].content must be text or a list of content parts, not int"),
+    "messages_image_part.jsonl": (1, "messages[0].content[1]: a part of type 'image_url': only text parts can be trained"),
+    "preference_sharegpt_two_turns.jsonl": (1, "'chosen' must be one assistant turn (the response), not 2 turns"),
     "alpaca_missing_output.jsonl": (3, "missing field 'output'"),
     "alpaca_empty_output.jsonl": (2, "empty 'output'"),
     "preference_chosen_equals_rejected.jsonl": (2, "chosen equals rejected"),
@@ -133,11 +150,12 @@ def test_every_malformed_file_is_hand_written_and_listed():
 
 
 @pytest.mark.parametrize("file", sorted(REFUSED))
-def test_malformed_file_is_refused_before_launch(run_cli, tmp_path, file):
+def test_malformed_file_is_refused_before_launch(cli_here, run_cli, tmp_path, file):
+    """Every file through the CLI in this process; the first also through a real `finetune` process."""
     line, reason = REFUSED[file]
     path = MALFORMED / file
     objective = "dpo" if file.startswith(("preference", "openai_preference")) else "sft"
-    result = run_cli("launch", "tiny", "--local", f"--set=data.source={path}", "--set=data.eval_source=null",
+    result = (run_cli if file == sorted(REFUSED)[0] else cli_here)("launch", "tiny", "--local", f"--set=data.source={path}", "--set=data.eval_source=null",
                      f"--set=objective={objective}", f"--set=output={tmp_path / 'runs'}",
                      env={"FINETUNE_HOME": str(tmp_path / "home")})
     out = result.stdout + result.stderr
@@ -278,3 +296,34 @@ def test_files_saved_with_a_byte_order_mark_are_read(tmp_path):
         path.write_bytes("\ufeff".encode() + body.encode())  # as spreadsheet tools on Windows save them
         check = load_samples(spec, str(path), "data.source")
         assert not check.bad and check.format == "alpaca" and check.samples[0].completion == "Hi", (name, check.bad)
+
+
+def test_plain_text_files_follow_the_documented_rule(tmp_path):
+    """txt: one document per file (a folder of .txt files is a corpus); txt_blocks: one per blank-line block,
+    each located by its first line. An empty file is refused where it is."""
+    from sdk.data.rows import BadRow, iter_rows
+
+    rows = list(iter_rows(str(FORMATS / "corpus_blocks.txt"), declared="txt_blocks"))
+    assert [(r.where.rsplit(":", 1)[1], r.value["text"]) for r in rows] == [
+        ("1", "The first harbour was built of stone.\nShips came from the south."),
+        ("4", "In winter the port froze\nand the town waited for spring."), ("8", "Markets opened again in April.")]
+    whole = list(iter_rows(str(FORMATS / "corpus_blocks.txt")))  # the suffix says txt: the file is one document
+    assert len(whole) == 1 and whole[0].value["text"] == (FORMATS / "corpus_blocks.txt").read_text()
+    (tmp_path / "a.txt").write_text("First book.\n")
+    (tmp_path / "b.txt").write_text("Second book.\n")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    rows = list(iter_rows(str(tmp_path)))
+    assert [r.value["text"] for r in rows if not isinstance(r, BadRow)] == ["First book.\n", "Second book.\n"]
+    assert [(r.where, r.reason) for r in rows if isinstance(r, BadRow)] == [
+        (f"{tmp_path / 'empty.txt'}:1", "an empty text file: nothing to train on")]
+
+
+@pytest.mark.parametrize("name", ["messages_parts", "sharegpt_preference", "corpus", "corpus_blocks"])
+def test_validate_reports_each_new_form(cli_here, name):
+    source = source_of(name)
+    fmt, _ = EXPECTED[name]
+    args = ["validate", "tiny", f"--set=data.source={source}", "--set=data.eval_source=null", "--set=data.template=auto",
+            f"--set=data.file_type={FILE_TYPES.get(name, 'auto')}", f"--set=objective={'dpo' if 'preference' in name else 'sft'}"]
+    result = cli_here(*args)
+    assert result.returncode == 0, result.stderr
+    assert f"data.source: {source}: {TRAIN_ROWS.get(name, 4) if fmt != 'sharegpt' else 4} rows, format {fmt}" in result.stdout, result.stdout

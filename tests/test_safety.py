@@ -97,8 +97,8 @@ def test_force_replaces_only_a_previous_fetch(tmp_path, monkeypatch, run_cli):
 
 
 @pytest.mark.parametrize("name", ["HF_TOKEN", "WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD", "GCP_CREDENTIALS"])
-def test_a_credential_in_env_is_refused_with_a_pointer_to_secrets(name, run_cli, tmp_path):
-    result = run_cli("launch", "tiny", "--local", "--dry-run", f"--set=env.{name}=abc123", env={"FINETUNE_HOME": str(tmp_path)})
+def test_a_credential_in_env_is_refused_with_a_pointer_to_secrets(name, cli_here, tmp_path):
+    result = cli_here("launch", "tiny", "--local", "--dry-run", f"--set=env.{name}=abc123", env={"FINETUNE_HOME": str(tmp_path)})
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{name} looks like a credential" in result.stderr and f"secrets: [{name}]" in result.stderr
     assert "abc123" not in result.stdout + result.stderr  # the value is not echoed back either
@@ -109,16 +109,14 @@ def test_a_credential_in_env_is_refused_with_a_pointer_to_secrets(name, run_cli,
     ("env.PATH=/tmp", "PATH changes how every process"),
     ("output=s3://bkt/../x", "'.' and '..' are not folders"),
 ])
-def test_bad_spec_values_are_one_line_errors(setting, message, run_cli, tmp_path):
-    result = run_cli("launch", "tiny", "--local", "--dry-run", f"--set={setting}", env={"FINETUNE_HOME": str(tmp_path)})
+def test_bad_spec_values_are_one_line_errors(setting, message, cli_here, tmp_path):
+    result = cli_here("launch", "tiny", "--local", "--dry-run", f"--set={setting}", env={"FINETUNE_HOME": str(tmp_path)})
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("port", ["99999", "0", "-1"])
-def test_a_port_out_of_range_is_refused_at_once(port, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "sdk.cli", "serve", "tiny", "--dry-run", "--port", port],
-                            capture_output=True, text=True, timeout=60, cwd=ROOT,
-                            env={**os.environ, "FINETUNE_HOME": str(tmp_path)})
+def test_a_port_out_of_range_is_refused_at_once(port, cli_here, tmp_path):
+    result = cli_here("serve", "tiny", "--dry-run", "--port", port, env={"FINETUNE_HOME": str(tmp_path)})
     assert result.returncode == 2 and "--port" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -164,11 +164,11 @@ def test_python_api_errors_name_the_field():
 
 
 @pytest.mark.parametrize("name,text,overrides,expected", MALFORMED[:12:3], ids=[r[0] for r in MALFORMED[:12:3]])
-def test_cli_validate_exits_2_without_traceback(tmp_path, run_cli, name, text, overrides, expected):
+def test_cli_validate_exits_2_without_traceback(tmp_path, cli_here, name, text, overrides, expected):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(BASE if text is None else text)
     args = ["validate", str(recipe)] + [f"--set={o}" for o in overrides]
-    result = run_cli(*args)
+    result = cli_here(*args)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert expected[0] in result.stderr

@@ -33,7 +33,7 @@ class ModelSpec(SpecPart):
 
 RowFormatName = Literal[("auto", *ROW_FORMATS)]  # type: ignore[valid-type]  # the names sdk.core.objectives registers
 ObjectiveName = Literal[tuple(OBJECTIVES)]  # type: ignore[valid-type]
-FILE_TYPES = ("jsonl", "json", "csv", "parquet")
+FILE_TYPES = ("jsonl", "json", "csv", "parquet", "txt", "txt_blocks")
 
 
 class FieldMap(SpecPart):
@@ -61,7 +61,9 @@ class DataSpec(SpecPart):
     )
     format: RowFormatName = Field(
         "auto", description="the rows' layout; auto detects it from the rows (see sdk.data.formats)")
-    file_type: Literal["auto", "jsonl", "json", "csv", "parquet"] = Field("auto", description="auto: from the suffix")
+    file_type: Literal["auto", "jsonl", "json", "csv", "parquet", "txt", "txt_blocks"] = Field(
+        "auto", description="auto: from the suffix (.txt is txt). txt: each file is one document (a folder of .txt files "
+                            "is a corpus); txt_blocks: each block of lines between blank lines is one document")
     split: str = Field("train", description="split name for Hub datasets")
     fields: FieldMap = Field(default_factory=FieldMap)
     template: Literal["auto", "instruction", "chat", "plain"] = Field(

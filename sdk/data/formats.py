@@ -6,10 +6,13 @@ malformed row is reported as `file:line` before a GPU is paid for. No torch here
 
   alpaca             instruction / input / output (also any column names mapped with data.fields)
   sharegpt           conversations: [{from: human|gpt|system, value}]  (role/content turns accepted too)
-  messages           OpenAI chat: messages: [{role: system|user|assistant, content, weight?}]
+  messages           OpenAI chat: messages: [{role: system|user|assistant, content, weight?}]; content is text or a
+                     list of parts ([{type: text, text}]): text parts are joined with newlines, as vLLM joins them
+                     when it serves the model; image, audio and file parts are refused (text models only)
   prompt_completion  prompt / completion (text, or conversational turns)
   text               text
-  preference         prompt / chosen / rejected; or chosen / rejected conversations sharing the prompt turns
+  preference         prompt / chosen / rejected; or chosen / rejected conversations sharing the prompt turns; or
+                     ShareGPT's conversations / chosen / rejected (one {from, value} message each)
   openai_preference  input.messages / preferred_output / non_preferred_output (hosted fine-tuning APIs' DPO rows)
 """
 
@@ -124,9 +127,7 @@ def _turns(value: Any, name: str, *, weights: bool = False) -> list[dict[str, An
         role = ROLES.get(str(turn[role_key]).strip().lower()) if isinstance(turn[role_key], str) else None
         if role is None:
             raise RowError(f"{where}: unknown role {turn[role_key]!r} (known: {KNOWN_ROLES})")
-        content = turn[content_key]
-        if not isinstance(content, str):
-            raise RowError(f"{where}: {content_key} must be text, not {type(content).__name__}")
+        content = _content(turn[content_key], f"{where}.{content_key}")
         out: dict[str, Any] = {"role": role, "content": content}
         if "weight" in turn:
             if not weights:
@@ -138,6 +139,34 @@ def _turns(value: Any, name: str, *, weights: bool = False) -> list[dict[str, An
             out["weight"] = int(turn["weight"])
         turns.append(out)
     return turns
+
+
+TEXT_PARTS = {"text": "text", "refusal": "refusal"}  # part type -> the key holding its text
+
+
+def _content(value: Any, name: str) -> str:
+    """A turn's content: text, or OpenAI's list of content parts with the text parts joined by newlines (vLLM's
+    chat endpoint joins a text-only parts list the same way, so a row trains as the served request reads)."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise RowError(f"{name} must be text or a list of content parts, not {type(value).__name__}")
+    texts = []
+    for index, part in enumerate(value):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in TEXT_PARTS:
+            if not isinstance(part, dict):
+                raise RowError(f"{name}[{index}]: a content part must be an object with type and text, "
+                               f"not {type(part).__name__}")
+            raise RowError(f"{name}[{index}]: a part of type {kind!r}: only text parts can be trained (text models; "
+                           "images, audio and files are not supported), drop the part or the row")
+        text = part.get(TEXT_PARTS[kind])
+        if not isinstance(text, str):
+            raise RowError(f"{name}[{index}]: a {kind} part needs {TEXT_PARTS[kind]!r} as text")
+        texts.append(text)
+    if not texts:
+        raise RowError(f"{name} is an empty list of content parts")
+    return "\n".join(texts)
 
 
 def check_turns(turns: list[dict[str, Any]], name: str, *, ends_with: str) -> None:
@@ -260,6 +289,9 @@ def _preference(row: dict[str, Any], ctx: Context) -> Sample:
                            f"or drop {f.prompt!r} for the implicit-prompt form")
         if isinstance(prompt, list) and isinstance(chosen, list) and len(chosen) > 1 and chosen[: len(prompt)] == row[f.prompt]:
             raise RowError(f"{f.chosen!r} repeats the prompt turns: give only the assistant's response")
+    elif row.get(f.conversations) is not None:  # ShareGPT's form: the prompt turns, then one message per response
+        prompt = _turns(row[f.conversations], f.conversations)
+        check_turns(prompt, f.conversations, ends_with="user")
     elif row.get(f.instruction) is not None or ctx.instruction is not None:  # instruction rows with two answers
         instruction = _text(row, f.instruction, optional=ctx.instruction is not None) or ctx.instruction
         prompt = Instruction(instruction or "", _text(row, f.input, optional=True) or None)
@@ -300,7 +332,8 @@ def _openai_preference(row: dict[str, Any], ctx: Context) -> Sample:
 FORMATS: dict[str, RowFormat] = {f.name: f for f in (
     RowFormat("openai_preference", "input.messages / preferred_output / non_preferred_output",
               lambda f: ("preferred_output", "non_preferred_output"), _openai_preference, preference=True),
-    RowFormat("preference", "prompt / chosen / rejected (or chosen / rejected conversations)",
+    RowFormat("preference", "prompt / chosen / rejected (or chosen / rejected conversations, or ShareGPT's "
+              "conversations / chosen / rejected)",
               lambda f: (f.chosen, f.rejected), _preference, preference=True),
     RowFormat("messages", "messages: [{role, content}]", lambda f: (f.messages,), _messages),
     RowFormat("sharegpt", "conversations: [{from, value}]", lambda f: (f.conversations,), _sharegpt),

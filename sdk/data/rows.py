@@ -2,7 +2,7 @@
 
 Used by the client's check before launch and by the node alike. A row that cannot be parsed comes back
 as a `BadRow` in its place, so a check can list every bad line instead of stopping at the first.
-Sources: a local file or directory (jsonl, json, csv, parquet), an s3:// object (jsonl streamed line by
+Sources: a local file or directory (jsonl, json, csv, parquet, txt), an s3:// object (jsonl streamed line by
 line; the other types downloaded to a temporary file), builtin:<name>, or a Hub dataset id.
 """
 
@@ -48,7 +48,8 @@ class BadRow:
     reason: str
 
 
-SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
+            ".txt": "txt"}
 
 
 def file_type(name: str, declared: str = "auto", *, field: str = "data.source") -> str:
@@ -56,7 +57,7 @@ def file_type(name: str, declared: str = "auto", *, field: str = "data.source") 
         return declared
     kind = SUFFIXES.get(Path(name).suffix.lower())
     if kind is None:
-        raise DataError(f"{field}: {name}: cannot tell the file type from the suffix; set data.file_type (jsonl, json, csv, parquet)")
+        raise DataError(f"{field}: {name}: cannot tell the file type from the suffix; set data.file_type (jsonl, json, csv, parquet, txt, txt_blocks)")
     return kind
 
 
@@ -182,7 +183,37 @@ def _read_parquet(path: Path, name: str) -> Iterator[Row | BadRow]:
         yield Row(f"{name}:row {index}", value)
 
 
-READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}
+def _read_txt(path: Path, name: str) -> Iterator[Row | BadRow]:
+    """Plain text for continued pre-training: the whole file is one document (a `text` row)."""
+    text = _read_text(path, name)
+    if isinstance(text, BadRow):
+        yield text
+    elif not text.strip():
+        yield BadRow(f"{name}:1", "an empty text file: nothing to train on")
+    else:
+        yield Row(f"{name}:1", {"text": text})
+
+
+def _read_txt_blocks(path: Path, name: str) -> Iterator[Row | BadRow]:
+    """Plain text where each block of lines between blank lines is one document, located by its first line."""
+    text = _read_text(path, name)
+    if isinstance(text, BadRow):
+        yield text
+        return
+    block: list[str] = []
+    start = 0
+    for number, line in enumerate([*text.splitlines(), ""], 1):
+        if line.strip():
+            if not block:
+                start = number
+            block.append(line)
+        elif block:
+            yield Row(f"{name}:{start}", {"text": "\n".join(block)})
+            block = []
+
+
+READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet, "txt": _read_txt,
+           "txt_blocks": _read_txt_blocks}
 
 
 # ------------------------------------------------------------------------------------------ sources
@@ -233,7 +264,7 @@ def iter_rows(source: str, *, declared: str = "auto", split: str = "train", fiel
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES)
         if not files:
-            raise DataError(f"{field}: {path} holds no jsonl/json/csv/parquet files")
+            raise DataError(f"{field}: {path} holds no jsonl/json/csv/parquet/txt files")
         for file in files:
             yield from READERS[file_type(str(file), declared, field=field)](file, str(file))
         return
