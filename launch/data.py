@@ -6,7 +6,7 @@ Templates:
   chat         the tokenizer's chat template (rows with `messages`, or instruction rows as a user turn)
   text         raw text in one column
 SFT examples are prompt/completion pairs (trl appends EOS and masks the prompt when
-completion_only_loss); DPO examples are prompt/chosen/rejected.
+completion_only_loss); DPO examples are prompt/chosen/rejected; KTO examples prompt/completion/label.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdk.core.objectives import objective_named
 from sdk.core.spec import DataSpec, FineTuneSpec
 from sdk.data.check import LengthCount, SourceCheck, chat_loss_route, load_samples, template_for
 from sdk.data.formats import Instruction, Sample, learns_several_turns
@@ -116,6 +117,8 @@ def prepare(spec: FineTuneSpec, tokenizer: Any = None) -> PreparedData:
     eval_examples = [renderer.example(s) for s in eval_rows]
     eval_samples = eval_rows[: max(spec.eval.num_samples, 1)]
     placed = [(s.where, row) for s in train_rows for row in renderer.trainer_rows(s)]  # one sample may be several rows
+    if objective_named(spec.objective).reads_in_order:  # its trainer does not shuffle: a sorted file would train sorted
+        rng.shuffle(placed)
     notes = [f"chat: {why}"] if why else []
     if tokenizer is not None:
         lengths = LengthCount(data.max_length, NodeTokens(tokenizer), renderer)
@@ -168,6 +171,9 @@ def preview(row: dict[str, Any], tokenizer: Any, *, where: str, completion_only:
     for suffix in ("ids", "input_ids"):  # DPO (trl 1.x names them prompt_ids; older trl prompt_input_ids)
         if f"chosen_{suffix}" in row:
             return {"where": where, **{part: decode(row[f"{part}_{suffix}"]) for part in ("prompt", "chosen", "rejected")}}
+    if "label" in row and "completion_ids" in row:  # KTO: one answer, labelled desirable or not
+        return {"where": where, "prompt": decode(row["prompt_ids"]), "completion": decode(row["completion_ids"]),
+                "label": bool(row["label"])}
     ids = list(row["input_ids"])
     if "labels" in row:  # trl folds its masks into labels: -100 is out of the loss
         mask = [label != -100 for label in row["labels"]]

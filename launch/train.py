@@ -335,8 +335,36 @@ def dpo_trainer(inputs: TrainerInputs) -> tuple[Any, str | None]:
     return trainer, None
 
 
+def kto_weights(desirable: int, undesirable: int) -> tuple[float, float]:
+    """(desirable_weight, undesirable_weight) for KTO on unbalanced data: the rarer class is weighted up so that
+    desirable_weight * desirable / (undesirable_weight * undesirable) is 1, inside the [1, 4/3] the KTO paper
+    (Eq. 8) and trl's docs recommend; the commoner class keeps weight 1. One class only: (1, 1)."""
+    if not desirable or not undesirable:
+        return 1.0, 1.0
+    if desirable >= undesirable:
+        return 1.0, round(desirable / undesirable, 4)
+    return round(undesirable / desirable, 4), 1.0
+
+
+def kto_trainer(inputs: TrainerInputs) -> tuple[Any, str | None]:
+    from trl import KTOConfig, KTOTrainer
+
+    labels = list(inputs.train_ds["label"])
+    desirable_weight, undesirable_weight = kto_weights(sum(labels), len(labels) - sum(labels))
+    note = (f"kto: {sum(labels)} desirable and {len(labels) - sum(labels)} undesirable rows, weighted "
+            f"{desirable_weight:g} and {undesirable_weight:g}")
+    print(f"[finetune] {note}", flush=True)
+    args = KTOConfig(**inputs.args, beta=inputs.spec.train.dpo_beta, desirable_weight=desirable_weight,
+                     undesirable_weight=undesirable_weight)
+    trainer = with_cpu_resume_fix(KTOTrainer)(model=inputs.model, args=args, train_dataset=inputs.train_ds,
+                                              eval_dataset=inputs.eval_ds, processing_class=inputs.tokenizer,
+                                              callbacks=inputs.callbacks)
+    return trainer, None
+
+
 # One trainer per objective (sdk.core.objectives.OBJECTIVES names them): (trainer, packing note).
-TRAINERS: dict[str, Callable[[TrainerInputs], tuple[Any, str | None]]] = {"sft": sft_trainer, "dpo": dpo_trainer}
+TRAINERS: dict[str, Callable[[TrainerInputs], tuple[Any, str | None]]] = {
+    "sft": sft_trainer, "dpo": dpo_trainer, "kto": kto_trainer}
 
 
 def build_trainer(

@@ -54,8 +54,14 @@ EXPECTED = {
                         "trained": "Rivers carry water from the hills to the sea.\nAlong the way they shape valleys and plains.\n<|end|>"}),
     "corpus_blocks": ("text", {"text": "The first harbour was built of stone.\nShips came from the south.<|end|>",
                                "trained": "The first harbour was built of stone.\nShips came from the south.<|end|>"}),
+    # KTO reads its rows in order, so the node shuffles them first (seeded): the first row is the file's 4th / 3rd
+    "feedback": ("feedback", {"prompt": "Topic of: Storm floods the coastal city", "completion": "Business<|end|>",
+                              "label": False}),
+    "feedback_messages": ("feedback", {"prompt": "<|user|>\nRecommend a short book.<|assistant|>\n",
+                                       "completion": "Try The Old Man and the Sea.<|end|>", "label": True}),
 }
-TRAIN_ROWS = {"sharegpt": 5, "corpus": 1, "corpus_blocks": 3}  # sharegpt: 4 conversations, 5 assistant turns
+TRAIN_ROWS = {"sharegpt": 5, "corpus": 1, "corpus_blocks": 3, "feedback": 6}  # sharegpt: 4 conversations, 5 assistant turns
+FIRST_LINE = {"feedback": 4, "feedback_messages": 3}  # the line of the first training row (1 unless shuffled)
 FILE_TYPES = {"corpus_blocks": "txt_blocks"}  # the rest: from the suffix
 
 
@@ -63,11 +69,15 @@ def source_of(name: str) -> Path:
     return next(FORMATS.glob(f"{name}.*"))
 
 
+def objective_for(name: str) -> str:
+    return "dpo" if "preference" in name else "kto" if name.startswith("feedback") else "sft"
+
+
 def format_spec(name: str, output: str) -> sdk.FineTuneSpec:
     source = str(source_of(name))
     return sdk.FineTuneSpec(
         name=f"fmt-{name.replace('_', '-')}", model="tiny:llama", method={"name": "lora", "r": 4, "alpha": 8},
-        objective="dpo" if "preference" in name else "sft",
+        objective=objective_for(name),
         data={"source": source, "eval_source": source, "max_length": 128, "file_type": FILE_TYPES.get(name, "auto")},  # eval_source: train rows keep file order
         train={"max_steps": 2, "batch_size": 2, "lr": 1e-3, "precision": "fp32", "logging_steps": 1},
         eval={"num_samples": 2, "generations": 0, "before": False}, output=output, env={"OMP_NUM_THREADS": "1"},
@@ -96,7 +106,7 @@ def test_each_format_trains_and_renders_exactly(format_runs, name):
     fmt, expected = EXPECTED[name]
     folder = RunFolder(*_split(run.uri))
     preview = folder.read_json("data_preview.json")
-    assert preview.pop("where") == f"{source_of(name)}:1"
+    assert preview.pop("where") == f"{source_of(name)}:{FIRST_LINE.get(name, 1)}"
     assert preview == expected
     assert f"data.source {fmt}" in str(run.logs())
     summary = run.summary()
@@ -133,6 +143,8 @@ REFUSED = {
     "preference_repeats_prompt.jsonl": (1, "repeat the prompt"),
     "preference_implicit_as_text.jsonl": (1, "must be conversations that share the prompt turns"),
     "openai_preference_missing_messages.jsonl": (1, "missing field 'input.messages'"),
+    "feedback_label_not_boolean.jsonl": (2, "'label' must be true or false (binary feedback: is the answer desirable?), not str 'no'"),
+    "feedback_answer_not_last.jsonl": (1, "messages: ends with a user turn; a training conversation ends with the assistant's answer"),
     "not_json.jsonl": (2, "not valid JSON"),
     "not_an_object.jsonl": (2, "must be a JSON object, not list"),
     "extra_cells.csv": (3, "4 cells for 3 header columns"),
@@ -154,7 +166,7 @@ def test_malformed_file_is_refused_before_launch(cli_here, run_cli, tmp_path, fi
     """Every file through the CLI in this process; the first also through a real `finetune` process."""
     line, reason = REFUSED[file]
     path = MALFORMED / file
-    objective = "dpo" if file.startswith(("preference", "openai_preference")) else "sft"
+    objective = objective_for(file)
     result = (run_cli if file == sorted(REFUSED)[0] else cli_here)("launch", "tiny", "--local", f"--set=data.source={path}", "--set=data.eval_source=null",
                      f"--set=objective={objective}", f"--set=output={tmp_path / 'runs'}",
                      env={"FINETUNE_HOME": str(tmp_path / "home")})
@@ -187,11 +199,20 @@ def test_preference_rows_need_dpo_and_dpo_needs_preference_rows(tmp_path):
     from sdk.data.rows import DataError
 
     spec = format_spec("preference", str(tmp_path / "runs")).model_copy(update={"objective": "sft"})
-    with pytest.raises(DataError, match="holds preference rows, preference pairs: set objective: dpo"):
+    with pytest.raises(DataError, match="preference rows are preference pairs: set objective: dpo"):
         sdk.submit(spec)
     spec = format_spec("alpaca", str(tmp_path / "runs")).model_copy(update={"objective": "dpo"})
     with pytest.raises(DataError, match="objective dpo trains on preference pairs"):
         sdk.submit(spec)
+    for objective in ("sft", "dpo"):  # binary feedback trained as plain examples would learn the bad answers too
+        spec = format_spec("feedback", str(tmp_path / "runs")).model_copy(update={"objective": objective})
+        with pytest.raises(DataError, match=r"feedback rows are binary-feedback rows \(one answer with a true/false "
+                                            r"label\): set objective: kto"):
+            sdk.submit(spec)
+    spec = format_spec("alpaca", str(tmp_path / "runs")).model_copy(update={"objective": "kto"})
+    with pytest.raises(DataError, match="objective kto trains on binary-feedback rows"):
+        sdk.submit(spec)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_validate_reports_format_and_chat_fallback(run_cli):
@@ -318,12 +339,13 @@ def test_plain_text_files_follow_the_documented_rule(tmp_path):
         (f"{tmp_path / 'empty.txt'}:1", "an empty text file: nothing to train on")]
 
 
-@pytest.mark.parametrize("name", ["messages_parts", "sharegpt_preference", "corpus", "corpus_blocks"])
+@pytest.mark.parametrize("name", ["messages_parts", "sharegpt_preference", "corpus", "corpus_blocks", "feedback",
+                                  "feedback_messages"])
 def test_validate_reports_each_new_form(cli_here, name):
     source = source_of(name)
     fmt, _ = EXPECTED[name]
     args = ["validate", "tiny", f"--set=data.source={source}", "--set=data.eval_source=null", "--set=data.template=auto",
-            f"--set=data.file_type={FILE_TYPES.get(name, 'auto')}", f"--set=objective={'dpo' if 'preference' in name else 'sft'}"]
+            f"--set=data.file_type={FILE_TYPES.get(name, 'auto')}", f"--set=objective={objective_for(name)}"]
     result = cli_here(*args)
     assert result.returncode == 0, result.stderr
     assert f"data.source: {source}: {TRAIN_ROWS.get(name, 4) if fmt != 'sharegpt' else 4} rows, format {fmt}" in result.stdout, result.stdout

@@ -17,7 +17,7 @@ def test_every_objective_has_a_trainer_on_the_node():
 def test_the_data_layer_implements_exactly_the_named_formats():
     from sdk.data.formats import FORMATS
 
-    assert {name: "preference" if f.preference else "examples" for name, f in FORMATS.items()} == ROW_FORMATS
+    assert sorted(FORMATS) == sorted(ROW_FORMATS) and all(f.kind == ROW_FORMATS[name] for name, f in FORMATS.items())
 
 
 def test_the_spec_accepts_exactly_the_registered_names():
@@ -33,18 +33,25 @@ def test_the_spec_accepts_exactly_the_registered_names():
     ("sft", "auto", True, None),
     ("sft", "alpaca", False, None),
     ("sft", "preference", False, ("data.format", "preference rows are preference pairs: set objective: dpo")),
+    ("dpo", "feedback", False, ("data.format", "feedback rows are binary-feedback rows (one answer with a true/false "
+                                               "label): set objective: kto")),
+    ("kto", "feedback", False, None),
+    ("kto", "auto", True, ("data.packing", "packing is not available with objective kto")),
     ("dpo", "auto", False, None),
     ("dpo", "openai_preference", False, None),
     ("dpo", "auto", True, ("data.packing", "packing is not available with objective dpo")),
-    ("dpo", "messages", False, ("data.format", "dpo trains on preference pairs (preference or openai_preference), not messages rows")),
+    ("dpo", "messages", False, ("data.format", "objective dpo trains on preference pairs (preference or "
+                                               "openai_preference), not messages rows")),
+    ("kto", "alpaca", False, ("data.format", "objective kto trains on binary-feedback rows (one answer with a "
+                                             "true/false label) (feedback), not alpaca rows")),
 ])
 def test_an_objective_refuses_the_data_it_cannot_train_on(objective, fmt, packing, refused):
     assert data_refusal(objective, fmt, packing=packing) == refused
 
 
 def test_an_unknown_objective_names_the_known_ones():
-    with pytest.raises(ValueError, match="unknown objective 'kto'; use one of sft, dpo"):
-        data_refusal("kto", "auto", packing=False)
+    with pytest.raises(ValueError, match="unknown objective 'orpo'; use one of sft, dpo, kto"):
+        data_refusal("orpo", "auto", packing=False)
 
 
 @pytest.mark.parametrize(("text", "expected"), [("fp32", "fp32"), ("float32", "fp32"), ("BF16", "bf16"),
@@ -60,3 +67,14 @@ def test_a_precision_option_names_itself_when_wrong():
 
     with pytest.raises(ValueError, match=r"--dtype: 'fp8' is not one of fp32, bf16, fp16 \(or float32"):
         parse_precision("fp8", option="--dtype", allow_auto=False)
+
+
+@pytest.mark.parametrize(("desirable", "undesirable", "weights"), [
+    (50, 50, (1.0, 1.0)), (90, 10, (1.0, 9.0)), (10, 40, (4.0, 1.0)), (3, 0, (1.0, 1.0)), (0, 5, (1.0, 1.0))])
+def test_kto_weights_balance_the_classes_as_the_paper_recommends(desirable, undesirable, weights):
+    from launch.train import kto_weights
+
+    assert kto_weights(desirable, undesirable) == weights
+    dw, uw = weights
+    if desirable and undesirable:  # KTO paper Eq. 8 / trl: desirable_weight * n_d / (undesirable_weight * n_u) in [1, 4/3]
+        assert 1 <= dw * desirable / (uw * undesirable) <= 4 / 3

@@ -103,7 +103,7 @@ MALFORMED = [
     ("dpo with packing", BASE.replace("source: builtin:news-topics", "source: x.jsonl\n  packing: true") + "objective: dpo\n", [], ["data.packing", "dpo"]),
     ("packing with prefix tuning", BASE.replace("name: lora\n  r: 8", "name: prefix_tuning").replace("source: builtin:news-topics", "source: x.jsonl\n  packing: true"),
      [], ["data.packing", "virtual tokens"]),
-    ("bad objective", BASE + "objective: ppo\n", [], ["objective", "'sft' or 'dpo'"]),
+    ("bad objective", BASE + "objective: ppo\n", [], ["objective", "'sft', 'dpo' or 'kto'"]),
     ("zero stage without deepspeed", BASE + "distributed:\n  strategy: ddp\n  zero_stage: 3\n", [], ["distributed", "DeepSpeed"]),
     ("bad zero stage", BASE + "distributed:\n  strategy: deepspeed\n  zero_stage: 1\n", [], ["distributed.zero_stage"]),
     ("bad strategy", BASE + "distributed: horovod\n", [], ["distributed.strategy", "horovod"]),

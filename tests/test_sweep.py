@@ -362,3 +362,28 @@ def test_the_driver_rides_out_a_store_outage_and_retries_a_failed_teardown(tmp_p
     assert all(t.released for t in record.trials) and len(downs) == 4  # two failures, then one success each
     assert sum(t.teardown_attempts for t in record.trials) == 2 and not any(t.error for t in record.trials)
     assert "store error (1x, retrying in 2 s)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_kto_sweep_on_smollm2_logs_rewards_and_ranks_by_them(tmp_path, finetune_home):
+    """Binary feedback (objective kto) trains the real SmolLM2-135M-Instruct through its own chat template; trl's
+    KTO rewards land in metrics.jsonl and rank the sweep's trials."""
+    from pathlib import Path
+
+    feedback = Path(__file__).parent / "data" / "formats" / "feedback_messages.jsonl"
+    spec = load_recipe("smollm2-news", [
+        "objective=kto", f"data.source={feedback}", f"data.eval_source={feedback}", "data.template=auto",
+        "data.max_samples=null", "train.max_steps=2", "train.batch_size=2", "train.logging_steps=1", "eval.before=false",
+        "eval.after=false", "eval.generations=0", f"output={tmp_path / 'store'}", "env.OMP_NUM_THREADS=1"])
+    handle = sdk.sweep(spec, grid={"train.lr": [1e-4, 1e-3]}, backend="local", max_parallel=2, metric="eval_rewards_margins:max")
+    status = handle.wait(progress=False, timeout=900)
+    assert status.state == "succeeded", [str(run.logs())[-2000:] for run in handle.runs()]
+    for run in handle.runs():
+        rows = run.metrics()
+        assert any("rewards_chosen" in r and "rewards_rejected" in r for r in rows), rows
+        assert "kto: 2 desirable and 2 undesirable rows, weighted 1 and 1" in str(run.logs())
+    board = handle.leaderboard(as_frame=False)
+    margins = {run.id: [r["eval_rewards_margins"] for r in run.metrics() if "eval_rewards_margins" in r][-1]
+               for run in handle.runs()}
+    assert [r.metric for r in board] == sorted(margins.values(), reverse=True)
+    assert handle.best().id == board[0].run_id

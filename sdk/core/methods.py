@@ -131,7 +131,7 @@ class Method:
     merge: MergeKind
     serving: Callable[[Any], Serving]
     merge_refusal: str | None = None
-    objectives: frozenset[str] = frozenset({"sft", "dpo"})
+    objectives: frozenset[str] = frozenset({"sft", "dpo", "kto"})
     gradient_checkpointing: bool = True
     quantized_base: bool = False  # the frozen base is stored in 4 bits
     trains_all_weights: bool = False  # trains the base's own weights rather than added parameters

@@ -52,6 +52,7 @@ class FieldMap(SpecPart):
     completion: str = "completion"
     chosen: str = "chosen"
     rejected: str = "rejected"
+    label: str = "label"  # binary feedback: true when the row's answer is desirable (objective: kto)
 
 
 class DataSpec(SpecPart):
@@ -139,7 +140,8 @@ class TrainSpec(SpecPart):
         2, ge=1, description="committed checkpoints kept in the store, oldest deleted first; null keeps all"
     )
     eval_steps: int | None = Field(None, ge=1)
-    dpo_beta: float = Field(0.1, gt=0)
+    dpo_beta: float = Field(0.1, gt=0, description="β of the preference objectives (dpo and kto): how far the tuned "
+                                                    "model may move from the reference model; higher stays closer")
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainSpec:

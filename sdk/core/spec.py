@@ -155,6 +155,9 @@ class FineTuneSpec(SpecPart):
         refusal = data_refusal(self.objective, self.data.format, packing=self.data.packing)
         if refusal:
             raise _CrossFieldError(*refusal)
+        if self.objective == "kto" and self.train.batch_size < 2:  # trl refuses it too, but only on the node
+            raise _CrossFieldError("train.batch_size", "kto estimates its KL term from the other rows of a batch: "
+                                   "set train.batch_size to 2 or more")
         if self.data.packing and method.virtual_tokens(self.method):
             raise _CrossFieldError("data.packing", f"{method.name} prepends virtual tokens to every sequence, "
                                    "so sequences cannot be packed into one row; set data.packing: false")

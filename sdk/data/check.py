@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdk.core.objectives import objective_for_rows, objective_named
+from sdk.core.objectives import kind_refusal, objective_named
 from sdk.core.spec import FineTuneSpec
 from sdk.data.formats import (
     FORMATS,
@@ -104,10 +104,9 @@ def load_samples(spec: FineTuneSpec, source: str, field_name: str, *, keep: bool
     if check.rows == 0:
         raise DataError(f"{field_name}: {source} has no rows")
     objective = objective_named(spec.objective)
-    if fmt is not None and (fmt.preference != (objective.trains_on == "preference")):
-        raise DataError(f"{field_name}: {source} holds {fmt.name} rows, " + (
-            f"preference pairs: set objective: {' or '.join(objective_for_rows('preference'))}" if fmt.preference else
-            f"but objective {objective.name} trains on preference pairs ({' or '.join(objective.formats)})"))
+    refusal = kind_refusal(objective.name, fmt.name) if fmt is not None else None
+    if refusal:
+        raise DataError(f"{field_name}: {source}: {refusal}")
     return check
 
 

@@ -14,6 +14,8 @@ malformed row is reported as `file:line` before a GPU is paid for. No torch here
   preference         prompt / chosen / rejected; or chosen / rejected conversations sharing the prompt turns; or
                      ShareGPT's conversations / chosen / rejected (one {from, value} message each)
   openai_preference  input.messages / preferred_output / non_preferred_output (hosted fine-tuning APIs' DPO rows)
+  feedback           prompt / completion / label (true: a desirable answer, false: an undesirable one), or chat turns
+                     (messages or conversations) ending with the labelled assistant answer; trl's KTO rows
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-from sdk.core.objectives import ROW_FORMATS
+from sdk.core.objectives import ROW_FORMATS, RowKind
 from sdk.core.spec import FieldMap
 
 ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
@@ -47,9 +49,10 @@ Prompt = Union[Instruction, str, list]  # an instruction, text used as written, 
 @dataclass
 class Sample:
     """One row, normalized. kind: text (a document), pair (prompt → completion), conversation (several
-    assistant turns to learn), preference (prompt → chosen over rejected)."""
+    assistant turns to learn), preference (prompt → chosen over rejected), feedback (prompt → a completion
+    labelled desirable or not)."""
 
-    kind: Literal["text", "pair", "conversation", "preference"]
+    kind: Literal["text", "pair", "conversation", "preference", "feedback"]
     where: str = ""
     text: str | None = None
     prompt: Prompt | None = None
@@ -57,6 +60,7 @@ class Sample:
     turns: list[dict[str, Any]] = field(default_factory=list)
     chosen: str | None = None
     rejected: str | None = None
+    label: bool | None = None  # feedback: is the completion desirable?
 
     @property
     def chat(self) -> bool:
@@ -78,7 +82,11 @@ class RowFormat:
     layout: str  # what the rows look like, for messages
     columns: Callable[[FieldMap], tuple[str, ...]]  # present in a row of this format
     normalize: Callable[[dict[str, Any], Context], Sample]
-    preference: bool = False
+    also: Callable[[dict[str, Any], Context], bool] | None = None  # what detection needs beyond the columns
+
+    @property
+    def kind(self) -> RowKind:
+        return ROW_FORMATS[self.name]
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -328,22 +336,56 @@ def _openai_preference(row: dict[str, Any], ctx: Context) -> Sample:
     return sample
 
 
+def _feedback_label(row: dict[str, Any], column: str) -> bool:
+    value = row.get(column)
+    if not isinstance(value, bool):
+        shown = "missing" if value is None else f"{type(value).__name__} {value!r}"
+        raise RowError(f"{column!r} must be true or false (binary feedback: is the answer desirable?), not {shown}; "
+                       "for rows where it means something else, name their layout with data.format")
+    return value
+
+
+def _feedback(row: dict[str, Any], ctx: Context) -> Sample:
+    f = ctx.fields
+    label = _feedback_label(row, f.label)
+    if f.prompt in row and f.completion in row:
+        pair = _prompt_completion(row, ctx)
+        return Sample("feedback", prompt=pair.prompt, completion=pair.completion, label=label)
+    column = f.messages if f.messages in row else f.conversations
+    turns = _turns(row.get(column), column)
+    check_turns(turns, column, ends_with="assistant")
+    if len(turns) < 2:
+        raise RowError(f"{column}: the labelled answer needs the user turn it answers")
+    return Sample("feedback", prompt=turns[:-1], completion=turns[-1]["content"], label=label)
+
+
+def _has_feedback_layout(row: dict[str, Any], ctx: Context) -> bool:
+    f = ctx.fields
+    return (f.prompt in row and f.completion in row) or f.messages in row or f.conversations in row
+
+
+def _has_instruction(row: dict[str, Any], ctx: Context) -> bool:
+    return ctx.fields.instruction in row or ctx.instruction is not None
+
+
 # In detection order: the most specific layout first.
 FORMATS: dict[str, RowFormat] = {f.name: f for f in (
     RowFormat("openai_preference", "input.messages / preferred_output / non_preferred_output",
-              lambda f: ("preferred_output", "non_preferred_output"), _openai_preference, preference=True),
+              lambda f: ("preferred_output", "non_preferred_output"), _openai_preference),
     RowFormat("preference", "prompt / chosen / rejected (or chosen / rejected conversations, or ShareGPT's "
               "conversations / chosen / rejected)",
-              lambda f: (f.chosen, f.rejected), _preference, preference=True),
+              lambda f: (f.chosen, f.rejected), _preference),
+    RowFormat("feedback", "prompt / completion / label: true|false (or messages / label)", lambda f: (f.label,),
+              _feedback, also=_has_feedback_layout),
     RowFormat("messages", "messages: [{role, content}]", lambda f: (f.messages,), _messages),
     RowFormat("sharegpt", "conversations: [{from, value}]", lambda f: (f.conversations,), _sharegpt),
     RowFormat("prompt_completion", "prompt / completion", lambda f: (f.prompt, f.completion), _prompt_completion),
-    RowFormat("alpaca", "instruction / input / output", lambda f: (f.output,), _alpaca),
+    RowFormat("alpaca", "instruction / input / output", lambda f: (f.output,), _alpaca, also=_has_instruction),
     RowFormat("text", "text", lambda f: (f.text,), _plain_text),
 )}
 
 
-if {name: "preference" if f.preference else "examples" for name, f in FORMATS.items()} != ROW_FORMATS:
+if sorted(FORMATS) != sorted(ROW_FORMATS):
     raise ImportError("sdk.data.formats.FORMATS and sdk.core.objectives.ROW_FORMATS must name the same formats")
 
 
@@ -359,11 +401,10 @@ def learns_several_turns(sample: Sample) -> bool:
 
 
 def detect(row: dict[str, Any], ctx: Context) -> RowFormat | None:
-    """The format whose identifying columns the row has; alpaca also needs its instruction (or data.instruction)."""
+    """The first format whose identifying columns the row has (and what its `also` asks: alpaca its instruction
+    or data.instruction, feedback a prompt/completion or conversation beside its label)."""
     for fmt in FORMATS.values():
-        if all(column in row for column in fmt.columns(ctx.fields)):
-            if fmt.name == "alpaca" and ctx.fields.instruction not in row and ctx.instruction is None:
-                continue
+        if all(column in row for column in fmt.columns(ctx.fields)) and (fmt.also is None or fmt.also(row, ctx)):
             return fmt
     return None
 

@@ -26,7 +26,8 @@ def _joined(prompt: Instruction) -> str:
 
 @dataclass
 class Example:
-    """One row for evaluation: the prompt (text or chat turns), the gold response, and DPO's rejected one."""
+    """One row for evaluation: the prompt (text or chat turns), the gold response, and an answer not to give
+    (DPO's rejected one; KTO's undesirable answer, whose row has no gold response)."""
 
     prompt: Any
     response: str
@@ -73,6 +74,8 @@ class Renderer:
             return Example(self.prompt(sample.turns[:last], template), sample.turns[last]["content"], where=sample.where)
         if sample.kind == "preference":
             return Example(self.prompt(sample.prompt, template), sample.chosen or "", sample.rejected, where=sample.where)
+        if sample.kind == "feedback" and not sample.label:
+            return Example(self.prompt(sample.prompt, template), "", sample.completion, where=sample.where)
         return Example(self.prompt(sample.prompt, template), sample.completion or "", where=sample.where)
 
     def trainer_rows(self, sample: Sample) -> list[dict[str, Any]]:
@@ -85,6 +88,9 @@ class Renderer:
                 return [{"messages": self._chat(sample.turns)}]
             return [{"prompt": self._chat(sample.turns[:i]), "completion": wrap(t["content"])}
                     for i, t in enumerate(sample.turns) if trained_turn(t)]
+        if sample.kind == "feedback":  # trl's unpaired KTO row
+            return [{"prompt": self.prompt(sample.prompt, template), "completion": wrap(sample.completion or ""),
+                     "label": bool(sample.label)}]
         ex = self.example(sample)
         if ex.rejected is not None:
             return [{"prompt": ex.prompt, "chosen": wrap(ex.response), "rejected": wrap(ex.rejected)}]
