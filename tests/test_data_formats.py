@@ -290,6 +290,7 @@ def test_a_template_that_marks_assistant_turns_trains_whole_conversations(marked
     assert run.summary().train_rows == 4  # one row per conversation
 
 
+@pytest.mark.slow
 def test_the_client_counts_tokens_as_the_model_tokenizer_does(run_cli):
     from transformers import AutoTokenizer
 

@@ -300,6 +300,7 @@ def test_multi_node_gpu_runs_ask_for_the_best_network():
     assert "network_tier" not in resources_config(spec(resources={"accelerators": "H100:8"}), managed=False)
 
 
+@pytest.mark.slow
 def test_a_node_that_expects_a_gpu_and_finds_none_stops_fast(run_cli, tmp_path, finetune_home):
     """SKYPILOT_NUM_GPUS_PER_NODE=1 on this CPU machine: non-zero exit within seconds, the error names CUDA,
     the run folder says failed, and no training step ran."""

@@ -157,6 +157,7 @@ def test_a_cpu_node_installs_from_the_default_index(tmp_path, pytorch_index):
     assert out.returncode == 0 and out.stdout == "" and "no NVIDIA driver" in out.stderr
 
 
+@pytest.mark.slow
 def test_pip_installs_where_the_node_has_no_uv(tmp_path, pytorch_index):
     done, installed = run_stage(tmp_path, pytorch_index, "535.216.01", "2.13.0", with_uv=False)
     assert done.returncode == 0, done.stderr
@@ -234,6 +235,7 @@ def test_the_node_installs_what_the_spec_uses_and_nothing_more(overrides, extras
     assert ("--no-build-isolation flash-attn" in script) == ("train.attention=flash_attention_2" in overrides)
 
 
+@pytest.mark.slow
 def test_a_dry_run_shows_the_plan_without_cloud_credentials(run_cli, tmp_path):
     """The first command a new cloud user types: no AWS account yet, the data in s3:// cannot be read."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}

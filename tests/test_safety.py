@@ -232,6 +232,7 @@ def test_a_silent_heartbeat_reads_lost_with_the_last_step(tmp_path):
     assert sdk.Run(folder.uri).status().state == "running"
 
 
+@pytest.mark.slow
 def test_a_node_killed_while_nobody_watches_reads_lost(tmp_path, finetune_home):
     """Submit, detach, SIGKILL the node's whole group; a fresh client that knows only the folder reads lost once the
     heartbeat has aged (aged here by moving it back, not by waiting out the threshold)."""
@@ -309,6 +310,7 @@ def test_a_run_cancelled_before_its_node_starts_never_loads_the_model(tmp_path):
     assert clock.time() - start < 30  # no model loaded, no training
 
 
+@pytest.mark.slow
 def test_a_status_never_hangs_on_a_silent_skypilot_api_server(tmp_path):
     """An API server that accepts and never answers (slow, overloaded, half-dead): the status comes back within
     the bound, as the run folder's view, said to be one. In a process of its own: SkyPilot caches its API

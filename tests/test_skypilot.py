@@ -69,6 +69,7 @@ def test_cluster_names_are_valid():
     assert len(cluster_name("x" * 200)) <= 48
 
 
+@pytest.mark.slow
 def test_no_secret_value_in_any_rendered_artifact(tmp_path, dist, s3_env, monkeypatch, finetune_home):
     env, bucket = s3_env
     monkeypatch.setenv("HF_TOKEN", "hf_SECRET_token_value_123")

@@ -14,6 +14,7 @@ import pytest
 import sdk
 from sdk.core.errors import SpecError
 from sdk.core.methods import REGISTRY, method_named
+from sdk.core.objectives import OBJECTIVES
 from sdk.core.precision import compute_dtype, resolve_precision, trainable_dtype, uses_tf32, weight_dtype
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +53,7 @@ def test_each_registration_is_complete(name):
     method = REGISTRY[name]
     assert method.spec.model_fields["name"].default == name  # the settings model answers to this name
     assert (method.merge == "none") == (method.merge_refusal is not None)
-    assert method.objectives <= {"sft", "dpo"} and "sft" in method.objectives
+    assert method.objectives <= set(OBJECTIVES) and "sft" in method.objectives
     serving = method.serving(method.spec())
     assert serving.as_lora == (serving.lora_rank is not None) and serving.as_lora != bool(serving.reason)
     module, _, cls = method.builder.partition(":")
@@ -147,6 +148,7 @@ def test_a_recipe_that_is_not_utf8_is_one_line_error(tmp_path, run_cli):
 # ----------------------------------------------------------------------------------------- packaging
 
 
+@pytest.mark.slow
 def test_shipped_recipes_work_from_an_installed_wheel(tmp_path):
     """Not editable: the wheel alone carries the recipes; `finetune recipes` lists them and a shipped
     recipe is found by name, run from a folder that is not the source tree."""

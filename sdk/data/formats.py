@@ -26,13 +26,7 @@ from typing import Any, Literal, Union
 
 from sdk.core.objectives import ROW_FORMATS, RowKind
 from sdk.core.spec import FieldMap
-
-ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
-KNOWN_ROLES = "system, user (or human), assistant (or gpt)"
-
-
-class RowError(ValueError):
-    """What is wrong with one row; the caller adds where the row is."""
+from sdk.data.turns import RowError, check_turns, read_response, read_turns
 
 
 @dataclass(frozen=True)
@@ -115,112 +109,11 @@ def _label(row: dict[str, Any], column: str, ctx: Context) -> str:
     return _text(row, column)  # type: ignore[return-value]
 
 
-def _turns(value: Any, name: str, *, weights: bool = False) -> list[dict[str, Any]]:
-    """Chat turns as {role, content[, weight]}; ShareGPT's from/value and human/gpt are read too."""
-    if not isinstance(value, list):
-        raise RowError(f"{name!r} must be a list of turns, not {type(value).__name__}")
-    if not value:
-        raise RowError(f"{name!r} has no turns")
-    turns = []
-    for index, turn in enumerate(value):
-        where = f"{name}[{index}]"
-        if not isinstance(turn, dict):
-            raise RowError(f"{where}: a turn must be an object with role and content, not {type(turn).__name__}")
-        role_key = "role" if "role" in turn else "from" if "from" in turn else None
-        content_key = "content" if "content" in turn else "value" if "value" in turn else None
-        if role_key is None:
-            raise RowError(f"{where}: missing field 'role' (or ShareGPT's 'from')")
-        if content_key is None:
-            raise RowError(f"{where}: missing field 'content' (or ShareGPT's 'value')")
-        role = ROLES.get(str(turn[role_key]).strip().lower()) if isinstance(turn[role_key], str) else None
-        if role is None:
-            raise RowError(f"{where}: unknown role {turn[role_key]!r} (known: {KNOWN_ROLES})")
-        content = _content(turn[content_key], f"{where}.{content_key}")
-        out: dict[str, Any] = {"role": role, "content": content}
-        if "weight" in turn:
-            if not weights:
-                raise RowError(f"{where}: 'weight' belongs to OpenAI chat rows (messages), not here")
-            if turn["weight"] not in (0, 1) or isinstance(turn["weight"], bool):
-                raise RowError(f"{where}: weight must be 0 or 1, not {turn['weight']!r}")
-            if role != "assistant":
-                raise RowError(f"{where}: weight is only for assistant turns, not {role}")
-            out["weight"] = int(turn["weight"])
-        turns.append(out)
-    return turns
-
-
-TEXT_PARTS = {"text": "text", "refusal": "refusal"}  # part type -> the key holding its text
-
-
-def _content(value: Any, name: str) -> str:
-    """A turn's content: text, or OpenAI's list of content parts with the text parts joined by newlines (vLLM's
-    chat endpoint joins a text-only parts list the same way, so a row trains as the served request reads)."""
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, list):
-        raise RowError(f"{name} must be text or a list of content parts, not {type(value).__name__}")
-    texts = []
-    for index, part in enumerate(value):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind not in TEXT_PARTS:
-            if not isinstance(part, dict):
-                raise RowError(f"{name}[{index}]: a content part must be an object with type and text, "
-                               f"not {type(part).__name__}")
-            raise RowError(f"{name}[{index}]: a part of type {kind!r}: only text parts can be trained (text models; "
-                           "images, audio and files are not supported), drop the part or the row")
-        text = part.get(TEXT_PARTS[kind])
-        if not isinstance(text, str):
-            raise RowError(f"{name}[{index}]: a {kind} part needs {TEXT_PARTS[kind]!r} as text")
-        texts.append(text)
-    if not texts:
-        raise RowError(f"{name} is an empty list of content parts")
-    return "\n".join(texts)
-
-
-def check_turns(turns: list[dict[str, Any]], name: str, *, ends_with: str) -> None:
-    """System first (optional), then user and assistant alternating, ending as asked; no empty turn."""
-    expected = "user"
-    for index, turn in enumerate(turns):
-        role = turn["role"]
-        if role == "system":
-            if index != 0:
-                raise RowError(f"{name}[{index}]: a system turn may only come first")
-            continue
-        if role != expected:
-            previous = turns[index - 1]["role"] if index else "the start"
-            raise RowError(f"{name}[{index}]: roles do not alternate: {role} after {previous}")
-        if not turn["content"].strip():
-            raise RowError(f"{name}[{index}]: empty {role} turn")
-        expected = "assistant" if role == "user" else "user"
-    last = turns[-1]["role"]
-    if last != ends_with:
-        if ends_with == "assistant":
-            raise RowError(f"{name}: ends with a {last} turn; a training conversation ends with the assistant's answer")
-        raise RowError(f"{name}: ends with a {last} turn; a prompt ends with the user's turn")
-
-
 def _conversation(turns: list[dict[str, Any]], name: str) -> Sample:
     check_turns(turns, name, ends_with="assistant")
     if all(t.get("weight", 1) == 0 for t in turns if t["role"] == "assistant"):
         raise RowError(f"{name}: every assistant turn has weight 0: nothing to learn")
     return Sample("conversation", turns=turns)
-
-
-def _response(value: Any, name: str) -> str:
-    """A preference response: text, one assistant turn, or a list holding one."""
-    if isinstance(value, str):
-        if not value.strip():
-            raise RowError(f"empty {name!r}")
-        return value
-    if isinstance(value, dict):
-        value = [value]
-    turns = _turns(value, name)
-    if len(turns) != 1 or turns[0]["role"] != "assistant":
-        raise RowError(f"{name!r} must be one assistant turn (the response), not {len(turns)} turns "
-                       f"({', '.join(t['role'] for t in turns)}); put the conversation before it in the prompt")
-    if not turns[0]["content"].strip():
-        raise RowError(f"{name}[0]: empty assistant turn")
-    return turns[0]["content"]
 
 
 def _distinct(chosen: str, rejected: str) -> None:
@@ -243,7 +136,7 @@ def _alpaca(row: dict[str, Any], ctx: Context) -> Sample:
 
 def _sharegpt(row: dict[str, Any], ctx: Context) -> Sample:
     column = ctx.fields.conversations
-    turns = _turns(row.get(column), column) if column in row else None
+    turns = read_turns(row.get(column), column) if column in row else None
     if turns is None:
         raise RowError(f"missing field {column!r}")
     system = row.get("system")
@@ -256,12 +149,12 @@ def _messages(row: dict[str, Any], ctx: Context) -> Sample:
     column = ctx.fields.messages
     if column not in row:
         raise RowError(f"missing field {column!r}")
-    return _conversation(_turns(row[column], column, weights=True), column)
+    return _conversation(read_turns(row[column], column, weights=True), column)
 
 
 def _prompt(value: Any, name: str) -> Prompt:
     if isinstance(value, list):
-        turns = _turns(value, name)
+        turns = read_turns(value, name)
         check_turns(turns, name, ends_with="user")
         return turns
     if not isinstance(value, str):
@@ -276,7 +169,7 @@ def _prompt_completion(row: dict[str, Any], ctx: Context) -> Sample:
     for column in (f.prompt, f.completion):
         if row.get(column) is None:
             raise RowError(f"missing field {column!r}")
-    return Sample("pair", prompt=_prompt(row[f.prompt], f.prompt), completion=_response(row[f.completion], f.completion))
+    return Sample("pair", prompt=_prompt(row[f.prompt], f.prompt), completion=read_response(row[f.completion], f.completion))
 
 
 def _plain_text(row: dict[str, Any], ctx: Context) -> Sample:
@@ -298,7 +191,7 @@ def _preference(row: dict[str, Any], ctx: Context) -> Sample:
         if isinstance(prompt, list) and isinstance(chosen, list) and len(chosen) > 1 and chosen[: len(prompt)] == row[f.prompt]:
             raise RowError(f"{f.chosen!r} repeats the prompt turns: give only the assistant's response")
     elif row.get(f.conversations) is not None:  # ShareGPT's form: the prompt turns, then one message per response
-        prompt = _turns(row[f.conversations], f.conversations)
+        prompt = read_turns(row[f.conversations], f.conversations)
         check_turns(prompt, f.conversations, ends_with="user")
     elif row.get(f.instruction) is not None or ctx.instruction is not None:  # instruction rows with two answers
         instruction = _text(row, f.instruction, optional=ctx.instruction is not None) or ctx.instruction
@@ -307,7 +200,7 @@ def _preference(row: dict[str, Any], ctx: Context) -> Sample:
         if not (isinstance(chosen, list) and isinstance(rejected, list)):
             raise RowError(f"missing field {f.prompt!r}: without it, {f.chosen!r} and {f.rejected!r} must be conversations "
                            "that share the prompt turns (the implicit-prompt form)")
-        chosen_turns, rejected_turns = _turns(chosen, f.chosen), _turns(rejected, f.rejected)
+        chosen_turns, rejected_turns = read_turns(chosen, f.chosen), read_turns(rejected, f.rejected)
         shared = 0
         while shared < min(len(chosen_turns), len(rejected_turns)) and chosen_turns[shared] == rejected_turns[shared]:
             shared += 1
@@ -316,7 +209,7 @@ def _preference(row: dict[str, Any], ctx: Context) -> Sample:
         prompt = chosen_turns[:shared]
         check_turns(prompt, f"{f.chosen}[:{shared}]", ends_with="user")
         chosen, rejected = chosen_turns[shared:], rejected_turns[shared:]
-    sample = Sample("preference", prompt=prompt, chosen=_response(chosen, f.chosen), rejected=_response(rejected, f.rejected))
+    sample = Sample("preference", prompt=prompt, chosen=read_response(chosen, f.chosen), rejected=read_response(rejected, f.rejected))
     _distinct(sample.chosen or "", sample.rejected or "")
     return sample
 
@@ -325,13 +218,13 @@ def _openai_preference(row: dict[str, Any], ctx: Context) -> Sample:
     source = row.get("input")
     if not isinstance(source, dict) or "messages" not in source:
         raise RowError("missing field 'input.messages' (the prompt turns)")
-    prompt = _turns(source["messages"], "input.messages")
+    prompt = read_turns(source["messages"], "input.messages")
     check_turns(prompt, "input.messages", ends_with="user")
     for column in ("preferred_output", "non_preferred_output"):
         if row.get(column) is None:
             raise RowError(f"missing field {column!r}")
-    sample = Sample("preference", prompt=prompt, chosen=_response(row["preferred_output"], "preferred_output"),
-                    rejected=_response(row["non_preferred_output"], "non_preferred_output"))
+    sample = Sample("preference", prompt=prompt, chosen=read_response(row["preferred_output"], "preferred_output"),
+                    rejected=read_response(row["non_preferred_output"], "non_preferred_output"))
     _distinct(sample.chosen or "", sample.rejected or "")
     return sample
 
@@ -352,7 +245,7 @@ def _feedback(row: dict[str, Any], ctx: Context) -> Sample:
         pair = _prompt_completion(row, ctx)
         return Sample("feedback", prompt=pair.prompt, completion=pair.completion, label=label)
     column = f.messages if f.messages in row else f.conversations
-    turns = _turns(row.get(column), column)
+    turns = read_turns(row.get(column), column)
     check_turns(turns, column, ends_with="assistant")
     if len(turns) < 2:
         raise RowError(f"{column}: the labelled answer needs the user turn it answers")

@@ -1,0 +1,115 @@
+"""Chat turns as rows write them: OpenAI's role/content (content as text or a list of content parts) and
+ShareGPT's from/value, read into {role, content[, weight]} and checked (roles alternate, the right turn last).
+Used by every row format that holds turns (sdk.data.formats)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
+KNOWN_ROLES = "system, user (or human), assistant (or gpt)"
+
+
+class RowError(ValueError):
+    """What is wrong with one row; the caller adds where the row is."""
+
+
+def read_turns(value: Any, name: str, *, weights: bool = False) -> list[dict[str, Any]]:
+    """Chat turns as {role, content[, weight]}; ShareGPT's from/value and human/gpt are read too."""
+    if not isinstance(value, list):
+        raise RowError(f"{name!r} must be a list of turns, not {type(value).__name__}")
+    if not value:
+        raise RowError(f"{name!r} has no turns")
+    turns = []
+    for index, turn in enumerate(value):
+        where = f"{name}[{index}]"
+        if not isinstance(turn, dict):
+            raise RowError(f"{where}: a turn must be an object with role and content, not {type(turn).__name__}")
+        role_key = "role" if "role" in turn else "from" if "from" in turn else None
+        content_key = "content" if "content" in turn else "value" if "value" in turn else None
+        if role_key is None:
+            raise RowError(f"{where}: missing field 'role' (or ShareGPT's 'from')")
+        if content_key is None:
+            raise RowError(f"{where}: missing field 'content' (or ShareGPT's 'value')")
+        role = ROLES.get(str(turn[role_key]).strip().lower()) if isinstance(turn[role_key], str) else None
+        if role is None:
+            raise RowError(f"{where}: unknown role {turn[role_key]!r} (known: {KNOWN_ROLES})")
+        content = read_content(turn[content_key], f"{where}.{content_key}")
+        out: dict[str, Any] = {"role": role, "content": content}
+        if "weight" in turn:
+            if not weights:
+                raise RowError(f"{where}: 'weight' belongs to OpenAI chat rows (messages), not here")
+            if turn["weight"] not in (0, 1) or isinstance(turn["weight"], bool):
+                raise RowError(f"{where}: weight must be 0 or 1, not {turn['weight']!r}")
+            if role != "assistant":
+                raise RowError(f"{where}: weight is only for assistant turns, not {role}")
+            out["weight"] = int(turn["weight"])
+        turns.append(out)
+    return turns
+
+
+TEXT_PARTS = {"text": "text", "refusal": "refusal"}  # part type -> the key holding its text
+
+
+def read_content(value: Any, name: str) -> str:
+    """A turn's content: text, or OpenAI's list of content parts with the text parts joined by newlines (vLLM's
+    chat endpoint joins a text-only parts list the same way, so a row trains as the served request reads)."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise RowError(f"{name} must be text or a list of content parts, not {type(value).__name__}")
+    texts = []
+    for index, part in enumerate(value):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in TEXT_PARTS:
+            if not isinstance(part, dict):
+                raise RowError(f"{name}[{index}]: a content part must be an object with type and text, "
+                               f"not {type(part).__name__}")
+            raise RowError(f"{name}[{index}]: a part of type {kind!r}: only text parts can be trained (text models; "
+                           "images, audio and files are not supported), drop the part or the row")
+        text = part.get(TEXT_PARTS[kind])
+        if not isinstance(text, str):
+            raise RowError(f"{name}[{index}]: a {kind} part needs {TEXT_PARTS[kind]!r} as text")
+        texts.append(text)
+    if not texts:
+        raise RowError(f"{name} is an empty list of content parts")
+    return "\n".join(texts)
+
+
+def check_turns(turns: list[dict[str, Any]], name: str, *, ends_with: str) -> None:
+    """System first (optional), then user and assistant alternating, ending as asked; no empty turn."""
+    expected = "user"
+    for index, turn in enumerate(turns):
+        role = turn["role"]
+        if role == "system":
+            if index != 0:
+                raise RowError(f"{name}[{index}]: a system turn may only come first")
+            continue
+        if role != expected:
+            previous = turns[index - 1]["role"] if index else "the start"
+            raise RowError(f"{name}[{index}]: roles do not alternate: {role} after {previous}")
+        if not turn["content"].strip():
+            raise RowError(f"{name}[{index}]: empty {role} turn")
+        expected = "assistant" if role == "user" else "user"
+    last = turns[-1]["role"]
+    if last != ends_with:
+        if ends_with == "assistant":
+            raise RowError(f"{name}: ends with a {last} turn; a training conversation ends with the assistant's answer")
+        raise RowError(f"{name}: ends with a {last} turn; a prompt ends with the user's turn")
+
+
+def read_response(value: Any, name: str) -> str:
+    """A preference response: text, one assistant turn, or a list holding one."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise RowError(f"empty {name!r}")
+        return value
+    if isinstance(value, dict):
+        value = [value]
+    turns = read_turns(value, name)
+    if len(turns) != 1 or turns[0]["role"] != "assistant":
+        raise RowError(f"{name!r} must be one assistant turn (the response), not {len(turns)} turns "
+                       f"({', '.join(t['role'] for t in turns)}); put the conversation before it in the prompt")
+    if not turns[0]["content"].strip():
+        raise RowError(f"{name}[0]: empty assistant turn")
+    return turns[0]["content"]
