@@ -108,6 +108,10 @@ def prepare(spec: FineTuneSpec, tokenizer: Any = None) -> PreparedData:
         rng.shuffle(shuffled)
         n_eval = int(round(len(shuffled) * data.holdout_fraction))
         eval_rows, train_rows = shuffled[:n_eval], shuffled[n_eval:]
+    in_order = objective_named(spec.objective).reads_in_order  # its trainer does not shuffle: the node does, first
+    if in_order and data.eval_source:  # before max_samples, or a sorted file would give one class only
+        train_rows = train_rows[:]
+        rng.shuffle(train_rows)
     if data.max_samples:
         train_rows = train_rows[: data.max_samples]
     if not train_rows:
@@ -117,8 +121,6 @@ def prepare(spec: FineTuneSpec, tokenizer: Any = None) -> PreparedData:
     eval_examples = [renderer.example(s) for s in eval_rows]
     eval_samples = eval_rows[: max(spec.eval.num_samples, 1)]
     placed = [(s.where, row) for s in train_rows for row in renderer.trainer_rows(s)]  # one sample may be several rows
-    if objective_named(spec.objective).reads_in_order:  # its trainer does not shuffle: a sorted file would train sorted
-        rng.shuffle(placed)
     notes = [f"chat: {why}"] if why else []
     if tokenizer is not None:
         lengths = LengthCount(data.max_length, NodeTokens(tokenizer), renderer)

@@ -350,3 +350,64 @@ def test_validate_reports_each_new_form(cli_here, name):
     result = cli_here(*args)
     assert result.returncode == 0, result.stderr
     assert f"data.source: {source}: {TRAIN_ROWS.get(name, 4) if fmt != 'sharegpt' else 4} rows, format {fmt}" in result.stdout, result.stdout
+
+
+def _detected(row: dict, **fields):
+    from sdk.core.spec import FieldMap
+    from sdk.data.formats import Context, detect, normalize
+
+    ctx = Context(fields=FieldMap(**fields))
+    fmt = detect(row, ctx)
+    return fmt.name if fmt else None, (normalize(fmt, row, ctx, "x") if fmt else None)
+
+
+def test_a_label_column_makes_feedback_only_when_it_is_true_or_false():
+    """A `label` holding anything but a boolean (or CSV's true/false) is the row's metadata: the row keeps its format."""
+    chat = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    assert _detected({"messages": chat, "label": "math"})[0] == "messages"
+    assert _detected({"conversations": chat, "label": 1})[0] == "sharegpt"
+    assert _detected({"prompt": "2+2?", "completion": "4", "label": "arithmetic"})[0] == "prompt_completion"
+    assert _detected({"text": "Shares rally", "label": 2}, input="text", output="label")[0] == "text"  # AG-News rows
+    name, sample = _detected({"prompt": "2+2?", "completion": "4", "label": "TRUE"})  # a CSV cell
+    assert name == "feedback" and sample.label is True
+    name, sample = _detected({"messages": chat, "label": False})
+    assert name == "feedback" and sample.label is False and sample.completion == "4"
+
+
+def test_feedback_from_a_csv_file_is_read_and_its_balance_reported(tmp_path, cli_here):
+    data = tmp_path / "feedback.csv"
+    data.write_text("prompt,completion,label\nSay hi,Hello!,true\nSay hi,Go away.,false\nSay bye,Goodbye!,true\n")
+    result = cli_here("validate", "tiny", f"--set=data.source={data}", "--set=data.eval_source=null",
+                      "--set=objective=kto", "--set=data.template=auto")
+    assert result.returncode == 0, result.stderr
+    assert f"data.source: {data}: 3 rows, format feedback (detected from {data}:2) (2 desirable, 1 undesirable)" in result.stdout
+
+
+def test_sharegpt_system_column_reaches_preference_and_feedback_prompts():
+    turns = [{"from": "human", "value": "Hi"}]
+    _, sample = _detected({"system": "Be kind.", "conversations": turns, "chosen": {"from": "gpt", "value": "Hello!"},
+                           "rejected": {"from": "gpt", "value": "What?"}})
+    assert sample.prompt[0] == {"role": "system", "content": "Be kind."}
+    _, sample = _detected({"system": "Be kind.", "conversations": [*turns, {"from": "gpt", "value": "Hello!"}], "label": True})
+    assert sample.prompt[0] == {"role": "system", "content": "Be kind."}
+
+
+def test_content_parts_read_as_vllm_reads_them():
+    from sdk.data.formats import RowError
+
+    parts = [{"type": "text", "text": ""}, {"type": "text", "text": "q"}, {"type": "refusal", "refusal": "r"}]
+    _, sample = _detected({"messages": [{"role": "user", "content": parts}, {"role": "assistant", "content": "a"}]})
+    assert sample.turns[0]["content"] == "q\nr"  # an empty part is skipped, not joined as a blank line
+    with pytest.raises(RowError, match=r"messages\[0\].content\[0\]: a part of type \['text'\]: only text parts"):
+        _detected({"messages": [{"role": "user", "content": [{"type": ["text"], "text": "q"}]},
+                                {"role": "assistant", "content": "a"}]})
+
+
+def test_a_folder_reads_its_data_files_not_its_notes(tmp_path):
+    from sdk.data.rows import iter_rows
+
+    (tmp_path / "a.jsonl").write_text('{"text": "one"}\n')
+    (tmp_path / "README.txt").write_text("How this data was made.\n")
+    assert [r.value for r in iter_rows(str(tmp_path))] == [{"text": "one"}]  # beside data files a .txt is a note
+    assert [r.value for r in iter_rows(str(tmp_path), declared="txt_blocks")] == [{"text": "How this data was made."}]
+    assert [r.value for r in iter_rows(str(tmp_path), declared="jsonl")] == [{"text": "one"}]

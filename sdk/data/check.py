@@ -40,6 +40,15 @@ class SourceCheck:
     rows: int = 0
     samples: list[Sample] = field(default_factory=list)
     bad: list[tuple[str, str]] = field(default_factory=list)
+    feedback: dict[bool, int] = field(default_factory=dict)  # binary-feedback rows per label
+
+    def balance(self) -> str | None:
+        """How many feedback rows are desirable and undesirable (what KTO weighs), or None for other rows."""
+        if not self.feedback:
+            return None
+        good, bad = self.feedback.get(True, 0), self.feedback.get(False, 0)
+        missing = "; no undesirable rows" if not bad else "; no desirable rows" if not good else ""
+        return f"{good} desirable, {bad} undesirable{missing}"
 
     def error(self) -> str:
         shown = "\n".join(f"  {where}: {reason}" for where, reason in self.bad[:MAX_LISTED])
@@ -97,6 +106,8 @@ def load_samples(spec: FineTuneSpec, source: str, field_name: str, *, keep: bool
         except RowError as exc:
             check.bad.append((row.where, str(exc)))
             continue
+        if sample.kind == "feedback":
+            check.feedback[bool(sample.label)] = check.feedback.get(bool(sample.label), 0) + 1
         if on_row is not None:
             on_row(sample)
         if keep:
@@ -139,7 +150,7 @@ class DataReport:
         for c in self.checks:
             how = f"detected from {c.detected_from}" if c.detected_from else "named in data.format"
             out.append(f"{c.field}: {c.source}: {c.rows} rows, format {c.format} ({how})"
-                       + (f", {len(c.bad)} bad" if c.bad else ""))
+                       + (f", {len(c.bad)} bad" if c.bad else "") + (f" ({c.balance()})" if c.balance() else ""))
         return out + self.notes
 
 

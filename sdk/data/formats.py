@@ -134,15 +134,19 @@ def _alpaca(row: dict[str, Any], ctx: Context) -> Sample:
     return Sample("pair", prompt=Instruction(instruction, input_text or None), completion=completion)
 
 
-def _sharegpt(row: dict[str, Any], ctx: Context) -> Sample:
-    column = ctx.fields.conversations
-    turns = read_turns(row.get(column), column) if column in row else None
-    if turns is None:
-        raise RowError(f"missing field {column!r}")
+def _with_system(row: dict[str, Any], turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ShareGPT's separate `system` column (LLaMA-Factory writes one) as the first turn."""
     system = row.get("system")
     if isinstance(system, str) and system.strip() and turns[0]["role"] != "system":
-        turns.insert(0, {"role": "system", "content": system})
-    return _conversation(turns, column)
+        return [{"role": "system", "content": system}, *turns]
+    return turns
+
+
+def _sharegpt(row: dict[str, Any], ctx: Context) -> Sample:
+    column = ctx.fields.conversations
+    if column not in row:
+        raise RowError(f"missing field {column!r}")
+    return _conversation(_with_system(row, read_turns(row[column], column)), column)
 
 
 def _messages(row: dict[str, Any], ctx: Context) -> Sample:
@@ -191,7 +195,7 @@ def _preference(row: dict[str, Any], ctx: Context) -> Sample:
         if isinstance(prompt, list) and isinstance(chosen, list) and len(chosen) > 1 and chosen[: len(prompt)] == row[f.prompt]:
             raise RowError(f"{f.chosen!r} repeats the prompt turns: give only the assistant's response")
     elif row.get(f.conversations) is not None:  # ShareGPT's form: the prompt turns, then one message per response
-        prompt = read_turns(row[f.conversations], f.conversations)
+        prompt = _with_system(row, read_turns(row[f.conversations], f.conversations))
         check_turns(prompt, f.conversations, ends_with="user")
     elif row.get(f.instruction) is not None or ctx.instruction is not None:  # instruction rows with two answers
         instruction = _text(row, f.instruction, optional=ctx.instruction is not None) or ctx.instruction
@@ -229,13 +233,22 @@ def _openai_preference(row: dict[str, Any], ctx: Context) -> Sample:
     return sample
 
 
+FEEDBACK_WORDS = {"true": True, "false": False}  # how CSV cells (always text) write a boolean
+
+
 def _feedback_label(row: dict[str, Any], column: str) -> bool:
-    value = row.get(column)
-    if not isinstance(value, bool):
-        shown = "missing" if value is None else f"{type(value).__name__} {value!r}"
-        raise RowError(f"{column!r} must be true or false (binary feedback: is the answer desirable?), not {shown}; "
-                       "for rows where it means something else, name their layout with data.format")
-    return value
+    """A boolean label; the text true/false (CSV) and 1/0 are read too, as KTO exports write them."""
+    if column not in row or row[column] is None:
+        raise RowError(f"missing field {column!r} (binary feedback: true when the answer is desirable)")
+    value = row[column]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in FEEDBACK_WORDS:
+        return FEEDBACK_WORDS[value.strip().lower()]
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise RowError(f"{column!r} must be true or false (binary feedback: is the answer desirable?), not "
+                   f"{type(value).__name__} {value!r}")
 
 
 def _feedback(row: dict[str, Any], ctx: Context) -> Sample:
@@ -245,16 +258,20 @@ def _feedback(row: dict[str, Any], ctx: Context) -> Sample:
         pair = _prompt_completion(row, ctx)
         return Sample("feedback", prompt=pair.prompt, completion=pair.completion, label=label)
     column = f.messages if f.messages in row else f.conversations
-    turns = read_turns(row.get(column), column)
+    turns = _with_system(row, read_turns(row.get(column), column))
     check_turns(turns, column, ends_with="assistant")
     if len(turns) < 2:
         raise RowError(f"{column}: the labelled answer needs the user turn it answers")
     return Sample("feedback", prompt=turns[:-1], completion=turns[-1]["content"], label=label)
 
 
-def _has_feedback_layout(row: dict[str, Any], ctx: Context) -> bool:
+def _looks_like_feedback(row: dict[str, Any], ctx: Context) -> bool:
+    """Detected only from a boolean label (or CSV's true/false) beside a prompt/completion or a conversation: a
+    `label` column holding anything else is the row's metadata, and the row keeps its own format."""
     f = ctx.fields
-    return (f.prompt in row and f.completion in row) or f.messages in row or f.conversations in row
+    value = row.get(f.label)
+    boolean = isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in FEEDBACK_WORDS)
+    return boolean and ((f.prompt in row and f.completion in row) or f.messages in row or f.conversations in row)
 
 
 def _has_instruction(row: dict[str, Any], ctx: Context) -> bool:
@@ -268,8 +285,8 @@ FORMATS: dict[str, RowFormat] = {f.name: f for f in (
     RowFormat("preference", "prompt / chosen / rejected (or chosen / rejected conversations, or ShareGPT's "
               "conversations / chosen / rejected)",
               lambda f: (f.chosen, f.rejected), _preference),
-    RowFormat("feedback", "prompt / completion / label: true|false (or messages / label)", lambda f: (f.label,),
-              _feedback, also=_has_feedback_layout),
+    RowFormat("feedback", "prompt / completion / label: true|false (or messages / label: true|false)", lambda f: (f.label,),
+              _feedback, also=_looks_like_feedback),
     RowFormat("messages", "messages: [{role, content}]", lambda f: (f.messages,), _messages),
     RowFormat("sharegpt", "conversations: [{from, value}]", lambda f: (f.conversations,), _sharegpt),
     RowFormat("prompt_completion", "prompt / completion", lambda f: (f.prompt, f.completion), _prompt_completion),

@@ -160,6 +160,7 @@ def _read_csv(path: Path, name: str) -> Iterator[Row | BadRow]:
         return
     with open(path, encoding="utf-8-sig", newline="") as handle:  # streamed
         reader = csv.DictReader(handle)
+        _ = reader.fieldnames  # reads the header, so the first row is numbered after it
         line = reader.line_num
         for record in reader:
             where = f"{name}:{line + 1}"
@@ -202,7 +203,8 @@ def _read_txt_blocks(path: Path, name: str) -> Iterator[Row | BadRow]:
         return
     block: list[str] = []
     start = 0
-    for number, line in enumerate([*text.splitlines(), ""], 1):
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # only real line breaks (not \f, \u2028)
+    for number, line in enumerate([*lines, ""], 1):
         if line.strip():
             if not block:
                 start = number
@@ -262,15 +264,28 @@ def iter_rows(source: str, *, declared: str = "auto", split: str = "train", fiel
         yield from READERS[file_type(str(path), declared, field=field)](path, source)
         return
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES)
+        files = folder_files(path, declared)
         if not files:
-            raise DataError(f"{field}: {path} holds no jsonl/json/csv/parquet/txt files")
+            raise DataError(f"{field}: {path} holds no {'jsonl/json/csv/parquet/txt' if declared == 'auto' else declared} files")
         for file in files:
             yield from READERS[file_type(str(file), declared, field=field)](file, str(file))
         return
     if not is_hub_id(source):
         raise DataError(f"{field}: {source} does not exist")
     yield from _hub_rows(source, split, field)
+
+
+def folder_files(path: Path, declared: str) -> list[Path]:
+    """The data files of a folder: those of the declared type (txt and txt_blocks read .txt files); for `auto`,
+    every data file, except that .txt files count only in a folder of nothing else (a corpus) — beside jsonl
+    or csv files, a README.txt is a note, not training text."""
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    if declared in ("txt", "txt_blocks"):
+        return [p for p in files if p.suffix.lower() == ".txt"]
+    if declared != "auto":
+        return [p for p in files if SUFFIXES[p.suffix.lower()] == declared]
+    structured = [p for p in files if p.suffix.lower() != ".txt"]
+    return structured or files
 
 
 def is_hub_id(source: str) -> bool:

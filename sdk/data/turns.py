@@ -38,7 +38,7 @@ def read_turns(value: Any, name: str, *, weights: bool = False) -> list[dict[str
         out: dict[str, Any] = {"role": role, "content": content}
         if "weight" in turn:
             if not weights:
-                raise RowError(f"{where}: 'weight' belongs to OpenAI chat rows (messages), not here")
+                raise RowError(f"{where}: 'weight' marks SFT turns of OpenAI chat rows (messages), not these")
             if turn["weight"] not in (0, 1) or isinstance(turn["weight"], bool):
                 raise RowError(f"{where}: weight must be 0 or 1, not {turn['weight']!r}")
             if role != "assistant":
@@ -52,8 +52,8 @@ TEXT_PARTS = {"text": "text", "refusal": "refusal"}  # part type -> the key hold
 
 
 def read_content(value: Any, name: str) -> str:
-    """A turn's content: text, or OpenAI's list of content parts with the text parts joined by newlines (vLLM's
-    chat endpoint joins a text-only parts list the same way, so a row trains as the served request reads)."""
+    """A turn's content: text, or OpenAI's list of content parts with the non-empty text parts joined by newlines
+    (vLLM's chat endpoint does the same for a text model's template, so a row trains as the served request reads)."""
     if isinstance(value, str):
         return value
     if not isinstance(value, list):
@@ -61,7 +61,7 @@ def read_content(value: Any, name: str) -> str:
     texts = []
     for index, part in enumerate(value):
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind not in TEXT_PARTS:
+        if not isinstance(kind, str) or kind not in TEXT_PARTS:
             if not isinstance(part, dict):
                 raise RowError(f"{name}[{index}]: a content part must be an object with type and text, "
                                f"not {type(part).__name__}")
@@ -70,10 +70,15 @@ def read_content(value: Any, name: str) -> str:
         text = part.get(TEXT_PARTS[kind])
         if not isinstance(text, str):
             raise RowError(f"{name}[{index}]: a {kind} part needs {TEXT_PARTS[kind]!r} as text")
-        texts.append(text)
-    if not texts:
+        if text:  # vLLM skips an empty part rather than joining it as a blank line
+            texts.append(text)
+    if not value:
         raise RowError(f"{name} is an empty list of content parts")
     return "\n".join(texts)
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[:1] in "aeio" else f"a {word}"  # a user, a system, an assistant
 
 
 def check_turns(turns: list[dict[str, Any]], name: str, *, ends_with: str) -> None:
@@ -94,8 +99,8 @@ def check_turns(turns: list[dict[str, Any]], name: str, *, ends_with: str) -> No
     last = turns[-1]["role"]
     if last != ends_with:
         if ends_with == "assistant":
-            raise RowError(f"{name}: ends with a {last} turn; a training conversation ends with the assistant's answer")
-        raise RowError(f"{name}: ends with a {last} turn; a prompt ends with the user's turn")
+            raise RowError(f"{name}: ends with {_a(last)} turn; a training conversation ends with the assistant's answer")
+        raise RowError(f"{name}: ends with {_a(last)} turn; a prompt ends with the user's turn")
 
 
 def read_response(value: Any, name: str) -> str:
