@@ -156,7 +156,8 @@ def test_a_sweep_runs_each_trial_on_a_cluster_of_its_own(slurm, s3_env, finetune
                                 "train.logging_steps=5", "eval.num_samples=8", "eval.before=false", "eval.generations=0"])
     handle = sdk.sweep(spec, grid={"train.lr": [1e-3, 5e-3]}, backend="skypilot", max_parallel=2)
     status = handle.wait(progress=False, timeout=800)
-    assert status.state == "succeeded", [run.logs()[-2000:] for run in handle.runs()]
+    assert status.state == "succeeded", ([(t.name, t.state, t.error) for t in handle.record().trials],
+                                         [run.logs()[-2000:] for run in handle.runs()])
     runs = handle.runs()
     names = {run.info.cluster for run in runs}
     assert len(names) == 2 and all(run.backend == "skypilot" for run in runs)
