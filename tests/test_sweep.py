@@ -387,3 +387,33 @@ def test_a_kto_sweep_on_smollm2_logs_rewards_and_ranks_by_them(tmp_path, finetun
                for run in handle.runs()}
     assert [r.metric for r in board] == sorted(margins.values(), reverse=True)
     assert handle.best().id == board[0].run_id
+
+
+def test_a_launch_that_raises_is_tried_once_more_then_fails_the_trial(tmp_path, monkeypatch):
+    """A SkyPilot API server still starting, a provisioning hiccup: the trial's launch is tried again under the same
+    run id; a launch that raises twice fails the trial with both tries counted, and the sweep goes on."""
+    from sdk import sweeps
+    from sdk.runs import Run
+    from sdk.store import open_store
+    from sdk.store.runfolder import RunFolder
+
+    monkeypatch.setattr(sweeps.driver, "LAUNCH_RETRY_S", 0.0)
+    store_dir = tmp_path / "store"
+    handle, _ = _record_with(store_dir, load_recipe("tiny", [f"output={store_dir}"]), n=2)
+    store = open_store(str(store_dir))
+    calls: list[str] = []
+
+    def submit(spec, backend, run_id):
+        calls.append(run_id)
+        if run_id.startswith("t1-") or calls.count(run_id) == 1:  # t0 fails once, t1 always
+            raise RuntimeError("Failed to connect to SkyPilot API server")
+        folder = RunFolder(store, run_id)
+        folder.write_json("spec.json", spec.model_dump(mode="json"))
+        folder.write_status("succeeded")
+        return Run(folder.uri)
+
+    final = sweeps.drive(handle, poll=0.05, submit=submit)
+    t0, t1 = final.trials
+    assert t0.state == "succeeded" and t0.error is None and calls.count(t0.run_id) == 2
+    assert t1.state == "failed" and calls.count(t1.run_id) == 2
+    assert t1.error == "launch failed (2 tries): Failed to connect to SkyPilot API server"

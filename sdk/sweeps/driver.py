@@ -25,6 +25,8 @@ from sdk.sweeps.lease import (
 )
 from sdk.sweeps.record import FINAL, SweepRecord, Trial
 
+LAUNCH_ATTEMPTS = 2  # a launch that raised is tried once more (same run id, so the same cluster) before the trial fails:
+LAUNCH_RETRY_S = 30.0  # a SkyPilot API server still starting or a provisioning hiccup should not cost a trial
 LAUNCH_GRACE_S = 3600.0  # a run folder a resumed driver finds without a launch record: how long its node has to report
 STORE_PATIENCE_S = 1800.0  # store errors in a row before a driver gives up (its lease then expires: resume it)
 RETRY_DELAYS_S = (5, 15, 30, 60, 120, 300)  # teardowns and cancels that failed are tried again after these
@@ -150,9 +152,15 @@ class _Driver:
                     continue  # the store is down: the next passes adopt or relaunch it (_heal)
                 if isinstance(exc, LeaseLost):
                     continue
-                trial.state, trial.error = "failed", f"launch failed: {exc}"
+                trial.launch_attempts += 1
+                if trial.launch_attempts < LAUNCH_ATTEMPTS:
+                    trial.state, trial.next_launch = "pending", time.time() + LAUNCH_RETRY_S
+                    trial.error = f"launch failed, trying again in {LAUNCH_RETRY_S:.0f} s: {exc}"
+                    print(f"{trial.name}: {trial.error}", flush=True)
+                else:
+                    trial.state, trial.error = "failed", f"launch failed ({trial.launch_attempts} tries): {exc}"
                 continue
-            trial.uri, trial.backend = run.uri, run.backend
+            trial.uri, trial.backend, trial.error = run.uri, run.backend, None
             trial.info = run.info.model_dump(mode="json") if run.info is not None else None
 
     def _start_trials(self, record: SweepRecord, pool: Any) -> None:
@@ -161,6 +169,8 @@ class _Driver:
             if busy >= record.max_parallel:
                 return
             if trial.uri or trial.state != "pending" or trial.index in self.launching:
+                continue
+            if trial.next_launch is not None and time.time() < trial.next_launch:
                 continue
             before = trial.model_copy()
             # one id per trial of this sweep: two drivers that both launch it collide on its folder instead of

@@ -39,6 +39,8 @@ class Trial(BaseModel):
     teardown_attempts: int = 0
     next_teardown: float | None = None  # a failed teardown is tried again from then on, until it succeeds
     adopted: float | None = None  # when a resumed driver found its run folder without a launch record
+    launch_attempts: int = 0  # launches that raised (a second try follows the first, sdk.sweeps.driver)
+    next_launch: float | None = None  # a failed launch is tried again from then on
 
 
 class Lease(BaseModel):
