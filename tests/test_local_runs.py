@@ -164,7 +164,7 @@ def test_two_process_local_run_goes_through_torchrun_and_cancels(tmp_path, finet
 def test_cli_launch_local_end_to_end(run_cli, tmp_path, finetune_home):
     out = tmp_path / "runs"
     env = {"FINETUNE_HOME": str(finetune_home)}
-    result = run_cli("launch", "tiny", "--local", *[f"--set={o}" for o in FAST], f"--set=output={out}", timeout=240, env=env)
+    result = run_cli("launch", "tiny", "--local", *[f"--set={o}" for o in FAST], f"--set=output={out}", timeout=480, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "label accuracy" in result.stdout and "succeeded" in result.stdout
     run_id = next(p.name for p in out.iterdir())
