@@ -350,8 +350,9 @@ def kto_trainer(inputs: TrainerInputs) -> tuple[Any, str | None]:
     from trl import KTOConfig, KTOTrainer
 
     labels = list(inputs.train_ds["label"])
-    desirable_weight, undesirable_weight = kto_weights(sum(labels), len(labels) - sum(labels))
-    note = (f"kto: {sum(labels)} desirable and {len(labels) - sum(labels)} undesirable rows, weighted "
+    desirable, undesirable = sum(labels), len(labels) - sum(labels)
+    desirable_weight, undesirable_weight = kto_weights(desirable, undesirable)
+    note = (f"kto: {desirable} desirable and {undesirable} undesirable rows, weighted "
             f"{desirable_weight:g} and {undesirable_weight:g}")
     print(f"[finetune] {note}", flush=True)
     args = KTOConfig(**inputs.args, beta=inputs.spec.train.dpo_beta, desirable_weight=desirable_weight,

@@ -62,7 +62,7 @@ class DataSpec(SpecPart):
     )
     format: RowFormatName = Field(
         "auto", description="the rows' layout; auto detects it from the rows (see sdk.data.formats)")
-    file_type: Literal["auto", "jsonl", "json", "csv", "parquet", "txt", "txt_blocks"] = Field(
+    file_type: Literal[("auto", *FILE_TYPES)] = Field(  # type: ignore[valid-type]
         "auto", description="auto: from the suffix (.txt is txt). txt: each file is one document (a folder of .txt files "
                             "is a corpus); txt_blocks: each block of lines between blank lines is one document")
     split: str = Field("train", description="split name for Hub datasets")

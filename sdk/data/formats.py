@@ -236,15 +236,21 @@ def _openai_preference(row: dict[str, Any], ctx: Context) -> Sample:
 FEEDBACK_WORDS = {"true": True, "false": False}  # how CSV cells (always text) write a boolean
 
 
+def _true_or_false(value: Any) -> bool | None:
+    """A boolean, or CSV's text true/false; None for anything else."""
+    if isinstance(value, bool):
+        return value
+    return FEEDBACK_WORDS.get(value.strip().lower()) if isinstance(value, str) else None
+
+
 def _feedback_label(row: dict[str, Any], column: str) -> bool:
     """A boolean label; the text true/false (CSV) and 1/0 are read too, as KTO exports write them."""
     if column not in row or row[column] is None:
         raise RowError(f"missing field {column!r} (binary feedback: true when the answer is desirable)")
     value = row[column]
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in FEEDBACK_WORDS:
-        return FEEDBACK_WORDS[value.strip().lower()]
+    label = _true_or_false(value)
+    if label is not None:
+        return label
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
     raise RowError(f"{column!r} must be true or false (binary feedback: is the answer desirable?), not "
@@ -269,9 +275,7 @@ def _looks_like_feedback(row: dict[str, Any], ctx: Context) -> bool:
     """Detected only from a boolean label (or CSV's true/false) beside a prompt/completion or a conversation: a
     `label` column holding anything else is the row's metadata, and the row keeps its own format."""
     f = ctx.fields
-    value = row.get(f.label)
-    boolean = isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in FEEDBACK_WORDS)
-    return boolean and ((f.prompt in row and f.completion in row) or f.messages in row or f.conversations in row)
+    return _true_or_false(row.get(f.label)) is not None and ((f.prompt in row and f.completion in row) or f.messages in row or f.conversations in row)
 
 
 def _has_instruction(row: dict[str, Any], ctx: Context) -> bool:

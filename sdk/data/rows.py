@@ -280,10 +280,9 @@ def folder_files(path: Path, declared: str) -> list[Path]:
     every data file, except that .txt files count only in a folder of nothing else (a corpus) — beside jsonl
     or csv files, a README.txt is a note, not training text."""
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
-    if declared in ("txt", "txt_blocks"):
-        return [p for p in files if p.suffix.lower() == ".txt"]
     if declared != "auto":
-        return [p for p in files if SUFFIXES[p.suffix.lower()] == declared]
+        wanted = "txt" if declared == "txt_blocks" else declared  # txt_blocks reads .txt files another way
+        return [p for p in files if SUFFIXES[p.suffix.lower()] == wanted]
     structured = [p for p in files if p.suffix.lower() != ".txt"]
     return structured or files
 
