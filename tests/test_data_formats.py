@@ -349,7 +349,7 @@ def test_validate_reports_each_new_form(cli_here, name):
             f"--set=data.file_type={FILE_TYPES.get(name, 'auto')}", f"--set=objective={objective_for(name)}"]
     result = cli_here(*args)
     assert result.returncode == 0, result.stderr
-    assert f"data.source: {source}: {TRAIN_ROWS.get(name, 4) if fmt != 'sharegpt' else 4} rows, format {fmt}" in result.stdout, result.stdout
+    assert f"data.source: {source}: {TRAIN_ROWS.get(name, 4)} rows, format {fmt}" in result.stdout, result.stdout
 
 
 def _detected(row: dict, **fields):
