@@ -18,7 +18,7 @@ from typing import Any
 
 from sdk.core.objectives import objective_named
 from sdk.core.spec import DataSpec, FineTuneSpec
-from sdk.data.check import LengthCount, SourceCheck, chat_loss_route, load_samples, template_for
+from sdk.data.check import LengthCount, SourceCheck, auto_template_note, chat_loss_route, load_samples
 from sdk.data.formats import Instruction, Sample, learns_several_turns
 from sdk.data.rendering import Example, Renderer, instruction_prompt
 from sdk.data.rows import BadRow, DataError, iter_rows
@@ -82,6 +82,7 @@ class PreparedData:
     notes: list[str] = field(default_factory=list)
     train_where: list[str] = field(default_factory=list)  # the source row (file:line) of each train row
     template: str = "instruction"  # the template the training rows were written in ('auto' resolved)
+    tools: Any = None  # sdk.data.tools.ToolTemplate when rows offer tools (the tokenizer now renders with its source)
     instruction: str | None = None  # the instruction all training rows share, if they do (classification data)
 
 
@@ -92,7 +93,7 @@ def _route(train: list[Sample], chat_template: str | None) -> tuple[str, str | N
     return chat_loss_route(chat_template, weighted=any(t.get("weight") == 0 for s in multi for t in s.turns))
 
 
-def prepare(spec: FineTuneSpec, tokenizer: Any = None) -> PreparedData:
+def prepare(spec: FineTuneSpec, tokenizer: Any = None, *, model_type: str | None = None) -> PreparedData:
     data = spec.data
     check = samples(spec, data.source, "data.source")
     rows = check.samples
@@ -116,12 +117,26 @@ def prepare(spec: FineTuneSpec, tokenizer: Any = None) -> PreparedData:
         train_rows = train_rows[: data.max_samples]
     if not train_rows:
         raise DataError(f"data.source: no training rows left after the eval split of {data.holdout_fraction}")
-    route, why = _route(train_rows, getattr(tokenizer, "chat_template", None))
-    renderer = Renderer(spec, route)
+    chat_template = getattr(tokenizer, "chat_template", None)
+    has_chat = bool(chat_template) if tokenizer is not None else None
+    route, why = _route(train_rows, chat_template)
+    renderer = Renderer(spec, route, chat_template=has_chat)
     eval_examples = [renderer.example(s) for s in eval_rows]
     eval_samples = eval_rows[: max(spec.eval.num_samples, 1)]
     placed = [(s.where, row) for s in train_rows for row in renderer.trainer_rows(s)]  # one sample may be several rows
     notes = [f"chat: {why}"] if why else []
+    tools = None
+    if tokenizer is not None and any(s.tools for s in train_rows + eval_rows):
+        from sdk.data.tools import tool_template
+
+        try:
+            tools = tool_template(chat_template, model_type)
+        except ValueError as exc:
+            raise DataError(f"data.source: {exc}") from None
+        tokenizer.chat_template = tools.source  # the trainer, the evaluation and the saved tokenizer render with it
+        notes.append(f"tools: {tools.how}")
+    if data.template == "auto" and any(isinstance(s.prompt, Instruction) for s in train_rows):
+        notes.append(f"template: {auto_template_note(has_chat)}")
     if tokenizer is not None:
         lengths = LengthCount(data.max_length, NodeTokens(tokenizer), renderer)
         for sample in train_rows:
@@ -129,12 +144,13 @@ def prepare(spec: FineTuneSpec, tokenizer: Any = None) -> PreparedData:
         notes.append(f"training rows: {lengths.report()}")
     return PreparedData(
         train=[row for _, row in placed],
-        template=template_for(data.template, train_rows[0]),
+        template=renderer.template(train_rows[0]),
         instruction=shared_instruction(train_rows),
         train_where=[where for where, _ in placed],
         eval=[r for s in eval_samples for r in renderer.trainer_rows(s)],
         eval_examples=eval_examples,
         assistant_only_loss=route == "assistant_masks",
+        tools=tools,
         formats=formats,
         notes=notes,
     )
@@ -157,8 +173,8 @@ class NodeTokens:
         self.tokenizer = tokenizer
         self.eos = tokenizer.eos_token or ""
 
-    def render_chat(self, turns: list[dict[str, Any]]) -> str:
-        return self.tokenizer.apply_chat_template(turns, tokenize=False)
+    def render_chat(self, turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        return self.tokenizer.apply_chat_template(turns, tools=tools, tokenize=False)
 
     def count(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
@@ -184,8 +200,10 @@ def preview(row: dict[str, Any], tokenizer: Any, *, where: str, completion_only:
     return {"where": where, "text": decode(ids), "trained": decode([i for i, m in zip(ids, mask, strict=True) if m])}
 
 
-def labelled_examples(spec: FineTuneSpec, path: str, *, text_field: str = "text", label_field: str = "label") -> list[Example]:
-    """A user's labelled file for `finetune eval`: rows with text + label (or the recipe's field mapping)."""
+def labelled_examples(spec: FineTuneSpec, path: str, *, text_field: str = "text", label_field: str = "label",
+                      template: str | None = None) -> list[Example]:
+    """A user's labelled file for `finetune eval`: rows with text + label (or the recipe's field mapping), written in
+    `template`, the one the run trained in (its summary's)."""
     fields = spec.data.fields
     rows = read_rows(path, spec.data, field="--data")
     if not rows:
@@ -197,7 +215,9 @@ def labelled_examples(spec: FineTuneSpec, path: str, *, text_field: str = "text"
     mapped = spec.model_copy(deep=True)
     mapped.data.fields = fields.model_copy(update={"input": input_col, "output": output_col})
     mapped.data.format = "alpaca"
-    if mapped.data.template == "plain":
+    if template in ("instruction", "chat"):
+        mapped.data.template = template
+    elif mapped.data.template == "plain":
         mapped.data.template = "auto"
     if fields.instruction not in sample and mapped.data.instruction is None:
         from sdk.data.builtin import INSTRUCTION

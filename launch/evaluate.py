@@ -22,17 +22,19 @@ def match_label(output: str, labels: list[str]) -> str | None:
     return None
 
 
-def prompt_text(tokenizer: Any, prompt: Any) -> str:
+def prompt_text(tokenizer: Any, prompt: Any, tools: list[dict[str, Any]] | None = None) -> str:
+    """Text as written, or chat turns (with the functions they offer) through the tokenizer's chat template."""
     if isinstance(prompt, list):  # chat turns
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(prompt, tools=tools or None, tokenize=False, add_generation_prompt=True)
     return prompt
 
 
-def generate(model: Any, tokenizer: Any, prompts: list[Any], *, max_new_tokens: int, batch_size: int = 16) -> list[str]:
-    """Greedy completions, batched with left padding."""
+def generate(model: Any, tokenizer: Any, prompts: list[Any], *, max_new_tokens: int, batch_size: int = 16,
+             tools: list[dict[str, Any]] | None = None) -> list[str]:
+    """Greedy completions, batched with left padding; `tools`: the functions every chat prompt offers."""
     import torch
 
-    texts = [prompt_text(tokenizer, p) for p in prompts]
+    texts = [prompt_text(tokenizer, p, tools) for p in prompts]
     device = next(p.device for p in model.parameters())
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"

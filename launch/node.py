@@ -28,9 +28,9 @@ from typing import Any
 
 from launch.runtime import count_parameters, quiet_libraries, versions  # noqa: F401  (tools import them from here too)
 from sdk.core.spec import FineTuneSpec
-from sdk.core.summary import Generation, LabelAccuracy, LabelScore, RunSummary, Runtime
+from sdk.core.summary import Generation, LabelAccuracy, LabelScore, RunSummary, Runtime, ToolCalling
 from sdk.store import commit_dir
-from sdk.store.runfolder import ADAPTER, SUMMARY, RunFolder
+from sdk.store.runfolder import ADAPTER, CHAT_TEMPLATE, SUMMARY, RunFolder
 
 
 class Cancelled(Exception):
@@ -138,7 +138,9 @@ class NodeRecipe:
                       f"{ranks.world_size()} ranks when training starts", flush=True)
         if self.model.generation_config is not None and self.model.generation_config.pad_token_id is None:
             self.model.generation_config.pad_token_id = self.tokenizer.pad_token_id
-        self.data = data.prepare(self.spec, self.tokenizer)
+        self.data = data.prepare(self.spec, self.tokenizer, model_type=getattr(self.model.config, "model_type", None))
+        if self.data.tools is not None and ranks.is_main():  # what serve and generate render tool requests with
+            self.folder.write_text(CHAT_TEMPLATE, self.data.tools.source)
         if ranks.is_main():
             formats = ", ".join(f"{k} {v}" for k, v in self.data.formats.items())
             print(f"[finetune] data: {formats}; {len(self.data.train)} training rows", flush=True)
@@ -212,6 +214,7 @@ class NodeRecipe:
         from launch import ranks
         from launch.checkpoints import CheckpointUploader, prepare_resume
         from launch.train import build_trainer
+        from sdk.core.errors import SpecError
 
         self.sink.set_state("running", phase="training", trainable_params=self.trainable)
         uploader = CheckpointUploader(self.folder, self.workdir, keep=self.spec.train.keep_checkpoints,
@@ -229,6 +232,14 @@ class NodeRecipe:
                                 precision=self.precision, hardware=self.hardware, attention=self.attention,
                                 workdir=self.workdir, sink=self.sink, on_checkpoint=on_checkpoint,
                                 assistant_only_loss=self.data.assistant_only_loss)
+        kept = len(trainer.train_dataset)
+        if kept == 0:
+            raise SpecError(f"data.max_length: every training row's answer starts after {self.spec.data.max_length} tokens "
+                            "(its prompt is longer), so truncation leaves nothing to learn; raise data.max_length "
+                            "(finetune validate reports the longest row)")
+        if kept < len(self.data.train) and ranks.is_main():
+            print(f"[finetune] {len(self.data.train) - kept} of {len(self.data.train)} training rows dropped: their answer "
+                  f"starts after data.max_length {self.spec.data.max_length} tokens", flush=True)
         if ranks.is_main():
             from launch.data import preview
 
@@ -302,7 +313,7 @@ class NodeRecipe:
         from launch import ranks
         from launch.evaluate import prompt_text
 
-        text = prompt_text(self.tokenizer, self.eval_examples[0].prompt)
+        text = prompt_text(self.tokenizer, self.eval_examples[0].prompt, self.eval_examples[0].tools)
         ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
         was_training = self.model.training
         self.model.eval()
@@ -335,6 +346,7 @@ class NodeRecipe:
             first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None, eval_loss=self.eval_loss,
             train_rows=len(self.data.train), eval_rows=len(self.data.eval),
             data_format=self.data.formats.get("data.source"), template=self.data.template, instruction=self.data.instruction,
+            tool_calling=ToolCalling(native=self.data.tools.native, parser=self.data.tools.parser) if self.data.tools else None,
             label_accuracy=LabelAccuracy(before=score(self.before), after=score(self.after)),
             generations=[Generation(**g) for g in generations], adapter_bytes=self.adapter_bytes,
             runtime_s=Runtime(**self.timings), resumed_from_step=self.resumed_from, world_size=ranks.world_size(),

@@ -22,10 +22,23 @@ MALFORMED = HERE / "data" / "malformed"
 # `trained` the tokens the loss is on. <|end|> is the tiny tokenizer's EOS; its chat template writes
 # <|role|>\n content, with <|end|> after assistant turns (and, rendered with transformers' trim_blocks, no
 # newline after a turn: the "\n" that follows `{% endif %}` in the template is trimmed).
+FUNCTIONS = ('{"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city", '
+             '"parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}\n'
+             '{"type": "function", "function": {"name": "get_time", "description": "Local time in a city", '
+             '"parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}')
+TOOLS_SYSTEM = ("<|system|>\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided "
+                f"with function signatures within <tools></tools> XML tags:\n<tools>\n{FUNCTIONS}\n</tools>\n\nFor each "
+                "function call, return a json object with function name and arguments within <tool_call></tool_call> XML "
+                'tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
+
+
+def CALL(name: str, city: str) -> str:  # noqa: N802 - reads as the text it stands for
+    return f'<tool_call>\n{{"name": "{name}", "arguments": {{"city": "{city}"}}}}\n</tool_call>'
+
+
 EXPECTED = {
-    "alpaca": ("alpaca", {
-        "text": "### Instruction:\nName the topic of the headline.\n\n### Input:\nStorm floods the coastal city\n\n"
-                "### Response:\nWorld<|end|>",
+    "alpaca": ("alpaca", {  # template auto: the model's chat template (the tiny model has one), as a chat endpoint sends it
+        "text": "<|user|>\nName the topic of the headline.\n\nStorm floods the coastal city<|assistant|>\nWorld<|end|>",
         "trained": "World<|end|>"}),
     "sharegpt": ("sharegpt", {  # the first of its two assistant turns (one example per trained turn)
         "text": "<|system|>\nBe brief.<|user|>\nWhat is the capital of France?<|assistant|>\nParis.<|end|>",
@@ -59,10 +72,20 @@ EXPECTED = {
                               "label": False}),
     "feedback_messages": ("feedback", {"prompt": "<|user|>\nRecommend a short book.<|assistant|>\n",
                                        "completion": "Try The Old Man and the Sea.<|end|>", "label": True}),
+    # tool calling (the tiny template has no tool support: the Hermes format in front of it, sdk.data.tools); the
+    # first trained turn of a conversation with two calls: the first call, the loss on it only
+    "tools": ("messages", {
+        "text": TOOLS_SYSTEM + "<|user|>\nWeather in Paris, then in Rome?<|assistant|>\n" + CALL("get_weather", "Paris") + "<|end|>",
+        "trained": CALL("get_weather", "Paris") + "<|end|>"}),
+    "sharegpt_tools": ("sharegpt", {  # function_call / observation turns, tools as JSON text
+        "text": TOOLS_SYSTEM + "<|user|>\nWhat time is it in Lima?<|assistant|>\n" + CALL("get_time", "Lima") + "<|end|>",
+        "trained": CALL("get_time", "Lima") + "<|end|>"}),
 }
-TRAIN_ROWS = {"sharegpt": 5, "corpus": 1, "corpus_blocks": 3, "feedback": 6}  # sharegpt: 4 conversations, 5 assistant turns
+TRAIN_ROWS = {"sharegpt": 5, "corpus": 1, "corpus_blocks": 3, "feedback": 6,  # sharegpt: 4 conversations, 5 assistant turns
+              "tools": 6, "sharegpt_tools": 4}  # one row per assistant turn: calls and answers
 FIRST_LINE = {"feedback": 4, "feedback_messages": 3}  # the line of the first training row (1 unless shuffled)
 FILE_TYPES = {"corpus_blocks": "txt_blocks"}  # the rest: from the suffix
+MAX_LENGTH = {"tools": 1024, "sharegpt_tools": 1024}  # the tools' schemas in the system turn: ~700 tiny-tokenizer tokens
 
 
 def source_of(name: str) -> Path:
@@ -78,7 +101,8 @@ def format_spec(name: str, output: str) -> sdk.FineTuneSpec:
     return sdk.FineTuneSpec(
         name=f"fmt-{name.replace('_', '-')}", model="tiny:llama", method={"name": "lora", "r": 4, "alpha": 8},
         objective=objective_for(name),
-        data={"source": source, "eval_source": source, "max_length": 128, "file_type": FILE_TYPES.get(name, "auto")},  # eval_source: train rows keep file order
+        data={"source": source, "eval_source": source, "max_length": MAX_LENGTH.get(name, 128),
+              "file_type": FILE_TYPES.get(name, "auto")},  # eval_source: train rows keep file order
         train={"max_steps": 2, "batch_size": 2, "lr": 1e-3, "precision": "fp32", "logging_steps": 1},
         eval={"num_samples": 2, "generations": 0, "before": False}, output=output, env={"OMP_NUM_THREADS": "1"},
     )
@@ -145,6 +169,12 @@ REFUSED = {
     "openai_preference_missing_messages.jsonl": (1, "missing field 'input.messages'"),
     "feedback_label_not_boolean.jsonl": (2, "'label' must be true or false (binary feedback: is the answer desirable?), not str 'no'"),
     "feedback_answer_not_last.jsonl": (1, "messages: ends with a user turn; a training conversation ends with the assistant's answer"),
+    "tools_bad_arguments.jsonl": (2, "messages[1].tool_calls[0]: arguments is not valid JSON"),
+    "tools_result_without_call.jsonl": (1, "messages[1]: a tool result without a call before it"),
+    "tools_unknown_function.jsonl": (1, "messages[1]: calls 'get_wether', which is not among the row's tools (get_weather)"),
+    "tools_wrong_call_id.jsonl": (1, "messages[2]: tool_call_id 'call_9' answers no call of the assistant's turn before it"),
+    "tools_missing.jsonl": (1, "messages[1]: a tool call, but the row has no 'tools'"),
+    "sharegpt_tools_call_not_json.jsonl": (1, "conversations[1].value is not valid JSON"),
     "not_json.jsonl": (2, "not valid JSON"),
     "not_an_object.jsonl": (2, "must be a JSON object, not list"),
     "extra_cells.csv": (3, "4 cells for 3 header columns"),
@@ -288,6 +318,33 @@ def test_a_template_that_marks_assistant_turns_trains_whole_conversations(marked
                                "<|user|>\nAnd of Spain?<|assistant|>\nMadrid.<|end|>")
     assert preview["trained"] == "Paris.<|end|>Madrid.<|end|>"  # both answers, nothing of the user's
     assert run.summary().train_rows == 4  # one row per conversation
+
+
+@pytest.mark.slow
+def test_a_tool_conversation_learns_its_calls_and_answer_not_the_tool_results(marked_model, tmp_path, run_cli):
+    """Two tool calls, their results and the answer in one training row (the template marks assistant turns): the
+    loss covers the two calls and the answer, never the results the tools returned or the user's turn."""
+    validated = run_cli("validate", "tiny", f"--set=model={marked_model}", f"--set=data.source={FORMATS / 'tools.jsonl'}",
+                        "--set=data.eval_source=null", "--set=data.template=auto", "--set=data.max_length=1024")
+    assert validated.returncode == 0, validated.stderr
+    assert "tools: 3 row(s) offer tools; the model's chat template has no tool support" in validated.stdout
+    spec = format_spec("tools", str(tmp_path / "runs")).model_copy(deep=True)
+    spec.model.id = str(marked_model)
+    run = sdk.submit(spec)
+    status = run.wait(timeout=300, progress=False)
+    assert status.state == "succeeded", f"{status.error}\n{str(run.logs())[-2000:]}"
+    preview = RunFolder(*_split(run.uri)).read_json("data_preview.json")
+    paris, rome = CALL("get_weather", "Paris"), CALL("get_weather", "Rome")
+    answer = "Paris: 18 C and sunny. Rome: 24 C and clear."
+    assert preview["text"] == (
+        f"{TOOLS_SYSTEM}<|user|>\nWeather in Paris, then in Rome?<|assistant|>\n{paris}<|end|>"
+        f"<|user|>\n<tool_response>\n18 C, sunny\n</tool_response><|assistant|>\n{rome}<|end|>"
+        f"<|user|>\n<tool_response>\n24 C, clear\n</tool_response><|assistant|>\n{answer}<|end|>")
+    assert preview["trained"] == f"{paris}<|end|>{rome}<|end|>{answer}<|end|>"  # the calls and the answer only
+    summary = run.summary()
+    assert summary.train_rows == 3 and summary.tool_calling.parser == "hermes" and not summary.tool_calling.native
+    template = RunFolder(*_split(run.uri)).read_text("chat_template.jinja")  # what serve and generate render with
+    assert template.endswith(MARKED_TEMPLATE) and "<tool_call>" in template
 
 
 @pytest.mark.slow

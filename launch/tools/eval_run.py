@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         from launch.models import BaseLoader
         from sdk.core.precision import resolve_precision
 
-        examples = labelled_examples(spec, args.data, text_field=args.text_field, label_field=args.label_field)
+        summary = run.summary()
+        examples = labelled_examples(spec, args.data, text_field=args.text_field, label_field=args.label_field,
+                                     template=summary.template if summary else None)
         if args.limit:
             examples = examples[: args.limit]
         unknown = sorted({e.response for e in examples} - set(spec.eval.labels))

@@ -10,6 +10,7 @@ SkyPilot node.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -29,7 +30,49 @@ def zero_adapter(source: Path, target: Path) -> Path:
     return target
 
 
-def engine_command(plan, python: str, model_dir: str, adapters: dict[str, Path], cpu: bool) -> list[str]:
+def not_chat_models(plan) -> dict[str, str]:
+    """The served runs trained on prompts that are not chat turns (data.template instruction or plain), by name:
+    the engine's middleware refuses their chat requests with the reason (launch/tools/engine_auth.py). The bare
+    base is not one: it was never trained."""
+    runs = [plan.merged.name] if plan.merged else [a.name for a in plan.adapters]
+    return {name: how["template"] for name in runs
+            if (how := plan.prompting.get(name) or {}).get("template") in ("instruction", "plain")}
+
+
+def trained_chat_template(plan, work: Path) -> Path | None:
+    """The chat template a served tool-calling run trained with (its run folder's chat_template.jinja), written
+    where the engine reads it; None when every served run uses the base's own."""
+    from sdk.store.runfolder import CHAT_TEMPLATE, RunFolder
+
+    served = [plan.merged] if plan.merged else plan.adapters
+    for adapter in served:
+        if (plan.prompting.get(adapter.name) or {}).get("tool_template"):
+            text = RunFolder.open(adapter.run_uri).read_text(CHAT_TEMPLATE)
+            if text is None:
+                raise ValueError(f"{adapter.run_id}: trained on tools but its run folder has no {CHAT_TEMPLATE}")
+            path = work / CHAT_TEMPLATE
+            path.write_text(text)
+            print(f"[finetune] {adapter.name}: tool calls in the chat template it trained with ({CHAT_TEMPLATE})", flush=True)
+            return path
+    return None
+
+
+def tool_flags(plan, chat_template: Path | None) -> list[str]:
+    """vLLM's tool-call parsing when a served run was trained on tools: its parser, and the chat template the run
+    trained with when that is not the base's own (sdk.data.tools: the Hermes prologue). One template for the whole
+    engine is safe: without tools in a request the prologue renders the base's template unchanged."""
+    parsers = {how.get("tool_parser") for how in plan.prompting.values() if how.get("tool_parser")}
+    if not parsers:
+        return []
+    if len(parsers) > 1:
+        raise ValueError(f"the served runs were trained with different tool formats ({', '.join(sorted(parsers))}); "
+                         "serve them separately")
+    flags = ["--enable-auto-tool-choice", "--tool-call-parser", parsers.pop()]
+    return flags + (["--chat-template", str(chat_template)] if chat_template else [])
+
+
+def engine_command(plan, python: str, model_dir: str, adapters: dict[str, Path], cpu: bool,
+                   chat_template: Path | None = None) -> list[str]:
     from sdk.core.serveplan import ENGINE_BASE
 
     served = plan.merged.name if plan.merged else ENGINE_BASE
@@ -45,7 +88,7 @@ def engine_command(plan, python: str, model_dir: str, adapters: dict[str, Path],
     if adapters:
         argv += ["--enable-lora", "--max-lora-rank", str(plan.max_lora_rank), "--max-loras", str(plan.max_loras),
                  "--lora-modules", *[f"{name}={path}" for name, path in adapters.items()]]  # one flag: given twice, vLLM keeps the last
-    return argv
+    return argv + tool_flags(plan, chat_template)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,12 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         cpu = not torch.cuda.is_available()
-        command = engine_command(plan, args.engine_python, model_dir, adapters, cpu)
-    except FinetuneError as exc:
+        command = engine_command(plan, args.engine_python, model_dir, adapters, cpu, trained_chat_template(plan, work))
+    except (FinetuneError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     env = dict(os.environ)
     env["VLLM_API_KEY"] = key  # vLLM's own check (/v1...), and launch/tools/engine_auth.py's on every other route
+    env["FINETUNE_NOT_CHAT_MODELS"] = json.dumps(not_chat_models(plan))  # the middleware refuses their chat requests
     import shutil
 
     engine_path = work / "engine-path"

@@ -22,6 +22,8 @@ def generate(
     base: bool = typer.Option(False, "--base", help="the base model, adapter off"),
     raw: bool = typer.Option(False, "--raw", help="send the prompt as written, without the run's template"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object: rendered prompts and outputs"),
+    tools: Path | None = typer.Option(None, "--tools", help="a JSON file of the functions the prompts offer (OpenAI's "
+                                      "tools list); each answer's tool calls are parsed as `finetune serve` parses them"),
 ) -> None:
     """Greedy completions from a run's model with transformers + peft: a quick try without a server."""
     import json
@@ -29,12 +31,15 @@ def generate(
     from sdk.runs import get_run
     from sdk.runs.tools import generate as generate_with
 
-    result = generate_with(get_run(run).uri, prompt, max_new_tokens=max_new_tokens, base=base, raw=raw)
+    result = generate_with(get_run(run).uri, prompt, max_new_tokens=max_new_tokens, base=base, raw=raw,
+                           tools=str(tools) if tools else None)
     if as_json:
         print(json.dumps(result))
         return
     for item in result["outputs"]:
-        _console().print(f"[bold]{item['prompt']}[/bold] → {escape_markup(item['text'])}", markup=True)
+        calls = "; ".join(f"{c['name']}({c['arguments']})" for c in item.get("tool_calls") or [])
+        answer = f"tool call: {calls}" if calls else item["text"]
+        _console().print(f"[bold]{escape_markup(item['prompt'])}[/bold] → {escape_markup(answer)}", markup=True)
 
 
 @app.command(name="eval")

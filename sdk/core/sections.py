@@ -53,6 +53,7 @@ class FieldMap(SpecPart):
     chosen: str = "chosen"
     rejected: str = "rejected"
     label: str = "label"  # binary feedback: true when the row's answer is desirable (objective: kto)
+    tools: str = "tools"  # chat rows: the functions the assistant may call (OpenAI's tools, or a JSON string of them)
 
 
 class DataSpec(SpecPart):

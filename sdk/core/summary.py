@@ -68,6 +68,15 @@ class TrainFeatures(_Read):
     optimizer: str | None = None
 
 
+class ToolCalling(_Read):
+    """How a run trained on tool calls rendered them (sdk.data.tools.tool_template): `native` the model's own chat
+    template, else the Hermes prologue in front of it; the template itself is the run folder's chat_template.jinja,
+    which `finetune serve` and `finetune generate` render with; `parser` vLLM's tool parser for the answers."""
+
+    native: bool
+    parser: str | None = None
+
+
 class RunSummary(_Read):
     run_id: str
     model: str
@@ -94,6 +103,7 @@ class RunSummary(_Read):
     data_format: str | None = None  # the rows' format (detected or named in data.format)
     template: str | None = None  # how prompts were written in training: instruction | chat | plain (generate, serve)
     instruction: str | None = None  # the one instruction every training row shared (a user's text is then the input)
+    tool_calling: ToolCalling | None = None  # set when the rows offered tools
     label_accuracy: LabelAccuracy = Field(default_factory=LabelAccuracy)
     generations: list[Generation] = Field(default_factory=list)
     adapter_bytes: int

@@ -62,15 +62,27 @@ def context(spec: FineTuneSpec) -> Context:
     return Context(fields=spec.data.fields, instruction=spec.data.instruction, labels=spec.eval.labels)
 
 
-def template_for(template: str, sample: Sample) -> str:
-    """The template a sample renders with ('auto' resolved), or RowError when it cannot render it."""
+def template_for(template: str, sample: Sample, *, chat_template: bool | None = None) -> str:
+    """The template a sample renders with ('auto' resolved), or RowError when it cannot render it.
+
+    `auto` writes instruction rows in the model's own chat template when its tokenizer has one (a user turn of
+    the instruction and input, the output as the assistant's turn: what a chat endpoint sends it), and in the
+    '### Instruction' template when it has none. `chat_template` None: not known here (the client without the
+    model's tokenizer); the node decides, and the summary says which."""
     if sample.kind == "text":
         if template not in ("auto", "plain"):
             raise RowError(f"text rows train as written; template {template} needs prompts (use template: plain or auto)")
         return "plain"
     chat = sample.chat
+    if sample.tools and template not in ("auto", "chat"):
+        raise RowError(f"rows with tools are written in the model's chat template (its tool format), not the {template} "
+                       "template; use template: chat (or auto)")
     if template == "auto":
-        return "chat" if chat else "instruction" if isinstance(sample.prompt, Instruction) else "plain"
+        if chat:
+            return "chat"
+        if isinstance(sample.prompt, Instruction):
+            return "instruction" if chat_template is False else "chat"
+        return "plain"
     if chat and template != "chat":
         turns = sample.turns or sample.prompt or []
         users = sum(1 for t in turns if t["role"] == "user")
@@ -121,6 +133,34 @@ def load_samples(spec: FineTuneSpec, source: str, field_name: str, *, keep: bool
     return check
 
 
+def tool_note(spec: FineTuneSpec, chat_template: str | None, *, known: bool) -> str:
+    """How the model renders tool rows (sdk.data.tools.tool_template), or DataError when it cannot: decided here,
+    before launch, wherever the model's tokenizer is readable."""
+    if not known:
+        return "the model's tokenizer is not on this machine: the node picks its chat template's tool format"
+    from sdk.core.architectures import config_for
+    from sdk.core.modelref import tiny_arch
+    from sdk.data.tools import tool_template
+
+    config = config_for(spec.model.id) or {}
+    model_type = "llama" if tiny_arch(spec.model.id) else config.get("model_type")
+    try:
+        return tool_template(chat_template, model_type).how
+    except RowError as exc:
+        raise DataError(f"data.source: {exc}") from None
+
+
+def auto_template_note(chat_template: bool | None) -> str:
+    """What `template: auto` made of instruction rows, for the report and the node's log."""
+    if chat_template is None:
+        return ("auto: instruction rows are written in the model's chat template if its tokenizer has one, else in "
+                "'### Instruction' (the model's tokenizer is not on this machine: the node decides; the summary says which)")
+    if chat_template:
+        return ("auto → chat: instruction rows become a user turn (instruction, input) and the assistant's answer in the "
+                "model's chat template, as a chat endpoint sends them (data.template: instruction for '### Instruction')")
+    return "auto → instruction: the model's tokenizer has no chat template, so rows are written in '### Instruction'"
+
+
 def chat_loss_route(chat_template: str | None, *, weighted: bool) -> tuple[str, str]:
     """How multi-turn chat learns only the assistant's turns: 'assistant_masks' where the chat template marks
     them ({% generation %}), else 'per_turn': one example per assistant turn with the turns before it as the prompt."""
@@ -166,10 +206,15 @@ def check_data(spec: FineTuneSpec, *, tokenizer: Any = None) -> DataReport:
     weighted = False
     conversations = 0
     tokens = tokenizer if tokenizer is not None else ClientTokenizer.for_spec(spec)
-    lengths = LengthCount(spec.data.max_length, tokens, Renderer(spec, route="assistant_masks"))
+    chat_template = tokens.chat_template if tokens is not None else tiny_chat_template(spec)
+    has_chat = bool(chat_template) if tokens is not None or chat_template else None
+    lengths = LengthCount(spec.data.max_length, tokens, Renderer(spec, route="assistant_masks", chat_template=has_chat))
+    instructions = tool_rows = 0
 
     def count(sample: Sample) -> None:
-        nonlocal weighted, conversations
+        nonlocal weighted, conversations, instructions, tool_rows
+        instructions += isinstance(sample.prompt, Instruction)
+        tool_rows += bool(sample.tools)
         if learns_several_turns(sample):
             conversations += 1
             weighted = weighted or any(t.get("weight") == 0 for t in sample.turns)
@@ -182,8 +227,12 @@ def check_data(spec: FineTuneSpec, *, tokenizer: Any = None) -> DataReport:
             lengths.reset()
         else:
             notes.append(f"{name}: {source} is a Hub dataset: its rows are checked on the node")
+    if tool_rows:
+        notes.append(f"tools: {tool_rows} row(s) offer tools; {tool_note(spec, chat_template, known=has_chat is not None)}")
+    if instructions and spec.data.template == "auto":
+        notes.append(f"template: {auto_template_note(has_chat)}")
     if conversations:
-        template = tokens.chat_template if tokens is not None else tiny_chat_template(spec)
+        template = chat_template
         if template is None:
             notes.append("chat: the model's chat template is not readable here; the node decides between assistant "
                          "masks and one example per assistant turn")

@@ -5,10 +5,13 @@ naming what is wrong). The client runs these before launch and the node runs the
 malformed row is reported as `file:line` before a GPU is paid for. No torch here.
 
   alpaca             instruction / input / output (also any column names mapped with data.fields)
-  sharegpt           conversations: [{from: human|gpt|system, value}]  (role/content turns accepted too)
+  sharegpt           conversations: [{from: human|gpt|system, value}]  (role/content turns accepted too); tool calling:
+                     function_call turns (the call as JSON) and observation turns (its result), `tools` as JSON text
   messages           OpenAI chat: messages: [{role: system|user|assistant, content, weight?}]; content is text or a
                      list of parts ([{type: text, text}]): text parts are joined with newlines, as vLLM joins them
                      when it serves the model; image, audio and file parts are refused (text models only)
+                     tool calling: `tools` beside `messages`, assistant turns with `tool_calls`, `tool` turns with
+                     `tool_call_id` (sdk.data.tools); arguments must be JSON objects
   prompt_completion  prompt / completion (text, or conversational turns)
   text               text
   preference         prompt / chosen / rejected; or chosen / rejected conversations sharing the prompt turns; or
@@ -26,6 +29,7 @@ from typing import Any, Literal, Union
 
 from sdk.core.objectives import ROW_FORMATS, RowKind
 from sdk.core.spec import FieldMap
+from sdk.data.tools import check_calls, read_tools
 from sdk.data.turns import RowError, check_turns, read_response, read_turns
 
 
@@ -55,6 +59,7 @@ class Sample:
     chosen: str | None = None
     rejected: str | None = None
     label: bool | None = None  # feedback: is the completion desirable?
+    tools: list[dict[str, Any]] | None = None  # conversation: the functions offered (sdk.data.tools.read_tools)
 
     @property
     def chat(self) -> bool:
@@ -109,11 +114,14 @@ def _label(row: dict[str, Any], column: str, ctx: Context) -> str:
     return _text(row, column)  # type: ignore[return-value]
 
 
-def _conversation(turns: list[dict[str, Any]], name: str) -> Sample:
+def _conversation(row: dict[str, Any], turns: list[dict[str, Any]], name: str, ctx: Context) -> Sample:
     check_turns(turns, name, ends_with="assistant")
     if all(t.get("weight", 1) == 0 for t in turns if t["role"] == "assistant"):
         raise RowError(f"{name}: every assistant turn has weight 0: nothing to learn")
-    return Sample("conversation", turns=turns)
+    offered = row.get(ctx.fields.tools)
+    tools = read_tools(offered, ctx.fields.tools) if offered not in (None, "", []) else None
+    check_calls(turns, tools, name)
+    return Sample("conversation", turns=turns, tools=tools)
 
 
 def _distinct(chosen: str, rejected: str) -> None:
@@ -146,14 +154,14 @@ def _sharegpt(row: dict[str, Any], ctx: Context) -> Sample:
     column = ctx.fields.conversations
     if column not in row:
         raise RowError(f"missing field {column!r}")
-    return _conversation(_with_system(row, read_turns(row[column], column)), column)
+    return _conversation(row, _with_system(row, read_turns(row[column], column, tools=True)), column, ctx)
 
 
 def _messages(row: dict[str, Any], ctx: Context) -> Sample:
     column = ctx.fields.messages
     if column not in row:
         raise RowError(f"missing field {column!r}")
-    return _conversation(read_turns(row[column], column, weights=True), column)
+    return _conversation(row, read_turns(row[column], column, weights=True, tools=True), column, ctx)
 
 
 def _prompt(value: Any, name: str) -> Prompt:

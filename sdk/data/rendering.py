@@ -5,6 +5,7 @@ No torch here: the client renders the same rows to count tokens before launch, t
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,11 @@ def _joined(prompt: Instruction) -> str:
     return prompt.instruction if not prompt.input else f"{prompt.instruction}\n\n{prompt.input}"
 
 
+def _message(turn: dict[str, Any]) -> dict[str, Any]:
+    """A turn as the chat template reads it (without the row's weight)."""
+    return {k: turn[k] for k in ("role", "content", "tool_calls", "tool_call_id") if k in turn}
+
+
 @dataclass
 class Example:
     """One row for evaluation: the prompt (text or chat turns), the gold response, and an answer not to give
@@ -33,6 +39,8 @@ class Example:
     response: str
     rejected: str | None = None
     where: str = ""
+    tools: list[dict[str, Any]] | None = None  # the functions the prompt offers (tool-calling rows)
+    calls: list[dict[str, Any]] | None = None  # the gold answer's tool calls
 
 
 class Renderer:
@@ -42,12 +50,16 @@ class Renderer:
     `messages` row (trl masks by the template's {% generation %} marks); with "per_turn" each trained assistant
     turn is a prompt/completion row whose prompt is the conversation before it."""
 
-    def __init__(self, spec: FineTuneSpec, route: str = "per_turn"):
+    def __init__(self, spec: FineTuneSpec, route: str = "per_turn", *, chat_template: bool | None = None):
         self.data = spec.data
         self.route = route
+        self.chat_template = chat_template  # does the model's tokenizer have one (None: not known here)
 
-    def _chat(self, turns: list[dict[str, Any]]) -> list[dict[str, str]]:
-        out = [{"role": t["role"], "content": t["content"]} for t in turns]
+    def template(self, sample: Sample) -> str:
+        return template_for(self.data.template, sample, chat_template=self.chat_template)
+
+    def _chat(self, turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = [_message(t) for t in turns]
         if self.data.system_prompt and (not out or out[0]["role"] != "system"):
             out.insert(0, {"role": "system", "content": self.data.system_prompt})
         return out
@@ -66,12 +78,13 @@ class Renderer:
         return _joined(prompt) if isinstance(prompt, Instruction) else prompt
 
     def example(self, sample: Sample) -> Example:
-        template = template_for(self.data.template, sample)
+        template = self.template(sample)
         if sample.kind == "text":
             return Example("", sample.text or "", where=sample.where)
         if sample.kind == "conversation":
             last = max(i for i, t in enumerate(sample.turns) if t["role"] == "assistant")
-            return Example(self.prompt(sample.turns[:last], template), sample.turns[last]["content"], where=sample.where)
+            return Example(self.prompt(sample.turns[:last], template), sample.turns[last]["content"], where=sample.where,
+                           tools=sample.tools, calls=sample.turns[last].get("tool_calls"))
         if sample.kind == "preference":
             return Example(self.prompt(sample.prompt, template), sample.chosen or "", sample.rejected, where=sample.where)
         if sample.kind == "feedback" and not sample.label:
@@ -79,14 +92,16 @@ class Renderer:
         return Example(self.prompt(sample.prompt, template), sample.completion or "", where=sample.where)
 
     def trainer_rows(self, sample: Sample) -> list[dict[str, Any]]:
-        template = template_for(self.data.template, sample)
+        template = self.template(sample)
         if sample.kind == "text":
             return [{"text": sample.text}]
         wrap = (lambda text: [{"role": "assistant", "content": text}]) if template == "chat" else (lambda text: text)
         if sample.kind == "conversation" and template == "chat":
+            # trl reads `tools` (as JSON text: the rows' functions differ, one arrow column cannot type them all)
+            tools = {"tools": json.dumps(sample.tools, ensure_ascii=False) if sample.tools else None}
             if self.route == "assistant_masks":
-                return [{"messages": self._chat(sample.turns)}]
-            return [{"prompt": self._chat(sample.turns[:i]), "completion": wrap(t["content"])}
+                return [{"messages": self._chat(sample.turns), **tools}]
+            return [{"prompt": self._chat(sample.turns[:i]), "completion": [_message(t)], **tools}
                     for i, t in enumerate(sample.turns) if trained_turn(t)]
         if sample.kind == "feedback":  # trl's unpaired KTO row
             return [{"prompt": self.prompt(sample.prompt, template), "completion": wrap(sample.completion or ""),
@@ -99,14 +114,15 @@ class Renderer:
 
 def row_text(row: dict[str, Any], render_chat: Any, eos: str) -> str:
     """The whole sequence a trainer row becomes (for counting its tokens): the prompt and the response; for
-    preference pairs, the prompt with the longer response. `render_chat(turns)` applies the chat template."""
+    preference pairs, the prompt with the longer response. `render_chat(turns, tools)` applies the chat template."""
     if "text" in row:
         return row["text"] + eos
+    tools = json.loads(row["tools"]) if row.get("tools") else None
     if "messages" in row:
-        return render_chat(row["messages"])
+        return render_chat(row["messages"], tools)
     responses = [row["completion"]] if "completion" in row else [row["chosen"], row["rejected"]]
     if isinstance(row["prompt"], list):
-        return max((render_chat(row["prompt"] + r) for r in responses), key=len)
+        return max((render_chat(row["prompt"] + r, tools) for r in responses), key=len)
     return row["prompt"] + max(responses, key=len) + eos
 
 

@@ -50,7 +50,7 @@ class ClientTokenizer:
         jinja = folder / "chat_template.jinja"
         template = jinja.read_text() if jinja.is_file() else self.config.get("chat_template")
         self.chat_template = template if isinstance(template, str) else None
-        self._compiled: Any = None
+        self._compiled: dict[str, Any] = {}
 
     @classmethod
     def for_spec(cls, spec: FineTuneSpec) -> ClientTokenizer | None:
@@ -65,20 +65,33 @@ class ClientTokenizer:
     def eos(self) -> str:
         return self._token(self.config.get("eos_token"))
 
-    def render_chat(self, turns: list[dict[str, Any]]) -> str:
+    def render_chat(self, turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        """The turns in the chat template, as transformers renders them (tool rows: in the template
+        sdk.data.tools.tool_template picks, as the node does)."""
         if self.chat_template is None:
             raise ValueError("the tokenizer has no chat template")
-        if self._compiled is None:
+        source = self.chat_template
+        if tools:
+            from sdk.data.tools import tool_template
+
+            source = tool_template(source, None).source  # the source only: the family picks the served parser
+        if source not in self._compiled:
+            import json
+
             from jinja2.sandbox import ImmutableSandboxedEnvironment
 
             def raise_exception(message: str) -> None:
                 raise ValueError(message)
 
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False) -> str:
+                return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
             env.globals["raise_exception"] = raise_exception
-            self._compiled = env.from_string(_GENERATION_TAGS.sub("", self.chat_template))
-        return self._compiled.render(messages=turns, add_generation_prompt=False,
-                                     bos_token=self._token(self.config.get("bos_token")), eos_token=self.eos)
+            env.filters["tojson"] = tojson  # transformers' own: no HTML escaping
+            self._compiled[source] = env.from_string(_GENERATION_TAGS.sub("", source))
+        return self._compiled[source].render(messages=turns, tools=tools, add_generation_prompt=False,
+                                             bos_token=self._token(self.config.get("bos_token")), eos_token=self.eos)
 
     def count(self, texts: list[str]) -> list[int]:
         return [len(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]

@@ -7,15 +7,19 @@ from __future__ import annotations
 from typing import Any
 
 ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
+TOOL_ROLES = {"tool": "tool", "observation": "tool", "function_call": "assistant"}  # OpenAI's and ShareGPT's
 KNOWN_ROLES = "system, user (or human), assistant (or gpt)"
+KNOWN_TOOL_ROLES = KNOWN_ROLES + ", tool (or observation), function_call"
 
 
 class RowError(ValueError):
     """What is wrong with one row; the caller adds where the row is."""
 
 
-def read_turns(value: Any, name: str, *, weights: bool = False) -> list[dict[str, Any]]:
-    """Chat turns as {role, content[, weight]}; ShareGPT's from/value and human/gpt are read too."""
+def read_turns(value: Any, name: str, *, weights: bool = False, tools: bool = False) -> list[dict[str, Any]]:
+    """Chat turns as {role, content[, weight]}; ShareGPT's from/value and human/gpt are read too. With `tools`,
+    also the assistant's calls ({role: assistant, content, tool_calls}) and their results ({role: tool, content,
+    tool_call_id?}), from OpenAI's form or ShareGPT's function_call / observation turns (sdk.data.tools)."""
     if not isinstance(value, list):
         raise RowError(f"{name!r} must be a list of turns, not {type(value).__name__}")
     if not value:
@@ -29,13 +33,34 @@ def read_turns(value: Any, name: str, *, weights: bool = False) -> list[dict[str
         content_key = "content" if "content" in turn else "value" if "value" in turn else None
         if role_key is None:
             raise RowError(f"{where}: missing field 'role' (or ShareGPT's 'from')")
-        if content_key is None:
-            raise RowError(f"{where}: missing field 'content' (or ShareGPT's 'value')")
-        role = ROLES.get(str(turn[role_key]).strip().lower()) if isinstance(turn[role_key], str) else None
+        word = str(turn[role_key]).strip().lower() if isinstance(turn[role_key], str) else None
+        role = ROLES.get(word or "") or (TOOL_ROLES.get(word or "") if tools else None)
         if role is None:
-            raise RowError(f"{where}: unknown role {turn[role_key]!r} (known: {KNOWN_ROLES})")
-        content = read_content(turn[content_key], f"{where}.{content_key}")
+            if word in TOOL_ROLES:
+                raise RowError(f"{where}: a {word} turn: tool calls are trained from chat rows (messages or "
+                               "conversations with a 'tools' column) under objective sft, not in these rows")
+            raise RowError(f"{where}: unknown role {turn[role_key]!r} (known: {KNOWN_TOOL_ROLES if tools else KNOWN_ROLES})")
+        calls = None
+        if word == "function_call":  # ShareGPT: the turn's value is the call(s) as JSON
+            from sdk.data.tools import read_tool_calls
+
+            calls = read_tool_calls(turn.get(content_key), f"{where}.{content_key}") if content_key else None
+        elif tools and role == "assistant" and turn.get("tool_calls") is not None:
+            from sdk.data.tools import read_tool_calls
+
+            calls = read_tool_calls(turn["tool_calls"], f"{where}.tool_calls")
+        if content_key is None and calls is None:
+            raise RowError(f"{where}: missing field 'content' (or ShareGPT's 'value')")
+        if calls is not None:
+            raw = turn.get("content") if word != "function_call" else None
+            content = "" if raw is None else read_content(raw, f"{where}.content")
+        else:
+            content = read_content(turn[content_key], f"{where}.{content_key}")
         out: dict[str, Any] = {"role": role, "content": content}
+        if calls is not None:
+            out["tool_calls"] = calls
+        if role == "tool" and isinstance(turn.get("tool_call_id"), str):
+            out["tool_call_id"] = turn["tool_call_id"]
         if "weight" in turn:
             if not weights:
                 raise RowError(f"{where}: 'weight' marks SFT turns of OpenAI chat rows (messages), not these")
@@ -82,22 +107,34 @@ def _a(word: str) -> str:
 
 
 def check_turns(turns: list[dict[str, Any]], name: str, *, ends_with: str) -> None:
-    """System first (optional), then user and assistant alternating, ending as asked; no empty turn."""
-    expected = "user"
+    """System first (optional), then user and assistant alternating, ending as asked; no empty turn. An
+    assistant's tool calls are followed by their results (tool turns), then the assistant again."""
+    expected = {"user"}
     for index, turn in enumerate(turns):
         role = turn["role"]
         if role == "system":
             if index != 0:
                 raise RowError(f"{name}[{index}]: a system turn may only come first")
             continue
-        if role != expected:
-            previous = turns[index - 1]["role"] if index else "the start"
-            raise RowError(f"{name}[{index}]: roles do not alternate: {role} after {previous}")
-        if not turn["content"].strip():
+        if role not in expected:
+            previous = turns[index - 1] if index else None
+            if role == "tool":
+                raise RowError(f"{name}[{index}]: a tool result without a call before it")
+            if previous is not None and previous.get("tool_calls"):
+                raise RowError(f"{name}[{index}]: the assistant's tool call gets no tool result before this {role} turn")
+            raise RowError(f"{name}[{index}]: roles do not alternate: {role} after {previous['role'] if previous else 'the start'}")
+        if role != "tool" and not turn.get("tool_calls") and not turn["content"].strip():
             raise RowError(f"{name}[{index}]: empty {role} turn")
-        expected = "assistant" if role == "user" else "user"
+        if role == "user":
+            expected = {"assistant"}
+        elif role == "assistant":
+            expected = {"tool"} if turn.get("tool_calls") else {"user"}
+        else:
+            expected = {"tool", "assistant"}
     last = turns[-1]["role"]
     if last != ends_with:
+        if last == "tool":
+            raise RowError(f"{name}: ends with a tool result; a training conversation ends with the assistant's turn")
         if ends_with == "assistant":
             raise RowError(f"{name}: ends with {_a(last)} turn; a training conversation ends with the assistant's answer")
         raise RowError(f"{name}: ends with {_a(last)} turn; a prompt ends with the user's turn")

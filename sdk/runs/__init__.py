@@ -193,13 +193,16 @@ class Run:
         """Download the committed adapter, verified against its manifest; all or nothing."""
         return self.folder.fetch_adapter(dest, overwrite=overwrite, state=lambda: self.status().state)
 
-    def generate(self, prompts: str | list[str], *, max_new_tokens: int | None = None, base: bool = False) -> list[str]:
+    def generate(self, prompts: str | list[str], *, max_new_tokens: int | None = None, base: bool = False,
+                 tools: str | Path | None = None) -> list[str]:
         """Greedy completions of the tuned model (`base=True`: the adapter off), each prompt written in the
-        run's own training template; transformers + peft in a subprocess (the client never imports torch)."""
+        run's own training template; transformers + peft in a subprocess (the client never imports torch).
+        `tools`: a JSON file of the functions the prompts offer; the answers are then the generated text, tool
+        calls included as written (sdk.runs.tools.generate returns them parsed)."""
         from sdk.runs.tools import generate
 
         items = [prompts] if isinstance(prompts, str) else list(prompts)
-        result = generate(self.uri, items, max_new_tokens=max_new_tokens, base=base)
+        result = generate(self.uri, items, max_new_tokens=max_new_tokens, base=base, tools=str(tools) if tools else None)
         return [o["text"] for o in result["outputs"]]
 
     def fetch(self, dest: str | Path, *, overwrite: bool = False, checkpoints: bool = False) -> Path:

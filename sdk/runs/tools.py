@@ -63,10 +63,20 @@ def merge(
 
 
 def generate(run: str, prompts: list[str], *, max_new_tokens: int | None = None, base: bool = False,
-             raw: bool = False) -> dict[str, Any]:
+             raw: bool = False, tools: str | None = None) -> dict[str, Any]:
     """Greedy completions with transformers + peft, each prompt written in the run's training template
-    (`raw`: as given). {'outputs': [{'prompt', 'rendered', 'text'}], 'template', 'model'}."""
+    (`raw`: as given; `tools`: a JSON file of the functions the prompts offer, each answer's calls parsed as the
+    serving engine parses them). {'outputs': [{'prompt', 'rendered', 'text'[, 'tool_calls']}], 'template', 'model'}."""
     args = ["--run", require_succeeded(run, "generate")]
+    if tools:
+        from sdk.core.errors import SpecError
+        from sdk.data.tools import load_tools_file
+
+        try:
+            load_tools_file(tools)  # a bad file is named here, before the model loads
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+        args += ["--tools", str(Path(tools).expanduser().resolve())]
     for prompt in prompts:
         args += ["--prompt", prompt]
     if max_new_tokens:

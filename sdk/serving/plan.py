@@ -77,6 +77,9 @@ def plan_serving(runs: Sequence[str], *, merge: bool = False, port: int = 8000, 
             raise ServeError(f"{run.id}: {method_of(spec).merge_refusal or 'cannot be merged'}")
         summary = run.summary()
         prompting = {"template": summary.template, "instruction": summary.instruction} if summary else {}
+        if summary and summary.tool_calling:  # the engine parses its tool calls (launch/tools/serve.py)
+            prompting["tool_parser"] = summary.tool_calling.parser
+            prompting["tool_template"] = None if summary.tool_calling.native else run.id
         resolved.append((alias or run.id, run, spec, serving, prompting))
     first = resolved[0]
     for _, run, spec, _, _ in resolved[1:]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 GRANTS_ENV = "FINETUNE_SERVE_GRANTS"
 GRANT_SECONDS = 7 * 24 * 3600  # SigV4's longest; a URL signed with a session token ends with that session
-SERVED_FILES = ("spec.json", "status.json", "summary.json")
+SERVED_FILES = ("spec.json", "status.json", "summary.json", "chat_template.jinja")  # the last: tool-calling runs
 SERVED_FOLDERS = ("adapter/",)
 MAX_ENCODED = 96 * 1024  # an environment string is limited to 128 KiB on Linux
 

@@ -28,6 +28,7 @@ ADAPTER = "adapter"
 CHECKPOINTS = "checkpoints"
 LOG = "logs/node.log"
 CANCEL = "cancel_requested.json"
+CHAT_TEMPLATE = "chat_template.jinja"  # the chat template tool-calling rows trained with (sdk.data.tools)
 LAUNCH = "launch.json"  # the backend and its Info: any client (a resumed sweep driver) can reach the run again
 
 # cancelling: a cancel was asked for and neither the node nor the backend has confirmed it yet; lost: the node's
@@ -72,6 +73,12 @@ class RunFolder:
 
     def write_json(self, name: str, data: Any) -> None:
         self.store.put_bytes(self.key(name), json.dumps(data, indent=2, default=str).encode())
+
+    def write_text(self, name: str, text: str) -> None:
+        self.store.put_bytes(self.key(name), text.encode())
+
+    def read_text(self, name: str) -> str | None:
+        return self.store.get_bytes(self.key(name)).decode() if self.store.exists(self.key(name)) else None
 
     def read_json(self, name: str) -> Any | None:
         if not self.store.exists(self.key(name)):
