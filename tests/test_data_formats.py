@@ -363,6 +363,18 @@ def test_the_client_counts_tokens_as_the_model_tokenizer_does(run_cli):
                      "--set=data.template=auto", f"--set=data.max_length={n - 1}")
     assert result.returncode == 0, result.stderr
     assert f"data.source: 1 of 4 rows are longer than max_length {n - 1} tokens (longest {n}) and will be truncated" in result.stdout
+    # a tool conversation: the client renders the Hermes prologue + the template with jinja2 as transformers does
+    from sdk.data.tools import tool_template
+
+    first = json.loads((FORMATS / "tools.jsonl").read_text().splitlines()[0])
+    sample = REGISTERED["messages"].normalize(first, Context(fields=sdk.FineTuneSpec(model="m", data="d").data.fields))
+    text = tokenizer.apply_chat_template(sample.turns, tools=sample.tools, tokenize=False,
+                                         chat_template=tool_template(tokenizer.chat_template, "llama").source)
+    n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    result = run_cli("validate", "tiny", f"--set=data.source={FORMATS / 'tools.jsonl'}", "--set=data.eval_source=null",
+                     "--set=data.template=auto", f"--set=data.max_length={n - 1}")
+    assert result.returncode == 0, result.stderr
+    assert f"data.source: 1 of 3 rows are longer than max_length {n - 1} tokens (longest {n}) and will be truncated" in result.stdout
 
 
 def test_files_saved_with_a_byte_order_mark_are_read(tmp_path):

@@ -1,8 +1,10 @@
-"""Serving against the real engine: vLLM's CPU build (its own environment, created on first use) serves two
-SmolLM2-135M adapters trained here and their base on one endpoint; the official `openai` client's greedy
-answers equal `finetune generate` token for token, also when base and adapter requests run concurrently
-(vLLM's CPU LoRA kernels apply an adapter to base requests in a mixed batch: the product must never
-return such an answer). Refusals come before anything starts; stopping leaves no process."""
+"""Serving against the real engine: vLLM's CPU build (its own environment, created on first use) serves three
+SmolLM2-135M adapters trained here and their base on one endpoint: one trained on '### Instruction' prompts, one
+on an alpaca file in the model's own chat template (template: auto), one on tool-calling conversations. The
+official `openai` client's greedy answers equal `finetune generate` token for token (completions, chat
+completions, tool calls), also when base and adapter requests run concurrently (vLLM's CPU LoRA kernels apply
+an adapter to base requests in a mixed batch: the product must never return such an answer). Refusals come
+before anything starts; stopping leaves no process."""
 
 from __future__ import annotations
 
@@ -34,16 +36,59 @@ def smollm2(root, name: str, *extra: str):
                                         "env.OMP_NUM_THREADS=1", *extra])  # two at once on two cores: no oversubscription
 
 
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                                          "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                         "required": ["city"]}}},
+         {"type": "function", "function": {"name": "get_time", "description": "Local time in a city",
+                                          "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                         "required": ["city"]}}}]
+CITIES = ["Paris", "Rome", "Oslo", "Lima", "Tokyo", "Cairo", "Madrid", "Berlin", "Dublin", "Quito", "Hanoi", "Nairobi"]
+ASK = {"get_weather": ["What is the weather in {c}?", "How is the weather in {c} today?", "Is it raining in {c}?"],
+       "get_time": ["What time is it in {c}?", "What is the local time in {c}?", "Tell me the time in {c}."]}
+
+
+def tool_rows(n: int, seed: int = 0) -> list[dict]:
+    """OpenAI chat rows that call one of two functions for a city, read its result and answer with it."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        name, city = rng.choice(sorted(ASK)), rng.choice(CITIES)
+        result = f"{rng.randint(5, 30)} C, {rng.choice(['sunny', 'rain'])}" if name == "get_weather" else f"{rng.randint(0, 23):02d}:30"
+        rows.append({"tools": TOOLS, "messages": [
+            {"role": "user", "content": rng.choice(ASK[name]).format(c=city)},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": name, "arguments": json.dumps({"city": city})}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": result},
+            {"role": "assistant", "content": f"In {city} it is {result}."}]})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 @pytest.fixture(scope="module")
 def two_adapters(tmp_path_factory):
-    """Two SmolLM2-135M runs with different settings (rank 8 and rank 16, different learning rates)."""
+    """SmolLM2-135M runs: news topics in '### Instruction' (rank 8), the same rows as an alpaca file with template
+    auto, so in the model's chat template (rank 16, another learning rate), and tool-calling conversations."""
+    from sdk.data.builtin import news_topics
+
     root = tmp_path_factory.mktemp("serve")
+    alpaca = write_jsonl(root / "news-alpaca.jsonl", news_topics("train", 96))
+    calls = write_jsonl(root / "tool-calls.jsonl", tool_rows(48))
     with pytest.MonkeyPatch.context() as env:  # restored when the module is done
         env.setenv("FINETUNE_HOME", str(root / "home"))
         runs = [sdk.submit(smollm2(root, "serve-a", "method.r=8", "method.alpha=16", "train.lr=5e-4")),
-                sdk.submit(smollm2(root, "serve-b", "method.r=16", "method.alpha=32", "train.lr=1e-3"))]
+                sdk.submit(smollm2(root, "serve-b", "method.r=16", "method.alpha=32", "train.lr=1e-3",
+                                   f"data.source={alpaca}", "data.eval_source=null", "data.template=auto")),
+                sdk.submit(smollm2(root, "serve-tools", f"data.source={calls}", "data.eval_source=null", "data.template=auto",
+                                   "data.max_length=512", "data.max_samples=16", "train.batch_size=4", "train.max_steps=8",
+                                   "train.lr=1e-3", "eval.labels=null"))]
         for run in runs:
-            status = run.wait(timeout=600, progress=False)
+            status = run.wait(timeout=900, progress=False)
             assert status.state == "succeeded", f"{status.error}\n{str(run.logs())[-2000:]}"
         yield runs, root
 
@@ -51,7 +96,8 @@ def two_adapters(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(two_adapters):
     runs, _ = two_adapters
-    server = sdk.serve([f"news={runs[0].uri}", runs[1].uri], port=free_port(), timeout=900, idle_stop=600)
+    server = sdk.serve([f"news={runs[0].uri}", runs[1].uri, f"tools={runs[2].uri}"], port=free_port(), timeout=900,
+                       idle_stop=600)
     yield server
     pgid = server.pid
     server.stop()
@@ -74,8 +120,8 @@ def answers(two_adapters, server):
 def test_the_endpoint_lists_the_base_and_both_adapters(server, two_adapters):
     runs, _ = two_adapters
     listed = {m.id for m in server.client.models.list().data}
-    assert {server.base, "news", runs[1].id} <= listed
-    assert server.models == [server.base, "news", runs[1].id]
+    assert {server.base, "news", runs[1].id, "tools"} <= listed
+    assert server.models == [server.base, "news", runs[1].id, "tools"]
 
 
 def test_the_endpoint_answers_only_with_its_key(server, two_adapters):
@@ -134,11 +180,61 @@ def test_a_served_request_is_seen_by_the_idle_stop_watcher(server):
 
 
 def test_each_answer_equals_finetune_generate(server, answers):
+    """Each served name prompted the way its run trained (Server.ask: completions for '### Instruction', chat
+    completions for the chat template)."""
     for name, wanted in answers.items():
-        got = [server.client.completions.create(model=name, prompt=server.prompt(name, p), max_tokens=NEW_TOKENS,
-                                                temperature=0).choices[0].text for p in PROMPTS]
+        got = [server.ask(name, p, max_tokens=NEW_TOKENS) for p in PROMPTS]
         assert got == wanted, name
     assert answers["news"] != answers[next(iter(answers))], "the adapter changes the answers (else the test proves nothing)"
+
+
+def test_an_alpaca_run_answers_chat_completions_as_finetune_generate(server, two_adapters, answers):
+    """template: auto wrote the alpaca rows in SmolLM2's chat template, so the first thing a user types, chat
+    completions through the official client with the question as the user's turn, is what the adapter trained on."""
+    runs, _ = two_adapters
+    assert runs[1].summary().template == "chat"
+    name = runs[1].id
+    for prompt, wanted in zip(PROMPTS, answers[name], strict=True):
+        reply = server.client.chat.completions.create(
+            model=name, messages=[{"role": "user", "content": f"{INSTRUCTION}\n\n{prompt}"}], max_tokens=NEW_TOKENS,
+            temperature=0)
+        assert reply.choices[0].message.content == wanted
+
+
+def test_a_run_trained_on_instruction_prompts_says_so_on_the_chat_endpoint(server):
+    """vLLM would wrap the messages in the base's chat template, which the news adapter never saw: the endpoint
+    answers 400 with the reason instead of an out-of-distribution answer."""
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        server.client.chat.completions.create(model="news", messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=4)
+    message = str(refused.value)
+    assert "trained on '### Instruction / ### Response' prompts" in message and "/v1/completions" in message
+    assert server.client.chat.completions.create(model=server.base, messages=[{"role": "user", "content": "Hi"}],
+                                                 max_tokens=2).choices  # the base and chat-trained runs still chat
+
+
+def test_a_tool_calling_run_returns_tool_calls_as_finetune_generate_parses_them(server, two_adapters, tmp_path):
+    """The run trained on tool calls (SmolLM2's template has no tool support: the Hermes format in front of it) is
+    served with vLLM's hermes parser and that template: the official client gets a `tool_calls` object, greedy,
+    for a city the training never named, equal to `finetune generate --tools`."""
+    from sdk.runs.tools import generate
+
+    runs, _ = two_adapters
+    assert runs[2].summary().tool_calling.parser == "hermes"
+    questions = ["What is the weather in Lyon?", "What time is it in Oslo?"]
+    tools_file = tmp_path / "tools.json"
+    tools_file.write_text(json.dumps(TOOLS))
+    local = generate(runs[2].uri, questions, max_new_tokens=40, tools=str(tools_file))["outputs"]
+    for question, out in zip(questions, local, strict=True):
+        reply = server.client.chat.completions.create(model="tools", messages=[{"role": "user", "content": question}],
+                                                      tools=TOOLS, max_tokens=40, temperature=0)
+        message = reply.choices[0].message
+        assert message.tool_calls, (question, message, out["text"])
+        served = [{"name": c.function.name, "arguments": c.function.arguments} for c in message.tool_calls]
+        assert served == out["tool_calls"], (question, out["text"])
+    assert [c["name"] for o in local for c in o["tool_calls"]] == ["get_weather", "get_time"]
+    assert json.loads(local[0]["tool_calls"][0]["arguments"]) == {"city": "Lyon"}
 
 
 def test_base_and_adapter_requests_at_once_never_mix(server, answers):
@@ -146,8 +242,7 @@ def test_base_and_adapter_requests_at_once_never_mix(server, answers):
 
     def ask(job):
         name, i = job
-        return server.client.completions.create(model=name, prompt=server.prompt(name, PROMPTS[i]), max_tokens=NEW_TOKENS,
-                                                temperature=0).choices[0].text
+        return server.ask(name, PROMPTS[i], max_tokens=NEW_TOKENS)
 
     with ThreadPoolExecutor(len(jobs)) as pool:
         got = list(pool.map(ask, jobs))

@@ -1,0 +1,62 @@
+"""Generation metrics on small fixed cases, each value computed by hand in the comment beside it."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdk.evaluation.metrics import exact_match, rouge_l, score, score_all, token_f1, tool_call_match
+
+
+def test_exact_match_normalizes_case_and_whitespace_only():
+    assert exact_match("  Paris\n", "paris") == 1.0
+    assert exact_match("New   York", "new york") == 1.0
+    assert exact_match("Paris.", "Paris") == 0.0  # punctuation is part of the answer
+
+
+def test_token_f1():
+    # answer [the cat sat], reference [the cat sat on the mat]: 3 shared tokens; P = 3/3, R = 3/6, F1 = 2·1·0.5/1.5
+    assert token_f1("the cat sat", "the cat sat on the mat") == pytest.approx(2 / 3)
+    # [a a b] vs [a b b]: shared a×1 + b×1 = 2; P = R = 2/3, F1 = 2/3
+    assert token_f1("a a b", "a b b") == pytest.approx(2 / 3)
+    assert token_f1("x", "y") == 0.0 and token_f1("", "") == 1.0 and token_f1("", "y") == 0.0
+
+
+def test_rouge_l():
+    # [a b c d] vs [a c b d]: the longest common subsequence has 3 tokens (a b d); P = R = 3/4
+    assert rouge_l("a b c d", "a c b d") == pytest.approx(0.75)
+    # [the cat] vs [the black cat sat]: LCS 2; P = 2/2, R = 2/4, F = 2·1·0.5/1.5
+    assert rouge_l("The cat", "the black cat sat") == pytest.approx(2 / 3)
+    assert rouge_l("q", "r") == 0.0
+
+
+def test_json_validity_and_field_accuracy():
+    reference = '{"city": "Paris", "date": "2024-05-01"}'
+    half = score('{"city": "Paris", "date": "2024-05-02"}', reference)
+    assert half["json_valid"] == 1.0 and half["json_field_accuracy"] == 0.5 and half["exact_match"] == 0.0
+    fenced = score('```json\n{"date": "2024-05-01", "city": "Paris"}\n```', reference)  # fields in another order, fenced
+    assert fenced["json_valid"] == 1.0 and fenced["json_field_accuracy"] == 1.0
+    prose = score("The city is Paris.", reference)
+    assert prose["json_valid"] == 0.0 and prose["json_field_accuracy"] == 0.0
+    extra = score('{"city": "Paris", "date": "2024-05-01", "note": "x"}', reference)  # an extra field costs nothing here
+    assert extra["json_field_accuracy"] == 1.0
+    assert "json_valid" not in score("Paris", "Paris")  # not a JSON task: no JSON metrics
+
+
+def test_tool_call_match():
+    want = [{"name": "get_weather", "arguments": '{"city": "Lyon", "unit": "C"}'}]
+    assert tool_call_match([{"name": "get_weather", "arguments": '{"unit":"C","city":"Lyon"}'}], want) == 1.0  # same JSON value
+    assert tool_call_match([{"function": {"name": "get_weather", "arguments": {"city": "Lyon", "unit": "C"}}}], want) == 1.0
+    assert tool_call_match([{"name": "get_weather", "arguments": '{"city": "Lyons", "unit": "C"}'}], want) == 0.0
+    assert tool_call_match([{"name": "get_time", "arguments": '{"city": "Lyon", "unit": "C"}'}], want) == 0.0
+    assert tool_call_match([], want) == 0.0
+    two = want + [{"name": "get_time", "arguments": "{}"}]
+    assert tool_call_match(list(reversed(two)), two) == 0.0  # order matters: the second call may use the first's result
+    assert score("", "", answer_calls=want, reference_calls=want)["tool_call_match"] == 1.0
+
+
+def test_scores_average_each_metric_over_the_rows_it_applies_to():
+    rows = [score("Paris", "Paris"), score("Rome", "Paris"), score('{"a": 1}', '{"a": 1}')]
+    scores = score_all(rows)
+    assert scores.means["exact_match"] == pytest.approx(2 / 3) and scores.counts["exact_match"] == 3
+    assert scores.means["json_valid"] == 1.0 and scores.counts["json_valid"] == 1
+    assert list(scores.means) == ["exact_match", "token_f1", "rouge_l", "json_valid", "json_field_accuracy"]
