@@ -93,6 +93,21 @@ def _route(train: list[Sample], chat_template: str | None) -> tuple[str, str | N
     return chat_loss_route(chat_template, weighted=any(t.get("weight") == 0 for s in multi for t in s.turns))
 
 
+def _tool_template(tokenizer: Any, model_type: str | None, rows: list[Sample]) -> Any:
+    """When rows offer tools: the template they render with (sdk.data.tools.tool_template), set on the tokenizer,
+    so the trainer, the evaluation and the saved tokenizer all render with it."""
+    if tokenizer is None or not any(s.tools for s in rows):
+        return None
+    from sdk.data.tools import tool_template
+
+    try:
+        tools = tool_template(getattr(tokenizer, "chat_template", None), model_type)
+    except ValueError as exc:
+        raise DataError(f"data.source: {exc}") from None
+    tokenizer.chat_template = tools.source
+    return tools
+
+
 def prepare(spec: FineTuneSpec, tokenizer: Any = None, *, model_type: str | None = None) -> PreparedData:
     data = spec.data
     check = samples(spec, data.source, "data.source")
@@ -125,15 +140,8 @@ def prepare(spec: FineTuneSpec, tokenizer: Any = None, *, model_type: str | None
     eval_samples = eval_rows[: max(spec.eval.num_samples, 1)]
     placed = [(s.where, row) for s in train_rows for row in renderer.trainer_rows(s)]  # one sample may be several rows
     notes = [f"chat: {why}"] if why else []
-    tools = None
-    if tokenizer is not None and any(s.tools for s in train_rows + eval_rows):
-        from sdk.data.tools import tool_template
-
-        try:
-            tools = tool_template(chat_template, model_type)
-        except ValueError as exc:
-            raise DataError(f"data.source: {exc}") from None
-        tokenizer.chat_template = tools.source  # the trainer, the evaluation and the saved tokenizer render with it
+    tools = _tool_template(tokenizer, model_type, train_rows + eval_rows)
+    if tools is not None:
         notes.append(f"tools: {tools.how}")
     if data.template == "auto" and any(isinstance(s.prompt, Instruction) for s in train_rows):
         notes.append(f"template: {auto_template_note(has_chat)}")

@@ -91,7 +91,7 @@ class NodeRecipe:
         """Load the tokenizer, the base model (quantized if the method says so) and the data."""
         import torch
 
-        from launch import data, ranks
+        from launch import ranks
         from launch.gpu import attention_choice, flash_attn_installed, save_route
         from launch.hardware import capability, hardware
         from launch.models import BaseLoader
@@ -138,14 +138,7 @@ class NodeRecipe:
                       f"{ranks.world_size()} ranks when training starts", flush=True)
         if self.model.generation_config is not None and self.model.generation_config.pad_token_id is None:
             self.model.generation_config.pad_token_id = self.tokenizer.pad_token_id
-        self.data = data.prepare(self.spec, self.tokenizer, model_type=getattr(self.model.config, "model_type", None))
-        if self.data.tools is not None and ranks.is_main():  # what serve and generate render tool requests with
-            self.folder.write_text(CHAT_TEMPLATE, self.data.tools.source)
-        if ranks.is_main():
-            formats = ", ".join(f"{k} {v}" for k, v in self.data.formats.items())
-            print(f"[finetune] data: {formats}; {len(self.data.train)} training rows", flush=True)
-            for note in self.data.notes:
-                print(f"[finetune] {note}", flush=True)
+        self._prepare_data()
         self.eval_examples = self.data.eval_examples[: self.spec.eval.num_samples]
         self._timed("load_s", self.started)
         self.check_cancel()
@@ -172,6 +165,19 @@ class NodeRecipe:
 
         if self.spec.distributed.strategy == "fsdp" and torch.cuda.is_available():
             os.environ.update(fsdp_settings(cuda=True, world_size=ranks.world_size(), checkpointing=False)[1])
+
+    def _prepare_data(self) -> None:
+        from launch import data, ranks
+
+        self.data = data.prepare(self.spec, self.tokenizer, model_type=getattr(self.model.config, "model_type", None))
+        if not ranks.is_main():
+            return
+        if self.data.tools is not None:  # what serve and generate render tool requests with
+            self.folder.write_text(CHAT_TEMPLATE, self.data.tools.source)
+        formats = ", ".join(f"{k} {v}" for k, v in self.data.formats.items())
+        print(f"[finetune] data: {formats}; {len(self.data.train)} training rows", flush=True)
+        for note in self.data.notes:
+            print(f"[finetune] {note}", flush=True)
 
     def _label_accuracy(self, when: str) -> Any:
         from launch import ranks

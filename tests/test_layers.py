@@ -1,6 +1,6 @@
 """One-way layers: the packages of `sdk` stack in LAYERS (each imports only its own layer and those below), the
 client (`sdk/`) never imports the node (`launch/`), and the node imports only the shared core (`sdk.core`,
-`sdk.store`, `sdk.data`). An AST walk over every import, at module level or inside a function, so a new
+`sdk.store`, `sdk.data`, `sdk.evaluation`). An AST walk over every import, at module level or inside a function, so a new
 wrong-way arrow fails here."""
 
 from __future__ import annotations
@@ -11,18 +11,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # The packages of `sdk`, bottom layer first. A package imports its own layer and the ones below, never above.
-# The first three are the core both sides share; the node (`launch`) imports them and nothing else of `sdk`.
+# The first four are the core both sides share; the node (`launch`) imports them and nothing else of `sdk`.
 LAYERS = [
     {"sdk.core"},  # the contract: spec, methods, objectives, precision, model references, planner, recipes, errors
     {"sdk.store"},  # object stores, the run folder, read-only grants
     {"sdk.data"},  # data formats, rows, the pre-launch check, rendering (reads s3:// data through the store)
+    {"sdk.evaluation"},  # generation metrics (the node scores with them after training, the client compares runs)
     {"sdk.machine"},  # this machine's client state: home, registry, process identity
     {"sdk.backends"},  # where a run executes: local processes, SkyPilot
     {"sdk.runs"},  # the Run handle: submit, status, wait, fetch; the node tools' client side
     {"sdk.serving", "sdk.sweeps"},  # built on runs
     {"sdk.cli", "sdk.entry"},  # parse, call the SDK, print
 ]
-SHARED = set().union(*LAYERS[:3])
+SHARED = set().union(*LAYERS[:4])
 LAYER_OF = {package: i for i, layer in enumerate(LAYERS) for package in layer}
 
 

@@ -13,6 +13,20 @@ import tempfile
 from pathlib import Path
 
 
+def offered_tools(args: argparse.Namespace, template: str | None) -> list | None:
+    """The functions of --tools, checked; only a chat-template run can be offered them."""
+    if not args.tools:
+        return None
+    from sdk.data.tools import load_tools_file
+
+    tools = load_tools_file(args.tools)
+    if template != "chat" or args.raw:
+        raise ValueError(f"--tools: the run's prompts are written in the {template} template"
+                         f"{' and --raw sends them as given' if args.raw else ''}; functions are offered only "
+                         "through a chat template (a run trained on chat or tool-calling rows)")
+    return tools
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launch.tools.generate")
     parser.add_argument("--run", required=True)
@@ -28,18 +42,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         from sdk.data.rendering import user_prompt
-        from sdk.data.tools import load_tools_file, parse_hermes_calls
+        from sdk.data.tools import parse_hermes_calls
         from sdk.store.runfolder import CHAT_TEMPLATE, RunFolder
 
         run = RunFolder.open(args.run)
         spec = run.spec()
         summary = run.summary()
         template = summary.template if summary else None
-        tools = load_tools_file(args.tools) if args.tools else None
-        if tools and (template != "chat" or args.raw):
-            raise ValueError(f"--tools: the run's prompts are written in the {template} template"
-                             f"{' and --raw sends them as given' if args.raw else ''}; functions are offered only "
-                             "through a chat template (a run trained on chat or tool-calling rows)")
+        tools = offered_tools(args, template)
         trained_template = run.read_text(CHAT_TEMPLATE)
         trained_tools = summary.tool_calling if summary else None
         hermes = trained_tools is None or trained_tools.parser == "hermes"  # what the engine would parse calls with
