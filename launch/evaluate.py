@@ -1,4 +1,5 @@
-"""Label accuracy by greedy generation, and side-by-side generations (base vs tuned)."""
+"""Held-out rows answered by greedy generation: label accuracy (classification), generation metrics against the
+references (sdk.evaluation.metrics), and side-by-side generations (base vs tuned)."""
 
 from __future__ import annotations
 
@@ -84,3 +85,49 @@ def side_by_side(examples: list[Example], base: list[str], tuned: list[str], n: 
         {"prompt": str(ex.prompt), "expected": ex.response, "base": b.strip(), "tuned": t.strip()}
         for ex, b, t in list(zip(examples, base, tuned, strict=True))[:n]
     ]
+
+
+@dataclass
+class Evaluation:
+    """One model's greedy answers to the held-out prompts, and what they score."""
+
+    outputs: list[str]
+    label: LabelScore | None = None
+    metrics: Any = None  # sdk.evaluation.metrics.Scores over the rows with a reference answer
+
+
+def answer_all(model: Any, tokenizer: Any, examples: list[Example], *, max_new_tokens: int) -> list[str]:
+    """Greedy answers, batched among the prompts that offer the same functions (most rows offer none)."""
+    import json
+
+    groups: dict[str, list[int]] = {}
+    for index, example in enumerate(examples):
+        groups.setdefault(json.dumps(example.tools) if example.tools else "", []).append(index)
+    outputs = [""] * len(examples)
+    for key, indices in groups.items():
+        answers = generate(model, tokenizer, [examples[i].prompt for i in indices], max_new_tokens=max_new_tokens,
+                           tools=json.loads(key) if key else None)
+        for i, answer in zip(indices, answers, strict=True):
+            outputs[i] = answer
+    return outputs
+
+
+def scored(examples: list[Example], outputs: list[str], *, labels: list[str] | None, metrics: bool,
+           tool_parser: str | None = "hermes") -> Evaluation:
+    """Label accuracy when the spec names labels; the generation metrics of every row that has a prompt and a
+    reference (text documents and KTO's undesirable answers have none). Tool calls are read from the text as the
+    serving engine reads them (the hermes format; other parsers' calls are compared as text)."""
+    from sdk.data.tools import parse_hermes_calls
+    from sdk.evaluation.metrics import score, score_all
+
+    label = None
+    if labels:
+        correct = sum(match_label(out, labels) == ex.response for out, ex in zip(outputs, examples, strict=True))
+        label = LabelScore(correct / len(examples) if examples else 0.0, correct, len(examples), outputs)
+    rows = []
+    for example, output in zip(examples, outputs, strict=True):
+        if not metrics or not example.prompt or not (example.response or example.calls):
+            continue
+        content, calls = parse_hermes_calls(output) if example.calls and tool_parser == "hermes" else (output, [])
+        rows.append(score(content or "", example.response, answer_calls=calls, reference_calls=example.calls))
+    return Evaluation(outputs, label, score_all(rows) if rows else None)

@@ -28,7 +28,16 @@ from typing import Any
 
 from launch.runtime import count_parameters, quiet_libraries, versions  # noqa: F401  (tools import them from here too)
 from sdk.core.spec import FineTuneSpec
-from sdk.core.summary import Generation, LabelAccuracy, LabelScore, RunSummary, Runtime, ToolCalling
+from sdk.core.summary import (
+    Generation,
+    GenerationMetrics,
+    LabelAccuracy,
+    LabelScore,
+    MetricScores,
+    RunSummary,
+    Runtime,
+    ToolCalling,
+)
 from sdk.store import commit_dir
 from sdk.store.runfolder import ADAPTER, CHAT_TEMPLATE, SUMMARY, RunFolder
 
@@ -179,13 +188,17 @@ class NodeRecipe:
         for note in self.data.notes:
             print(f"[finetune] {note}", flush=True)
 
-    def _label_accuracy(self, when: str) -> Any:
+    def steps_done(self) -> int:
+        return int(self.result.global_step) if self.result is not None else 0
+
+    def _evaluate(self, when: str) -> Any:
+        """Greedy answers to the held-out prompts (launch.evaluate): label accuracy, generation metrics."""
         from launch import ranks
-        from launch.evaluate import label_accuracy
+        from launch.evaluate import answer_all, scored
         from launch.train import gathered_module_by_module
 
         ev = self.spec.eval
-        if not (ev.labels and self.eval_examples and getattr(ev, when)):
+        if not (self.eval_examples and getattr(ev, when) and (ev.labels or ev.metrics)):
             return None
         if when == "before" and self.spec.distributed.strategy == "fsdp" and ranks.world_size() > 1:
             if ranks.is_main():  # rank-0-only loading: the other ranks hold meta tensors until FSDP wraps the model
@@ -198,14 +211,20 @@ class NodeRecipe:
         # hooks fetch each layer's shards.
         gather = gathered_module_by_module(self.model) if when == "before" else contextlib.nullcontext()
         with gather:
-            score = label_accuracy(self.model, self.tokenizer, self.eval_examples, ev.labels, max_new_tokens=ev.max_new_tokens)
+            outputs = answer_all(self.model, self.tokenizer, self.eval_examples, max_new_tokens=ev.max_new_tokens)
+        tools = self.data.tools
+        result = scored(self.eval_examples, outputs, labels=ev.labels, metrics=ev.metrics,
+                        tool_parser=tools.parser if tools else "hermes")
         self._timed(f"eval_{when}_s", t0)
-        return score
+        if result.metrics is not None:  # metrics.jsonl and the trackers: the base's as base_*, the tuned model's as eval_*
+            prefix = "base_" if when == "before" else "eval_"
+            self.sink.metric({"step": self.steps_done(), **{prefix + k: v for k, v in result.metrics.means.items()}})
+        return result
 
     def evaluate_before(self) -> None:
         """The base model, before any method is attached ("adapter disabled")."""
         self.sink.set_state("running", phase="evaluating base model")
-        self.before = self._label_accuracy("before")
+        self.before = self._evaluate("before")
         self.check_cancel()
 
     def attach(self) -> None:
@@ -304,7 +323,7 @@ class NodeRecipe:
     def evaluate_after(self) -> None:
         """The tuned model. The adapter is committed by now: a late cancel no longer undoes the run."""
         self.sink.set_state("running", phase="evaluating tuned model")
-        self.after = self._label_accuracy("after")
+        self.after = self._evaluate("after")
         self._probe_logits()
 
     def _probe_logits(self) -> None:
@@ -337,6 +356,9 @@ class NodeRecipe:
         def score(s: Any) -> LabelScore | None:
             return LabelScore(accuracy=s.accuracy, correct=s.correct, total=s.total) if s else None
 
+        def metrics(e: Any) -> MetricScores | None:
+            return MetricScores(means=e.metrics.means, counts=e.metrics.counts) if e is not None and e.metrics else None
+
         peak, reserved, peak_kind = peak_memory()
         losses = [r["loss"] for r in self.sink.rows if "loss" in r]
         generations = side_by_side(self.eval_examples, self.before.outputs, self.after.outputs, self.spec.eval.generations) \
@@ -353,7 +375,8 @@ class NodeRecipe:
             train_rows=len(self.data.train), eval_rows=len(self.data.eval),
             data_format=self.data.formats.get("data.source"), template=self.data.template, instruction=self.data.instruction,
             tool_calling=ToolCalling(native=self.data.tools.native, parser=self.data.tools.parser) if self.data.tools else None,
-            label_accuracy=LabelAccuracy(before=score(self.before), after=score(self.after)),
+            label_accuracy=LabelAccuracy(before=score(self.before and self.before.label), after=score(self.after and self.after.label)),
+            generation_metrics=GenerationMetrics(before=metrics(self.before), after=metrics(self.after)),
             generations=[Generation(**g) for g in generations], adapter_bytes=self.adapter_bytes,
             runtime_s=Runtime(**self.timings), resumed_from_step=self.resumed_from, world_size=ranks.world_size(),
             strategy=self.spec.distributed.strategy if ranks.world_size() > 1 or self.spec.distributed.strategy in ("deepspeed", "fsdp")

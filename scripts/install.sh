@@ -10,12 +10,14 @@ extras="train"
 [ "${1:-}" = "dev" ] && extras="train,dev"
 pip install $q -e ".[${extras}]"
 # Tests: OpenStack Swift + s3api from Debian, the real object store of the fault tests (moto covers the rest),
-# and Slurm + munge + sshd, the real cluster the SkyPilot tests start on localhost.
+# Slurm + munge + sshd, the real cluster the SkyPilot tests start on localhost, and Chromium, which opens
+# `finetune compare`'s HTML page headless.
 if [ "${1:-}" = "dev" ] && command -v apt-get >/dev/null 2>&1 \
-    && ! { command -v swift-proxy-server && command -v slurmctld && command -v munged && test -x /usr/sbin/sshd; } >/dev/null 2>&1; then
+    && ! { command -v swift-proxy-server && command -v slurmctld && command -v munged && test -x /usr/sbin/sshd \
+           && command -v chromium; } >/dev/null 2>&1; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-      swift-proxy swift-account swift-container swift-object slurm-wlm munge openssh-server >/dev/null) \
-    || echo "warning: could not install Debian's swift/slurm packages; the Swift and Slurm tests will be skipped" >&2
+      swift-proxy swift-account swift-container swift-object slurm-wlm munge openssh-server chromium >/dev/null) \
+    || echo "warning: could not install Debian's swift/slurm/chromium packages; the tests that need them will be skipped" >&2
 fi
 # DeepSpeed for the multi-process tests (and `distributed: deepspeed` runs: `bash scripts/install.sh deepspeed`).
 # Its shared-memory comm and CPU Adam ops are built now (~160 s) instead of on the first run of every job.

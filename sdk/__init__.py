@@ -37,6 +37,7 @@ _EXPORTS = {
     "generate": "sdk.runs.tools",
     "evaluate": "sdk.runs.tools",
     "merge": "sdk.runs.tools",
+    "compare": "sdk.runs.tools",
     "FinetuneError": "sdk.core.errors",
     "SpecError": "sdk.core.errors",
     "StoreError": "sdk.core.errors",

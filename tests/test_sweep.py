@@ -138,6 +138,16 @@ def test_the_same_trials_rank_by_any_key_they_log(finished_sweep):
         handle.best(metric="rewards/accuracies:max")  # an SFT run logs no DPO rewards: the keys it does log are named
 
 
+def test_the_same_trials_rank_by_the_exact_match_of_their_answers(finished_sweep):
+    """Generation metrics land in each trial's summary (greedy answers to the held-out rows, scored against their
+    references), so a sweep ranks by them like by any summary metric: `--metric exact_match`."""
+    handle, _, _ = finished_sweep
+    board = handle.leaderboard(metric="exact_match", as_frame=False)
+    exact = {run.id: run.summary().generation_metrics.after.means["exact_match"] for run in handle.runs()}
+    assert [r.metric for r in board] == sorted(exact.values(), reverse=True) and all(exact[r.run_id] == r.metric for r in board)
+    assert all(run.summary().generation_metrics.after.counts["exact_match"] == 8 for run in handle.runs())  # eval.num_samples
+
+
 def test_plot_overlays_every_trial(finished_sweep, tmp_path):
     handle, _, _ = finished_sweep
     fig = handle.plot(tmp_path / "sweep.png")

@@ -52,6 +52,12 @@ def _print_summary(summary) -> None:
     if acc.before and acc.after:
         rows.append(("label accuracy", f"{acc.before.accuracy:.1%} → {acc.after.accuracy:.1%} "
                                        f"({acc.after.correct}/{acc.after.total} held-out)"))
+    gen = summary.generation_metrics
+    if gen.after:
+        before = gen.before.means if gen.before else {}
+        shown = [f"{k.replace('_', ' ')} " + (f"{before[k]:.3f} → " if k in before else "") + f"{v:.3f}"
+                 for k, v in gen.after.means.items()]
+        rows.append(("generation", f"{', '.join(shown)} ({max(gen.after.counts.values())} held-out)"))
     for key, value in rows:
         table.add_row(f"[bold]{key}[/bold]", value)
     _console().print(table)

@@ -1,4 +1,4 @@
-"""Commands that use a finished run's model (node code in a subprocess): generate, eval, merge."""
+"""Commands that use a finished run's model (node code in a subprocess): generate, eval, compare, merge."""
 
 from __future__ import annotations
 
@@ -42,16 +42,50 @@ def generate(
         _console().print(f"[bold]{escape_markup(item['prompt'])}[/bold] → {escape_markup(answer)}", markup=True)
 
 
+@app.command()
+def compare(
+    runs: list[str] = typer.Argument(..., help="runs of one base model (ids or run-folder URIs)"),
+    data: str = typer.Option(..., "--data", help="held-out rows in any supported format, with reference answers"),
+    html: Path | None = typer.Option(None, "--html", help="also write a side-by-side page: prompt, reference, every answer"),
+    limit: int | None = typer.Option(None, "--limit", help="at most this many rows"),
+    no_base: bool = typer.Option(False, "--no-base", help="leave the base model's column out"),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="default: the runs' largest eval.max_new_tokens"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The base and each run answer the same rows, greedy: generation metrics per column, answers side by side."""
+    import json
+
+    from rich.table import Table
+
+    from sdk.runs.tools import compare as compare_runs
+
+    result = compare_runs(runs, data=data, limit=limit, base=not no_base, html=html, max_new_tokens=max_new_tokens)
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    names = sorted({k for c in result["columns"] for k in c["metrics"] if k != "counts"},
+                   key=lambda k: ("exact_match", "token_f1", "rouge_l", "json_valid", "json_field_accuracy", "tool_call_match").index(k))
+    table = Table(title=f"{result['rows']} rows of {data}")
+    for header in ("model", *names):
+        table.add_column(header.replace("_", " "))
+    for column in result["columns"]:
+        table.add_row(escape_markup(column["name"]), *[f"{column['metrics'].get(n, float('nan')):.3f}" for n in names])
+    _console().print(table)
+    if html:
+        _console().print(f"side by side: {html}")
+
+
 @app.command(name="eval")
 def eval_command(
     run: str = typer.Argument(...),
-    data: str = typer.Option(..., "--data", help="labelled file (jsonl/csv/parquet with text + label columns)"),
+    data: str = typer.Option(..., "--data", help="a run with eval.labels: text + label rows (label accuracy); any other: "
+                                                "rows in any supported format with reference answers (generation metrics)"),
     text_field: str = typer.Option("text", "--text-field"),
     label_field: str = typer.Option("label", "--label-field"),
     limit: int | None = typer.Option(None, "--limit", help="score at most this many rows"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Label accuracy of the base and the tuned model on a labelled file you bring."""
+    """Base vs tuned on a file you bring: label accuracy for a classifier, generation metrics for any other run."""
     import json
 
     from sdk.runs.tools import evaluate
@@ -61,6 +95,10 @@ def eval_command(
         sys.stdout.write(json.dumps(result) + "\n")
         return
     b, t = result["base"], result["tuned"]
+    if "accuracy" not in t:  # generation metrics (a run without eval.labels)
+        shown = [f"{k.replace('_', ' ')} {b.get(k, float('nan')):.3f} → {v:.3f}" for k, v in t.items() if k != "counts"]
+        _console().print(f"{result['rows']} rows of {data}, base → tuned: " + ", ".join(shown))
+        return
     _console().print(f"{result['rows']} rows of {data}: base {b['accuracy']:.1%} ({b['correct']}/{b['total']}) → "
                      f"tuned {t['accuracy']:.1%} ({t['correct']}/{t['total']})")
 

@@ -162,11 +162,25 @@ class TrainSpec(SpecPart):
 
 class EvalSpec(SpecPart):
     labels: list[str] | None = Field(None, description="label set for label accuracy (greedy generation)")
-    num_samples: int = Field(100, ge=1, description="held-out rows scored for label accuracy")
+    num_samples: int = Field(100, ge=1, description="held-out rows answered (greedy, batched) and scored: label "
+                                                    "accuracy, generation metrics; `max_samples` names it too")
+    metrics: bool = Field(True, description="generation metrics of the held-out answers against their references: "
+                                            "exact match, token F1, ROUGE-L, JSON validity and field accuracy, "
+                                            "tool-call match (sdk.evaluation.metrics)")
     before: bool = Field(True, description="also score the base model (adapter disabled)")
     after: bool = True
     max_new_tokens: int = Field(8, ge=1, le=4096)
     generations: int = Field(3, ge=0, le=50, description="side-by-side base vs tuned samples in the summary")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _max_samples(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "max_samples" in value:
+            value = dict(value)
+            if "num_samples" in value:
+                raise ValueError("give eval.max_samples or eval.num_samples (the same setting), not both")
+            value["num_samples"] = value.pop("max_samples")
+        return value
 
     @field_validator("labels")
     @classmethod

@@ -68,6 +68,19 @@ class TrainFeatures(_Read):
     optimizer: str | None = None
 
 
+class MetricScores(_Read):
+    """Generation metrics (sdk.evaluation.metrics): each one's mean over the held-out rows it applies to, and how
+    many those were."""
+
+    means: dict[str, float] = Field(default_factory=dict)
+    counts: dict[str, int] = Field(default_factory=dict)
+
+
+class GenerationMetrics(_Read):
+    before: MetricScores | None = None  # the base model (eval.before)
+    after: MetricScores | None = None  # the tuned model
+
+
 class ToolCalling(_Read):
     """How a run trained on tool calls rendered them (sdk.data.tools.tool_template): `native` the model's own chat
     template, else the Hermes prologue in front of it; the template itself is the run folder's chat_template.jinja,
@@ -105,6 +118,7 @@ class RunSummary(_Read):
     instruction: str | None = None  # the one instruction every training row shared (a user's text is then the input)
     tool_calling: ToolCalling | None = None  # set when the rows offered tools
     label_accuracy: LabelAccuracy = Field(default_factory=LabelAccuracy)
+    generation_metrics: GenerationMetrics = Field(default_factory=GenerationMetrics)
     generations: list[Generation] = Field(default_factory=list)
     adapter_bytes: int
     runtime_s: Runtime = Field(default_factory=Runtime)

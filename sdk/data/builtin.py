@@ -1,4 +1,9 @@
-"""Built-in datasets that need no download: `builtin:news-topics[:train|:test]`, `builtin:news-preferences`.
+"""Built-in datasets that need no download: `builtin:news-topics[:train|:test]`, `builtin:news-preferences`,
+`builtin:city-dates[:train|:test]`.
+
+city-dates is an extraction task: a sentence about a trip or an event → `{"city": …, "date": …}` as JSON (the date
+as YYYY-MM-DD, whatever way the sentence writes it). Its train and test splits share no city and no sentence
+frame, so exact match on test rows measures the skill, not memory.
 
 news-topics stands in for AG News (which cannot be downloaded here): short news-like texts in four
 topics (World, Sports, Business, Sci/Tech). Train and test draw on DISJOINT entity lists and
@@ -141,7 +146,44 @@ def news_preferences(split: str = "train", n: int | None = None, seed: int = 0) 
     return rows
 
 
-BUILTINS = {"news-topics": news_topics, "news-preferences": news_preferences}
+EXTRACT_INSTRUCTION = 'Extract the city and the date as JSON: {"city": ..., "date": "YYYY-MM-DD"}.'
+_CITIES = (["Paris", "Berlin", "Madrid", "Lisbon", "Vienna", "Prague", "Dublin", "Oslo", "Helsinki", "Warsaw", "Athens",
+            "Budapest", "Zurich", "Brussels", "Copenhagen", "Stockholm", "Milan", "Munich", "Lyon", "Porto"],
+           ["Rome", "Amsterdam", "Krakow", "Seville", "Geneva", "Bergen", "Tallinn", "Riga", "Vilnius", "Sofia"])
+_CITY_FRAMES = ([
+    "We are flying to {city} on {date}.", "The conference takes place in {city} on {date}.",
+    "My sister moves to {city} on {date}.", "On {date} the orchestra plays in {city}.",
+    "The train for {city} leaves on {date}.", "Our team meets the client in {city} on {date}.",
+    "I booked a hotel in {city} for {date}.", "The marathon in {city} is set for {date}.",
+], [
+    "The museum in {city} reopens on {date}.", "On {date} we land in {city}.",
+    "The wedding will be held in {city} on {date}.", "A new office opens in {city} on {date}.",
+])
+_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November",
+           "December"]
+
+
+def city_dates(split: str = "train", n: int | None = None, seed: int = 0) -> list[dict[str, str]]:
+    """Rows {instruction, input, output}: a sentence and its {"city", "date"} as JSON; splits share no city or frame."""
+    import json
+
+    part = {"train": 0, "test": 1}.get(split)
+    if part is None:
+        raise ValueError(f"builtin:city-dates has splits train and test, not {split!r}")
+    n = n or (800 if part == 0 else 100)
+    rng = random.Random(f"city-dates:{split}:{seed}")
+    rows = []
+    for _ in range(n):
+        city, frame = rng.choice(_CITIES[part]), rng.choice(_CITY_FRAMES[part])
+        year, month, day = rng.randint(2024, 2027), rng.randint(1, 12), rng.randint(1, 28)
+        written = rng.choice([f"{_MONTHS[month - 1]} {day}, {year}", f"{day} {_MONTHS[month - 1]} {year}",
+                              f"{year}-{month:02d}-{day:02d}"])
+        rows.append({"instruction": EXTRACT_INSTRUCTION, "input": frame.format(city=city, date=written),
+                     "output": json.dumps({"city": city, "date": f"{year}-{month:02d}-{day:02d}"})})
+    return rows
+
+
+BUILTINS = {"news-topics": news_topics, "news-preferences": news_preferences, "city-dates": city_dates}
 
 
 def load_builtin(source: str) -> list[dict[str, str]]:

@@ -94,8 +94,10 @@ def template_for(template: str, sample: Sample, *, chat_template: bool | None = 
 
 
 def load_samples(spec: FineTuneSpec, source: str, field_name: str, *, keep: bool = True,
-                 s3_local: Any = None, on_row: Callable[[Sample], None] | None = None) -> SourceCheck:
-    """Every row of a source normalized; bad rows collected with where they are (never raised one by one)."""
+                 s3_local: Any = None, on_row: Callable[[Sample], None] | None = None,
+                 any_objective: bool = False) -> SourceCheck:
+    """Every row of a source normalized; bad rows collected with where they are (never raised one by one).
+    `any_objective`: rows to evaluate on, not to train with, so any format goes whatever the spec's objective."""
     ctx = context(spec)
     data = spec.data
     check = SourceCheck(source=source, field=field_name)
@@ -127,7 +129,7 @@ def load_samples(spec: FineTuneSpec, source: str, field_name: str, *, keep: bool
     if check.rows == 0:
         raise DataError(f"{field_name}: {source} has no rows")
     objective = objective_named(spec.objective)
-    refusal = kind_refusal(objective.name, fmt.name) if fmt is not None else None
+    refusal = kind_refusal(objective.name, fmt.name) if fmt is not None and not any_objective else None
     if refusal:
         raise DataError(f"{field_name}: {source}: {refusal}")
     return check

@@ -82,7 +82,9 @@ class Renderer:
         if sample.kind == "text":
             return Example("", sample.text or "", where=sample.where)
         if sample.kind == "conversation":
-            last = max(i for i, t in enumerate(sample.turns) if t["role"] == "assistant")
+            # the first tool call when the row makes any (does the model call the right function?), else the last answer
+            calls = [i for i, t in enumerate(sample.turns) if t.get("tool_calls")]
+            last = calls[0] if calls else max(i for i, t in enumerate(sample.turns) if t["role"] == "assistant")
             return Example(self.prompt(sample.turns[:last], template), sample.turns[last]["content"], where=sample.where,
                            tools=sample.tools, calls=sample.turns[last].get("tool_calls"))
         if sample.kind == "preference":

@@ -39,7 +39,15 @@ def _run_tool(module: str, args: list[str], what: str) -> dict[str, Any]:
 
 
 def evaluate(run: str, *, data: str, text_field: str = "text", label_field: str = "label", limit: int | None = None) -> dict[str, Any]:
-    """{'base': {accuracy, correct, total}, 'tuned': {...}, 'labels': [...], 'rows': n}."""
+    """A run whose spec names eval.labels: label accuracy on a text + label file, {'base': {accuracy, correct,
+    total}, 'tuned': {...}, 'labels': [...], 'rows': n}. Any other run: the generation metrics of the base and the
+    tuned model on `data` in any supported format, {'base': {exact_match, ..., counts}, 'tuned': {...}, 'rows': n}."""
+    from sdk.runs import get_run
+
+    if not get_run(run).spec().eval.labels:
+        result = compare([run], data=data, limit=limit)
+        base, tuned = result["columns"]
+        return {"run": tuned["name"], "data": data, "rows": result["rows"], "base": base["metrics"], "tuned": tuned["metrics"]}
     uri = require_succeeded(run, "eval")
     args = ["--run", uri, "--data", data, "--text-field", text_field, "--label-field", label_field]
     if limit:
@@ -86,3 +94,30 @@ def generate(run: str, prompts: list[str], *, max_new_tokens: int | None = None,
     if raw:
         args.append("--raw")
     return _run_tool("launch.tools.generate", args, f"generation with {run}")
+
+
+def compare(runs: list[str], *, data: str, limit: int | None = None, base: bool = True, html: str | Path | None = None,
+            max_new_tokens: int | None = None) -> dict[str, Any]:
+    """The base model and each run answer the same rows of `data` (any supported format), greedy; the answers and
+    each column's generation metrics: {'prompts', 'references', 'columns': [{'name', 'answers', 'metrics'}]}.
+    `html`: also write the side-by-side page there (sdk.evaluation.report)."""
+    if not runs:
+        raise FinetuneError("compare: name at least one run")
+    if not Path(data).expanduser().exists() and not data.startswith(("s3://", "builtin:")):
+        raise FinetuneError(f"--data: {data}: no such file")
+    args = [arg for run in runs for arg in ("--run", require_succeeded(run, "compare"))] + ["--data", str(data)]
+    if limit:
+        args += ["--limit", str(limit)]
+    if max_new_tokens:
+        args += ["--max-new-tokens", str(max_new_tokens)]
+    if not base:
+        args.append("--no-base")
+    result = _run_tool("launch.tools.compare", args, "comparison")
+    if html is not None:
+        from sdk.evaluation.report import comparison_html
+
+        target = Path(html).expanduser()
+        partial = target.with_name(f".{target.name}.part")  # a reader never sees half a page
+        partial.write_text(comparison_html(result), encoding="utf-8")
+        partial.replace(target)
+    return result

@@ -25,6 +25,9 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric(name="eval_loss", goal="min", description="loss on the eval split after training"),
     Metric(name="train_loss", goal="min", description="mean training loss"),
     Metric(name="last_loss", goal="min", description="the last logged training loss"),
+    *(Metric(name=name, goal="max", description=f"{name.replace('_', ' ')} of the tuned model's greedy answers to "
+                                                "the held-out rows (sdk.evaluation.metrics)")
+      for name in ("exact_match", "token_f1", "rouge_l", "json_valid", "json_field_accuracy", "tool_call_match")),
 )}
 
 
@@ -39,6 +42,9 @@ def metric_value(name: str, summary: Any) -> float | None:
     if name == "label_accuracy":
         after = summary.label_accuracy.after
         return None if after is None else after.accuracy
+    if not hasattr(summary, name):  # a generation metric
+        scores = summary.generation_metrics.after
+        return None if scores is None else scores.means.get(name)
     return getattr(summary, name)
 
 
