@@ -54,7 +54,7 @@ def test_every_column_answers_every_row_and_is_scored(compared, two_runs):
     assert [c["name"] for c in result["columns"]] == ["base", runs[0].id, runs[1].id]
     assert result["rows"] == 4 and result["references"] == ["World", "Sports", "Hello!", "Business"]
     assert result["prompts"][0] == "Name the topic of the headline.\n\nStorm floods the coastal city"  # as the user turn
-    from sdk.evaluation.metrics import exact_match, score_all, score
+    from sdk.evaluation.metrics import exact_match, score, score_all
 
     for column in result["columns"]:
         assert len(column["answers"]) == 4
