@@ -131,3 +131,38 @@ def scored(examples: list[Example], outputs: list[str], *, labels: list[str] | N
         content, calls = parse_hermes_calls(output) if example.calls and tool_parser == "hermes" else (output, [])
         rows.append(score(content or "", example.response, answer_calls=calls, reference_calls=example.calls))
     return Evaluation(outputs, label, score_all(rows) if rows else None)
+
+
+def general_text() -> list[str]:
+    """The general-text sample shipped with the package (sdk/evaluation/general_text.txt): short paragraphs of
+    everyday knowledge unrelated to any training task, for the forgetting check."""
+    from importlib.resources import files
+
+    text = files("sdk.evaluation").joinpath("general_text.txt").read_text(encoding="utf-8")
+    return [block.strip() for block in text.split("\n\n") if block.strip()]
+
+
+def text_loss(model: Any, tokenizer: Any, texts: list[str], *, max_length: int = 256, batch_size: int = 8) -> float:
+    """Mean next-token loss per token over `texts` (each its own sequence, padding out of the loss): what the model
+    still knows of general text. A tuned model's loss over the base's is the forgetting ratio."""
+    import torch
+
+    device = next(p.device for p in model.parameters())
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
+                              max_length=max_length, add_special_tokens=False)
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            with torch.no_grad():
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+            losses = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                                       reduction="none")
+            keep = mask[:, 1:].reshape(-1).bool()
+            total += float(losses[keep].sum())
+            count += int(keep.sum())
+    finally:
+        model.train(was_training)
+    return total / count if count else float("nan")

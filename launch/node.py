@@ -29,6 +29,7 @@ from typing import Any
 from launch.runtime import count_parameters, quiet_libraries, versions  # noqa: F401  (tools import them from here too)
 from sdk.core.spec import FineTuneSpec
 from sdk.core.summary import (
+    Forgetting,
     Generation,
     GenerationMetrics,
     LabelAccuracy,
@@ -83,6 +84,7 @@ class NodeRecipe:
     resumed_from: int | None = None  # train(): the checkpoint step it resumed from
     trainer: Any = None
     result: Any = None  # the trainer's TrainOutput
+    general_loss: dict[str, float] = field(default_factory=dict)  # before / after: loss on general text (forgetting)
     eval_loss: float | None = None
     adapter_bytes: int = 0  # save()
     after: Any = None  # label accuracy of the tuned model (evaluate_after)
@@ -194,7 +196,7 @@ class NodeRecipe:
     def _evaluate(self, when: str) -> Any:
         """Greedy answers to the held-out prompts (launch.evaluate): label accuracy, generation metrics."""
         from launch import ranks
-        from launch.evaluate import answer_all, scored
+        from launch.evaluate import answer_all, general_text, scored, text_loss
         from launch.train import gathered_module_by_module
 
         ev = self.spec.eval
@@ -212,13 +214,18 @@ class NodeRecipe:
         gather = gathered_module_by_module(self.model) if when == "before" else contextlib.nullcontext()
         with gather:
             outputs = answer_all(self.model, self.tokenizer, self.eval_examples, max_new_tokens=ev.max_new_tokens)
+            if ev.forgetting:
+                self.general_loss[when] = text_loss(self.model, self.tokenizer, general_text())
         tools = self.data.tools
         result = scored(self.eval_examples, outputs, labels=ev.labels, metrics=ev.metrics,
                         tool_parser=tools.parser if tools else "hermes")
         self._timed(f"eval_{when}_s", t0)
-        if result.metrics is not None:  # metrics.jsonl and the trackers: the base's as base_*, the tuned model's as eval_*
+        logged = dict(result.metrics.means) if result.metrics is not None else {}
+        if when in self.general_loss:
+            logged["general_loss"] = self.general_loss[when]
+        if logged:  # metrics.jsonl and the trackers: the base's as base_*, the tuned model's as eval_*
             prefix = "base_" if when == "before" else "eval_"
-            self.sink.metric({"step": self.steps_done(), **{prefix + k: v for k, v in result.metrics.means.items()}})
+            self.sink.metric({"step": self.steps_done(), **{prefix + k: v for k, v in logged.items()}})
         return result
 
     def evaluate_before(self) -> None:
@@ -377,6 +384,7 @@ class NodeRecipe:
             tool_calling=ToolCalling(native=self.data.tools.native, parser=self.data.tools.parser) if self.data.tools else None,
             label_accuracy=LabelAccuracy(before=score(self.before and self.before.label), after=score(self.after and self.after.label)),
             generation_metrics=GenerationMetrics(before=metrics(self.before), after=metrics(self.after)),
+            forgetting=Forgetting.of(self.general_loss.get("before"), self.general_loss.get("after")),
             generations=[Generation(**g) for g in generations], adapter_bytes=self.adapter_bytes,
             runtime_s=Runtime(**self.timings), resumed_from_step=self.resumed_from, world_size=ranks.world_size(),
             strategy=self.spec.distributed.strategy if ranks.world_size() > 1 or self.spec.distributed.strategy in ("deepspeed", "fsdp")

@@ -60,3 +60,24 @@ def test_scores_average_each_metric_over_the_rows_it_applies_to():
     assert scores.means["exact_match"] == pytest.approx(2 / 3) and scores.counts["exact_match"] == 3
     assert scores.means["json_valid"] == 1.0 and scores.counts["json_valid"] == 1
     assert list(scores.means) == ["exact_match", "token_f1", "rouge_l", "json_valid", "json_field_accuracy"]
+
+
+def test_the_general_text_loss_is_the_models_own_mean_token_loss():
+    """The forgetting check's loss (padding left out) equals transformers' loss of each text alone, token-weighted."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from launch.evaluate import general_text, text_loss
+    from launch.tiny import ensure_tiny
+
+    folder = ensure_tiny("llama")
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), AutoTokenizer.from_pretrained(folder)
+    texts = general_text()[:3]
+    assert len(general_text()) >= 30 and "boils at a lower temperature" in texts[0]
+    total = count = 0
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False, truncation=True, max_length=256).input_ids
+        with torch.no_grad():
+            total += float(model(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1)
+        count += ids.shape[1] - 1
+    assert text_loss(model, tokenizer, texts, batch_size=2) == pytest.approx(total / count, rel=1e-4)

@@ -58,6 +58,9 @@ def _print_summary(summary) -> None:
         shown = [f"{k.replace('_', ' ')} " + (f"{before[k]:.3f} → " if k in before else "") + f"{v:.3f}"
                  for k, v in gen.after.means.items()]
         rows.append(("generation", f"{', '.join(shown)} ({max(gen.after.counts.values())} held-out)"))
+    forgot = summary.forgetting
+    if forgot and forgot.ratio is not None:
+        rows.append(("forgetting", f"general-text loss {forgot.before_loss:.3f} → {forgot.after_loss:.3f} (×{forgot.ratio:.3f})"))
     for key, value in rows:
         table.add_row(f"[bold]{key}[/bold]", value)
     _console().print(table)

@@ -167,6 +167,8 @@ class EvalSpec(SpecPart):
     metrics: bool = Field(True, description="generation metrics of the held-out answers against their references: "
                                             "exact match, token F1, ROUGE-L, JSON validity and field accuracy, "
                                             "tool-call match (sdk.evaluation.metrics)")
+    forgetting: bool = Field(True, description="loss on a general-text sample shipped with the package, before and "
+                                               "after training: the ratio says what the tune cost in general ability")
     before: bool = Field(True, description="also score the base model (adapter disabled)")
     after: bool = True
     max_new_tokens: int = Field(8, ge=1, le=4096)

@@ -81,6 +81,21 @@ class GenerationMetrics(_Read):
     after: MetricScores | None = None  # the tuned model
 
 
+class Forgetting(_Read):
+    """What the tune cost the base model in general ability: mean next-token loss on the general-text sample shipped
+    with the package (sdk/evaluation/general_text.txt), before and after; `ratio` after / before (1.0: nothing lost)."""
+
+    before_loss: float | None = None
+    after_loss: float | None = None
+    ratio: float | None = None
+
+    @classmethod
+    def of(cls, before: float | None, after: float | None) -> Forgetting | None:
+        if before is None and after is None:
+            return None
+        return cls(before_loss=before, after_loss=after, ratio=after / before if before and after is not None else None)
+
+
 class ToolCalling(_Read):
     """How a run trained on tool calls rendered them (sdk.data.tools.tool_template): `native` the model's own chat
     template, else the Hermes prologue in front of it; the template itself is the run folder's chat_template.jinja,
@@ -119,6 +134,7 @@ class RunSummary(_Read):
     tool_calling: ToolCalling | None = None  # set when the rows offered tools
     label_accuracy: LabelAccuracy = Field(default_factory=LabelAccuracy)
     generation_metrics: GenerationMetrics = Field(default_factory=GenerationMetrics)
+    forgetting: Forgetting | None = None  # eval.forgetting: general-text loss before and after
     generations: list[Generation] = Field(default_factory=list)
     adapter_bytes: int
     runtime_s: Runtime = Field(default_factory=Runtime)

@@ -28,6 +28,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     *(Metric(name=name, goal="max", description=f"{name.replace('_', ' ')} of the tuned model's greedy answers to "
                                                 "the held-out rows (sdk.evaluation.metrics)")
       for name in ("exact_match", "token_f1", "rouge_l", "json_valid", "json_field_accuracy", "tool_call_match")),
+    Metric(name="forgetting_ratio", goal="min", description="general-text loss after training over before (eval.forgetting)"),
 )}
 
 
@@ -42,6 +43,8 @@ def metric_value(name: str, summary: Any) -> float | None:
     if name == "label_accuracy":
         after = summary.label_accuracy.after
         return None if after is None else after.accuracy
+    if name == "forgetting_ratio":
+        return summary.forgetting.ratio if summary.forgetting else None
     if not hasattr(summary, name):  # a generation metric
         scores = summary.generation_metrics.after
         return None if scores is None else scores.means.get(name)
