@@ -166,3 +166,11 @@ def text_loss(model: Any, tokenizer: Any, texts: list[str], *, max_length: int =
     finally:
         model.train(was_training)
     return total / count if count else float("nan")
+
+
+def shown_prompt(prompt: Any) -> str:
+    """A prompt as a person reads it: the text, or the last user turn of chat turns."""
+    if isinstance(prompt, list):
+        users = [t["content"] for t in prompt if t.get("role") == "user"]
+        return users[-1] if users else ""
+    return str(prompt)

@@ -32,6 +32,7 @@ from sdk.core.summary import (
     Forgetting,
     Generation,
     GenerationMetrics,
+    JudgeScore,
     LabelAccuracy,
     LabelScore,
     MetricScores,
@@ -85,6 +86,7 @@ class NodeRecipe:
     trainer: Any = None
     result: Any = None  # the trainer's TrainOutput
     general_loss: dict[str, float] = field(default_factory=dict)  # before / after: loss on general text (forgetting)
+    judged: dict[str, Any] | None = None  # eval.judge's result (sdk.evaluation.judge.JudgeResult.as_dict)
     eval_loss: float | None = None
     adapter_bytes: int = 0  # save()
     after: Any = None  # label accuracy of the tuned model (evaluate_after)
@@ -331,7 +333,41 @@ class NodeRecipe:
         """The tuned model. The adapter is committed by now: a late cancel no longer undoes the run."""
         self.sink.set_state("running", phase="evaluating tuned model")
         self.after = self._evaluate("after")
+        self._judge()
         self._probe_logits()
+
+    def _judge(self) -> None:
+        """eval.judge: the base's and the tuned model's answers to the same prompts, compared by the judge model in
+        both orders (rank 0; a judge that cannot be reached costs the run nothing but this score)."""
+        from launch import ranks
+
+        judge = self.spec.eval.judge
+        if judge is None or not ranks.is_main():
+            return
+        if not (self.before and self.after):
+            print("[finetune] warning: eval.judge needs the base's answers too (eval.before and eval.after)", flush=True)
+            return
+        from launch.evaluate import shown_prompt
+        from sdk.evaluation.judge import DEFAULT_RUBRIC, Endpoint, judge_pairs
+
+        self.sink.set_state("running", phase="judging")
+        rows = [(shown_prompt(e.prompt), e.response or None, b.strip(), t.strip())
+                for e, b, t in zip(self.eval_examples, self.before.outputs, self.after.outputs, strict=True)][: judge.max_samples]
+        try:
+            endpoint = Endpoint(judge.base_url, judge.model, api_key_env=judge.api_key_env, timeout=judge.timeout_s)
+        except ValueError as exc:
+            print(f"[finetune] warning: no judge: {exc}", flush=True)
+            return
+        t0 = time.time()
+        result = judge_pairs(endpoint, rows, rubric=judge.rubric or DEFAULT_RUBRIC)
+        self._timed("judge_s", t0)
+        self.judged = result.as_dict()
+        print(f"[finetune] judge {judge.model}: tuned vs base over {result.n} prompts, {result.wins} won, "
+              f"{result.losses} lost, {result.ties} tied ({result.inconsistent} split by position); "
+              f"win rate {result.win_rate if result.win_rate is not None else '-'}"
+              + (f"; {len(result.errors)} failed: {result.errors[0]}" if result.errors else ""), flush=True)
+        if result.win_rate is not None:
+            self.sink.metric({"step": self.steps_done(), "judge_win_rate": result.win_rate})
 
     def _probe_logits(self) -> None:
         """Test seam: FINETUNE_PROBE_LOGITS=<file> saves the trained model's logits for the first eval prompt
@@ -385,6 +421,7 @@ class NodeRecipe:
             label_accuracy=LabelAccuracy(before=score(self.before and self.before.label), after=score(self.after and self.after.label)),
             generation_metrics=GenerationMetrics(before=metrics(self.before), after=metrics(self.after)),
             forgetting=Forgetting.of(self.general_loss.get("before"), self.general_loss.get("after")),
+            judge=JudgeScore(**self.judged) if self.judged else None,
             generations=[Generation(**g) for g in generations], adapter_bytes=self.adapter_bytes,
             runtime_s=Runtime(**self.timings), resumed_from_step=self.resumed_from, world_size=ranks.world_size(),
             strategy=self.spec.distributed.strategy if ranks.world_size() > 1 or self.spec.distributed.strategy in ("deepspeed", "fsdp")

@@ -81,3 +81,42 @@ def test_the_general_text_loss_is_the_models_own_mean_token_loss():
             total += float(model(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1)
         count += ids.shape[1] - 1
     assert text_loss(model, tokenizer, texts, batch_size=2) == pytest.approx(total / count, rel=1e-4)
+
+
+class ScriptedJudge:
+    """A judge that always prefers the answer in one position (or replies as told): position bias made visible."""
+
+    model = "scripted"
+
+    def __init__(self, replies):
+        self.replies, self.prompts = replies, []
+
+    def ask(self, prompt):
+        self.prompts.append(prompt)
+        reply = self.replies(prompt)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+def test_the_judge_asks_both_orders_and_a_position_bias_wins_nothing():
+    from sdk.evaluation.judge import judge_pairs, read_verdict
+
+    rows = [("Capital of France?", "Paris", "Lyon", "Paris"), ("2+2?", None, "4", "5")]
+    biased = judge_pairs(ScriptedJudge(lambda p: "A"), rows)  # always the first answer
+    assert (biased.n, biased.wins, biased.losses, biased.ties, biased.inconsistent) == (2, 0, 0, 2, 2)
+    assert biased.win_rate == 0.5
+
+    def truthful(prompt):  # prefers whichever position holds the right answer
+        right = "Paris" if "France" in prompt else "4"
+        a = prompt.split("Answer A:\n")[1].split("\n\n")[0]
+        return "A" if a == right else "B."
+    fair = ScriptedJudge(truthful)
+    result = judge_pairs(fair, rows)
+    assert (result.n, result.wins, result.losses, result.ties) == (2, 1, 1, 0) and result.win_rate == 0.5
+    assert len(fair.prompts) == 4 and "Reference answer:\nParis" in fair.prompts[0] and "Reference" not in fair.prompts[2]
+    assert "Answer A:\nLyon" in fair.prompts[0] and "Answer A:\nParis" in fair.prompts[1]  # the swap
+    broken = judge_pairs(ScriptedJudge(lambda p: OSError("connection refused") if "France" in p else "maybe"), rows)
+    assert broken.n == 0 and broken.win_rate is None and len(broken.errors) == 4
+    assert "OSError: connection refused" in broken.errors[0] and "'maybe', not A, B or tie" in broken.errors[2]
+    assert [read_verdict(t) for t in ("B", " a.", "Answer: B", "TIE", "**A**", "", "C")] == ["B", "A", "B", "tie", "A", None, None]

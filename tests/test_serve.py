@@ -237,6 +237,29 @@ def test_a_tool_calling_run_returns_tool_calls_as_finetune_generate_parses_them(
     assert json.loads(local[0]["tool_calls"][0]["arguments"]) == {"city": "Lyon"}
 
 
+def test_a_judge_behind_the_endpoint_scores_a_run_in_both_orders(server, two_adapters, monkeypatch):
+    """eval.judge through the served SmolLM2 (the scores mean nothing at that size; the plumbing is real): a tiny
+    run's base and tuned answers go to the endpoint in both orders, with the key from an environment variable that
+    the spec only names, and the verdicts land in the summary and metrics.jsonl."""
+    runs, root = two_adapters
+    monkeypatch.setenv("FT_JUDGE_KEY", server.api_key)
+    spec = load_recipe("tiny", ["name=judged", "train.max_steps=4", "eval.num_samples=3", "eval.max_new_tokens=6",
+                                f"output={root / 'runs'}"])
+    spec = sdk.FineTuneSpec.model_validate({**spec.model_dump(), "eval": {
+        **spec.eval.model_dump(), "judge": {"base_url": f"{server.url}/v1", "model": server.base,
+                                            "api_key_env": "FT_JUDGE_KEY", "max_samples": 3}}})
+    assert "FT_JUDGE_KEY" in spec.secrets and server.api_key not in spec.model_dump_json()
+    run = sdk.submit(spec)
+    assert run.wait(timeout=300, progress=False).state == "succeeded", str(run.logs())[-2000:]
+    judged = run.summary().judge
+    assert judged.model == server.base
+    assert not [e for e in judged.errors if "not A, B or tie" not in e], judged.errors  # every request was answered
+    assert judged.n + judged.error_count >= 3 and judged.wins + judged.losses + judged.ties == judged.n
+    if judged.n:
+        assert [r["judge_win_rate"] for r in run.metrics() if "judge_win_rate" in r] == [judged.win_rate]
+    assert server.api_key not in str(run.logs())
+
+
 def test_base_and_adapter_requests_at_once_never_mix(server, answers):
     jobs = [(name, i) for _ in range(2) for name in answers for i in range(len(PROMPTS))]  # 18 requests, mixed
 

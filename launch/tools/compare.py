@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         from launch.runtime import quiet_libraries
 
         quiet_libraries()
-        from launch.evaluate import answer_all, scored
+        from launch.evaluate import answer_all, scored, shown_prompt
         from launch.models import BaseLoader
         from sdk.core.precision import parse_precision
 
@@ -85,18 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     first = examples[0]
     print(json.dumps({
         "data": args.data, "rows": len(first), "max_new_tokens": new_tokens,
-        "prompts": [_shown(e.prompt) for e in first], "references": [e.response or _calls(e.calls) for e in first],
+        "prompts": [shown_prompt(e.prompt) for e in first], "references": [e.response or _calls(e.calls) for e in first],
         "columns": [{"name": name, "answers": outputs, "metrics": result.metrics.as_dict() if result.metrics else {}}
                     for name, outputs, result in columns]}))
     return 0
-
-
-def _shown(prompt: Any) -> str:
-    """A prompt as a person reads it: the text, or the last user turn of chat turns."""
-    if isinstance(prompt, list):
-        users = [t["content"] for t in prompt if t.get("role") == "user"]
-        return users[-1] if users else ""
-    return str(prompt)
 
 
 def _calls(calls: list[dict[str, Any]] | None) -> str:

@@ -58,6 +58,10 @@ def _print_summary(summary) -> None:
         shown = [f"{k.replace('_', ' ')} " + (f"{before[k]:.3f} → " if k in before else "") + f"{v:.3f}"
                  for k, v in gen.after.means.items()]
         rows.append(("generation", f"{', '.join(shown)} ({max(gen.after.counts.values())} held-out)"))
+    if summary.judge and summary.judge.win_rate is not None:
+        j = summary.judge
+        rows.append(("judge", f"{j.model}: win rate {j.win_rate:.2f} over {j.n} prompts ({j.wins} won, {j.losses} lost, "
+                              f"{j.ties} tied, both orders asked)"))
     forgot = summary.forgetting
     if forgot and forgot.ratio is not None:
         rows.append(("forgetting", f"general-text loss {forgot.before_loss:.3f} → {forgot.after_loss:.3f} (×{forgot.ratio:.3f})"))

@@ -160,6 +160,27 @@ class TrainSpec(SpecPart):
 # ---------------------------------------------------------------------------------------------- eval
 
 
+class JudgeSpec(SpecPart):
+    """A judge model behind any OpenAI-compatible endpoint (a `finetune serve` server, a hosted API): it compares
+    base and tuned answers to the held-out prompts pairwise, in both positions (sdk.evaluation.judge)."""
+
+    base_url: str = Field(description="the endpoint's base URL, e.g. http://127.0.0.1:8000/v1 or https://api.openai.com/v1")
+    model: str = Field(min_length=1, description="the judge's model name at that endpoint")
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                    description="the environment variable holding the endpoint's key where the run "
+                                                "executes (the key itself is never written in a spec)")
+    rubric: str | None = Field(None, description="what makes an answer better; default: correct, follows the request, brief")
+    max_samples: int = Field(20, ge=1, le=1000, description="held-out prompts judged (two requests each)")
+    timeout_s: float = Field(60, gt=0, le=600)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, not {value!r}")
+        return value
+
+
 class EvalSpec(SpecPart):
     labels: list[str] | None = Field(None, description="label set for label accuracy (greedy generation)")
     num_samples: int = Field(100, ge=1, description="held-out rows answered (greedy, batched) and scored: label "
@@ -167,6 +188,7 @@ class EvalSpec(SpecPart):
     metrics: bool = Field(True, description="generation metrics of the held-out answers against their references: "
                                             "exact match, token F1, ROUGE-L, JSON validity and field accuracy, "
                                             "tool-call match (sdk.evaluation.metrics)")
+    judge: JudgeSpec | None = Field(None, description="a judge model comparing base and tuned answers (needs eval.before)")
     forgetting: bool = Field(True, description="loss on a general-text sample shipped with the package, before and "
                                                "after training: the ratio says what the tune cost in general ability")
     before: bool = Field(True, description="also score the base model (adapter disabled)")

@@ -168,6 +168,11 @@ class FineTuneSpec(SpecPart):
         overlap = set(self.secrets) & set(self.env)
         if overlap:
             raise _CrossFieldError("env", f"{sorted(overlap)} listed as secrets: secret values never go in the spec")
+        judge_key = self.eval.judge.api_key_env if self.eval.judge else None
+        if judge_key and judge_key in self.env:
+            raise _CrossFieldError("env", f"{judge_key} is eval.judge.api_key_env: a key never goes in the spec")
+        if judge_key and judge_key not in self.secrets:  # forwarded to the node like any credential
+            self.secrets.append(judge_key)
         deepspeed = self.distributed.strategy == "deepspeed"
         if deepspeed and method.trains_all_weights and self.train.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
             raise _CrossFieldError("train.optimizer", "8-bit bitsandbytes optimizers do not work under DeepSpeed; use adamw_torch")

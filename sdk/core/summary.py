@@ -39,6 +39,7 @@ class Runtime(_Read):
     eval_before_s: float | None = None
     train_s: float = 0.0
     eval_after_s: float | None = None
+    judge_s: float | None = None
     save_s: float | None = None
     total_s: float = 0.0
 
@@ -96,6 +97,20 @@ class Forgetting(_Read):
         return cls(before_loss=before, after_loss=after, ratio=after / before if before and after is not None else None)
 
 
+class JudgeScore(_Read):
+    """eval.judge's verdict on base vs tuned answers, each prompt judged in both orders (sdk.evaluation.judge)."""
+
+    model: str
+    n: int
+    wins: int
+    losses: int
+    ties: int
+    inconsistent: int = 0
+    win_rate: float | None = None
+    error_count: int = 0
+    errors: list[str] = Field(default_factory=list)
+
+
 class ToolCalling(_Read):
     """How a run trained on tool calls rendered them (sdk.data.tools.tool_template): `native` the model's own chat
     template, else the Hermes prologue in front of it; the template itself is the run folder's chat_template.jinja,
@@ -135,6 +150,7 @@ class RunSummary(_Read):
     label_accuracy: LabelAccuracy = Field(default_factory=LabelAccuracy)
     generation_metrics: GenerationMetrics = Field(default_factory=GenerationMetrics)
     forgetting: Forgetting | None = None  # eval.forgetting: general-text loss before and after
+    judge: JudgeScore | None = None  # eval.judge: pairwise base vs tuned, position-swapped
     generations: list[Generation] = Field(default_factory=list)
     adapter_bytes: int
     runtime_s: Runtime = Field(default_factory=Runtime)

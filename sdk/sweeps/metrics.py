@@ -29,6 +29,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
                                                 "the held-out rows (sdk.evaluation.metrics)")
       for name in ("exact_match", "token_f1", "rouge_l", "json_valid", "json_field_accuracy", "tool_call_match")),
     Metric(name="forgetting_ratio", goal="min", description="general-text loss after training over before (eval.forgetting)"),
+    Metric(name="judge_win_rate", goal="max", description="eval.judge: the tuned answers' win rate over the base's"),
 )}
 
 
@@ -43,6 +44,8 @@ def metric_value(name: str, summary: Any) -> float | None:
     if name == "label_accuracy":
         after = summary.label_accuracy.after
         return None if after is None else after.accuracy
+    if name == "judge_win_rate":
+        return summary.judge.win_rate if summary.judge else None
     if name == "forgetting_ratio":
         return summary.forgetting.ratio if summary.forgetting else None
     if not hasattr(summary, name):  # a generation metric
