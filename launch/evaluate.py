@@ -174,3 +174,45 @@ def shown_prompt(prompt: Any) -> str:
         users = [t["content"] for t in prompt if t.get("role") == "user"]
         return users[-1] if users else ""
     return str(prompt)
+
+
+def judge_answers(judge: Any, examples: list[Example], before: Evaluation | None, after: Evaluation | None) -> dict[str, Any] | None:
+    """eval.judge: the base's and the tuned model's answers to the same prompts, compared by the judge model in
+    both orders (sdk.evaluation.judge). A judge that cannot be reached costs the run nothing but this score."""
+    from sdk.evaluation.judge import DEFAULT_RUBRIC, Endpoint, judge_pairs
+
+    if not (before and after):
+        print("[finetune] warning: eval.judge needs the base's answers too (eval.before and eval.after)", flush=True)
+        return None
+    try:
+        endpoint = Endpoint(judge.base_url, judge.model, api_key_env=judge.api_key_env, timeout=judge.timeout_s)
+    except ValueError as exc:
+        print(f"[finetune] warning: no judge: {exc}", flush=True)
+        return None
+    rows = [(shown_prompt(e.prompt), e.response or None, b.strip(), t.strip())
+            for e, b, t in zip(examples, before.outputs, after.outputs, strict=True)][: judge.max_samples]
+    result = judge_pairs(endpoint, rows, rubric=judge.rubric or DEFAULT_RUBRIC)
+    print(f"[finetune] judge {judge.model}: tuned vs base over {result.n} prompts, {result.wins} won, {result.losses} "
+          f"lost, {result.ties} tied ({result.inconsistent} split by position); win rate "
+          f"{result.win_rate if result.win_rate is not None else '-'}"
+          + (f"; {len(result.errors)} failed: {result.errors[0]}" if result.errors else ""), flush=True)
+    return result.as_dict()
+
+
+def probe_logits(model: Any, tokenizer: Any, example: Example, path: str) -> None:
+    """Test seam (FINETUNE_PROBE_LOGITS=<file>): the trained model's logits for the first eval prompt, saved (a forward
+    on every rank: a collective under ZeRO-3), so a test can check that the committed adapter, reloaded elsewhere,
+    computes exactly what training ended with."""
+    import torch
+
+    from launch import ranks
+
+    text = prompt_text(tokenizer, example.prompt, example.tools)
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=ids.to(next(model.parameters()).device), use_cache=False).logits
+    model.train(was_training)
+    if ranks.is_main():
+        torch.save({"text": text, "logits": logits.float().cpu()}, path)

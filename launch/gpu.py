@@ -314,3 +314,15 @@ def flash_attn_installed() -> bool:
 
 def allow_cpu(env: Mapping[str, str] | None = None) -> bool:
     return (env if env is not None else os.environ).get(ALLOW_CPU) == "1"
+
+
+def fsdp_load_environment(strategy: str) -> dict[str, str]:
+    """Under FSDP on GPUs rank 0 alone reads the checkpoint (the others build on the meta device and receive the
+    weights when FSDP wraps the model): transformers reads that from the environment. Nothing for other strategies."""
+    import torch
+
+    from launch import ranks
+
+    if strategy == "fsdp" and torch.cuda.is_available():
+        return fsdp_settings(cuda=True, world_size=ranks.world_size(), checkpointing=False)[1]
+    return {}

@@ -295,3 +295,14 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def zero3_load_config(spec: FineTuneSpec, precision: str) -> Any:
+    """Under ZeRO-3 the model loads partitioned (zero.Init): transformers reads this config while it lives, so the
+    node keeps it until the end. None for any other strategy."""
+    dist = spec.distributed
+    if dist.strategy != "deepspeed" or dist.zero_stage != 3:
+        return None
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(load_time_deepspeed_config(spec, precision=precision))

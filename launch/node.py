@@ -105,8 +105,9 @@ class NodeRecipe:
         import torch
 
         from launch import ranks
-        from launch.gpu import attention_choice, flash_attn_installed, save_route
+        from launch.gpu import attention_choice, flash_attn_installed, fsdp_load_environment, save_route
         from launch.hardware import capability, hardware
+        from launch.launcher import zero3_load_config
         from launch.models import BaseLoader
         from sdk.core.errors import SpecError
         from sdk.core.methods import method_of
@@ -136,8 +137,8 @@ class NodeRecipe:
                                          artifact=method_of(self.spec).artifact)
         except ValueError as exc:
             raise SpecError(str(exc)) from None
-        self.zero3 = self._zero3_load_config()
-        self._fsdp_load_environment()
+        self.zero3 = zero3_load_config(self.spec, self.precision)  # transformers reads it while it lives
+        os.environ.update(fsdp_load_environment(self.spec.distributed.strategy))
         self.tokenizer = loader.tokenizer()
         self.model = loader.load(attention=self.attention)
         if self.zero3 is not None and ranks.is_main():
@@ -155,29 +156,6 @@ class NodeRecipe:
         self.eval_examples = self.data.eval_examples[: self.spec.eval.num_samples]
         self._timed("load_s", self.started)
         self.check_cancel()
-
-    def _zero3_load_config(self) -> Any:
-        """Under ZeRO-3 the model loads partitioned (zero.Init): transformers reads this config while it
-        lives, so the recipe keeps it until the end."""
-        dist = self.spec.distributed
-        if dist.strategy != "deepspeed" or dist.zero_stage != 3:
-            return None
-        from transformers.integrations import HfDeepSpeedConfig
-
-        from launch.launcher import load_time_deepspeed_config
-
-        return HfDeepSpeedConfig(load_time_deepspeed_config(self.spec, precision=self.precision))
-
-    def _fsdp_load_environment(self) -> None:
-        """Under FSDP on GPUs rank 0 alone reads the checkpoint (the others build on the meta device and
-        receive the weights when FSDP wraps the model): transformers reads that from the environment."""
-        import torch
-
-        from launch import ranks
-        from launch.gpu import fsdp_settings
-
-        if self.spec.distributed.strategy == "fsdp" and torch.cuda.is_available():
-            os.environ.update(fsdp_settings(cuda=True, world_size=ranks.world_size(), checkpointing=False)[1])
 
     def _prepare_data(self) -> None:
         from launch import data, ranks
@@ -332,64 +310,25 @@ class NodeRecipe:
     def evaluate_after(self) -> None:
         """The tuned model. The adapter is committed by now: a late cancel no longer undoes the run."""
         self.sink.set_state("running", phase="evaluating tuned model")
+        from launch.evaluate import probe_logits
+
         self.after = self._evaluate("after")
         self._judge()
-        self._probe_logits()
+        if os.environ.get("FINETUNE_PROBE_LOGITS") and self.eval_examples:  # a test seam (launch.evaluate.probe_logits)
+            probe_logits(self.model, self.tokenizer, self.eval_examples[0], os.environ["FINETUNE_PROBE_LOGITS"])
 
     def _judge(self) -> None:
-        """eval.judge: the base's and the tuned model's answers to the same prompts, compared by the judge model in
-        both orders (rank 0; a judge that cannot be reached costs the run nothing but this score)."""
         from launch import ranks
+        from launch.evaluate import judge_answers
 
-        judge = self.spec.eval.judge
-        if judge is None or not ranks.is_main():
+        if self.spec.eval.judge is None or not ranks.is_main():
             return
-        if not (self.before and self.after):
-            print("[finetune] warning: eval.judge needs the base's answers too (eval.before and eval.after)", flush=True)
-            return
-        from launch.evaluate import shown_prompt
-        from sdk.evaluation.judge import DEFAULT_RUBRIC, Endpoint, judge_pairs
-
         self.sink.set_state("running", phase="judging")
-        rows = [(shown_prompt(e.prompt), e.response or None, b.strip(), t.strip())
-                for e, b, t in zip(self.eval_examples, self.before.outputs, self.after.outputs, strict=True)][: judge.max_samples]
-        try:
-            endpoint = Endpoint(judge.base_url, judge.model, api_key_env=judge.api_key_env, timeout=judge.timeout_s)
-        except ValueError as exc:
-            print(f"[finetune] warning: no judge: {exc}", flush=True)
-            return
         t0 = time.time()
-        result = judge_pairs(endpoint, rows, rubric=judge.rubric or DEFAULT_RUBRIC)
+        self.judged = judge_answers(self.spec.eval.judge, self.eval_examples, self.before, self.after)
         self._timed("judge_s", t0)
-        self.judged = result.as_dict()
-        print(f"[finetune] judge {judge.model}: tuned vs base over {result.n} prompts, {result.wins} won, "
-              f"{result.losses} lost, {result.ties} tied ({result.inconsistent} split by position); "
-              f"win rate {result.win_rate if result.win_rate is not None else '-'}"
-              + (f"; {len(result.errors)} failed: {result.errors[0]}" if result.errors else ""), flush=True)
-        if result.win_rate is not None:
-            self.sink.metric({"step": self.steps_done(), "judge_win_rate": result.win_rate})
-
-    def _probe_logits(self) -> None:
-        """Test seam: FINETUNE_PROBE_LOGITS=<file> saves the trained model's logits for the first eval prompt
-        (a forward on every rank: a collective under ZeRO-3), so a test can check that the committed
-        adapter, reloaded elsewhere, computes exactly what training ended with."""
-        path = os.environ.get("FINETUNE_PROBE_LOGITS")
-        if not path or not self.eval_examples:
-            return
-        import torch
-
-        from launch import ranks
-        from launch.evaluate import prompt_text
-
-        text = prompt_text(self.tokenizer, self.eval_examples[0].prompt, self.eval_examples[0].tools)
-        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
-        was_training = self.model.training
-        self.model.eval()
-        with torch.no_grad():
-            logits = self.model(input_ids=ids.to(next(self.model.parameters()).device), use_cache=False).logits
-        self.model.train(was_training)
-        if ranks.is_main():
-            torch.save({"text": text, "logits": logits.float().cpu()}, path)
+        if self.judged and self.judged["win_rate"] is not None:
+            self.sink.metric({"step": self.steps_done(), "judge_win_rate": self.judged["win_rate"]})
 
     def summary(self) -> RunSummary:
         from launch import ranks

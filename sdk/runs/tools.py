@@ -44,7 +44,8 @@ def evaluate(run: str, *, data: str, text_field: str = "text", label_field: str 
     tuned model on `data` in any supported format, {'base': {exact_match, ..., counts}, 'tuned': {...}, 'rows': n}."""
     from sdk.runs import get_run
 
-    if not get_run(run).spec().eval.labels:
+    handle = get_run(run)
+    if handle.status().state == "succeeded" and not handle.spec().eval.labels:
         result = compare([run], data=data, limit=limit)
         base, tuned = result["columns"]
         return {"run": tuned["name"], "data": data, "rows": result["rows"], "base": base["metrics"], "tuned": tuned["metrics"]}
@@ -103,9 +104,9 @@ def compare(runs: list[str], *, data: str, limit: int | None = None, base: bool 
     `html`: also write the side-by-side page there (sdk.evaluation.report)."""
     if not runs:
         raise FinetuneError("compare: name at least one run")
+    args = [arg for run in runs for arg in ("--run", require_succeeded(run, "compare"))] + ["--data", str(data)]
     if not Path(data).expanduser().exists() and not data.startswith(("s3://", "builtin:")):
         raise FinetuneError(f"--data: {data}: no such file")
-    args = [arg for run in runs for arg in ("--run", require_succeeded(run, "compare"))] + ["--data", str(data)]
     if limit:
         args += ["--limit", str(limit)]
     if max_new_tokens:
