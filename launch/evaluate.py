@@ -158,6 +158,7 @@ def text_loss(model: Any, tokenizer: Any, texts: list[str], *, max_length: int =
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             with torch.no_grad():
                 logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+            logits = logits[:, -ids.shape[1]:]  # prompt and prefix tuning put virtual tokens in front
             losses = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                                                        reduction="none")
             keep = mask[:, 1:].reshape(-1).bool()
