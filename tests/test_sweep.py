@@ -29,6 +29,9 @@ def test_grid_values_are_yaml_and_commas_inside_brackets_stay():
 
 def test_a_metric_is_a_summary_name_or_a_logged_key_with_its_goal():
     assert check_metric("label_accuracy").goal == "max" and check_metric("eval_loss:min").source == "summary"
+    for name, goal in (("exact_match", "max"), ("rouge_l", "max"), ("tool_call_match", "max"), ("judge_win_rate", "max"),
+                       ("forgetting_ratio", "min")):  # evaluation's summary metrics
+        assert (check_metric(name).goal, check_metric(name).source) == (goal, "summary")
     logged = check_metric("rewards/accuracies:max")  # what trl's DPO logs
     assert (logged.name, logged.goal, logged.source) == ("rewards/accuracies", "max", "logged")
     for bad, message in [("eval_los", "did you mean 'eval_loss'?"), ("grad_norm", "--metric grad_norm:max or grad_norm:min"),
