@@ -11,6 +11,7 @@ completion_only_loss); DPO examples are prompt/chosen/rejected; KTO examples pro
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,18 +151,59 @@ def prepare(spec: FineTuneSpec, tokenizer: Any = None, *, model_type: str | None
         for sample in train_rows:
             lengths.add(sample)
         notes.append(f"training rows: {lengths.report()}")
+    train_rows_out = [row for _, row in placed]
+    eval_rows_out = [r for s in eval_samples for r in renderer.trainer_rows(s)]
+    if tools is not None:  # tokenized here, from plain dicts: an arrow table would retype each row's arguments
+        train_rows_out = tokenized_chat_rows(train_rows_out, tokenizer, [w for w, _ in placed])
+        eval_rows_out = tokenized_chat_rows(eval_rows_out, tokenizer, [s.where for s in eval_samples for _ in renderer.trainer_rows(s)])
     return PreparedData(
-        train=[row for _, row in placed],
+        train=train_rows_out,
         template=renderer.template(train_rows[0]),
         instruction=shared_instruction(train_rows),
         train_where=[where for where, _ in placed],
-        eval=[r for s in eval_samples for r in renderer.trainer_rows(s)],
+        eval=eval_rows_out,
         eval_examples=eval_examples,
-        assistant_only_loss=route == "assistant_masks",
+        assistant_only_loss=route == "assistant_masks" and tools is None,  # tokenized tool rows carry their masks
         tools=tools,
         formats=formats,
         notes=notes,
     )
+
+
+def _with_argument_objects(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Turns as vLLM hands them to a chat template: each call's arguments an object, not JSON text (Qwen's and
+    Llama's templates write `arguments | tojson`; the Hermes prologue writes either the same way)."""
+    out = []
+    for turn in turns:
+        if turn.get("tool_calls"):
+            calls = [{**c, "function": {**c["function"], "arguments": json.loads(c["function"]["arguments"])}} for c in turn["tool_calls"]]
+            turn = {**turn, "tool_calls": calls}
+        out.append(turn)
+    return out
+
+
+def tokenized_chat_rows(rows: list[dict[str, Any]], tokenizer: Any, where: list[str]) -> list[dict[str, Any]]:
+    """Chat rows that offer tools, tokenized as trl would (the prompt's tokens out of the loss, or the template's
+    assistant masks), but from the turns themselves, so each call's arguments reach the template as an object."""
+    out = []
+    for row, place in zip(rows, where, strict=True):
+        tools = json.loads(row["tools"]) if row.get("tools") else None
+        try:
+            if "messages" in row:
+                encoded = tokenizer.apply_chat_template(_with_argument_objects(row["messages"]), tools=tools, tokenize=True,
+                                                        return_dict=True, return_assistant_tokens_mask=True)
+                out.append({"input_ids": list(encoded["input_ids"]), "assistant_masks": list(encoded["assistant_masks"])})
+                continue
+            prompt = _with_argument_objects(row["prompt"])
+            text = tokenizer.apply_chat_template(prompt, tools=tools, tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(prompt + _with_argument_objects(row["completion"]), tools=tools, tokenize=False)
+        except Exception as exc:  # the template's own refusal (e.g. one call per turn): the row, not a traceback
+            raise DataError(f"{place}: the model's chat template cannot render this row: {exc}") from None
+        ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        shared = next((i for i, (a, b) in enumerate(zip(prompt_ids, ids, strict=False)) if a != b), min(len(prompt_ids), len(ids)))
+        out.append({"input_ids": ids, "completion_mask": [0] * shared + [1] * (len(ids) - shared)})
+    return out
 
 
 def shared_instruction(rows: list[Sample]) -> str | None:

@@ -175,6 +175,8 @@ REFUSED = {
     "tools_wrong_call_id.jsonl": (1, "messages[2]: tool_call_id 'call_9' answers no call of the assistant's turn before it"),
     "tools_missing.jsonl": (1, "messages[1]: a tool call, but the row has no 'tools'"),
     "sharegpt_tools_call_not_json.jsonl": (1, "conversations[1].value is not valid JSON"),
+    "tools_call_unanswered.jsonl": (1, "messages[3]: the call(s) to get_time before it got no tool result"),
+    "preference_with_tools.jsonl": (1, "a 'tools' column in preference rows: tool calling trains from chat rows"),
     "not_json.jsonl": (2, "not valid JSON"),
     "not_an_object.jsonl": (2, "must be a JSON object, not list"),
     "extra_cells.csv": (3, "4 cells for 3 header columns"),

@@ -113,3 +113,26 @@ def test_the_engine_gets_tool_parsing_only_for_tool_trained_runs(tmp_path):
     mixed = plan({"a": {"tool_parser": "hermes"}, "b": {"tool_parser": "llama3_json"}})
     with pytest.raises(ValueError, match="different tool formats"):
         tool_flags(mixed, None)
+
+
+def test_a_native_template_reads_each_calls_arguments_as_an_object_and_a_refusal_names_the_row():
+    """Qwen's and Llama's templates write `arguments | tojson`: given JSON text they would train a double-encoded
+    string, while vLLM hands them objects. The node tokenizes tool rows from the turns with objects."""
+    from launch.data import tokenized_chat_rows
+    from launch.tiny import train_tokenizer
+    from sdk.data.rows import DataError
+
+    tokenizer = train_tokenizer()
+    tokenizer.chat_template = NATIVE
+    call = read_tool_calls([{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Lyon"}'}}],
+                           "tool_calls")
+    row = {"prompt": [{"role": "user", "content": "Weather in Lyon?"}],
+           "completion": [{"role": "assistant", "content": "", "tool_calls": call}], "tools": json.dumps([WEATHER])}
+    [out] = tokenized_chat_rows([row], tokenizer, ["calls.jsonl:1"])
+    text = tokenizer.decode(out["input_ids"])
+    assert '"arguments": {"city": "Lyon"}' in text and '\\"city' not in text
+    trained = tokenizer.decode([i for i, m in zip(out["input_ids"], out["completion_mask"], strict=True) if m])
+    assert trained == 'assistant: [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Lyon"}}, "id": "c1"}]'
+    tokenizer.chat_template = "{{ raise_exception('This model only supports single tool-calls at once!') }}"
+    with pytest.raises(DataError, match=r"calls.jsonl:1: the model's chat template cannot render this row: .*single tool-calls"):
+        tokenized_chat_rows([row], tokenizer, ["calls.jsonl:1"])

@@ -267,6 +267,8 @@ class LengthCount:
         try:
             self.pending += [row_text(r, self.tokenizer.render_chat, self.tokenizer.eos) for r in self.renderer.trainer_rows(sample)]
         except Exception as exc:  # a chat template that refuses the turns: the node will say so too
+            if sample.tools:  # a tool row the template cannot write cannot train: refused before launch
+                raise DataError(f"{sample.where}: the model's chat template cannot render this row: {exc}") from None
             self.failed = f"{sample.where}: the chat template cannot render this row ({exc})"
         if len(self.pending) >= self.BATCH:
             self._flush()

@@ -4,7 +4,8 @@ One registration per format (name → the columns that identify it → a normali
 naming what is wrong). The client runs these before launch and the node runs the same ones, so a
 malformed row is reported as `file:line` before a GPU is paid for. No torch here.
 
-  alpaca             instruction / input / output (also any column names mapped with data.fields)
+  alpaca             instruction / input / output (also any column names mapped with data.fields); LLaMA-Factory's
+                     `system` and `history` ([[instruction, response], ...]) make it a conversation
   sharegpt           conversations: [{from: human|gpt|system, value}]  (role/content turns accepted too); tool calling:
                      function_call turns (the call as JSON) and observation turns (its result), `tools` as JSON text
   messages           OpenAI chat: messages: [{role: system|user|assistant, content, weight?}]; content is text or a
@@ -119,7 +120,8 @@ def _conversation(row: dict[str, Any], turns: list[dict[str, Any]], name: str, c
     if all(t.get("weight", 1) == 0 for t in turns if t["role"] == "assistant"):
         raise RowError(f"{name}: every assistant turn has weight 0: nothing to learn")
     offered = row.get(ctx.fields.tools)
-    tools = read_tools(offered, ctx.fields.tools) if offered not in (None, "", []) else None
+    empty = offered in (None, [], "") or (isinstance(offered, str) and offered.strip() in ("", "[]", "null"))
+    tools = None if empty else read_tools(offered, ctx.fields.tools)
     check_calls(turns, tools, name)
     return Sample("conversation", turns=turns, tools=tools)
 
@@ -139,7 +141,30 @@ def _alpaca(row: dict[str, Any], ctx: Context) -> Sample:
         raise RowError(f"empty {f.instruction!r}")
     input_text = _text(row, f.input, optional=True)
     completion = _label(row, f.output, ctx)
+    history, system = row.get("history"), row.get("system")
+    if history or (isinstance(system, str) and system.strip()):  # LLaMA-Factory's alpaca: earlier turns, a system prompt
+        return _alpaca_conversation(history or [], system, _joined_instruction(instruction, input_text), completion)
     return Sample("pair", prompt=Instruction(instruction, input_text or None), completion=completion)
+
+
+def _joined_instruction(instruction: str, input_text: str | None) -> str:
+    return instruction if not input_text else f"{instruction}\n\n{input_text}"
+
+
+def _alpaca_conversation(history: Any, system: Any, user: str, answer: str) -> Sample:
+    """An alpaca row with `history` ([[instruction, response], ...], the turns before it) and/or `system`: a
+    conversation whose every answer is learned, as LLaMA-Factory trains it."""
+    if not isinstance(history, list) or not all(isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h)
+                                                for h in history):
+        raise RowError("'history' must be a list of [instruction, response] pairs of text (the turns before this row)")
+    if system is not None and not isinstance(system, str):
+        raise RowError(f"'system' must be text, not {type(system).__name__}")
+    turns = [{"role": "system", "content": system}] if system and system.strip() else []
+    for question, reply in history:
+        turns += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
+    turns += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    check_turns(turns, "history", ends_with="assistant")
+    return Sample("conversation", turns=turns)
 
 
 def _with_system(row: dict[str, Any], turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -339,6 +364,10 @@ def undetected(row: dict[str, Any], ctx: Context) -> str:
 
 
 def normalize(fmt: RowFormat, row: dict[str, Any], ctx: Context, where: str) -> Sample:
+    offered = row.get(ctx.fields.tools)
+    if fmt.name not in ("messages", "sharegpt") and offered not in (None, "", [], "[]"):
+        raise RowError(f"a {ctx.fields.tools!r} column in {fmt.name} rows: tool calling trains from chat rows (messages or "
+                       "conversations) under objective sft; these rows would train without the functions")
     sample = fmt.normalize(row, ctx)
     sample.where = where
     return sample

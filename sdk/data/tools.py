@@ -43,6 +43,8 @@ def read_tools(value: Any, name: str = "tools") -> list[dict[str, Any]]:
         where = f"{name}[{index}]"
         if not isinstance(tool, dict):
             raise RowError(f"{where}: a tool must be an object, not {type(tool).__name__}")
+        if tool.get("type", "function") != "function":
+            raise RowError(f"{where}: tools of type {tool.get('type')!r} cannot be trained (only functions)")
         if "function" in tool:
             if tool.get("type", "function") != "function":
                 raise RowError(f"{where}: tools of type {tool.get('type')!r} cannot be trained (only functions)")
@@ -106,8 +108,11 @@ def read_tool_calls(value: Any, name: str) -> list[dict[str, Any]]:
         function = call.get("function", call)
         if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"].strip():
             raise RowError(f"{where}: a call needs the function's 'name'")
+        key = "arguments" if "arguments" in function else "parameters" if "parameters" in function else None  # Llama's word
+        if key is None:
+            raise RowError(f"{where}: a call needs its 'arguments' (a JSON object; {{}} for none)")
         out: dict[str, Any] = {"type": "function", "function": {
-            "name": function["name"], "arguments": arguments_json(function.get("arguments"), f"{where}: arguments")}}
+            "name": function["name"], "arguments": arguments_json(function[key], f"{where}: arguments")}}
         if isinstance(call.get("id"), str) and call["id"]:
             out["id"] = call["id"]
         calls.append(out)
@@ -120,7 +125,13 @@ def check_calls(turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
     offered = {t["function"]["name"] for t in tools or []}
     pending: list[dict[str, Any]] = []
     for index, turn in enumerate(turns):
+        if pending and turn["role"] != "tool":
+            names = ", ".join(c["function"]["name"] for c in pending)
+            raise RowError(f"{name}[{index}]: the call(s) to {names} before it got no tool result")
         if turn.get("tool_calls"):
+            ids = [c["id"] for c in turn["tool_calls"] if "id" in c]
+            if len(ids) != len(set(ids)):
+                raise RowError(f"{name}[{index}]: two calls share one id ({', '.join(sorted({i for i in ids if ids.count(i) > 1}))})")
             if tools is None:
                 raise RowError(f"{name}[{index}]: a tool call, but the row has no 'tools' (the functions it may call)")
             for call in turn["tool_calls"]:
@@ -136,8 +147,8 @@ def check_calls(turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
             if match is None:
                 raise RowError(f"{name}[{index}]: tool_call_id {wanted!r} answers no call of the assistant's turn before it")
             pending.remove(match)
-        else:
-            pending = []
+            if not wanted and len(pending) and turns[index + 1:index + 2] and turns[index + 1]["role"] != "tool":
+                pending = []  # ShareGPT: one observation holds the results of all the turn's calls
 
 
 # ------------------------------------------------------------------------------------------ templates
@@ -174,7 +185,7 @@ TOOL_PROLOGUE = r"""{#- finetune: tool calls in the Hermes format for a chat tem
 {%- set f = call.function if call.function is defined else call -%}
 {%- set ns.calls = ns.calls ~ ("\n" if ns.calls else "") ~ '<tool_call>\n{"name": ' ~ (f.name | tojson) ~ ', "arguments": ' ~ (f.arguments if f.arguments is string else (f.arguments | tojson)) ~ '}\n</tool_call>' -%}
 {%- endfor -%}
-{%- set ns.messages = ns.messages + [{"role": "assistant", "content": ((m.content ~ "\n") if m.content else "") ~ ns.calls}] -%}
+{%- set ns.messages = ns.messages + [{"role": "assistant", "content": ((m.content | trim ~ "\n") if m.content and m.content | trim else "") ~ ns.calls}] -%}
 {%- elif not (loop.first and m.role == "system" and tools) -%}
 {%- set ns.messages = ns.messages + [m] -%}
 {%- endif -%}
@@ -190,6 +201,8 @@ TOOL_PROLOGUE = r"""{#- finetune: tool calls in the Hermes format for a chat tem
 _USES_TOOLS = re.compile(r"\btools\b")
 _USES_CALLS = re.compile(r"\btool_calls\b")
 
+# What a template writes around a call, read before the family (a Llama-architecture model may use Hermes' format).
+CALL_MARKS = (("<tool_call>", "hermes"), ("[TOOL_CALLS]", "mistral"), ("<|python_tag|>", "llama3_json"))
 # The vLLM tool parser for a model family whose own template renders tools (`--tool-call-parser`).
 NATIVE_PARSERS = {"qwen2": "hermes", "qwen3": "hermes", "llama": "llama3_json", "mistral": "mistral"}
 
@@ -213,7 +226,7 @@ def tool_template(chat_template: str | None, model_type: str | None) -> ToolTemp
         raise RowError("tool calls are rendered through the model's chat template, and this model's tokenizer has "
                        "none: pick an instruct model (or give the tokenizer a chat template)")
     if _USES_TOOLS.search(chat_template) and _USES_CALLS.search(chat_template) and TOOL_PROLOGUE not in chat_template:
-        parser = NATIVE_PARSERS.get(model_type or "")
+        parser = next((p for mark, p in CALL_MARKS if mark in chat_template), None) or NATIVE_PARSERS.get(model_type or "")
         return ToolTemplate(chat_template, True, parser,
                             "the model's chat template renders tools and tool calls itself"
                             + (f" (served with vLLM's {parser} tool parser)" if parser else
@@ -231,7 +244,7 @@ _CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 def parse_hermes_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
     """What vLLM's hermes parser makes of generated text: the content before the first <tool_call>, and the calls
-    ({name, arguments: JSON text}) in order; ([], text) when there are none or one is not JSON."""
+    ({name, arguments: JSON text}) in order; (text, []) when there are none or one is not JSON."""
     if "<tool_call>" not in text:
         return text, []
     try:

@@ -40,12 +40,18 @@ def read_turns(value: Any, name: str, *, weights: bool = False, tools: bool = Fa
                 raise RowError(f"{where}: a {word} turn: tool calls are trained from chat rows (messages or "
                                "conversations with a 'tools' column) under objective sft, not in these rows")
             raise RowError(f"{where}: unknown role {turn[role_key]!r} (known: {KNOWN_TOOL_ROLES if tools else KNOWN_ROLES})")
+        if not tools and (turn.get("tool_calls") or turn.get("function_call")):
+            raise RowError(f"{where}: a tool call: tool calls are trained from chat rows (messages or conversations with "
+                           "a 'tools' column) under objective sft, not in these rows")
+        if tools and turn.get("function_call") is not None and turn.get("tool_calls") is None:
+            raise RowError(f"{where}: 'function_call' is OpenAI's retired form; write it as tool_calls: [{{id, type: "
+                           "function, function: {name, arguments}}] with the functions in a 'tools' column")
         calls = None
         if word == "function_call":  # ShareGPT: the turn's value is the call(s) as JSON
             from sdk.data.tools import read_tool_calls
 
             calls = read_tool_calls(turn.get(content_key), f"{where}.{content_key}") if content_key else None
-        elif tools and role == "assistant" and turn.get("tool_calls") is not None:
+        elif tools and role == "assistant" and turn.get("tool_calls"):  # [] is no call, as vLLM reads it
             from sdk.data.tools import read_tool_calls
 
             calls = read_tool_calls(turn["tool_calls"], f"{where}.tool_calls")
@@ -54,6 +60,8 @@ def read_turns(value: Any, name: str, *, weights: bool = False, tools: bool = Fa
         if calls is not None:
             raw = turn.get("content") if word != "function_call" else None
             content = "" if raw is None else read_content(raw, f"{where}.content")
+        elif turn[content_key] is None:
+            raise RowError(f"{where}: {role} turn with no content (null)" + (" and no tool_calls" if role == "assistant" else ""))
         else:
             content = read_content(turn[content_key], f"{where}.{content_key}")
         out: dict[str, Any] = {"role": role, "content": content}
