@@ -24,61 +24,70 @@ def read_turns(value: Any, name: str, *, weights: bool = False, tools: bool = Fa
         raise RowError(f"{name!r} must be a list of turns, not {type(value).__name__}")
     if not value:
         raise RowError(f"{name!r} has no turns")
-    turns = []
-    for index, turn in enumerate(value):
-        where = f"{name}[{index}]"
-        if not isinstance(turn, dict):
-            raise RowError(f"{where}: a turn must be an object with role and content, not {type(turn).__name__}")
-        role_key = "role" if "role" in turn else "from" if "from" in turn else None
-        content_key = "content" if "content" in turn else "value" if "value" in turn else None
-        if role_key is None:
-            raise RowError(f"{where}: missing field 'role' (or ShareGPT's 'from')")
-        word = str(turn[role_key]).strip().lower() if isinstance(turn[role_key], str) else None
-        role = ROLES.get(word or "") or (TOOL_ROLES.get(word or "") if tools else None)
-        if role is None:
-            if word in TOOL_ROLES:
-                raise RowError(f"{where}: a {word} turn: tool calls are trained from chat rows (messages or "
-                               "conversations with a 'tools' column) under objective sft, not in these rows")
-            raise RowError(f"{where}: unknown role {turn[role_key]!r} (known: {KNOWN_TOOL_ROLES if tools else KNOWN_ROLES})")
-        if not tools and (turn.get("tool_calls") or turn.get("function_call")):
-            raise RowError(f"{where}: a tool call: tool calls are trained from chat rows (messages or conversations with "
-                           "a 'tools' column) under objective sft, not in these rows")
-        if tools and turn.get("function_call") is not None and turn.get("tool_calls") is None:
-            raise RowError(f"{where}: 'function_call' is OpenAI's retired form; write it as tool_calls: [{{id, type: "
-                           "function, function: {name, arguments}}] with the functions in a 'tools' column")
-        calls = None
-        if word == "function_call":  # ShareGPT: the turn's value is the call(s) as JSON
-            from sdk.data.tools import read_tool_calls
+    return [_read_turn(turn, f"{name}[{index}]", weights=weights, tools=tools) for index, turn in enumerate(value)]
 
-            calls = read_tool_calls(turn.get(content_key), f"{where}.{content_key}") if content_key else None
-        elif tools and role == "assistant" and turn.get("tool_calls"):  # [] is no call, as vLLM reads it
-            from sdk.data.tools import read_tool_calls
 
-            calls = read_tool_calls(turn["tool_calls"], f"{where}.tool_calls")
-        if content_key is None and calls is None:
-            raise RowError(f"{where}: missing field 'content' (or ShareGPT's 'value')")
-        if calls is not None:
-            raw = turn.get("content") if word != "function_call" else None
-            content = "" if raw is None else read_content(raw, f"{where}.content")
-        elif turn[content_key] is None:
-            raise RowError(f"{where}: {role} turn with no content (null)" + (" and no tool_calls" if role == "assistant" else ""))
-        else:
-            content = read_content(turn[content_key], f"{where}.{content_key}")
-        out: dict[str, Any] = {"role": role, "content": content}
-        if calls is not None:
-            out["tool_calls"] = calls
-        if role == "tool" and isinstance(turn.get("tool_call_id"), str):
-            out["tool_call_id"] = turn["tool_call_id"]
-        if "weight" in turn:
-            if not weights:
-                raise RowError(f"{where}: 'weight' marks SFT turns of OpenAI chat rows (messages), not these")
-            if turn["weight"] not in (0, 1) or isinstance(turn["weight"], bool):
-                raise RowError(f"{where}: weight must be 0 or 1, not {turn['weight']!r}")
-            if role != "assistant":
-                raise RowError(f"{where}: weight is only for assistant turns, not {role}")
-            out["weight"] = int(turn["weight"])
-        turns.append(out)
-    return turns
+def _role_of(turn: dict[str, Any], where: str, tools: bool) -> tuple[str, str | None]:
+    """The turn's role, and the word the row wrote for it."""
+    role_key = "role" if "role" in turn else "from" if "from" in turn else None
+    if role_key is None:
+        raise RowError(f"{where}: missing field 'role' (or ShareGPT's 'from')")
+    word = str(turn[role_key]).strip().lower() if isinstance(turn[role_key], str) else None
+    role = ROLES.get(word or "") or (TOOL_ROLES.get(word or "") if tools else None)
+    if role is None:
+        if word in TOOL_ROLES:
+            raise RowError(f"{where}: a {word} turn: tool calls are trained from chat rows (messages or "
+                           "conversations with a 'tools' column) under objective sft, not in these rows")
+        raise RowError(f"{where}: unknown role {turn[role_key]!r} (known: {KNOWN_TOOL_ROLES if tools else KNOWN_ROLES})")
+    if not tools and (turn.get("tool_calls") or turn.get("function_call")):
+        raise RowError(f"{where}: a tool call: tool calls are trained from chat rows (messages or conversations with "
+                       "a 'tools' column) under objective sft, not in these rows")
+    if tools and turn.get("function_call") is not None and turn.get("tool_calls") is None:
+        raise RowError(f"{where}: 'function_call' is OpenAI's retired form; write it as tool_calls: [{{id, type: "
+                       "function, function: {name, arguments}}] with the functions in a 'tools' column")
+    return role, word
+
+
+def _calls_of(turn: dict[str, Any], where: str, word: str | None, role: str, content_key: str | None, tools: bool) -> Any:
+    """An assistant turn's calls (OpenAI's tool_calls, or a ShareGPT function_call turn's value); None for others."""
+    from sdk.data.tools import read_tool_calls
+
+    if word == "function_call":  # ShareGPT: the turn's value is the call(s) as JSON
+        return read_tool_calls(turn.get(content_key), f"{where}.{content_key}") if content_key else None
+    if tools and role == "assistant" and turn.get("tool_calls"):  # [] is no call, as vLLM reads it
+        return read_tool_calls(turn["tool_calls"], f"{where}.tool_calls")
+    return None
+
+
+def _read_turn(turn: Any, where: str, *, weights: bool, tools: bool) -> dict[str, Any]:
+    if not isinstance(turn, dict):
+        raise RowError(f"{where}: a turn must be an object with role and content, not {type(turn).__name__}")
+    role, word = _role_of(turn, where, tools)
+    content_key = "content" if "content" in turn else "value" if "value" in turn else None
+    calls = _calls_of(turn, where, word, role, content_key, tools)
+    if content_key is None and calls is None:
+        raise RowError(f"{where}: missing field 'content' (or ShareGPT's 'value')")
+    if calls is not None:
+        raw = turn.get("content") if word != "function_call" else None
+        content = "" if raw is None else read_content(raw, f"{where}.content")
+    elif turn[content_key] is None:
+        raise RowError(f"{where}: {role} turn with no content (null)" + (" and no tool_calls" if role == "assistant" else ""))
+    else:
+        content = read_content(turn[content_key], f"{where}.{content_key}")
+    out: dict[str, Any] = {"role": role, "content": content}
+    if calls is not None:
+        out["tool_calls"] = calls
+    if role == "tool" and isinstance(turn.get("tool_call_id"), str):
+        out["tool_call_id"] = turn["tool_call_id"]
+    if "weight" in turn:
+        if not weights:
+            raise RowError(f"{where}: 'weight' marks SFT turns of OpenAI chat rows (messages), not these")
+        if turn["weight"] not in (0, 1) or isinstance(turn["weight"], bool):
+            raise RowError(f"{where}: weight must be 0 or 1, not {turn['weight']!r}")
+        if role != "assistant":
+            raise RowError(f"{where}: weight is only for assistant turns, not {role}")
+        out["weight"] = int(turn["weight"])
+    return out
 
 
 TEXT_PARTS = {"text": "text", "refusal": "refusal"}  # part type -> the key holding its text
