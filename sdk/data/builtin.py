@@ -116,11 +116,17 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def news_topics(split: str = "train", n: int | None = None, seed: int = 0) -> list[dict[str, str]]:
-    """Rows {instruction, input, output}; 'train' and 'test' share no entity, event, place or frame."""
+def _part(dataset: str, split: str) -> int:
+    """0 for the train split, 1 for test: each dataset's pools are split in two halves."""
     part = {"train": 0, "test": 1}.get(split)
     if part is None:
-        raise ValueError(f"builtin:news-topics has splits train and test, not {split!r}")
+        raise ValueError(f"builtin:{dataset} has splits train and test, not {split!r}")
+    return part
+
+
+def news_topics(split: str = "train", n: int | None = None, seed: int = 0) -> list[dict[str, str]]:
+    """Rows {instruction, input, output}; 'train' and 'test' share no entity, event, place or frame."""
+    part = _part("news-topics", split)
     n = n or (2000 if part == 0 else 400)
     rng = random.Random(f"news-topics:{split}:{seed}")
     rows = []
@@ -167,9 +173,7 @@ def city_dates(split: str = "train", n: int | None = None, seed: int = 0) -> lis
     """Rows {instruction, input, output}: a sentence and its {"city", "date"} as JSON; splits share no city or frame."""
     import json
 
-    part = {"train": 0, "test": 1}.get(split)
-    if part is None:
-        raise ValueError(f"builtin:city-dates has splits train and test, not {split!r}")
+    part = _part("city-dates", split)
     n = n or (800 if part == 0 else 100)
     rng = random.Random(f"city-dates:{split}:{seed}")
     rows = []
