@@ -102,7 +102,8 @@ def answer_all(model: Any, tokenizer: Any, examples: list[Example], *, max_new_t
 
     groups: dict[str, list[int]] = {}
     for index, example in enumerate(examples):
-        groups.setdefault(json.dumps(example.tools) if example.tools else "", []).append(index)
+        if example.prompt:  # a plain-text document has no prompt to answer: nothing generated for it
+            groups.setdefault(json.dumps(example.tools) if example.tools else "", []).append(index)
     outputs = [""] * len(examples)
     for key, indices in groups.items():
         answers = generate(model, tokenizer, [examples[i].prompt for i in indices], max_new_tokens=max_new_tokens,

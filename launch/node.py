@@ -180,7 +180,8 @@ class NodeRecipe:
         from launch.train import gathered_module_by_module
 
         ev = self.spec.eval
-        if not (self.eval_examples and getattr(ev, when) and (ev.labels or ev.metrics)):
+        answers = any(e.prompt for e in self.eval_examples) and (ev.labels or ev.metrics)  # a corpus has no prompts
+        if not (getattr(ev, when) and (answers or ev.forgetting)):
             return None
         if when == "before" and self.spec.distributed.strategy == "fsdp" and ranks.world_size() > 1:
             if ranks.is_main():  # rank-0-only loading: the other ranks hold meta tensors until FSDP wraps the model
