@@ -86,6 +86,7 @@ class NodeRecipe:
     trainer: Any = None
     result: Any = None  # the trainer's TrainOutput
     general_loss: dict[str, float] = field(default_factory=dict)  # before / after: loss on general text (forgetting)
+    base_row: dict[str, Any] | None = None  # the base's metrics row, logged when training starts
     judged: dict[str, Any] | None = None  # eval.judge's result (sdk.evaluation.judge.JudgeResult.as_dict)
     eval_loss: float | None = None
     adapter_bytes: int = 0  # save()
@@ -206,7 +207,11 @@ class NodeRecipe:
             logged["general_loss"] = self.general_loss[when]
         if logged:  # metrics.jsonl and the trackers: the base's as base_*, the tuned model's as eval_*
             prefix = "base_" if when == "before" else "eval_"
-            self.sink.metric({"step": self.steps_done(), **{prefix + k: v for k, v in logged.items()}})
+            row = {"step": self.steps_done(), **{prefix + k: v for k, v in logged.items()}}
+            if when == "before":  # logged once training knows whether it resumes (a resumed run kept its own)
+                self.base_row = row
+            else:
+                self.sink.metric(row)
         return result
 
     def evaluate_before(self) -> None:
@@ -265,6 +270,8 @@ class NodeRecipe:
             self.sink.resume_from(resume[0])
             if ranks.is_main():
                 print(f"[finetune] resuming from committed checkpoint {resume[0]}", flush=True)
+        elif self.base_row is not None:  # written only now: a row flushed before resume_from would replace the stored curve
+            self.sink.metric(self.base_row)
         if self.spec.tracking and ranks.is_main():
             from launch.tracking import Trackers
 
