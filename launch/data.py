@@ -281,3 +281,17 @@ def labelled_examples(spec: FineTuneSpec, path: str, *, text_field: str = "text"
         raise DataError(check.error())
     renderer = Renderer(mapped)
     return [renderer.example(s) for s in check.samples]
+
+
+def rows_kept(kept: int, rows: int, max_length: int, *, say: bool) -> None:
+    """trl drops a row whose answer starts after max_length tokens (nothing left to learn): all of them is an error
+    naming the setting, some of them a line in the log."""
+    from sdk.core.errors import SpecError
+
+    if kept == 0:
+        raise SpecError(f"data.max_length: every training row's answer starts after {max_length} tokens (its prompt is "
+                        "longer), so truncation leaves nothing to learn; raise data.max_length (finetune validate reports "
+                        "the longest row)")
+    if kept < rows and say:
+        print(f"[finetune] {rows - kept} of {rows} training rows dropped: their answer starts after data.max_length "
+              f"{max_length} tokens", flush=True)

@@ -231,8 +231,8 @@ class NodeRecipe:
         """Resume from the newest committed checkpoint if any, train, then the eval loss."""
         from launch import ranks
         from launch.checkpoints import CheckpointUploader, prepare_resume
+        from launch.data import rows_kept
         from launch.train import build_trainer
-        from sdk.core.errors import SpecError
 
         self.sink.set_state("running", phase="training", trainable_params=self.trainable)
         uploader = CheckpointUploader(self.folder, self.workdir, keep=self.spec.train.keep_checkpoints,
@@ -250,14 +250,7 @@ class NodeRecipe:
                                 precision=self.precision, hardware=self.hardware, attention=self.attention,
                                 workdir=self.workdir, sink=self.sink, on_checkpoint=on_checkpoint,
                                 assistant_only_loss=self.data.assistant_only_loss)
-        kept = len(trainer.train_dataset)
-        if kept == 0:
-            raise SpecError(f"data.max_length: every training row's answer starts after {self.spec.data.max_length} tokens "
-                            "(its prompt is longer), so truncation leaves nothing to learn; raise data.max_length "
-                            "(finetune validate reports the longest row)")
-        if kept < len(self.data.train) and ranks.is_main():
-            print(f"[finetune] {len(self.data.train) - kept} of {len(self.data.train)} training rows dropped: their answer "
-                  f"starts after data.max_length {self.spec.data.max_length} tokens", flush=True)
+        rows_kept(len(trainer.train_dataset), len(self.data.train), self.spec.data.max_length, say=ranks.is_main())
         if ranks.is_main():
             from launch.data import preview
 
