@@ -75,9 +75,7 @@ class LabelScore:
 
 def label_accuracy(model: Any, tokenizer: Any, examples: list[Example], labels: list[str], *, max_new_tokens: int) -> LabelScore:
     outputs = generate(model, tokenizer, [e.prompt for e in examples], max_new_tokens=max_new_tokens)
-    correct = sum(match_label(out, labels) == ex.response for out, ex in zip(outputs, examples, strict=True))
-    total = len(examples)
-    return LabelScore(correct / total if total else 0.0, correct, total, outputs)
+    return scored(examples, outputs, labels=labels, metrics=False).label
 
 
 def side_by_side(examples: list[Example], base: list[str], tuned: list[str], n: int) -> list[dict[str, str]]:
