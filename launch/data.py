@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdk.core.objectives import objective_named
 from sdk.core.spec import DataSpec, FineTuneSpec
 from sdk.data.check import LengthCount, SourceCheck, auto_template_note, chat_loss_route, load_samples
 from sdk.data.formats import Instruction, Sample, learns_several_turns
+from sdk.data.prompts import encode_json_columns, json_columns
 from sdk.data.rendering import Example, Renderer, instruction_prompt
 from sdk.data.rows import BadRow, DataError, iter_rows
+from sdk.objectives import objective_of
 
 __all__ = ["DataError", "Example", "PreparedData", "prepare", "read_rows", "labelled_examples", "instruction_prompt"]
 
@@ -85,6 +86,28 @@ class PreparedData:
     template: str = "instruction"  # the template the training rows were written in ('auto' resolved)
     tools: Any = None  # sdk.data.tools.ToolTemplate when rows offer tools (the tokenizer now renders with its source)
     instruction: str | None = None  # the instruction all training rows share, if they do (classification data)
+    json_columns: set[str] = field(default_factory=set)  # prompt rows' columns written as JSON text (sdk.data.prompts)
+    files: dict[str, Path] = field(default_factory=dict)  # files shipped with the run (sdk.runs.shipping), on this node
+
+
+def shipped_files(folder: Any, workdir: Path) -> dict[str, Path]:
+    """The run folder's shipped files (files.json) downloaded into scratch, each checked against its sha256."""
+    import hashlib
+
+    from sdk.store.runfolder import FILES_INDEX
+
+    if folder is None or not folder.store.exists(folder.key(FILES_INDEX)):
+        return {}
+    out = {}
+    for name, entry in folder.read_json(FILES_INDEX).items():
+        body = folder.store.get_bytes(folder.key(entry["key"]))
+        if hashlib.sha256(body).hexdigest() != entry["sha256"]:
+            raise DataError(f"{folder.uri}/{entry['key']}: its bytes do not match the sha256 recorded in {FILES_INDEX}")
+        target = workdir / entry["key"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(body)
+        out[name] = target
+    return out
 
 
 def _route(train: list[Sample], chat_template: str | None) -> tuple[str, str | None]:
@@ -109,7 +132,9 @@ def _tool_template(tokenizer: Any, model_type: str | None, rows: list[Sample]) -
     return tools
 
 
-def prepare(spec: FineTuneSpec, tokenizer: Any = None, *, model_type: str | None = None) -> PreparedData:
+def _split(spec: FineTuneSpec) -> tuple[list[Sample], list[Sample], dict[str, str]]:
+    """(training samples, held-out samples, the format of each source): data.eval_source, else a seeded share of
+    data.source held out; then data.max_samples."""
     data = spec.data
     check = samples(spec, data.source, "data.source")
     rows = check.samples
@@ -125,7 +150,7 @@ def prepare(spec: FineTuneSpec, tokenizer: Any = None, *, model_type: str | None
         rng.shuffle(shuffled)
         n_eval = int(round(len(shuffled) * data.holdout_fraction))
         eval_rows, train_rows = shuffled[:n_eval], shuffled[n_eval:]
-    in_order = objective_named(spec.objective).reads_in_order  # its trainer does not shuffle: the node does, first
+    in_order = objective_of(spec).reads_in_order  # its trainer does not shuffle: the node does, first
     if in_order and data.eval_source:  # before max_samples, or a sorted file would give one class only
         train_rows = train_rows[:]
         rng.shuffle(train_rows)
@@ -133,6 +158,13 @@ def prepare(spec: FineTuneSpec, tokenizer: Any = None, *, model_type: str | None
         train_rows = train_rows[: data.max_samples]
     if not train_rows:
         raise DataError(f"data.source: no training rows left after the eval split of {data.holdout_fraction}")
+    return train_rows, eval_rows, formats
+
+
+def prepare(spec: FineTuneSpec, tokenizer: Any = None, *, model_type: str | None = None, folder: Any = None,
+            workdir: Path | None = None) -> PreparedData:
+    data = spec.data
+    train_rows, eval_rows, formats = _split(spec)
     chat_template = getattr(tokenizer, "chat_template", None)
     has_chat = bool(chat_template) if tokenizer is not None else None
     route, why = _route(train_rows, chat_template)
@@ -156,6 +188,8 @@ def prepare(spec: FineTuneSpec, tokenizer: Any = None, *, model_type: str | None
     if tools is not None:  # tokenized here, from plain dicts: an arrow table would retype each row's arguments
         train_rows_out = tokenized_chat_rows(train_rows_out, tokenizer, [w for w, _ in placed])
         eval_rows_out = tokenized_chat_rows(eval_rows_out, tokenizer, [s.where for s in eval_samples for _ in renderer.trainer_rows(s)])
+    encoded = json_columns(train_rows_out + eval_rows_out)
+    train_rows_out, eval_rows_out = encode_json_columns(train_rows_out, encoded), encode_json_columns(eval_rows_out, encoded)
     return PreparedData(
         train=train_rows_out,
         template=renderer.template(train_rows[0]),
@@ -167,6 +201,8 @@ def prepare(spec: FineTuneSpec, tokenizer: Any = None, *, model_type: str | None
         tools=tools,
         formats=formats,
         notes=notes,
+        json_columns=encoded,
+        files=shipped_files(folder, workdir) if workdir is not None else {},
     )
 
 
@@ -242,6 +278,11 @@ def preview(row: dict[str, Any], tokenizer: Any, *, where: str, completion_only:
     if "label" in row and "completion_ids" in row:  # KTO: one answer, labelled desirable or not
         return {"where": where, "prompt": decode(row["prompt_ids"]), "completion": decode(row["completion_ids"]),
                 "label": bool(row["label"])}
+    if "input_ids" not in row and "prompt" in row:  # a prompt row (grpo): tokenized when its answers are sampled
+        prompt = row["prompt"]
+        text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True) \
+            if isinstance(prompt, list) else prompt
+        return {"where": where, "prompt": text, "reference": row.get("reference")}
     ids = list(row["input_ids"])
     if "labels" in row:  # trl folds its masks into labels: -100 is out of the loss
         mask = [label != -100 for label in row["labels"]]

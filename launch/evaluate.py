@@ -92,6 +92,29 @@ class Evaluation:
     outputs: list[str]
     label: LabelScore | None = None
     metrics: Any = None  # sdk.evaluation.metrics.Scores over the rows with a reference answer
+    reward: Any = None  # sdk.core.summary.RewardScore: the objective's rewards of these answers (grpo)
+
+
+def answer_tokens(spec: Any) -> int:
+    """How long a held-out answer may be: eval.max_new_tokens, or the objective's own answer length if longer (a
+    grpo answer is scored whole)."""
+    return max(spec.eval.max_new_tokens, getattr(spec.objective, "max_completion_length", 0))
+
+
+def heldout_reward(spec: Any, examples: list[Example], outputs: list[str], *, files: dict[str, Any]) -> Any:
+    """The objective's rewards (an objective whose settings hold `rewards`) of greedy answers to held-out prompts."""
+    from sdk.core.summary import RewardScore
+    from sdk.data.prompts import REFERENCE
+    from sdk.evaluation.rewards import score_rows
+
+    items = getattr(spec.objective, "rewards", None)
+    answered = [(e, o) for e, o in zip(examples, outputs, strict=True) if e.prompt]
+    if not items or not answered:
+        return None
+    rows = [{**(e.fields or {}), REFERENCE: (e.fields or {}).get(REFERENCE, e.response)} for e, _ in answered]
+    scores = score_rows(items, answers=[o for _, o in answered], rows=rows, prompts=[e.prompt for e, _ in answered],
+                        files=files)
+    return RewardScore(mean=scores["mean"], means=scores["means"], n=len(answered))
 
 
 def answer_all(model: Any, tokenizer: Any, examples: list[Example], *, max_new_tokens: int) -> list[str]:

@@ -15,6 +15,7 @@ facts once (`read_cuda_facts`) and asks these functions; none of them imports to
     upcast_frozen_weights fp32 copies of a 4-bit model's 16-bit weights only under fp16
     activation_offloading saved activations in CPU memory by default for QLoRA where a benchmark showed it free
     optimizer_name        fused AdamW on CUDA
+    rollout_choice        who generates a sampling objective's answers: vLLM colocated, a vLLM server, or transformers
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 ALLOW_CPU = "FINETUNE_ALLOW_CPU"  # =1: train on the CPU although GPUs were asked for (tests, fake GPUs)
 FLASH_MIN_CAPABILITY = (8, 0)  # flash-attention 2 needs Ampere or later
@@ -304,6 +306,56 @@ def optimizer_name(requested: str, *, cuda: bool) -> str:
              "paged_adamw_8bit": "paged_adamw_8bit", "paged_adamw_32bit": "paged_adamw_32bit",
              "adafactor": "adafactor", "sgd": "sgd"}
     return names[requested]
+
+
+# The launcher sets this when it started a vLLM server for the run's rollouts (launch.launcher.vllm_server_command).
+VLLM_SERVER_URL = "FINETUNE_VLLM_SERVER_URL"
+VLLM_PORT = 8000  # trl's default vllm_server_port
+# PyPI's vLLM is a CUDA 13 build: the node installs it only beside a CUDA 13 torch (sdk.backends.node_setup).
+_NO_VLLM = "the node installs vLLM only where its torch is a CUDA 13 build (NVIDIA driver >= 580)"
+
+
+def rollout_choice(asked: str, *, cuda: bool, vllm_installed: bool, gpus_on_node: int, nodes: int,
+                   server_url: str | None = None) -> tuple[dict[str, Any], str]:
+    """(GRPOConfig kwargs, why) for who generates the answers (objective.rollouts). auto: vLLM colocated on CUDA where
+    vllm is installed, else transformers' generate. vllm_colocate and vllm_server need both; vllm_server also one
+    node with 2+ GPUs: the launcher serves on the last and trains on the others. `server_url` is the server the
+    launcher started (VLLM_SERVER_URL): its GPU is already set aside, so the training GPUs are not counted again."""
+    if asked == "transformers":
+        return {"use_vllm": False}, "transformers generate (objective.rollouts: transformers)"
+    if asked == "auto":
+        if cuda and vllm_installed:
+            return {"use_vllm": True, "vllm_mode": "colocate"}, "vLLM colocated (auto: a CUDA GPU and vllm installed)"
+        why = "no CUDA GPU" if not cuda else f"vllm is not installed here; {_NO_VLLM}"
+        return {"use_vllm": False}, f"transformers generate (auto: {why})"
+    if asked not in ("vllm_colocate", "vllm_server"):
+        raise ValueError(f"objective.rollouts: {asked!r} is not one of auto, transformers, vllm_colocate, vllm_server")
+    if not cuda:
+        raise ValueError(f"objective.rollouts: {asked} needs a CUDA GPU and this node has none; use rollouts: "
+                         "transformers (auto picks it on CPU)")
+    if not vllm_installed:
+        raise ValueError(f"objective.rollouts: {asked} needs vLLM, which is not installed on this node ({_NO_VLLM}); "
+                         "use rollouts: auto or transformers, or resources.image with such a driver")
+    if asked == "vllm_colocate":
+        return {"use_vllm": True, "vllm_mode": "colocate"}, "vLLM colocated (objective.rollouts: vllm_colocate)"
+    if nodes > 1:
+        raise ValueError(f"objective.rollouts: vllm_server serves from one GPU of a single-node run; this run has "
+                         f"{nodes} nodes: use vllm_colocate")
+    if server_url is None and gpus_on_node < 2:
+        raise ValueError(f"objective.rollouts: vllm_server needs 2+ GPUs on the node (one serves, the others train); "
+                         f"this node has {gpus_on_node}: ask for more in resources.accelerators, or use vllm_colocate")
+    url = server_url or f"http://127.0.0.1:{VLLM_PORT}"
+    parts = urlsplit(url)
+    kwargs = {"use_vllm": True, "vllm_mode": "server", "vllm_server_base_url": url,
+              "vllm_server_host": parts.hostname or "127.0.0.1", "vllm_server_port": parts.port or VLLM_PORT}
+    return kwargs, f"a vLLM server at {url} on its own GPU (objective.rollouts: vllm_server)"
+
+
+def vllm_installed() -> bool:
+    """Fact for rollout_choice."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
 
 
 def flash_attn_installed() -> bool:

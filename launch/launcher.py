@@ -9,6 +9,9 @@ Every multi-process run goes through torchrun, DeepSpeed included: the Trainer i
 from the generated config, and torchrun needs no ssh/pdsh between nodes (the `deepspeed` launcher
 does). accelerate is not used as a launcher: `accelerate launch --cpu --num_processes 2` silently
 runs a single process.
+
+A run whose rollouts are a vLLM server (objective.rollouts: vllm_server) trains on all but the node's last GPU, and
+the launcher execs launch.rollout_server instead, which serves on that GPU while the training runs.
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdk.core.spec import FineTuneSpec
+
+if TYPE_CHECKING:
+    from launch.rollout_server import ServerPlan
 
 DEFAULT_MASTER_PORT = 29500
 
@@ -105,8 +111,41 @@ class LaunchPlan:
         return " ".join([*assignments, shlex.join(self.argv)])
 
 
-def processes_per_node(spec: FineTuneSpec, topology: Topology) -> int:
-    return spec.distributed.nproc_per_node or max(topology.gpus_per_node, 1)
+def processes_per_node(spec: FineTuneSpec, topology: Topology, *, serving: int = 0) -> int:
+    """One per GPU, less the `serving` GPUs a rollout server takes (launch.rollout_server), unless the spec says."""
+    nproc = spec.distributed.nproc_per_node or max(topology.gpus_per_node - serving, 1)
+    if serving and nproc > topology.gpus_per_node - serving:
+        raise ValueError(f"distributed.nproc_per_node: {nproc} processes, but {serving} of this node's "
+                         f"{topology.gpus_per_node} GPUs serve rollouts (objective.rollouts: vllm_server)")
+    return nproc
+
+
+def rollout_server(spec: FineTuneSpec, topology: Topology, env: Mapping[str, str], *, python: str = sys.executable,
+                   port: int | None = None) -> tuple[ServerPlan, dict[str, str]] | None:
+    """(the vLLM server, the training's added environment) for a run whose rollouts are vllm_server, else None; a
+    ValueError naming objective.rollouts where this node cannot serve (launch.gpu.rollout_choice)."""
+    if getattr(spec.objective, "rollouts", None) != "vllm_server":
+        return None
+    from launch.gpu import VLLM_PORT, VLLM_SERVER_URL, rollout_choice, vllm_installed
+    from launch.rollout_server import split_gpus, vllm_server_command
+
+    gpus = topology.gpus_per_node
+    rollout_choice("vllm_server", cuda=gpus > 0, vllm_installed=vllm_installed(), gpus_on_node=gpus,
+                   nodes=topology.num_nodes)
+    train, serve = split_gpus(gpus, env.get("CUDA_VISIBLE_DEVICES"))
+    # trl's default port where it is free: a trainer that was not told the URL still finds the server
+    server = vllm_server_command(spec, port=port or (VLLM_PORT if port_free(VLLM_PORT) else free_port()), gpu=serve,
+                                 python=python)
+    return server, {"CUDA_VISIBLE_DEVICES": train, VLLM_SERVER_URL: server.url}
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def build_plan(
@@ -117,17 +156,19 @@ def build_plan(
     python: str = sys.executable,
     master_port: int | None = None,
     env: Mapping[str, str] | None = None,
+    serving: dict[str, str] | None = None,
 ) -> LaunchPlan:
-    """The command that starts the node entrypoint on every rank of this node."""
+    """The command that starts the node entrypoint on every rank of this node; `serving`: the training's environment
+    beside a rollout server on one of the node's GPUs (rollout_server)."""
     env = os.environ if env is None else env
-    nproc = processes_per_node(spec, topology)
+    nproc = processes_per_node(spec, topology, serving=1 if serving else 0)
     world = nproc * topology.num_nodes
     node_args = ["-m", "launch", "--run-dir", run_dir]
     # DeepSpeed needs a launcher's rendezvous even for one process (else it asks for mpi4py), and so does
     # accelerate's FSDP (a process group of one).
     if world == 1 and spec.distributed.strategy not in ("deepspeed", "fsdp"):
-        return LaunchPlan(argv=[python, *node_args])
-    added: dict[str, str] = {}
+        return LaunchPlan(argv=[python, *node_args], env=dict(serving or {}))
+    added: dict[str, str] = dict(serving or {})
     interface = interface_for(topology.node_ip)
     for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
         if interface and var not in env:
@@ -271,11 +312,15 @@ def main(argv: list[str] | None = None) -> int:
             raise FinetuneError(f"{folder.uri}/{SPEC}: no spec in the run folder")
         spec = parse_spec(stored, source=f"{folder.uri}/{SPEC}")
         topology = Topology.from_env()
-        plan = build_plan(spec, folder.uri, topology)
+        server = rollout_server(spec, topology, os.environ)
+        plan = build_plan(spec, folder.uri, topology, serving=server[1] if server else None)
     except (FinetuneError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     print(f"[finetune] launch: {plan.render()}", flush=True)
+    if server:
+        print(f"[finetune] launch: rollouts served on GPU {server[0].env['CUDA_VISIBLE_DEVICES']} by "
+              f"{shlex.join(server[0].argv)}", flush=True)
     if args.print or os.environ.get("FINETUNE_LAUNCHER_PRINT") == "1":  # the env form reaches a cluster's run script
         return 0
     error = gpu_check(spec)
@@ -289,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     # Ranks on one node share a scratch folder, so a checkpoint written by all of them is one folder.
     env.setdefault("FINETUNE_WORKDIR", tempfile.mkdtemp(prefix=f"finetune-{folder.run_id}-"))
     sys.stdout.flush()
+    if server:  # a process that starts the server, trains beside it and stops it (same PID, as below)
+        from launch.rollout_server import handoff
+
+        os.execvpe(sys.executable, [sys.executable, "-m", "launch.rollout_server"],
+                   {**env, **handoff(server[0], plan.argv, folder.uri)})
     os.execvpe(plan.argv[0], plan.argv, env)  # same PID: signals from the backend reach the launcher
     return 0  # unreachable
 

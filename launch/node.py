@@ -32,6 +32,7 @@ from sdk.core.summary import (
     Forgetting,
     Generation,
     GenerationMetrics,
+    HeldOutReward,
     JudgeScore,
     LabelAccuracy,
     LabelScore,
@@ -161,7 +162,8 @@ class NodeRecipe:
     def _prepare_data(self) -> None:
         from launch import data, ranks
 
-        self.data = data.prepare(self.spec, self.tokenizer, model_type=getattr(self.model.config, "model_type", None))
+        self.data = data.prepare(self.spec, self.tokenizer, model_type=getattr(self.model.config, "model_type", None),
+                                 folder=self.folder, workdir=self.workdir)
         if not ranks.is_main():
             return
         if self.data.tools is not None:  # what serve and generate render tool requests with
@@ -177,7 +179,7 @@ class NodeRecipe:
     def _evaluate(self, when: str) -> Any:
         """Greedy answers to the held-out prompts (launch.evaluate): label accuracy, generation metrics."""
         from launch import ranks
-        from launch.evaluate import answer_all, general_text, scored, text_loss
+        from launch.evaluate import answer_all, answer_tokens, general_text, heldout_reward, scored, text_loss
         from launch.train import gathered_module_by_module
 
         ev = self.spec.eval
@@ -195,14 +197,16 @@ class NodeRecipe:
         # hooks fetch each layer's shards.
         gather = gathered_module_by_module(self.model) if when == "before" else contextlib.nullcontext()
         with gather:
-            outputs = answer_all(self.model, self.tokenizer, self.eval_examples, max_new_tokens=ev.max_new_tokens)
+            outputs = answer_all(self.model, self.tokenizer, self.eval_examples, max_new_tokens=answer_tokens(self.spec))
             if ev.forgetting:
                 self.general_loss[when] = text_loss(self.model, self.tokenizer, general_text())
         tools = self.data.tools
         result = scored(self.eval_examples, outputs, labels=ev.labels, metrics=ev.metrics,
                         tool_parser=tools.parser if tools else "hermes")
+        result.reward = heldout_reward(self.spec, self.eval_examples, outputs, files=self.data.files)
         self._timed(f"eval_{when}_s", t0)
-        logged = dict(result.metrics.means) if result.metrics is not None else {}
+        logged = {**(result.metrics.means if result.metrics is not None else {}),
+                  **({"heldout_reward": result.reward.mean} if result.reward is not None else {})}
         if when in self.general_loss:
             logged["general_loss"] = self.general_loss[when]
         if logged:  # metrics.jsonl and the trackers: the base's as base_*, the tuned model's as eval_*
@@ -246,10 +250,9 @@ class NodeRecipe:
                 trackers.sync()  # and the trackers' (TensorBoard's event files in the run folder)
             uploader.submit(local_dir, step)
 
-        trainer = build_trainer(self.spec, self.model, self.tokenizer, self.data.train, self.data.eval,
-                                precision=self.precision, hardware=self.hardware, attention=self.attention,
-                                workdir=self.workdir, sink=self.sink, on_checkpoint=on_checkpoint,
-                                assistant_only_loss=self.data.assistant_only_loss)
+        trainer = build_trainer(self.spec, self.model, self.tokenizer, self.data, precision=self.precision,
+                                hardware=self.hardware, attention=self.attention, workdir=self.workdir, sink=self.sink,
+                                on_checkpoint=on_checkpoint)
         rows_kept(len(trainer.train_dataset), len(self.data.train), self.spec.data.max_length, say=ranks.is_main())
         if ranks.is_main():
             from launch.data import preview
@@ -279,7 +282,7 @@ class NodeRecipe:
         self.check_cancel()
         self.model = trainer.model
         self.eval_loss = None
-        if self.data.eval:
+        if self.data.eval and getattr(trainer, "eval_dataset", None) is not None:
             self.sink.set_state("running", phase="evaluating")
             self.eval_loss = trainer.evaluate().get("eval_loss")
 
@@ -338,7 +341,6 @@ class NodeRecipe:
 
         def score(s: Any) -> LabelScore | None:
             return LabelScore(accuracy=s.accuracy, correct=s.correct, total=s.total) if s else None
-
         def metrics(e: Any) -> MetricScores | None:
             return MetricScores(means=e.metrics.means, counts=e.metrics.counts) if e is not None and e.metrics else None
 
@@ -348,7 +350,7 @@ class NodeRecipe:
             if self.before and self.after else []
         self.timings["total_s"] = time.time() - self.started
         summary = RunSummary(
-            run_id=self.folder.run_id, model=self.spec.model.id, method=self.spec.method.name, objective=self.spec.objective,
+            run_id=self.folder.run_id, model=self.spec.model.id, method=self.spec.method.name, objective=self.spec.objective.name,
             precision=self.precision, hardware=self.hardware, trainable_params=self.trainable, total_params=self.total,
             trainable_percent=100.0 * self.trainable / self.total if self.total else 0.0,
             resident_memory_bytes=self.resident_bytes, peak_memory_bytes=peak, peak_memory_kind=peak_kind,
@@ -362,6 +364,7 @@ class NodeRecipe:
             generation_metrics=GenerationMetrics(before=metrics(self.before), after=metrics(self.after)),
             forgetting=Forgetting.of(self.general_loss.get("before"), self.general_loss.get("after")),
             judge=JudgeScore(**self.judged) if self.judged else None,
+            reward=HeldOutReward.of(self.before and self.before.reward, self.after and self.after.reward),
             generations=[Generation(**g) for g in generations], adapter_bytes=self.adapter_bytes,
             runtime_s=Runtime(**self.timings), resumed_from_step=self.resumed_from, world_size=ranks.world_size(),
             strategy=self.spec.distributed.strategy if ranks.world_size() > 1 or self.spec.distributed.strategy in ("deepspeed", "fsdp")

@@ -1,4 +1,5 @@
-"""Trainer construction (trl SFTTrainer / DPOTrainer) and the callback that feeds the run folder."""
+"""What every objective's trainer shares (its arguments, the callback that feeds the run folder, resume and dtype
+fixes) and building the spec's one (launch.objectives.<name>, named by its registration in sdk.objectives)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,17 @@ import resource
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sdk.core.errors import FinetuneError
 from sdk.core.methods import gradient_checkpointing, method_of
+from sdk.core.metric_names import logged_row
 from sdk.core.precision import Precision, torch_dtype, trainable_dtype, uses_tf32
 from sdk.core.spec import FineTuneSpec
 from sdk.core.summary import Hardware, TrainFeatures
+from sdk.objectives import objective_of
 
 
 def has_cuda() -> bool:
@@ -131,13 +134,8 @@ def make_callback(sink: Any, on_checkpoint: Callable[[Path, int], None] | None =
             logs = dict(logs or {})
             now = time.time()
             tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
-            row: dict[str, Any] = {"step": state.global_step, "epoch": state.epoch, "time": now}
-            renames = {"loss": "loss", "learning_rate": "lr", "grad_norm": "grad_norm", "eval_loss": "eval_loss"}
-            for key, value in logs.items():
-                if key in renames:
-                    row[renames[key]] = float(value)
-                elif key.startswith(("eval_", "rewards/", "logps/", "mean_token_accuracy")) or key in ("entropy",):
-                    row[key.replace("/", "_")] = float(value) if isinstance(value, (int, float)) else value
+            row: dict[str, Any] = {"step": state.global_step, "epoch": state.epoch, "time": now,
+                                   **logged_row(logs)}  # every number the trainer logged (sdk.core.metric_names)
             if "loss" in row and tokens:
                 elapsed = max(now - self.last_time, 1e-9)
                 row["tokens_per_s"] = (tokens - self.last_tokens) / elapsed
@@ -150,9 +148,10 @@ def make_callback(sink: Any, on_checkpoint: Callable[[Path, int], None] | None =
             if len(row) > 4 and ranks.is_main():
                 sink.metric(row)
                 shown = " ".join(
-                    f"{k} {row[k]:.4g}" for k in ("loss", "lr", "grad_norm", "tokens_per_s", "eval_loss") if k in row
+                    f"{k} {row[k]:.4g}" for k in ("loss", "lr", "grad_norm", "reward", "tokens_per_s", "eval_loss") if k in row
                 )
-                print(f"[finetune] step {state.global_step}/{state.max_steps} {shown}", flush=True)
+                if shown:
+                    print(f"[finetune] step {state.global_step}/{state.max_steps} {shown}", flush=True)
 
     return RunFolderCallback()
 
@@ -291,6 +290,17 @@ def training_args(spec: FineTuneSpec, *, precision: Precision, hardware: Hardwar
     return common
 
 
+def config_args(config_cls: type, args: dict[str, Any]) -> dict[str, Any]:
+    """The shared arguments a trainer's config takes. Activation offloading is an SFT/DPO/KTO feature of trl: a
+    config without it trains without it, and says so when it was on."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    if args.get("activation_offloading") and "activation_offloading" not in known:
+        print(f"[finetune] note: {config_cls.__name__} has no activation offloading; training without it", flush=True)
+    return {k: v for k, v in args.items() if k in known}
+
+
 @dataclass(frozen=True)
 class TrainerInputs:
     """What an objective's trainer is built from."""
@@ -304,94 +314,23 @@ class TrainerInputs:
     callbacks: list[Any]
     attention: str
     assistant_only_loss: bool
+    files: dict[str, Path] = field(default_factory=dict)  # files shipped with the run, by the name the spec gives them
+    json_columns: frozenset[str] = frozenset()  # columns written as JSON text to fit one arrow table (sdk.data.prompts)
 
 
-def sft_trainer(inputs: TrainerInputs) -> tuple[Any, str | None]:
-    from trl import SFTConfig, SFTTrainer
-
-    from launch.gpu import layer_kinds, packing_choice, transformers_packs_masks
-
-    spec = inputs.spec
-    kinds, kinds_from = layer_kinds(inputs.model.config)
-    pack, padding_free, note = packing_choice(spec.data.packing, inputs.attention, packed_masks=transformers_packs_masks(),
-                                              kinds=kinds, kinds_from=kinds_from)
-    if note:
-        print(f"[finetune] note: {note}", flush=True)
-    args = SFTConfig(**inputs.args, packing=pack, padding_free=padding_free, completion_only_loss=spec.data.completion_only_loss,
-                     assistant_only_loss=inputs.assistant_only_loss)
-    trainer = with_cpu_resume_fix(SFTTrainer)(model=inputs.model, args=args, train_dataset=inputs.train_ds,
-                                              eval_dataset=inputs.eval_ds, processing_class=inputs.tokenizer,
-                                              callbacks=inputs.callbacks)
-    return trainer, note
-
-
-def dpo_trainer(inputs: TrainerInputs) -> tuple[Any, str | None]:
-    from trl import DPOConfig, DPOTrainer
-
-    args = DPOConfig(**inputs.args, beta=inputs.spec.train.dpo_beta)
-    trainer = with_cpu_resume_fix(DPOTrainer)(model=inputs.model, args=args, train_dataset=inputs.train_ds,
-                                              eval_dataset=inputs.eval_ds, processing_class=inputs.tokenizer,
-                                              callbacks=inputs.callbacks)
-    return trainer, None
-
-
-def kto_weights(desirable: int, undesirable: int) -> tuple[float, float]:
-    """(desirable_weight, undesirable_weight) for KTO on unbalanced data: the rarer class is weighted up so that
-    desirable_weight * desirable / (undesirable_weight * undesirable) is 1, inside the [1, 4/3] the KTO paper
-    (Eq. 8) and trl's docs recommend; the commoner class keeps weight 1. One class only: (1, 1)."""
-    if not desirable or not undesirable:
-        return 1.0, 1.0
-    if desirable >= undesirable:
-        return 1.0, round(desirable / undesirable, 4)
-    return round(undesirable / desirable, 4), 1.0
-
-
-def kto_trainer(inputs: TrainerInputs) -> tuple[Any, str | None]:
-    from trl import KTOConfig, KTOTrainer
-
-    labels = list(inputs.train_ds["label"])
-    desirable, undesirable = sum(labels), len(labels) - sum(labels)
-    desirable_weight, undesirable_weight = kto_weights(desirable, undesirable)
-    note = (f"kto: {desirable} desirable and {undesirable} undesirable rows, weighted "
-            f"{desirable_weight:g} and {undesirable_weight:g}")
-    print(f"[finetune] {note}", flush=True)
-    args = KTOConfig(**inputs.args, beta=inputs.spec.train.dpo_beta, desirable_weight=desirable_weight,
-                     undesirable_weight=undesirable_weight)
-    trainer = with_cpu_resume_fix(KTOTrainer)(model=inputs.model, args=args, train_dataset=inputs.train_ds,
-                                              eval_dataset=inputs.eval_ds, processing_class=inputs.tokenizer,
-                                              callbacks=inputs.callbacks)
-    return trainer, None
-
-
-# One trainer per objective (sdk.core.objectives.OBJECTIVES names them): (trainer, packing note).
-TRAINERS: dict[str, Callable[[TrainerInputs], tuple[Any, str | None]]] = {
-    "sft": sft_trainer, "dpo": dpo_trainer, "kto": kto_trainer}
-
-
-def build_trainer(
-    spec: FineTuneSpec,
-    model: Any,
-    tokenizer: Any,
-    train_rows: list[dict],
-    eval_rows: list[dict],
-    *,
-    precision: Precision,
-    hardware: Hardware,
-    attention: str,
-    workdir: Path,
-    sink: Any,
-    on_checkpoint: Callable[[Path, int], None] | None = None,
-    assistant_only_loss: bool = False,
-) -> Any:
+def build_trainer(spec: FineTuneSpec, model: Any, tokenizer: Any, data: Any, *, precision: Precision, hardware: Hardware,
+                  attention: str, workdir: Path, sink: Any, on_checkpoint: Callable[[Path, int], None] | None = None) -> Any:
+    """The objective's trainer over the prepared data (launch.data.PreparedData)."""
     from datasets import Dataset
 
     check_kernels(spec, cuda=hardware.device == "cuda")
-    args = training_args(spec, precision=precision, hardware=hardware, workdir=workdir, has_eval=bool(eval_rows))
-    inputs = TrainerInputs(spec=spec, model=model, tokenizer=tokenizer, args=args, train_ds=Dataset.from_list(train_rows),
-                           eval_ds=Dataset.from_list(eval_rows) if eval_rows else None,
+    args = training_args(spec, precision=precision, hardware=hardware, workdir=workdir, has_eval=bool(data.eval))
+    inputs = TrainerInputs(spec=spec, model=model, tokenizer=tokenizer, args=args, train_ds=Dataset.from_list(data.train),
+                           eval_ds=Dataset.from_list(data.eval) if data.eval else None,
                            callbacks=[make_callback(sink, on_checkpoint)], attention=attention,
-                           assistant_only_loss=assistant_only_loss)
-    trainer, note = TRAINERS[spec.objective](inputs)
+                           assistant_only_loss=data.assistant_only_loss, files=data.files,
+                           json_columns=frozenset(data.json_columns))
+    trainer, note = objective_of(spec).load_trainer()(inputs)
     keep_trainable_dtype(trainer.model, torch_dtype(trainable_dtype(spec, precision)))
     from transformers.trainer_callback import PrinterCallback
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import sdk
+from sdk.objectives import OBJECTIVES
 from sdk.store import open_store
 from sdk.store.runfolder import RunFolder
 
@@ -230,18 +231,18 @@ def test_the_first_20_bad_rows_are_listed_with_a_count_of_the_rest(tmp_path):
 def test_preference_rows_need_dpo_and_dpo_needs_preference_rows(tmp_path):
     from sdk.data.rows import DataError
 
-    spec = format_spec("preference", str(tmp_path / "runs")).model_copy(update={"objective": "sft"})
+    spec = format_spec("preference", str(tmp_path / "runs")).model_copy(update={"objective": OBJECTIVES["sft"].settings()})
     with pytest.raises(DataError, match="preference rows are preference pairs: set objective: dpo"):
         sdk.submit(spec)
-    spec = format_spec("alpaca", str(tmp_path / "runs")).model_copy(update={"objective": "dpo"})
+    spec = format_spec("alpaca", str(tmp_path / "runs")).model_copy(update={"objective": OBJECTIVES["dpo"].settings()})
     with pytest.raises(DataError, match="objective dpo trains on preference pairs"):
         sdk.submit(spec)
     for objective in ("sft", "dpo"):  # binary feedback trained as plain examples would learn the bad answers too
-        spec = format_spec("feedback", str(tmp_path / "runs")).model_copy(update={"objective": objective})
+        spec = format_spec("feedback", str(tmp_path / "runs")).model_copy(update={"objective": OBJECTIVES[objective].settings()})
         with pytest.raises(DataError, match=r"feedback rows are binary-feedback rows \(one answer with a true/false "
                                             r"label\): set objective: kto"):
             sdk.submit(spec)
-    spec = format_spec("alpaca", str(tmp_path / "runs")).model_copy(update={"objective": "kto"})
+    spec = format_spec("alpaca", str(tmp_path / "runs")).model_copy(update={"objective": OBJECTIVES["kto"].settings()})
     with pytest.raises(DataError, match="objective kto trains on binary-feedback rows"):
         sdk.submit(spec)
     assert not (tmp_path / "runs").exists()

@@ -1,6 +1,6 @@
 """One-way layers: the packages of `sdk` stack in LAYERS (each imports only its own layer and those below), the
 client (`sdk/`) never imports the node (`launch/`), and the node imports only the shared core (`sdk.core`,
-`sdk.store`, `sdk.data`, `sdk.evaluation`). An AST walk over every import, at module level or inside a function, so a new
+`sdk.objectives`, `sdk.store`, `sdk.data`, `sdk.evaluation`). An AST walk over every import, at module level or inside a function, so a new
 wrong-way arrow fails here."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # The packages of `sdk`, bottom layer first. A package imports its own layer and the ones below, never above.
 # The first four are the core both sides share; the node (`launch`) imports them and nothing else of `sdk`.
 LAYERS = [
-    {"sdk.core"},  # the contract: spec, methods, objectives, precision, model references, planner, recipes, errors
+    {"sdk.core", "sdk.objectives"},  # the contract: spec, methods, objectives (one module each), precision, model
+    # references, planner, recipes, errors
     {"sdk.store"},  # object stores, the run folder, read-only grants
     {"sdk.data"},  # data formats, rows, the pre-launch check, rendering (reads s3:// data through the store)
     {"sdk.evaluation"},  # generation metrics (the node scores with them after training, the client compares runs)

@@ -150,7 +150,7 @@ def test_dpo_trains_on_tiny_model(tmp_path):
     folder, sink, _ = _run(spec, tmp_path)
     rows = [r for r in sink.rows if "loss" in r]
     assert len(rows) >= 5 and all(math.isfinite(r["loss"]) for r in rows)
-    assert any(k.startswith("rewards_") for r in rows for k in r), rows[0]
+    assert any(k.startswith("rewards/") for r in rows for k in r), rows[0]
     assert folder.adapter_manifest() is not None
     assert RunSummary.model_validate(folder.read_json("summary.json")).objective == "dpo"
 

@@ -251,3 +251,53 @@ def test_a_dry_run_shows_the_plan_without_cloud_credentials(run_cli, tmp_path):
     launched = subprocess.run([sys.executable, "-m", "sdk.cli", "launch", "llama8b"], capture_output=True, text=True,
                               env=env, cwd=Path(__file__).parents[1], timeout=120)
     assert launched.returncode != 0 and "no AWS credentials" in launched.stderr and "Traceback" not in launched.stderr
+
+
+GRPO = ["objective={name: grpo, rewards: [exact_match]}", "train.batch_size=8", "resources.accelerators=L4:1"]
+
+
+@pytest.mark.parametrize("overrides,bound", [
+    (GRPO, ("vllm",)),  # rollouts: auto on a GPU node
+    ([*GRPO, "objective.rollouts=vllm_server"], ("vllm",)),
+    ([*GRPO, "objective.rollouts=transformers"], ()),
+    (GRPO[:-1], ()),  # no accelerators: a CPU node, where vLLM cannot run
+    (["resources.accelerators=L4:1"], ()),  # sft
+])
+def test_vllm_is_set_up_only_for_specs_that_generate_with_it(overrides, bound):
+    import tomllib
+
+    from sdk.backends.node_setup import cuda_bound_extras, extras_for, setup_script
+    from sdk.core.recipes import load_recipe
+
+    spec = load_recipe("tiny", overrides)
+    assert cuda_bound_extras(spec) == bound and "vllm" not in extras_for(spec)  # never in the main install line
+    script = setup_script(spec, {})
+    assert ('pyinstall  "finetune[vllm]==' in script) == bool(bound) and ("vLLM 0.31.0" in script) == bool(bound)
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert "vllm==0.31.0" in project["optional-dependencies"]["vllm"]
+
+
+@pytest.mark.parametrize("build,installs", [("cu130", True), ("cu126", False), ("cpu", False)])
+def test_vllm_installs_only_beside_a_cuda_13_torch(tmp_path, build, installs):
+    """PyPI's vLLM 0.31.0 is a CUDA 13 build: the generated stage reads the venv's torch and installs it, or says why
+    not in one line (pyinstall stands in for the install; the check of the torch build runs for real)."""
+    from sdk.backends.node_setup import cuda_extras_stage
+    from sdk.core.recipes import load_recipe
+
+    venv = tmp_path / "venv"
+    subprocess.run([shutil.which("uv"), "venv", "-q", "--python", sys.executable, str(venv)], check=True, timeout=60)
+    wheel = stand_in_wheel(tmp_path / "wheels", "2.13.0", build)
+    subprocess.run([shutil.which("uv"), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), str(wheel)],
+                   check=True, timeout=60)
+    stage = cuda_extras_stage(load_recipe("tiny", GRPO), "-c pins.txt", "pkg.whl[{extra}]")
+    installed = tmp_path / "installed"
+    stub = f'pyinstall() {{ echo "$@" > {installed}; }}\n'
+    done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + stub + _indent(stage, 4)], capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", "VENV": str(venv)}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert installed.exists() == installs
+    if installs:
+        assert installed.read_text().split() == ["-c", "pins.txt", "pkg.whl[vllm]"]
+        assert "installing vLLM 0.31.0 for objective.rollouts" in done.stdout
+    else:
+        assert f"not installing vLLM 0.31.0, a CUDA 13 build on PyPI: this torch is 2.13.0+{build}" in done.stdout

@@ -59,7 +59,7 @@ def test_shipped_recipes_cover_the_card():
     names = {p.stem for p in SHIPPED}
     assert {"qwen05b-agnews", "llama8b", "smollm2-135m", "tiny", "smollm2-news"} <= names
     specs = [load_recipe(p) for p in SHIPPED]
-    assert any(s.objective == "dpo" for s in specs)
+    assert any(s.objective.name == "dpo" for s in specs)
     assert any(s.resources.nodes == 2 and s.distributed.strategy == "deepspeed" and s.distributed.zero_stage == 3 for s in specs)
 
 
@@ -103,7 +103,7 @@ MALFORMED = [
     ("dpo with packing", BASE.replace("source: builtin:news-topics", "source: x.jsonl\n  packing: true") + "objective: dpo\n", [], ["data.packing", "dpo"]),
     ("packing with prefix tuning", BASE.replace("name: lora\n  r: 8", "name: prefix_tuning").replace("source: builtin:news-topics", "source: x.jsonl\n  packing: true"),
      [], ["data.packing", "virtual tokens"]),
-    ("bad objective", BASE + "objective: ppo\n", [], ["objective", "'sft', 'dpo' or 'kto'"]),
+    ("bad objective", BASE + "objective: ppo\n", [], ["objective", "unknown objective 'ppo'; did you mean 'dpo'?", "grpo"]),
     ("zero stage without deepspeed", BASE + "distributed:\n  strategy: ddp\n  zero_stage: 3\n", [], ["distributed", "DeepSpeed"]),
     ("bad zero stage", BASE + "distributed:\n  strategy: deepspeed\n  zero_stage: 1\n", [], ["distributed.zero_stage"]),
     ("bad strategy", BASE + "distributed: horovod\n", [], ["distributed.strategy", "horovod"]),

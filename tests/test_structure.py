@@ -14,26 +14,36 @@ import pytest
 import sdk
 from sdk.core.errors import SpecError
 from sdk.core.methods import REGISTRY, method_named
-from sdk.core.objectives import OBJECTIVES
 from sdk.core.precision import compute_dtype, resolve_precision, trainable_dtype, uses_tf32, weight_dtype
+from sdk.objectives import OBJECTIVES
 
 ROOT = Path(__file__).resolve().parent.parent
 REGISTRY_FILES = {ROOT / "sdk" / "methods.py"}
+OBJECTIVE_HOMES = (ROOT / "sdk" / "objectives", ROOT / "launch" / "objectives")
 
 
-def _method_name_branches(path: Path) -> list[str]:
-    """Comparisons of a string constant that is a method name (`x == "qlora"`, `x in ("full", ...)`)."""
+def _name_branches(path: Path, names: set[str]) -> list[str]:
+    """Comparisons with a string constant among `names` (`x == "qlora"`, `x in ("full", ...)`), and dicts keyed by
+    them (a table of trainers by objective name is a branch too)."""
     found = []
+    where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Dict):
+            keys = [k.value for k in node.keys if isinstance(k, ast.Constant) and k.value in names]
+            if len(keys) > 1:
+                found.append(f"{where}:{node.lineno}: a table keyed by {keys}")
         if not isinstance(node, ast.Compare):
             continue
         for side in [node.left, *node.comparators]:
             values = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
-            names = [v.value for v in values if isinstance(v, ast.Constant) and v.value in REGISTRY]
-            if names:
-                where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
-                found.append(f"{where}:{node.lineno}: compares with {names}")
+            hit = [v.value for v in values if isinstance(v, ast.Constant) and v.value in names]
+            if hit:
+                found.append(f"{where}:{node.lineno}: compares with {hit}")
     return found
+
+
+def _method_name_branches(path: Path) -> list[str]:
+    return _name_branches(path, set(REGISTRY))
 
 
 def test_no_branch_on_a_method_name_outside_the_registry():
@@ -42,10 +52,20 @@ def test_no_branch_on_a_method_name_outside_the_registry():
     assert [hit for p in sources for hit in _method_name_branches(p)] == []
 
 
+def test_no_branch_on_an_objective_name_outside_its_module():
+    """An objective is one module and one registration (sdk/objectives/<name>.py, its trainer in
+    launch/objectives/<name>.py): no other file decides anything by an objective's name."""
+    sources = [p for d in ("sdk", "launch") for p in (ROOT / d).rglob("*.py")
+               if not any(p.is_relative_to(home) for home in OBJECTIVE_HOMES)]
+    assert [hit for p in sources for hit in _name_branches(p, set(OBJECTIVES))] == []
+
+
 def test_the_branch_finder_finds_a_branch(tmp_path):
     probe = tmp_path / "probe.py"  # never inside the source tree: a failed run must not leave a file in sdk/
-    probe.write_text('def f(spec):\n    return spec.method.name in ("full", "x") or spec.method.name == "qlora"\n')
+    probe.write_text('def f(spec):\n    return spec.method.name in ("full", "x") or spec.method.name == "qlora"\n'
+                     'T = {"sft": 1, "dpo": 2}\ng = lambda spec: spec.objective.name == "kto"\n')
     assert len(_method_name_branches(probe)) == 2
+    assert len(_name_branches(probe, set(OBJECTIVES))) == 2
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -53,7 +73,7 @@ def test_each_registration_is_complete(name):
     method = REGISTRY[name]
     assert method.spec.model_fields["name"].default == name  # the settings model answers to this name
     assert (method.merge == "none") == (method.merge_refusal is not None)
-    assert method.objectives <= set(OBJECTIVES) and "sft" in method.objectives
+    assert method.soft_prompt == (method.merge_refusal is not None and method.virtual_tokens(method.spec()) > 0)
     serving = method.serving(method.spec())
     assert serving.as_lora == (serving.lora_rank is not None) and serving.as_lora != bool(serving.reason)
     module, _, cls = method.builder.partition(":")

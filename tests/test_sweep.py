@@ -388,18 +388,37 @@ def test_a_kto_sweep_on_smollm2_logs_rewards_and_ranks_by_them(tmp_path, finetun
         "objective=kto", f"data.source={feedback}", f"data.eval_source={feedback}", "data.template=auto",
         "data.max_samples=null", "train.max_steps=2", "train.batch_size=2", "train.logging_steps=1", "eval.before=false",
         "eval.after=false", "eval.generations=0", f"output={tmp_path / 'store'}", "env.OMP_NUM_THREADS=1"])
-    handle = sdk.sweep(spec, grid={"train.lr": [1e-4, 1e-3]}, backend="local", max_parallel=2, metric="eval_rewards_margins:max")
+    handle = sdk.sweep(spec, grid={"train.lr": [1e-4, 1e-3]}, backend="local", max_parallel=2, metric="eval_rewards/margins")
     status = handle.wait(progress=False, timeout=900)
     assert status.state == "succeeded", [str(run.logs())[-2000:] for run in handle.runs()]
     for run in handle.runs():
         rows = run.metrics()
-        assert any("rewards_chosen" in r and "rewards_rejected" in r for r in rows), rows
+        assert any("rewards/chosen" in r and "rewards/rejected" in r for r in rows), rows
         assert "kto: 2 desirable and 2 undesirable rows, weighted 1 and 1" in str(run.logs())
     board = handle.leaderboard(as_frame=False)
-    margins = {run.id: [r["eval_rewards_margins"] for r in run.metrics() if "eval_rewards_margins" in r][-1]
+    margins = {run.id: [r["eval_rewards/margins"] for r in run.metrics() if "eval_rewards/margins" in r][-1]
                for run in handle.runs()}
     assert [r.metric for r in board] == sorted(margins.values(), reverse=True)
     assert handle.best().id == board[0].run_id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("recipe", "objective", "metric", "key"), [
+    ("tiny", "{name: grpo, rewards: [exact_match, {type: token_f1, weight: 0.5}], num_generations: 4, "
+             "max_completion_length: 6}", "reward", "reward"),
+    ("tiny-dpo", "{name: dpo, loss_type: sigmoid}", "rewards/accuracies", "rewards/accuracies"),
+], ids=["grpo-by-mean-reward", "dpo-by-the-readme-metric"])
+def test_an_objective_sweep_ranks_by_the_objectives_own_metric(tmp_path, finetune_home, recipe, objective, metric, key):
+    """The names the README gives (`--metric reward`, `--metric rewards/accuracies`) are the keys the node logs."""
+    spec = load_recipe(recipe, [f"objective={objective}", "train.max_steps=3", "train.batch_size=8",
+                                "train.logging_steps=1", "data.max_samples=32", "eval.num_samples=4",
+                                "eval.max_new_tokens=4", f"output={tmp_path / 'store'}"])
+    handle = sdk.sweep(spec, grid={"train.lr": [1e-3, 5e-3]}, backend="local", max_parallel=1, metric=metric)
+    status = handle.wait(progress=False, timeout=900)
+    assert status.state == "succeeded", [str(run.logs())[-2000:] for run in handle.runs()]
+    last = {run.id: [r[key] for r in run.metrics() if key in r][-1] for run in handle.runs()}
+    board = handle.leaderboard(as_frame=False)
+    assert [r.metric for r in board] == sorted(last.values(), reverse=True) and handle.best().id == board[0].run_id
 
 
 def test_a_launch_that_raises_is_tried_once_more_then_fails_the_trial(tmp_path, monkeypatch):

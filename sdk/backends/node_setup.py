@@ -13,12 +13,18 @@ from pathlib import Path
 from sdk.core.errors import LaunchError
 from sdk.core.spec import FineTuneSpec
 from sdk.machine.registry import home
+from sdk.objectives import objective_of
 
 TORCH_DEFAULT = "2.13.0"  # the node's torch when this client has none installed (a client-only install)
 # Pinned on the node to what this client runs (when installed here): the versions the tests passed with.
 PINNED = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "safetensors",
           "tokenizers", "boto3", "pydantic", "deepspeed")
 NODE_DIST = "~/.finetune/dist"  # a file-mount destination; in scripts it is $HOME/.finetune/dist
+# Extras whose wheels carry GPU code for one CUDA major version, installed only beside a torch of that build. PyPI's
+# vllm 0.31.0 (pyproject's `vllm` extra: the release that pins torch 2.13.0, and the newest trl 1.16 supports) is a
+# CUDA 13 build (it depends on nvidia-cutlass-dsl[cu13]): a node whose driver is below 580 gets torch's cu126 build
+# (torch_index), where vLLM's kernels cannot load, so there it is left out and rollouts: auto uses transformers.
+CUDA_BOUND_EXTRAS = {"vllm": ("13", "vLLM 0.31.0")}
 
 
 def project_root() -> Path | None:
@@ -70,7 +76,9 @@ def stack_key(spec: FineTuneSpec, pins: str) -> str:
     A source edit changes the wheel, not this: the venv is reused and only the package reinstalled."""
     root = project_root()
     deps = (root / "pyproject.toml").read_text() if root else md.version("finetune")
-    return hashlib.sha256(f"{pins}|{extras_for(spec)}|{install_env(spec)}|{deps}".encode()).hexdigest()[:16]
+    bound = ",".join(cuda_bound_extras(spec))
+    extras = extras_for(spec) + (f"|{bound}" if bound else "")
+    return hashlib.sha256(f"{pins}|{extras}|{install_env(spec)}|{deps}".encode()).hexdigest()[:16]
 
 
 def extras_for(spec: FineTuneSpec) -> str:
@@ -83,7 +91,39 @@ def extras_for(spec: FineTuneSpec) -> str:
         extras.append("deepspeed")
     if spec.train.liger_kernels:
         extras.append("liger")
+    extras += [e for e in objective_extras(spec) if e not in CUDA_BOUND_EXTRAS]
     return ",".join(extras + sorted({t.name for t in spec.tracking}))
+
+
+def objective_extras(spec: FineTuneSpec) -> tuple[str, ...]:
+    """The extras the spec's objective asks for (its `node_extras`), on a CUDA node where the spec names accelerators:
+    for grpo, `vllm` unless its rollouts are transformers'."""
+    return tuple(objective_of(spec).node_extras(spec.objective, bool(spec.resources.accelerators)))
+
+
+def cuda_bound_extras(spec: FineTuneSpec) -> tuple[str, ...]:
+    """The objective's extras that only a torch of one CUDA build can run (CUDA_BOUND_EXTRAS): cuda_extras_stage."""
+    return tuple(e for e in objective_extras(spec) if e in CUDA_BOUND_EXTRAS)
+
+
+def cuda_extras_stage(spec: FineTuneSpec, pins: str, package: str) -> str:
+    """Setup lines that install each CUDA-bound extra (`package` names the finetune package, `{extra}` its place)
+    where the venv's torch is that CUDA build, and elsewhere print why not. A failed install only warns: rollouts:
+    auto then uses transformers, and an explicit vllm_* fails at start naming objective.rollouts."""
+    lines = []
+    for extra in cuda_bound_extras(spec):
+        major, what = CUDA_BOUND_EXTRAS[extra]
+        torch_is = f"import sys, torch; sys.exit((torch.version.cuda or '').split('.')[0] != '{major}')"
+        version = "$(\"$VENV/bin/python\" -c 'import torch; print(torch.__version__)')"
+        lines += [f'if "$VENV/bin/python" -c "{torch_is}" 2>/dev/null; then',
+                  f'  echo "[finetune] setup: installing {what} for objective.rollouts (CUDA {major}, as this torch)"',
+                  f'  pyinstall {pins} "{package.format(extra=extra)}" \\',
+                  f'    || echo "[finetune] setup: warning: {what} did not install; rollouts: auto uses transformers"',
+                  "else",
+                  f'  echo "[finetune] setup: not installing {what}, a CUDA {major} build on PyPI: this torch is '
+                  f'{version} (NVIDIA driver below 580: cu126); rollouts: auto uses transformers"',
+                  "fi"]
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def install_env(spec: FineTuneSpec) -> dict[str, str]:
@@ -183,10 +223,13 @@ def setup_script(spec: FineTuneSpec, dist: dict[str, Path]) -> str:
     pins_text = constraints()
     if dist:
         base = f"$HOME/.finetune/dist/{dist['wheel'].name}"
-        package, key, pins = f"{base}[{extras}]", dist["wheel"].parent.name, '-c "$HOME/.finetune/dist/constraints.txt"'
+        key, pins = dist["wheel"].parent.name, '-c "$HOME/.finetune/dist/constraints.txt"'
+        with_extra = base + "[{extra}]"
     else:
         version = md.version("finetune")
-        base, package, key, pins = f"finetune=={version}", f"finetune[{extras}]=={version}", version, ""
+        base, key, pins = f"finetune=={version}", version, ""
+        with_extra = "finetune[{extra}]==" + version
+    package = with_extra.format(extra=extras)
     torch_pin = next((line for line in pins_text.splitlines() if line.startswith("torch==")), None)
     torch_version = torch_pin.partition("==")[2] if torch_pin else TORCH_DEFAULT
     stack = stack_key(spec, pins_text)
@@ -204,7 +247,7 @@ mkdir -p "$(dirname "$VENV")"
 {_indent(torch_stage(torch_version, pins), 4)}
     echo "[finetune] setup: installing finetune[{extras}] and its dependencies with $(installer)"
     pyinstall {pins} "{package}"
-{_indent(kernels_stage(spec, pins), 4)}
+{_indent(kernels_stage(spec, pins) + cuda_extras_stage(spec, pins, with_extra), 4)}
     touch "$VENV/.stack-{stack}"
   fi
   # The package on top, whenever its build changes: no dependency is touched.

@@ -45,6 +45,7 @@ from sdk.backends.node_setup import (  # noqa: F401  (re-exported)
 )
 from sdk.core.errors import FinetuneError, LaunchError, SpecError
 from sdk.core.spec import FineTuneSpec
+from sdk.objectives import PLUGIN_ENV  # objective plugins load on the node as here
 from sdk.store.runfolder import TERMINAL, RunFolder
 
 AWS_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -134,7 +135,7 @@ def task_config(spec: FineTuneSpec, folder: RunFolder, dist: dict[str, Path], *,
     check_output(spec)
     managed = is_managed(spec) if managed is None else managed
     envs = {**spec.env, "FINETUNE_RUN_DIR": folder.uri, "FINETUNE_STACK_KEY": stack_key(spec, constraints())}
-    envs.update({n: os.environ[n] for n in AWS_PLAIN if n in os.environ and n not in spec.env})
+    envs.update({n: os.environ[n] for n in (*AWS_PLAIN, PLUGIN_ENV) if n in os.environ and n not in spec.env})
     config: dict[str, Any] = {
         "name": cluster_name(folder.run_id),
         "num_nodes": spec.resources.nodes,

@@ -160,20 +160,33 @@ def metrics(
     if json_out:
         sys.stdout.write(json.dumps({"metrics": rows, "summary": summary.model_dump(mode="json") if summary else None}) + "\n")
     else:
-        table = Table("step", "loss", "lr", "grad_norm", "tokens/s", "eval_loss", "peak mem", box=None, pad_edge=False)
+        own = _objective_columns(handle, rows)
+        table = Table("step", "loss", "lr", "grad_norm", "tokens/s", "eval_loss", *own, "peak mem", box=None, pad_edge=False)
 
         def cell(row: dict, key: str, fmt: str = "{:.4g}") -> str:
             return fmt.format(row[key]) if row.get(key) is not None else "-"
 
         for row in rows:
             table.add_row(str(row.get("step")), cell(row, "loss"), cell(row, "lr"), cell(row, "grad_norm"),
-                          cell(row, "tokens_per_s", "{:.0f}"), cell(row, "eval_loss"), _fmt_bytes(row.get("peak_mem_bytes")))
+                          cell(row, "tokens_per_s", "{:.0f}"), cell(row, "eval_loss"), *(cell(row, k) for k in own),
+                          _fmt_bytes(row.get("peak_mem_bytes")))
         _console().print(table)
         if summary:
             _print_summary(summary)
     if plot:
         handle.plot(plot)
         _console(stderr=True).print(f"saved {plot}")
+
+
+def _objective_columns(handle: object, rows: list[dict]) -> list[str]:
+    """The metrics the run's objective logs (sdk.objectives: reward, rewards/accuracies …), as its rows name them."""
+    from sdk.objectives import objective_of
+
+    try:
+        metrics = objective_of(handle.spec()).metrics  # type: ignore[attr-defined]
+    except ValueError:  # a run of an objective this client does not know (a plugin not installed here)
+        return []
+    return [m.name for m in metrics if any(m.name in row for row in rows)][:4]
 
 
 @app.command()

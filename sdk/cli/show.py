@@ -62,6 +62,11 @@ def _print_summary(summary) -> None:
         j = summary.judge
         rows.append(("judge", f"{j.model}: win rate {j.win_rate:.2f} over {j.n} prompts ({j.wins} won, {j.losses} lost, "
                               f"{j.ties} tied, both orders asked)"))
+    reward = summary.reward
+    if reward is not None and reward.after is not None:
+        before = f"{reward.before.mean:.3f} → " if reward.before else ""
+        each = ", ".join(f"{k} {v:.3f}" for k, v in reward.after.means.items())
+        rows.append(("held-out reward", f"{before}{reward.after.mean:.3f} over {reward.after.n} prompts ({each})"))
     forgot = summary.forgetting
     if forgot and forgot.ratio is not None:
         rows.append(("forgetting", f"general-text loss {forgot.before_loss:.3f} → {forgot.after_loss:.3f} (×{forgot.ratio:.3f})"))

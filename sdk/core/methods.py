@@ -131,7 +131,7 @@ class Method:
     merge: MergeKind
     serving: Callable[[Any], Serving]
     merge_refusal: str | None = None
-    objectives: frozenset[str] = frozenset({"sft", "dpo", "kto"})
+    soft_prompt: bool = False  # learns virtual tokens, not weights: trains only objectives that allow it
     gradient_checkpointing: bool = True
     quantized_base: bool = False  # the frozen base is stored in 4 bits
     trains_all_weights: bool = False  # trains the base's own weights rather than added parameters
@@ -239,12 +239,12 @@ register(Method(name="ia3", spec=Ia3Spec, builder="launch.methods:Ia3Builder", a
                 serving=_not_lora("IA3 scales activations; vLLM serves LoRA adapters only: serve it merged")))
 register(Method(name="prompt_tuning", spec=PromptTuningSpec, builder="launch.methods:PromptTuningBuilder",
                 artifact="peft_adapter", trainable_params=lambda m, shapes: m.num_virtual_tokens * shapes.h,
-                merge="none", merge_refusal=SOFT_PROMPT, objectives=frozenset({"sft"}),
+                merge="none", merge_refusal=SOFT_PROMPT, soft_prompt=True,
                 virtual_tokens=lambda m: m.num_virtual_tokens,
                 serving=_not_lora("prompt tuning learns soft prompts, which vLLM cannot serve and which cannot be merged")))
 register(Method(name="prefix_tuning", spec=PrefixTuningSpec, builder="launch.methods:PrefixTuningBuilder",
                 artifact="peft_adapter", trainable_params=_prefix_trainable, merge="none", merge_refusal=SOFT_PROMPT,
-                objectives=frozenset({"sft"}), gradient_checkpointing=False, virtual_tokens=lambda m: m.num_virtual_tokens,
+                soft_prompt=True, gradient_checkpointing=False, virtual_tokens=lambda m: m.num_virtual_tokens,
                 serving=_not_lora("prefix tuning learns soft prompts, which vLLM cannot serve and which cannot be merged")))
 register(Method(name="full", spec=FullSpec, builder="launch.methods:FullBuilder", artifact="whole_model",
                 trainable_params=lambda m, shapes: shapes.total_params(), merge="load", trains_all_weights=True,

@@ -15,6 +15,11 @@ Bytes per component (N = data-parallel world size, P = total params, T = trainab
   attention (CPU)  SDPA's backward holds the s² scores and their gradient for one layer (not on CUDA)
   runtime          CUDA context and allocator slack (not part of max_memory_allocated)
 Sharding: DDP replicates everything; ZeRO-2 shards grads + optimizer; ZeRO-3 / FSDP also parameters.
+
+Objectives (sdk.core.objective_plan): preference pairs double activations and logits; a reference forward adds its
+logits (and a copy of the weights where no adapter can be disabled); rollouts (grpo) train on prompt + completion
+tokens and add generation's memory: transformers' KV cache, a colocated vLLM's share of EVERY GPU's memory (a GPU fits
+when training + share × its memory fits in it), or a vLLM server on each node's last GPU, which does not train.
 """
 
 from __future__ import annotations
@@ -29,8 +34,20 @@ from pydantic import BaseModel
 from sdk.core.architectures import Shapes, config_for
 from sdk.core.errors import SpecError
 from sdk.core.methods import gradient_checkpointing, method_of
+from sdk.core.objective_plan import (
+    SERVER_SHARE,
+    ObjectivePlan,
+    colocated_part,
+    decode_seconds,
+    kv_bytes_per_token,
+    objective_plan,
+    reference_parts,
+    rollout_parts,
+    sequences_note,
+)
 from sdk.core.precision import BYTES, DTYPE_OF, resolve_precision, trainable_dtype, weight_dtype
 from sdk.core.spec import FineTuneSpec
+from sdk.objectives import objective_of
 
 GiB = 1024**3
 CUDA_CONTEXT = int(0.6 * GiB)
@@ -97,6 +114,7 @@ class _Facts:
     deepspeed: bool
     shard_params: int  # how many ways weights and trainable params are split (ZeRO-3, FSDP)
     shard_states: int  # how many ways gradients and optimizer states are split (ZeRO-1/2/3)
+    obj: ObjectivePlan  # what the objective adds: sequences per row, a reference forward, rollouts
 
 
 def _facts(spec: FineTuneSpec, *, device: str, seq_len: int | None, micro_batch: int | None,
@@ -112,15 +130,16 @@ def _facts(spec: FineTuneSpec, *, device: str, seq_len: int | None, micro_batch:
     # The planner assumes a GPU with native bf16 (compute capability 8.0+), as the cloud GPUs it lists.
     precision = resolve_precision(spec.train.precision, capability=(8, 0) if device == "gpu" else None)
     dist = spec.distributed
-    world = spec.resources.nodes * max(1, spec.resources.gpus_per_node) if device == "gpu" else 1
+    obj = objective_plan(objective_of(spec).plan, spec.objective, device=device, prompt=seq_len or spec.data.max_length)
+    world = spec.resources.nodes * max(1, spec.resources.gpus_per_node - obj.serving_gpus) if device == "gpu" else 1
     deepspeed = dist.strategy == "deepspeed"
     stage = dist.zero_stage if deepspeed else (3 if dist.strategy == "fsdp" else 0)
     return _Facts(spec=spec, shapes=shapes, method=method_of(spec), device=device, precision=precision, act=BYTES[DTYPE_OF[precision]],
-                  weight=BYTES[weight_dtype(spec, precision)], seq=seq_len or spec.data.max_length,
+                  weight=BYTES[weight_dtype(spec, precision)], seq=obj.seq,
                   batch=micro_batch or spec.train.batch_size, total=shapes.total_params(),
                   trainable=trainable_params(spec, shapes), world=world, deepspeed=deepspeed,
                   shard_params=world if stage == 3 else 1,
-                  shard_states=world if stage >= 2 or (deepspeed and stage >= 1) else 1)
+                  shard_states=world if stage >= 2 or (deepspeed and stage >= 1) else 1, obj=obj)
 
 
 def _weights(f: _Facts) -> list[Component]:
@@ -167,7 +186,7 @@ def _training_state(f: _Facts, precision_bytes: int) -> list[Component]:
 def _activations(f: _Facts) -> list[Component]:
     shapes, act, s, b = f.shapes, f.act, f.seq, f.batch
     h, inter, kv = shapes.h, shapes.inter, shapes.kv_heads * shapes.head_dim
-    tokens = s * b
+    tokens = s * b * f.obj.seqs
     norm_fp32 = 2 * (8 if act == 2 else 4) * h  # HF RMSNorm computes in fp32 and keeps its intermediates
     per_layer = tokens * (act * (6 * h + 2 * kv + 4 * inter) + norm_fp32)
     per_layer += tokens * f.method.activation_bytes(f.spec.method, shapes, act)
@@ -180,15 +199,26 @@ def _activations(f: _Facts) -> list[Component]:
     virtual = f.method.virtual_tokens(f.spec.method)
     if virtual:  # soft prompts lengthen every sequence
         activations = activations * (s + virtual) // s
-    parts = [Component(name="activations", bytes=int(activations), note=note),
-             Component(name="logits", bytes=tokens * shapes.vocab * (act + 4 + 4), note=f"{tokens:,} tokens × {shapes.vocab:,} vocab")]
+    parts = [Component(name="activations", bytes=int(activations), note=note + sequences_note(f.obj)),
+             Component(name="logits", bytes=tokens * shapes.vocab * (act + 4 + 4),
+                       note=f"{tokens:,} tokens × {shapes.vocab:,} vocab" + sequences_note(f.obj))]
     if f.device == "cpu":
         # CPU SDPA's backward materialises the attention matrix and its gradient, one layer at a time;
         # CUDA's flash / memory-efficient kernels never hold the s² matrix.
-        parts.append(Component(name="attention workspace", bytes=2 * b * shapes.heads * s * s * 4,
+        parts.append(Component(name="attention workspace", bytes=2 * b * f.obj.seqs * shapes.heads * s * s * 4,
                                note="CPU SDPA backward: scores + their gradient, one layer"))
     return parts
 
+
+
+def _objective_parts(f: _Facts) -> list[Component]:
+    """A reference forward's and the rollouts' memory (sdk.core.objective_plan)."""
+    adapter = f.method.artifact == "peft_adapter"
+    parts = reference_parts(f.obj, tokens=f.seq * f.batch * f.obj.seqs, vocab=f.shapes.vocab, act=f.act,
+                            adapter=adapter, copy_bytes=f.total * f.weight // f.shard_params)
+    parts += rollout_parts(f.obj, shapes=f.shapes, act=f.act, answers=f.batch * f.spec.train.grad_accum, world=f.world,
+                           gpus_per_node=f.spec.resources.gpus_per_node, total_params=f.total)
+    return [Component(name=name, bytes=n, note=note) for name, n, note in parts]
 
 def estimate(
     spec: FineTuneSpec, *, device: str = "gpu", seq_len: int | None = None, micro_batch: int | None = None,
@@ -196,22 +226,54 @@ def estimate(
 ) -> MemoryEstimate:
     """Per-GPU (or per-process on CPU) training memory for the spec, by component."""
     f = _facts(spec, device=device, seq_len=seq_len, micro_batch=micro_batch, config=config)
-    parts = [*_weights(f), *_training_state(f, BYTES[trainable_dtype(spec, f.precision)]), *_activations(f)]
+    parts = [*_weights(f), *_training_state(f, BYTES[trainable_dtype(spec, f.precision)]), *_activations(f),
+             *_objective_parts(f)]
     allocated = sum(p.bytes for p in parts)
     overhead = CUDA_CONTEXT + int(0.05 * allocated) if device == "gpu" else 0
     required = allocated + overhead
+    fits = [_fit(name, gb, required, f) for name, gb in GPUS.items()]
+    if f.obj.rollouts and device == "gpu":
+        gpu = _shown_gpu(spec, fits)
+        if f.obj.share:  # a colocated vLLM: shown on one GPU, counted per GPU in `fits`
+            name, engine, note = colocated_part(f.obj, gpu=gpu, gpu_gb=GPUS[gpu])
+            parts.append(Component(name=name, bytes=engine, note=note))
+            allocated, required = allocated + engine, required + engine
+        seconds = _decode_seconds(f, gpu)
+        if seconds is not None:
+            last = parts[-1]
+            parts[-1] = last.model_copy(update={"note": f"{last.note}; ≈{seconds:.1f} s decoding per step on {gpu}"})
     if device == "gpu":
         parts.append(Component(name="runtime overhead", bytes=overhead, note="CUDA context + 5% allocator slack"))
-    fits = [
-        GpuFit(gpu=name, memory_gb=gb, fits=required <= gb * 1e9, headroom_gb=round(gb - required / 1e9, 1),
-               hourly_usd=_hourly_price(name, spec))
-        for name, gb in GPUS.items()
-    ]
     return MemoryEstimate(
         model=spec.model.id, method=f.method.name, device=device, total_params=f.total, trainable_params=f.trainable,
         world_size=f.world, seq_len=f.seq, micro_batch=f.batch, components=parts, allocated_bytes=allocated,
         required_bytes=required, fits=fits,
     )
+
+
+def _fit(gpu: str, gb: int, required: int, f: _Facts) -> GpuFit:
+    """Does the run fit this GPU: training, plus a colocated vLLM's share of the GPU's memory; with a vLLM server the
+    serving GPU (one of the same kind) must also hold the 16-bit base."""
+    memory = gb * 1e9
+    held = required + f.obj.share * memory
+    fits = held <= memory and (not f.obj.serving_gpus or 2 * f.total <= SERVER_SHARE * memory)
+    return GpuFit(gpu=gpu, memory_gb=gb, fits=fits, headroom_gb=round(gb - held / 1e9, 1),
+                  hourly_usd=_hourly_price(gpu, f.spec))
+
+
+def _shown_gpu(spec: FineTuneSpec, fits: list[GpuFit]) -> str:
+    """The GPU a figure that depends on the GPU is shown for: the first the spec names, else the smallest that fits,
+    else the largest."""
+    named = [g for g in (spec.resources.accelerators or {}) if g in GPUS]
+    return named[0] if named else next((fit.gpu for fit in fits if fit.fits), list(GPUS)[-1])
+
+
+def _decode_seconds(f: _Facts, gpu: str) -> float | None:
+    """Seconds one optimizer step spends decoding on this GPU; None for objectives that sample nothing."""
+    held = sum(p.bytes for p in _weights(f)) if f.method.quantized_base else f.total * f.weight  # generate gathers
+    answers = f.batch * f.spec.train.grad_accum * (f.world if f.obj.serving_gpus else 1)  # a server: every process's
+    return decode_seconds(f.obj, gpu=gpu, weights_held=held, total_params=f.total, answers=answers,
+                          kv_per_token=kv_bytes_per_token(f.shapes, f.act))
 
 
 def _hourly_price(gpu: str, spec: FineTuneSpec) -> float | None:
@@ -261,12 +323,14 @@ class CostEstimate(BaseModel):
     hours: float | None  # None when the run's length is unknown (epochs over data the client has not read)
     usd: float | None
     note: str = ""
+    rollout_hours: float | None = None  # of `hours`, the time spent generating answers (objectives that sample)
 
 
 def estimate_cost(spec: FineTuneSpec, *, backend: str) -> CostEstimate:
-    """Local runs cost nothing here. Cloud runs: tokens = steps x batch x accumulation x processes x
-    max_length (an upper bound: rows shorter than max_length cost less); FLOPs per token = 2 (forward)
-    + 2 (activation gradients) + 2 more when the base's own weights train, + 2 with recomputation."""
+    """Local runs cost nothing here. Cloud runs: tokens = steps x batch x accumulation x training processes x
+    sequence length x sequences per row (an upper bound: rows shorter than max_length cost less); FLOPs per token =
+    2 (forward) + 2 (activation gradients) + 2 more when the base's own weights train, + 2 with recomputation, + 2
+    for a reference forward; plus the rollouts' decoding time (the module docstring), billed on every GPU."""
     if backend == "local":
         return CostEstimate(gpu=None, gpus=0, hourly_usd=0.0, hours=None, usd=0.0, note="local machine")
     accelerators = spec.resources.accelerators or {}
@@ -285,11 +349,21 @@ def estimate_cost(spec: FineTuneSpec, *, backend: str) -> CostEstimate:
         return CostEstimate(gpu=gpu, gpus=gpus, hourly_usd=hourly, hours=None, usd=None,
                             note=f"no architecture or no throughput figure known for {spec.model.id} on {gpu}")
     shapes = Shapes(config)
+    f = _facts(spec, device="gpu", seq_len=None, micro_batch=None, config=config)
     t = spec.train
-    tokens = steps * t.batch_size * t.grad_accum * gpus * spec.data.max_length
+    training = max(1, gpus - spec.resources.nodes * f.obj.serving_gpus)  # a serving GPU does not train
+    tokens = steps * t.batch_size * t.grad_accum * training * f.seq * f.obj.seqs
     per_token = 4 + (2 if method_of(spec).trains_all_weights else 0) + (2 if gradient_checkpointing(spec) else 0)
-    seconds = per_token * shapes.total_params() * tokens / (gpus * PEAK_TFLOPS[gpu] * 1e12 * MFU_ASSUMED)
+    per_token += 2 if f.obj.reference else 0
+    seconds = per_token * shapes.total_params() * tokens / (training * PEAK_TFLOPS[gpu] * 1e12 * MFU_ASSUMED)
     hours = seconds / 3600 + STARTUP_HOURS
+    notes = [] if hourly is not None else [f"no price for {gpu}: SkyPilot's catalog is not fetched here"]
+    decoding = _decode_seconds(f, gpu)
+    rollout_hours = None if decoding is None else steps * decoding / 3600
+    if rollout_hours is not None:
+        hours += rollout_hours
+        notes.append(f"rollouts: {rollout_hours:.2f} h decoding {f.obj.completion} tokens per answer on {gpu} "
+                     f"({f.obj.rollouts}, memory-bandwidth bound: sdk.core.objective_plan)")
     usd = None if hourly is None else round(hours * hourly * gpus, 2)
-    return CostEstimate(gpu=gpu, gpus=gpus, hourly_usd=hourly, hours=round(hours, 3), usd=usd,
-                        note="" if hourly is not None else f"no price for {gpu}: SkyPilot's catalog is not fetched here")
+    return CostEstimate(gpu=gpu, gpus=gpus, hourly_usd=hourly, hours=round(hours, 3), usd=usd, note="; ".join(notes),
+                        rollout_hours=None if rollout_hours is None else round(rollout_hours, 3))

@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from sdk.core.objectives import OBJECTIVES, ROW_FORMATS
 from sdk.core.parts import SpecPart
+from sdk.objectives.base import ROW_FORMATS
 
 # --------------------------------------------------------------------------------------------- model
 
@@ -31,8 +31,7 @@ class ModelSpec(SpecPart):
 # ---------------------------------------------------------------------------------------------- data
 
 
-RowFormatName = Literal[("auto", *ROW_FORMATS)]  # type: ignore[valid-type]  # the names sdk.core.objectives registers
-ObjectiveName = Literal[tuple(OBJECTIVES)]  # type: ignore[valid-type]
+RowFormatName = Literal[("auto", *ROW_FORMATS)]  # type: ignore[valid-type]  # the names sdk.objectives.base registers
 FILE_TYPES = ("jsonl", "json", "csv", "parquet", "txt", "txt_blocks")
 
 
@@ -141,8 +140,6 @@ class TrainSpec(SpecPart):
         2, ge=1, description="committed checkpoints kept in the store, oldest deleted first; null keeps all"
     )
     eval_steps: int | None = Field(None, ge=1)
-    dpo_beta: float = Field(0.1, gt=0, description="β of the preference objectives (dpo and kto): how far the tuned "
-                                                    "model may move from the reference model; higher stays closer")
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainSpec:

@@ -17,7 +17,6 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from sdk.core.errors import SpecError
 from sdk.core.methods import REGISTRY, LoraSpec, method_named
-from sdk.core.objectives import data_refusal
 from sdk.core.parts import SpecPart
 from sdk.core.sections import (  # noqa: F401  (imported from here by every caller)
     FILE_TYPES,
@@ -27,7 +26,6 @@ from sdk.core.sections import (  # noqa: F401  (imported from here by every call
     FieldMap,
     MlflowTracking,
     ModelSpec,
-    ObjectiveName,
     Optimizer,
     ResourcesSpec,
     RowFormatName,
@@ -36,6 +34,7 @@ from sdk.core.sections import (  # noqa: F401  (imported from here by every call
     TrainSpec,
     WandbTracking,
 )
+from sdk.objectives import OBJECTIVES, data_refusal, objective_of
 
 DEFAULT_OUTPUT = "~/.finetune/runs"
 
@@ -49,6 +48,9 @@ _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 # One settings model per registered method (sdk.core.methods), told apart by `name`.
 MethodSpec = Annotated[Union[tuple(m.spec for m in REGISTRY.values())], Field(discriminator="name")]  # type: ignore[valid-type]
+# One settings model per registered objective (sdk.objectives, plugins included), told apart by `name`.
+ObjectiveSpec = Annotated[Union[tuple(o.settings for o in OBJECTIVES.values())],  # type: ignore[valid-type]
+                          Field(discriminator="name")]
 
 
 # ----------------------------------------------------------------------------------------- the spec
@@ -60,7 +62,9 @@ class FineTuneSpec(SpecPart):
     description: str | None = None
     model: ModelSpec = Field(description="a Hub model id, a local model directory, a .gguf file, pkg://<package>/<file> or tiny:<arch>")
     method: MethodSpec = Field(default_factory=LoraSpec)
-    objective: ObjectiveName = "sft"
+    objective: ObjectiveSpec = Field(default_factory=lambda: OBJECTIVES["sft"].settings(),
+                                     description="what the run optimizes, and its settings: sft, dpo, kto, orpo, "
+                                                 "simpo, grpo (`objective: dpo` for the defaults)")
     data: DataSpec = Field(description="a local file, an s3:// URI, a Hub dataset id or builtin:<name>")
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
@@ -79,6 +83,26 @@ class FineTuneSpec(SpecPart):
         if isinstance(value, str):
             return {"name": value}
         return value
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective_from_string(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _train_dpo_beta(cls, value: Any) -> Any:
+        """Specs written before objectives had sections kept β in train.dpo_beta (spec.json of older runs)."""
+        if not (isinstance(value, dict) and isinstance(value.get("train"), dict) and "dpo_beta" in value["train"]):
+            return value
+        train = dict(value["train"])
+        beta = train.pop("dpo_beta")
+        objective = value.get("objective", "sft")
+        objective = {"name": objective} if isinstance(objective, str) else dict(objective)
+        settings = OBJECTIVES.get(str(objective.get("name")))
+        if settings is not None and "beta" in settings.settings.model_fields:  # the preference objectives' β
+            objective.setdefault("beta", beta)
+        return {**value, "train": train, "objective": objective}
 
     @field_validator("name")
     @classmethod
@@ -148,16 +172,16 @@ class FineTuneSpec(SpecPart):
 
     @model_validator(mode="after")
     def _cross_field(self) -> FineTuneSpec:
-        method = method_named(self.method.name)
-        if self.objective not in method.objectives:
-            trains = ", ".join(sorted(m.name for m in REGISTRY.values() if self.objective in m.objectives))
-            raise _CrossFieldError("method", f"{method.name} cannot be trained with objective {self.objective}; use one of {trains}")
-        refusal = data_refusal(self.objective, self.data.format, packing=self.data.packing)
+        method, objective = method_named(self.method.name), objective_of(self)
+        if method.soft_prompt and not objective.soft_prompts:
+            trains = ", ".join(sorted(o.name for o in OBJECTIVES.values() if o.soft_prompts))
+            raise _CrossFieldError("method", f"{method.name} learns soft prompts, which objective {objective.name} cannot "
+                                   f"train; use objective {trains}, or a method that trains weights (lora, qlora …)")
+        refusal = data_refusal(objective.name, self.data.format, packing=self.data.packing)
         if refusal:
             raise _CrossFieldError(*refusal)
-        if self.objective == "kto" and self.train.batch_size < 2:  # trl refuses it too, but only on the node
-            raise _CrossFieldError("train.batch_size", "kto estimates its KL term from the other rows of a batch: "
-                                   "set train.batch_size to 2 or more")
+        for field_name, message in objective.check(self):
+            raise _CrossFieldError(field_name, message)
         if self.data.packing and method.virtual_tokens(self.method):
             raise _CrossFieldError("data.packing", f"{method.name} prepends virtual tokens to every sequence, "
                                    "so sequences cannot be packed into one row; set data.packing: false")

@@ -111,6 +111,24 @@ class JudgeScore(_Read):
     errors: list[str] = Field(default_factory=list)
 
 
+class RewardScore(_Read):
+    """Objective grpo: the rewards of greedy answers to the held-out prompts: the weighted total's mean (`mean`), each
+    reward's own mean by name, over `n` prompts."""
+
+    mean: float
+    means: dict[str, float] = Field(default_factory=dict)
+    n: int
+
+
+class HeldOutReward(_Read):
+    before: RewardScore | None = None  # the base model (eval.before)
+    after: RewardScore | None = None  # the tuned model
+
+    @classmethod
+    def of(cls, before: RewardScore | None, after: RewardScore | None) -> HeldOutReward | None:
+        return None if before is None and after is None else cls(before=before, after=after)
+
+
 class ToolCalling(_Read):
     """How a run trained on tool calls rendered them (sdk.data.tools.tool_template): `native` the model's own chat
     template, else the Hermes prologue in front of it; the template itself is the run folder's chat_template.jinja,
@@ -151,6 +169,7 @@ class RunSummary(_Read):
     generation_metrics: GenerationMetrics = Field(default_factory=GenerationMetrics)
     forgetting: Forgetting | None = None  # eval.forgetting: general-text loss before and after
     judge: JudgeScore | None = None  # eval.judge: pairwise base vs tuned, position-swapped
+    reward: HeldOutReward | None = None  # objective grpo: the rewards' mean on held-out prompts, before and after
     generations: list[Generation] = Field(default_factory=list)
     adapter_bytes: int
     runtime_s: Runtime = Field(default_factory=Runtime)

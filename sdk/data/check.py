@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdk.core.objectives import kind_refusal, objective_named
 from sdk.core.spec import FineTuneSpec
 from sdk.data.formats import (
     FORMATS,
@@ -26,6 +25,7 @@ from sdk.data.formats import (
     undetected,
 )
 from sdk.data.rows import BadRow, DataError, is_hub_id, iter_rows
+from sdk.objectives import kind_refusal, objective_of
 
 MAX_LISTED = 20
 _GENERATION_MARK = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -59,7 +59,8 @@ class SourceCheck:
 
 
 def context(spec: FineTuneSpec) -> Context:
-    return Context(fields=spec.data.fields, instruction=spec.data.instruction, labels=spec.eval.labels)
+    return Context(fields=spec.data.fields, instruction=spec.data.instruction, labels=spec.eval.labels,
+                   prompts=objective_of(spec).reads_prompts)
 
 
 def template_for(template: str, sample: Sample, *, chat_template: bool | None = None) -> str:
@@ -128,7 +129,7 @@ def load_samples(spec: FineTuneSpec, source: str, field_name: str, *, keep: bool
             check.samples.append(sample)
     if check.rows == 0:
         raise DataError(f"{field_name}: {source} has no rows")
-    objective = objective_named(spec.objective)
+    objective = objective_of(spec)
     refusal = kind_refusal(objective.name, fmt.name) if fmt is not None and not any_objective else None
     if refusal:
         raise DataError(f"{field_name}: {source}: {refusal}")

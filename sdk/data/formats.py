@@ -28,10 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-from sdk.core.objectives import ROW_FORMATS, RowKind
 from sdk.core.spec import FieldMap
 from sdk.data.tools import check_calls, read_tools
 from sdk.data.turns import RowError, check_turns, read_response, read_turns
+from sdk.objectives.base import ROW_FORMATS, RowKind
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class Sample:
     rejected: str | None = None
     label: bool | None = None  # feedback: is the completion desirable?
     tools: list[dict[str, Any]] | None = None  # conversation: the functions offered (sdk.data.tools.read_tools)
+    fields: dict[str, Any] = field(default_factory=dict)  # the row as read: the references rewards look up by name
 
     @property
     def chat(self) -> bool:
@@ -74,6 +75,7 @@ class Context:
     fields: FieldMap
     instruction: str | None = None  # data.instruction: the fixed instruction of classification rows
     labels: list[str] | None = None  # eval.labels: an integer output is an index into them
+    prompts: bool = False  # the objective samples its own answers (grpo): a row may stop at the prompt
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,9 @@ def _label(row: dict[str, Any], column: str, ctx: Context) -> str:
 
 
 def _conversation(row: dict[str, Any], turns: list[dict[str, Any]], name: str, ctx: Context) -> Sample:
+    if ctx.prompts and turns and turns[-1]["role"] == "user":  # an OpenAI reinforcement row: the prompt alone
+        check_turns(turns, name, ends_with="user")
+        return Sample("pair", prompt=turns)
     check_turns(turns, name, ends_with="assistant")
     if all(t.get("weight", 1) == 0 for t in turns if t["role"] == "assistant"):
         raise RowError(f"{name}: every assistant turn has weight 0: nothing to learn")
@@ -203,10 +208,12 @@ def _prompt(value: Any, name: str) -> Prompt:
 
 def _prompt_completion(row: dict[str, Any], ctx: Context) -> Sample:
     f = ctx.fields
-    for column in (f.prompt, f.completion):
+    for column in (f.prompt,) if ctx.prompts else (f.prompt, f.completion):
         if row.get(column) is None:
             raise RowError(f"missing field {column!r}")
-    return Sample("pair", prompt=_prompt(row[f.prompt], f.prompt), completion=read_response(row[f.completion], f.completion))
+    completion = row.get(f.completion)
+    return Sample("pair", prompt=_prompt(row[f.prompt], f.prompt),
+                  completion=None if completion is None else read_response(completion, f.completion))
 
 
 def _plain_text(row: dict[str, Any], ctx: Context) -> Sample:
@@ -326,14 +333,15 @@ FORMATS: dict[str, RowFormat] = {f.name: f for f in (
               _feedback, also=_looks_like_feedback),
     RowFormat("messages", "messages: [{role, content}]", lambda f: (f.messages,), _messages),
     RowFormat("sharegpt", "conversations: [{from, value}]", lambda f: (f.conversations,), _sharegpt),
-    RowFormat("prompt_completion", "prompt / completion", lambda f: (f.prompt, f.completion), _prompt_completion),
+    RowFormat("prompt_completion", "prompt / completion (or a prompt alone, under objective grpo)", lambda f: (f.prompt,),
+              _prompt_completion, also=lambda row, ctx: ctx.fields.completion in row or ctx.prompts),
     RowFormat("alpaca", "instruction / input / output", lambda f: (f.output,), _alpaca, also=_has_instruction),
     RowFormat("text", "text", lambda f: (f.text,), _plain_text),
 )}
 
 
 if sorted(FORMATS) != sorted(ROW_FORMATS):
-    raise ImportError("sdk.data.formats.FORMATS and sdk.core.objectives.ROW_FORMATS must name the same formats")
+    raise ImportError("sdk.data.formats.FORMATS and sdk.objectives.base.ROW_FORMATS must name the same formats")
 
 
 def trained_turn(turn: dict[str, Any]) -> bool:
@@ -370,4 +378,5 @@ def normalize(fmt: RowFormat, row: dict[str, Any], ctx: Context, where: str) -> 
                        "conversations) under objective sft; these rows would train without the functions")
     sample = fmt.normalize(row, ctx)
     sample.where = where
+    sample.fields = row
     return sample

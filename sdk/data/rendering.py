@@ -12,6 +12,7 @@ from typing import Any
 from sdk.core.spec import FineTuneSpec
 from sdk.data.check import template_for
 from sdk.data.formats import Instruction, Sample, trained_turn
+from sdk.objectives import objective_of
 
 
 def instruction_prompt(instruction: str, input_text: str | None) -> str:
@@ -30,6 +31,15 @@ def _message(turn: dict[str, Any]) -> dict[str, Any]:
     return {k: turn[k] for k in ("role", "content", "tool_calls", "tool_call_id") if k in turn}
 
 
+def _function(path: str | None) -> Any:
+    if path is None:
+        return None
+    import importlib
+
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 @dataclass
 class Example:
     """One row for evaluation: the prompt (text or chat turns), the gold response, and an answer not to give
@@ -41,6 +51,7 @@ class Example:
     where: str = ""
     tools: list[dict[str, Any]] | None = None  # the functions the prompt offers (tool-calling rows)
     calls: list[dict[str, Any]] | None = None  # the gold answer's tool calls
+    fields: dict[str, Any] | None = None  # the row's columns (the rewards of objective grpo read references there)
 
 
 class Renderer:
@@ -52,6 +63,7 @@ class Renderer:
 
     def __init__(self, spec: FineTuneSpec, route: str = "per_turn", *, chat_template: bool | None = None):
         self.data = spec.data
+        self.objective_rows = _function(objective_of(spec).rows)  # an objective that builds its own rows (grpo)
         self.route = route
         self.chat_template = chat_template  # does the model's tokenizer have one (None: not known here)
 
@@ -78,6 +90,11 @@ class Renderer:
         return _joined(prompt) if isinstance(prompt, Instruction) else prompt
 
     def example(self, sample: Sample) -> Example:
+        example = self._example(sample)
+        example.fields = sample.fields
+        return example
+
+    def _example(self, sample: Sample) -> Example:
         template = self.template(sample)
         if sample.kind == "text":
             return Example("", sample.text or "", where=sample.where)
@@ -94,6 +111,8 @@ class Renderer:
         return Example(self.prompt(sample.prompt, template), sample.completion or "", where=sample.where)
 
     def trainer_rows(self, sample: Sample) -> list[dict[str, Any]]:
+        if self.objective_rows is not None:
+            return self.objective_rows(self, sample)
         template = self.template(sample)
         if sample.kind == "text":
             return [{"text": sample.text}]
@@ -122,7 +141,8 @@ def row_text(row: dict[str, Any], render_chat: Any, eos: str) -> str:
     tools = json.loads(row["tools"]) if row.get("tools") else None
     if "messages" in row:
         return render_chat(row["messages"], tools)
-    responses = [row["completion"]] if "completion" in row else [row["chosen"], row["rejected"]]
+    responses = [row["completion"]] if "completion" in row else [row["chosen"], row["rejected"]] if "chosen" in row \
+        else [[] if isinstance(row["prompt"], list) else ""]  # a prompt alone: the objective samples the answer
     if isinstance(row["prompt"], list):
         return max((render_chat(row["prompt"] + r, tools) for r in responses), key=len)
     return row["prompt"] + max(responses, key=len) + eos

@@ -279,6 +279,7 @@ def submit(spec: FineTuneSpec, *, backend: str = "auto", check_data: bool = True
     from sdk.backends import choose_backend, get_backend
     from sdk.backends.tracking import check_env
     from sdk.core.spec import check_new_spec
+    from sdk.runs.shipping import check_shipped, ship
 
     check_new_spec(spec)
     name = choose_backend(spec, backend)
@@ -287,6 +288,7 @@ def submit(spec: FineTuneSpec, *, backend: str = "auto", check_data: bool = True
     check_env(spec)
     if check_data:
         preflight_data(spec)
+    check_shipped(spec)  # before the run folder exists: a bad reward file leaves nothing behind
     store = open_store(spec.output)
     if run_id is not None and (not run_id or "/" in run_id or run_id in (".", "..")):
         raise LaunchError(f"run id {run_id!r}: not a folder name")
@@ -294,6 +296,7 @@ def submit(spec: FineTuneSpec, *, backend: str = "auto", check_data: bool = True
     if folder.exists():
         raise LaunchError(f"{folder.uri} already exists; refusing to overwrite a run")
     folder.write_json(SPEC, spec.model_dump(mode="json"))
+    ship(spec, folder)
     folder.write_status("pending", backend=name)
     try:
         info = impl.submit(spec, folder)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from sdk.core.errors import RunNotFound, StoreError
+from sdk.core.metric_names import read_row
 from sdk.store import Store, check_replaceable, fetch_dir, open_store, read_manifest, split_run_uri
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ LOG = "logs/node.log"
 CANCEL = "cancel_requested.json"
 CHAT_TEMPLATE = "chat_template.jinja"  # the chat template tool-calling rows trained with (sdk.data.tools)
 LAUNCH = "launch.json"  # the backend and its Info: any client (a resumed sweep driver) can reach the run again
+FILES_INDEX = "files.json"  # local files the run needs besides the data (sdk.runs.shipping), by content hash
 
 # cancelling: a cancel was asked for and neither the node nor the backend has confirmed it yet; lost: the node's
 # heartbeat stopped without a final word (it may have died while nobody watched): read, never written by a node.
@@ -156,7 +158,7 @@ class RunFolder:
         for line in self.store.get_bytes(self.key(METRICS)).decode().splitlines():
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    rows.append(read_row(json.loads(line)))  # an older run's keys under today's names
                 except ValueError:
                     continue  # a torn last line while the node rewrites the object
         return rows

@@ -50,7 +50,7 @@ def check_trial_data(trials: Sequence[FineTuneSpec]) -> None:
 
     seen = set()
     for trial in trials:
-        key = (trial.data.model_dump_json(), trial.objective, trial.model.id, str(trial.eval.labels))
+        key = (trial.data.model_dump_json(), trial.objective.name, trial.model.id, str(trial.eval.labels))
         if key not in seen:
             seen.add(key)
             preflight_data(trial)

@@ -33,8 +33,31 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 )}
 
 
+def objective_metrics() -> dict[str, Metric]:
+    """What the registered objectives' trainers log, with their goals (sdk.objectives): ranked by the last value
+    logged, except a summary metric of the same name (heldout_reward)."""
+    from sdk.objectives import OBJECTIVES
+
+    return {m.name: Metric(name=m.name, goal=m.goal, description=f"{o.name}: {m.description}",
+                           source="summary" if m.name in SUMMARY_KEYS else "logged")
+            for o in OBJECTIVES.values() for m in o.metrics}
+
+
+SUMMARY_KEYS = ("heldout_reward",)  # objective metrics the summary holds (read from there, not from metrics.jsonl)
+
+
+def known_metrics() -> dict[str, Metric]:
+    return {**objective_metrics(), **METRICS}
+
+
 def default_metric(spec: FineTuneSpec) -> str:
-    """Label accuracy after training when the spec names labels, else eval loss."""
+    """The objective's own (grpo: the held-out reward), else label accuracy after training when the spec names
+    labels, else eval loss."""
+    from sdk.objectives import objective_of
+
+    own = objective_of(spec).default_metric
+    if own is not None and spec.eval.after:
+        return own
     return "label_accuracy" if spec.eval.labels and spec.eval.after else "eval_loss"
 
 
@@ -48,6 +71,9 @@ def metric_value(name: str, summary: Any) -> float | None:
         return summary.judge.win_rate if summary.judge else None
     if name == "forgetting_ratio":
         return summary.forgetting.ratio if summary.forgetting else None
+    if name == "heldout_reward":
+        after = summary.reward.after if summary.reward else None
+        return None if after is None else after.mean
     if not hasattr(summary, name):  # a generation metric
         scores = summary.generation_metrics.after
         return None if scores is None else scores.means.get(name)
@@ -61,21 +87,23 @@ def logged_value(name: str, rows: Sequence[Mapping[str, Any]]) -> float | None:
 
 
 def check_metric(text: str) -> Metric:
-    """A summary metric by name, or any key the runs log in metrics.jsonl with its goal: `rewards/accuracies:max`."""
+    """A summary metric or an objective's logged metric by name (`reward`, `rewards/accuracies`), or any key the runs
+    log in metrics.jsonl with its goal: `grad_norm:min`."""
+    known = known_metrics()
     key, sep, goal = text.rpartition(":")
     if sep and goal in ("max", "min") and key:
-        if key in METRICS and METRICS[key].goal != goal:
-            raise SpecError(f"--metric {text}: {key} is better when {'higher' if METRICS[key].goal == 'max' else 'lower'} "
-                          f"(goal {METRICS[key].goal})")
-        return METRICS[key] if key in METRICS else Metric(name=key, goal=goal, source="logged",
+        if key in known and known[key].goal != goal:
+            raise SpecError(f"--metric {text}: {key} is better when {'higher' if known[key].goal == 'max' else 'lower'} "
+                          f"(goal {known[key].goal})")
+        return known[key] if key in known else Metric(name=key, goal=goal, source="logged",
                                                           description=f"the last logged {key}")
     if sep and key:
         raise SpecError(f"--metric: {text!r}: the goal after ':' is max or min, not {goal!r}")
-    if text not in METRICS:
+    if text not in known:
         import difflib
 
-        near = difflib.get_close_matches(text, METRICS, n=1)
+        near = difflib.get_close_matches(text, known, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise SpecError(f"--metric: {text!r} is not a summary metric (one of {', '.join(METRICS)}){hint}; to rank by "
+        raise SpecError(f"--metric: {text!r} is not a known metric (one of {', '.join(known)}){hint}; to rank by "
                         f"a key the runs log in metrics.jsonl, give its goal: --metric {text}:max or {text}:min")
-    return METRICS[text]
+    return known[text]
