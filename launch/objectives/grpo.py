@@ -23,8 +23,10 @@ def grpo_config_kwargs(settings: Any, *, rollout: dict[str, Any], reward_weights
 
 
 def rollouts(settings: Any) -> tuple[dict[str, Any], str]:
+    import os
+
     from launch import ranks
-    from launch.gpu import rollout_choice, vllm_installed
+    from launch.gpu import VLLM_SERVER_URL, rollout_choice, vllm_installed
     from sdk.core.errors import FinetuneError
 
     cuda = has_cuda()
@@ -32,7 +34,8 @@ def rollouts(settings: Any) -> tuple[dict[str, Any], str]:
         import torch
 
         return rollout_choice(settings.rollouts, cuda=cuda, vllm_installed=vllm_installed(),
-                              gpus_on_node=torch.cuda.device_count() if cuda else 0, nodes=ranks.num_nodes())
+                              gpus_on_node=torch.cuda.device_count() if cuda else 0, nodes=ranks.num_nodes(),
+                              server_url=os.environ.get(VLLM_SERVER_URL))  # the launcher's server (launch.rollout_server)
     except ValueError as exc:
         raise FinetuneError(str(exc)) from None
 

@@ -27,12 +27,35 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
         return _models_in(typing.get_args(annotation)[0])
     if origin in (typing.Union, types.UnionType):
         return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+    if origin in (list, dict):  # a list's items, a dict's values (objective.rewards, a multi grader's graders)
+        return _models_in(typing.get_args(annotation)[-1])
     return []
+
+
+def _contains_items(annotation: Any) -> bool:
+    """A list or dict (through Optional and Annotated): its errors have an index or key before the item's own path."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated or origin in (typing.Union, types.UnionType):
+        return any(_contains_items(a) for a in typing.get_args(annotation) if a is not type(None))
+    return origin in (list, dict)
 
 
 def _tag_of(cls: type[BaseModel]) -> str | None:
     field = cls.model_fields.get("name")
     return field.default if field is not None and isinstance(field.default, str) else None
+
+
+def _tags_of(cls: type[BaseModel]) -> list[str]:
+    """The discriminator values a model answers to: its `name` or `type` default, or every value of its Literal."""
+    for key in ("name", "type"):
+        field = cls.model_fields.get(key)
+        if field is None:
+            continue
+        if isinstance(field.default, str):
+            return [field.default]
+        if typing.get_origin(field.annotation) is typing.Literal:
+            return [str(v) for v in typing.get_args(field.annotation)]
+    return []
 
 
 def resolve(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Path, type[BaseModel] | None]:
@@ -46,12 +69,16 @@ def resolve(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Path, type[Bas
         if current is not None and isinstance(part, str) and part in current.model_fields:
             path.append(part)
             owner = current
-            candidates = _models_in(current.model_fields[part].annotation)
+            annotation = current.model_fields[part].annotation
+            candidates = _models_in(annotation)
             current = None
+            if candidates and _contains_items(annotation) and i + 1 < len(loc):
+                path.append(loc[i + 1])  # the item's index or key
+                i += 1
             if len(candidates) == 1:
                 current = candidates[0]
             elif candidates and i + 1 < len(loc):
-                tagged = {_tag_of(c): c for c in candidates}
+                tagged = {tag: c for c in candidates for tag in _tags_of(c)}
                 if loc[i + 1] in tagged:
                     current = tagged[loc[i + 1]]
                     i += 1  # the discriminator tag is not part of the user's path

@@ -46,7 +46,8 @@ class PlanFacts:
     """What the planner needs to know of an objective (sdk.core.plan)."""
 
     sequences_per_row: int = 1  # preference objectives run chosen and rejected in one batch
-    reference_forward: bool = False  # a frozen reference model's forward pass (the base with the adapter disabled)
+    # A frozen reference model's forward pass (the base with the adapter disabled): a fact, or one of the settings
+    reference_forward: bool | Callable[[Any], bool] = False
     # GRPO-style rollouts: (settings) -> (completions generated per prompt, longest completion in tokens)
     rollouts: Callable[[Any], tuple[int, int]] | None = None
 

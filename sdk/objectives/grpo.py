@@ -55,8 +55,11 @@ class GrpoSettings(ObjectiveSettings):
 
 
 def processes(spec: Any) -> int:
-    """Training processes the spec asks for (each GPU one; the CPU one)."""
-    return max(1, spec.resources.nodes) * max(1, spec.distributed.nproc_per_node or spec.resources.gpus_per_node or 1)
+    """Training processes the spec asks for (each GPU one; the CPU one); with rollouts on a vLLM server, each node's
+    last GPU serves instead of training (launch.rollout_server)."""
+    gpus = spec.distributed.nproc_per_node or spec.resources.gpus_per_node or 1
+    serving = 1 if spec.objective.rollouts == "vllm_server" and not spec.distributed.nproc_per_node and gpus > 1 else 0
+    return max(1, spec.resources.nodes) * max(1, gpus - serving)
 
 
 def _check(spec: Any) -> list[tuple[str, str]]:
@@ -98,6 +101,6 @@ OBJECTIVE = Objective(
         LoggedMetric("entropy", "min", "mean token entropy of the sampled answers"),
         LoggedMetric("heldout_reward", "max", "mean reward of the tuned model's greedy answers to held-out prompts"),
     ),
-    plan=PlanFacts(rollouts=lambda g: (g.num_generations, g.max_completion_length), reference_forward=False),
+    plan=PlanFacts(rollouts=lambda g: (g.num_generations, g.max_completion_length), reference_forward=lambda g: g.beta > 0),
     node_extras=_node_extras, ships=_shipped,
 )
