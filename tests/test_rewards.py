@@ -20,6 +20,7 @@ from sdk.core.errors import FinetuneError
 from sdk.core.validation import format_errors
 from sdk.evaluation.graders import (
     GraderError,
+    UnreadableScore,
     bleu,
     calculate,
     chat_request,
@@ -425,8 +426,12 @@ def test_score_model_clamps_into_its_range_and_reads_plain_numbers(chat):
     chat.reply = "I would give it 0.4 out of 1."
     assert _grade(judge(chat.url), "x") == pytest.approx(0.4)
     chat.reply = "No idea."
-    with pytest.raises(GraderError, match="the reply 'No idea.' holds no score"):
+    with pytest.raises(UnreadableScore, match="the reply 'No idea.' holds no score"):
         _grade(judge(chat.url), "x")
+    from sdk.evaluation.rewards import build_rewards
+
+    (reward,) = build_rewards(ITEMS.validate_python([judge(chat.url)]))  # as trl calls it: no score, the run goes on
+    assert reward(["q"], ["a"], reference=["r"]) == [None]
     assert read_score('```json\n{"result": 0.25}\n```') == 0.25 and read_score("1e-1") == 0.1
 
 

@@ -260,6 +260,30 @@ def test_a_judge_behind_the_endpoint_scores_a_run_in_both_orders(server, two_ada
     assert server.api_key not in str(run.logs())
 
 
+def test_a_score_model_grader_behind_the_endpoint_trains_grpo(server, two_adapters, monkeypatch):
+    """An OpenAI score_model grader pointed at the served SmolLM2 (its scores mean little at that size; the plumbing
+    is real): a tiny GRPO run sends every sampled answer to the endpoint with the key the spec only names, and the
+    grader's mean lands in metrics.jsonl and the held-out reward."""
+    runs, root = two_adapters
+    monkeypatch.setenv("FT_GRADER_KEY", server.api_key)
+    grader = {"type": "score_model", "name": "smol", "model": server.base, "base_url": f"{server.url}/v1",
+              "api_key_env": "FT_GRADER_KEY", "range": [0, 1], "sampling_params": {"max_completions_tokens": 8},
+              "input": [{"role": "user", "content": "Rate from 0 to 1 how well this names a news topic. Reply with "
+                                                    "a number only.\nAnswer: {{sample.output_text}}"}]}
+    spec = load_recipe("tiny", ["name=graded", "train.max_steps=2", "train.logging_steps=1", "data.max_samples=16",
+                                "eval.num_samples=2", "eval.max_new_tokens=4", f"output={root / 'runs'}"])
+    spec = sdk.FineTuneSpec.model_validate({**spec.model_dump(), "objective": {
+        "name": "grpo", "rewards": ["exact_match", grader], "num_generations": 4, "max_completion_length": 6}})
+    assert "FT_GRADER_KEY" in spec.secrets and server.api_key not in spec.model_dump_json()
+    run = sdk.submit(spec)
+    assert run.wait(timeout=600, progress=False).state == "succeeded", str(run.logs())[-2000:]
+    logged = [r for r in run.metrics() if "rewards/smol/mean" in r]
+    values = [r["rewards/smol/mean"] for r in logged]  # NaN: every reply of that step held no number
+    assert [r["step"] for r in logged] == [1, 2] and all(v != v or 0 <= v <= 1 for v in values), values
+    assert "smol" in run.summary().reward.after.means or "holds no score" in str(run.logs())
+    assert server.api_key not in str(run.logs())
+
+
 def test_base_and_adapter_requests_at_once_never_mix(server, answers):
     jobs = [(name, i) for _ in range(2) for name in answers for i in range(len(PROMPTS))]  # 18 requests, mixed
 

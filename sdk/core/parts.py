@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 
 class SpecPart(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http:// or https:// URL, not {value!r}")
+    return value
+
+
+# An OpenAI-compatible endpoint's base URL (eval.judge, a score_model grader).
+EndpointUrl = Annotated[str, AfterValidator(_http_url)]

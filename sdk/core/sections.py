@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from sdk.core.parts import SpecPart
+from sdk.core.parts import EndpointUrl, SpecPart
 from sdk.objectives.base import ROW_FORMATS
 
 # --------------------------------------------------------------------------------------------- model
@@ -161,7 +161,7 @@ class JudgeSpec(SpecPart):
     """A judge model behind any OpenAI-compatible endpoint (a `finetune serve` server, a hosted API): it compares
     base and tuned answers to the held-out prompts pairwise, in both positions (sdk.evaluation.judge)."""
 
-    base_url: str = Field(description="the endpoint's base URL, e.g. http://127.0.0.1:8000/v1 or https://api.openai.com/v1")
+    base_url: EndpointUrl = Field(description="the endpoint's base URL, e.g. http://127.0.0.1:8000/v1 or https://api.openai.com/v1")
     model: str = Field(min_length=1, description="the judge's model name at that endpoint")
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                                     description="the environment variable holding the endpoint's key where the run "
@@ -169,13 +169,6 @@ class JudgeSpec(SpecPart):
     rubric: str | None = Field(None, description="what makes an answer better; default: correct, follows the request, brief")
     max_samples: int = Field(20, ge=1, le=1000, description="held-out prompts judged (two requests each)")
     timeout_s: float = Field(60, gt=0, le=600)
-
-    @field_validator("base_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http:// or https:// URL, not {value!r}")
-        return value
 
 
 class EvalSpec(SpecPart):

@@ -182,6 +182,11 @@ class FineTuneSpec(SpecPart):
             raise _CrossFieldError(*refusal)
         for field_name, message in objective.check(self):
             raise _CrossFieldError(field_name, message)
+        for key in objective.secrets(self.objective):  # forwarded to the node like any credential
+            if key in self.env:
+                raise _CrossFieldError("env", f"{key} holds a grader's key (api_key_env): a key never goes in the spec")
+            if key not in self.secrets:
+                self.secrets.append(key)
         if self.data.packing and method.virtual_tokens(self.method):
             raise _CrossFieldError("data.packing", f"{method.name} prepends virtual tokens to every sequence, "
                                    "so sequences cannot be packed into one row; set data.packing: false")

@@ -45,6 +45,11 @@ from sdk.evaluation.metrics import normalize, parse_json, rouge_l
 from sdk.objectives.rewards import parse_formula
 
 
+class UnreadableScore(Exception):
+    """A grader model replied without a score: that answer gets no score from it (trl leaves a None out of the
+    weighted sum), rather than failing the run or a score the answer did not earn."""
+
+
 class GraderError(FinetuneError):
     """A grader could not score an answer: the message names the grader (and the URL, for score_model)."""
 
@@ -345,7 +350,7 @@ def _score_model(grader: Any, *, sample: dict[str, Any], item: dict[str, Any]) -
         raise GraderError(f"score_model grader {grader.name!r}: {url}: {_failure(exc, grader.timeout_s)}") from None
     score = read_score(text)
     if score is None:
-        raise GraderError(f"score_model grader {grader.name!r}: {url}: the reply {text[:80]!r} holds no score")
+        raise UnreadableScore(f"score_model grader {grader.name!r}: the reply {text[:80]!r} holds no score")
     low, high = grader.range
     return min(max(score, low), high)
 

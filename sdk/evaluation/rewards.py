@@ -29,6 +29,7 @@ from sdk.data.tools import parse_hermes_calls
 from sdk.evaluation import metrics
 from sdk.evaluation.graders import (
     GraderError,
+    UnreadableScore,
     api_key,
     as_text,
     finite_number,
@@ -274,6 +275,7 @@ class RowReward:
         self.item, self.__name__, self.label = item, name, label
         self.json_columns = frozenset(json_columns)
         self.concurrent = item.type in GRADER_TYPES and bool(score_model_graders(item))
+        self.unreadable = 0  # answers a grader model replied to without a score
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Any = None,
                  **kwargs: Any) -> list[float | None]:
@@ -291,6 +293,11 @@ class RowReward:
         text, calls = answer_of(completion)
         try:
             return SCORERS[self.item.type](self.item, text, calls, row)
+        except UnreadableScore as exc:
+            if not self.unreadable:  # once per reward: a grader model that ignores the format says so in the log
+                print(f"[finetune] {self.label}: {exc}; such answers get no score from it", flush=True)
+            self.unreadable += 1
+            return None
         except (GraderError, ValueError, re.error) as exc:
             raise RewardError(f"{self.label}: {exc}") from None
 

@@ -76,6 +76,9 @@ class Objective:
     # Local files the node needs (a reward's Python file): (settings) -> [(field, name as written, path)]; they are
     # checked before launch and shipped in the run folder (sdk.runs.shipping), hashed
     ships: Callable[[Any], list[tuple[str, str, str]]] = field(default=lambda settings: [])
+    # Names of environment variables holding keys its settings name (a score_model grader's api_key_env): forwarded
+    # to the node as secrets, never written in the spec
+    secrets: Callable[[Any], list[str]] = field(default=lambda settings: [])
 
     @property
     def formats(self) -> list[str]:

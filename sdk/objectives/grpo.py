@@ -84,6 +84,16 @@ def _shipped(settings: GrpoSettings) -> list[tuple[str, str, str]]:
             for i, r in enumerate(settings.rewards) if r.type == "function"]
 
 
+def _key_names(graders: Any) -> list[str]:
+    names = []
+    for grader in graders:
+        if getattr(grader, "type", None) == "multi":
+            names += _key_names(grader.graders.values())
+        elif getattr(grader, "api_key_env", None):
+            names.append(grader.api_key_env)
+    return names
+
+
 def _node_extras(settings: GrpoSettings, cuda: bool) -> tuple[str, ...]:
     return ("vllm",) if cuda and settings.rollouts in ("auto", "vllm_colocate", "vllm_server") else ()
 
@@ -91,7 +101,8 @@ def _node_extras(settings: GrpoSettings, cuda: bool) -> tuple[str, ...]:
 OBJECTIVE = Objective(
     name="grpo", settings=GrpoSettings, trainer="launch.objectives.grpo:build", trains_on="examples",
     description="group relative policy optimization: sampled answers scored by rewards, the better ones reinforced",
-    formats_excluded=("text",), reads_prompts=True, check=_check, rows="sdk.data.prompts:prompt_row", default_metric="heldout_reward",
+    formats_excluded=("text",), reads_prompts=True, check=_check, rows="sdk.data.prompts:prompt_row",
+    default_metric="heldout_reward",
     metrics=(
         LoggedMetric("reward", "max", "mean weighted reward of the sampled answers"),
         LoggedMetric("reward_std", "min", "spread of rewards within a group"),
@@ -101,6 +112,7 @@ OBJECTIVE = Objective(
         LoggedMetric("entropy", "min", "mean token entropy of the sampled answers"),
         LoggedMetric("heldout_reward", "max", "mean reward of the tuned model's greedy answers to held-out prompts"),
     ),
-    plan=PlanFacts(rollouts=lambda g: (g.num_generations, g.max_completion_length), reference_forward=lambda g: g.beta > 0),
-    node_extras=_node_extras, ships=_shipped,
+    plan=PlanFacts(rollouts=lambda g: (g.num_generations, g.max_completion_length),
+                   reference_forward=lambda g: g.beta > 0),
+    node_extras=_node_extras, ships=_shipped, secrets=lambda g: _key_names(g.rewards),
 )

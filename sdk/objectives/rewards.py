@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BeforeValidator, Field, create_model, field_validator, model_validator
 
-from sdk.core.parts import SpecPart
+from sdk.core.parts import EndpointUrl, SpecPart
 
 GRADER_TYPES = ("string_check", "text_similarity", "score_model", "python", "multi")
 REWARD_TYPES = ("exact_match", "token_f1", "rouge_l", "json_valid", "json_fields", "regex", "tool_call", "length",
@@ -198,18 +198,11 @@ class ScoreModelGrader(_Grader):
     sampling_params: SamplingParams | None = None
     pass_threshold: float | None = Field(None, description="OpenAI's pass mark for evals; accepted so a pasted "
                                                            "grader validates: the reward is the score itself")
-    base_url: str = Field(description="the OpenAI-compatible endpoint serving `model` (our extension to OpenAI's "
+    base_url: EndpointUrl = Field(description="the OpenAI-compatible endpoint serving `model` (our extension to OpenAI's "
                                       "grader), e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="the environment "
                                     "variable holding the endpoint's key where the run executes (never the key)")
     timeout_s: float = Field(60, gt=0, le=600, description="seconds to wait for one reply")
-
-    @field_validator("base_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http:// or https:// URL, not {value!r}")
-        return value
 
     @field_validator("range")
     @classmethod

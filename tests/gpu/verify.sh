@@ -5,6 +5,8 @@
 #   3. FSDP2 logits: a wrapped LoRA / QLoRA model against the unwrapped one (fsdp_logits.py, bitsandbytes#1945)
 #   4. the benchmark, short form: finetune vs the TRL tutorial and a tuned TRL, length mix and uniform rows,
 #      with the planner's prediction against torch.cuda.max_memory_allocated() (bench_gpu.py)
+#   5. GRPO on the tiny model through the CLI, rollouts vLLM colocated where vllm imports (else auto, which must
+#      say why it generates with transformers): the rollout line and the reward curve
 # Results go to $RESULTS (default tests/bench/results, or $OUT on the device machine) as <check>-<gpu>.txt.
 # Usage there: bash tests/gpu/verify.sh      (with .whl carried: bash tests/gpu/wheels.sh here first)
 set -uo pipefail
@@ -51,5 +53,9 @@ PY"
 step gpu_methods 180 $PY tests/bench/gpu_methods.py --parallel 10
 step fsdp_logits 90 $PY tests/gpu/fsdp_logits.py --device cuda --out "$RESULTS/fsdp_logits-$GPU.json"
 step bench_gpu 300 $PY tests/bench/bench_gpu.py --steps 14 --rows mix:2,uniform:1 --out "$RESULTS/bench_gpu-$GPU-table.txt"
+ROLLOUTS=$($PY -c "import vllm" >/dev/null 2>&1 && echo vllm_colocate || echo auto)
+step grpo_rollouts 240 $PY -m sdk.cli launch tiny --local --set output=$FINETUNE_HOME/runs --set train.max_steps=6 \
+    --set train.logging_steps=1 --set train.batch_size=8 --set eval.num_samples=4 --set \
+    "objective={name: grpo, rewards: [exact_match, {type: token_f1, weight: 0.5}], num_generations: 4, max_completion_length: 8, rollouts: $ROLLOUTS}"
 echo "verify: $([ $status = 0 ] && echo 'every check passed' || echo 'some checks FAILED'); results in $RESULTS"
 exit $status
