@@ -98,16 +98,19 @@ class Evaluation:
 def answer_tokens(spec: Any) -> int:
     """How long a held-out answer may be: eval.max_new_tokens, or the objective's own answer length if longer (a
     grpo answer is scored whole)."""
-    return max(spec.eval.max_new_tokens, getattr(spec.objective, "max_completion_length", 0))
+    from sdk.objectives import objective_of
+
+    return max(spec.eval.max_new_tokens, objective_of(spec).answer_tokens(spec.objective))
 
 
 def heldout_reward(spec: Any, examples: list[Example], outputs: list[str], *, files: dict[str, Any]) -> Any:
-    """The objective's rewards (an objective whose settings hold `rewards`) of greedy answers to held-out prompts."""
+    """The objective's held-out rewards (grpo's) of the greedy answers to the held-out prompts, or None."""
     from sdk.core.summary import RewardScore
     from sdk.data.prompts import REFERENCE
     from sdk.evaluation.rewards import score_rows
+    from sdk.objectives import objective_of
 
-    items = getattr(spec.objective, "rewards", None)
+    items = objective_of(spec).heldout_rewards(spec.objective)
     answered = [(e, o) for e, o in zip(examples, outputs, strict=True) if e.prompt]
     if not items or not answered:
         return None

@@ -154,6 +154,12 @@ def test_grpo_rows_carry_the_prompt_the_reference_and_every_other_column(tmp_pat
 
     assert json_columns(rows) == {"meta"}  # the node writes every value of such a column as JSON text
     assert [r.get("meta") for r in encode_json_columns(rows, {"meta"})] == ['{"src": "quiz"}', None]
+    from sdk.data.rows import DataError
+
+    with pytest.raises(DataError, match=r"objective.rewards\[0\].reference: no row of .* holds an answer"):
+        _rows(spec, [{"prompt": "Say hi", "answer": "hi"}])  # exact_match against `reference`: nothing to compare
+    spec = spec.model_copy(update={"objective": spec.objective.model_copy(update={"rewards": [
+        type(spec.objective.rewards[0])(type="exact_match", reference="answer")]})})
     rows, check = _rows(spec, [{"prompt": "Say hi", "answer": "hi"}])  # a prompt alone, as TRL's GRPO datasets hold
     assert check.format == "prompt_completion" and rows == [{"answer": "hi", "reference": None, "prompt": "Say hi"}]
 
@@ -280,3 +286,64 @@ def test_grpo_under_ddp_resumes_after_a_kill(tmp_path):
     summary = folder.read_json("summary.json")
     assert summary["resumed_from_step"] == 2 and summary["steps"] == 4 and summary["world_size"] == 2
     assert [r["step"] for r in folder.metrics() if "reward" in r] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_grpo_trains_lora_under_zero_on_two_processes(tmp_path, stage):
+    spec = tiny(grpo("exact_match"), "train.batch_size=4", "distributed.nproc_per_node=2", "train.max_steps=2",
+                "distributed.strategy=deepspeed", f"distributed.zero_stage={stage}", f"output={tmp_path}")
+    result, folder = run_node(spec, tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    summary = folder.read_json("summary.json")
+    assert summary["world_size"] == 2 and summary["strategy"] == "deepspeed" and summary["steps"] == 2
+    assert [r["step"] for r in folder.metrics() if "reward" in r] == [1, 2]
+    assert folder.adapter_manifest() is not None
+
+
+def test_an_objective_named_alone_takes_overrides_of_its_settings():
+    spec = load_recipe("tiny", ["objective=dpo", "objective.beta=0.3", "data.source=builtin:news-preferences",
+                                "data.eval_source=null", "eval.labels=null"])
+    assert (spec.objective.name, spec.objective.beta) == ("dpo", 0.3)
+
+
+def test_openai_reinforcement_rows_read_as_openai_writes_them(tmp_path):
+    """A developer turn is a system turn; rows that offer tools are refused under grpo with the reason."""
+    spec = sdk.FineTuneSpec(model="m", data=str(tmp_path / "d.jsonl"), train={"batch_size": 8},
+                            objective=grpo({"type": "exact_match", "reference": "answer"}))
+    rows, _ = _rows(spec, [{"messages": [{"role": "developer", "content": "Be brief."},
+                                         {"role": "user", "content": "2+2?"}], "answer": "4"}])
+    assert rows[0]["prompt"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    from sdk.data.check import load_samples
+
+    path = tmp_path / "tools.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "Weather?"}], "answer": "x",
+                                "tools": [{"type": "function", "function": {"name": "w", "parameters": {}}}]}) + "\n")
+    check = load_samples(spec, str(path), "data.source")
+    assert "rows offering tools cannot train under grpo" in check.bad[0][1]
+
+
+def test_async_rewards_and_imported_functions_work_as_in_trl(tmp_path):
+    from sdk.evaluation.rewards import build_rewards
+    from sdk.runs.shipping import check_shipped
+
+    (tmp_path / "scoring.py").write_text("def score(prompts, completions, **kw):\n    return [1.0] * len(completions)\n")
+    (tmp_path / "rewards.py").write_text("from scoring import score\n\n\nasync def slow(prompts, completions, **kw):\n"
+                                         "    return [float(len(c)) for c in completions]\n")
+    settings = grpo({"type": "function", "function": f"{tmp_path}/rewards.py:slow"},
+                    {"type": "function", "function": f"{tmp_path}/rewards.py:score"})
+    spec = sdk.FineTuneSpec(model="m", data="d.jsonl", train={"batch_size": 8}, objective=settings)
+    assert len(check_shipped(spec)) == 2
+    sys.path.insert(0, str(tmp_path))
+    try:
+        slow, score = build_rewards(spec.objective.rewards)
+        assert slow(["p", "p"], ["ab", "abc"]) == [2.0, 3.0] and score(["p"], ["x"]) == [1.0]
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_an_endpoint_url_never_carries_a_key():
+    with pytest.raises(SpecError, match="holds credentials"):
+        sdk.FineTuneSpec(model="m", data="d.jsonl", train={"batch_size": 8}, objective=grpo(
+            {"type": "score_model", "name": "j", "model": "x", "base_url": "https://me:sk-1@api.example.com/v1",
+             "input": [{"role": "user", "content": "{{sample.output_text}}"}]}))

@@ -23,16 +23,15 @@ from sdk.evaluation.graders import (
     UnreadableScore,
     bleu,
     calculate,
-    chat_request,
     fuzzy_match,
     gleu,
     grade,
-    read_score,
     render,
     rouge_n,
     sample_of,
 )
 from sdk.evaluation.rewards import RewardError, build_rewards, load_function, score_rows, weights
+from sdk.evaluation.score_model import chat_request, read_score
 from sdk.objectives.rewards import REWARD_TYPES, RewardSpec, reward_name, reward_names, reward_shorthand
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -359,14 +358,17 @@ class ChatServer:
             def do_POST(self):  # noqa: N802 - http.server's name
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-                if server.reply == "sleep":
+                reply = server.reply.pop(0) if isinstance(server.reply, list) else server.reply  # a list: one each
+                if reply == "sleep":
                     time.sleep(1.5)
-                if isinstance(server.reply, int):
-                    self.send_response(server.reply)
+                if isinstance(reply, int):
+                    self.send_response(reply)
+                    if reply == 429:
+                        self.send_header("Retry-After", "3")
                     self.end_headers()
                     self.wfile.write(b"upstream exploded")
                     return
-                content = server.reply if isinstance(server.reply, str) else json.dumps(server.reply)
+                content = reply if isinstance(reply, str) else json.dumps(reply)
                 payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -425,6 +427,8 @@ def test_score_model_clamps_into_its_range_and_reads_plain_numbers(chat):
     assert _grade(judge(chat.url, range=[-1, 1]), "x") == -1.0
     chat.reply = "I would give it 0.4 out of 1."
     assert _grade(judge(chat.url), "x") == pytest.approx(0.4)
+    assert read_score("Step 1: the answer is right. Step 2: it is short. Score: 0.9") == 0.9  # not Step 1's 1
+    assert read_score("7/10") is None and read_score("Rating: 7/10") is None  # not 7 on a 0-1 range
     chat.reply = "No idea."
     with pytest.raises(UnreadableScore, match="the reply 'No idea.' holds no score"):
         _grade(judge(chat.url), "x")
@@ -435,12 +439,24 @@ def test_score_model_clamps_into_its_range_and_reads_plain_numbers(chat):
     assert read_score('```json\n{"result": 0.25}\n```') == 0.25 and read_score("1e-1") == 0.1
 
 
-def test_score_model_failures_name_the_url(chat):
+def test_score_model_failures_name_the_url(chat, monkeypatch):
+    from sdk.evaluation import score_model
+
+    waits: list[float] = []
+    monkeypatch.setattr(score_model, "_sleep", waits.append)
     chat.reply = 500
     with pytest.raises(GraderError) as info:
         _grade(judge(chat.url), "x")
     assert str(info.value) == (f"score_model grader 'judge': {chat.url}/chat/completions: HTTP 500 Internal Server "
                                "Error: upstream exploded")
+    assert len(chat.requests) == 4 and waits == [1.0, 2.0, 4.0]  # tried again after 1, 2 and 4 s
+    chat.reply, waits[:] = [429, 503, {"result": 0.5}], []
+    assert _grade(judge(chat.url), "x") == 0.5 and waits == [3.0, 2.0]  # the endpoint's Retry-After first
+    chat.reply = 400
+    with pytest.raises(GraderError, match="HTTP 400"):
+        _grade(judge(chat.url), "x")
+    assert waits == [3.0, 2.0]  # a bad request is not tried again
+    monkeypatch.setattr(score_model, "RETRIES", 0)
     chat.reply = "sleep"
     started = time.monotonic()
     with pytest.raises(GraderError) as info:

@@ -13,8 +13,8 @@ def grpo_config_kwargs(settings: Any, *, rollout: dict[str, Any], reward_weights
     g = settings
     kwargs = dict(num_generations=g.num_generations, generation_batch_size=g.generation_batch_size,
                   max_completion_length=g.max_completion_length, temperature=g.temperature, top_p=g.top_p,
-                  beta=g.beta, loss_type=g.loss_type, importance_sampling_level=g.importance_sampling_level,
-                  epsilon=g.epsilon, epsilon_high=g.epsilon_high, num_iterations=g.num_iterations,
+                  beta=g.beta, loss_type=g.resolved_loss, importance_sampling_level=g.importance_sampling_level,
+                  epsilon=g.resolved_epsilon, epsilon_high=g.resolved_epsilon_high, num_iterations=g.num_iterations,
                   scale_rewards=g.scale_rewards, mask_truncated_completions=g.mask_truncated_completions,
                   reward_weights=reward_weights, log_completions=g.log_completions, **rollout)
     if rollout.get("use_vllm") and rollout.get("vllm_mode") == "colocate":

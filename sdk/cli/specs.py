@@ -41,19 +41,22 @@ def validate(
     from rich.markup import escape
 
     from sdk.core.errors import SpecError
+    from sdk.runs.shipping import check_shipped
 
     failed = 0
     console = _console()
     for file in files:
         try:
             spec = _load(file, overrides)
+            check_shipped(spec)  # a reward's Python file: it exists, compiles, defines the function
             if data:
                 _check_data(spec)
         except SpecError as exc:
             failed += 1
             _console(stderr=True).print(f"[red]✗[/red] {escape(str(exc))}", markup=True)
             continue
-        console.print(f"[green]✓[/green] {file}: {spec.method.name} on {spec.model.id}, {spec.train.length}")
+        console.print(f"[green]✓[/green] {file}: {spec.method.name} on {spec.model.id}, {spec.objective.name}, "
+                      f"{spec.train.length}")
         if show:
             console.print_json(spec.to_json())
     if failed:

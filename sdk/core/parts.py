@@ -14,6 +14,8 @@ class SpecPart(BaseModel):
 def _http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise ValueError(f"must be an http:// or https:// URL, not {value!r}")
+    if "@" in value.split("://", 1)[1].split("/", 1)[0]:  # spec.json and error lines would carry the secret
+        raise ValueError("holds credentials (user:key@host): name the key's environment variable in api_key_env instead")
     return value
 
 

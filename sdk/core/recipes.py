@@ -104,9 +104,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> tuple[dict[st
         node = data
         for i, key in enumerate(keys[:-1]):
             child = node.get(key)
-            if isinstance(child, str) and key in ("model", "data", "method", "distributed"):
+            if isinstance(child, str) and key in ("model", "data", "method", "objective", "distributed"):
                 child = {"id": child} if key == "model" else {"source": child} if key == "data" else {
-                    "name" if key == "method" else "strategy": child
+                    "strategy" if key == "distributed" else "name": child
                 }
             elif child is None:
                 child = {}

@@ -24,6 +24,7 @@ from sdk.data.formats import (
     normalize,
     undetected,
 )
+from sdk.data.prompts import REFERENCE, prompt_and_reference
 from sdk.data.rows import BadRow, DataError, is_hub_id, iter_rows
 from sdk.objectives import kind_refusal, objective_of
 
@@ -41,6 +42,7 @@ class SourceCheck:
     samples: list[Sample] = field(default_factory=list)
     bad: list[tuple[str, str]] = field(default_factory=list)
     feedback: dict[bool, int] = field(default_factory=dict)  # binary-feedback rows per label
+    columns: set[str] = field(default_factory=set)  # every column a good row held, and `reference` if one had an answer
 
     def balance(self) -> str | None:
         """How many feedback rows are desirable and undesirable (what KTO weighs), or None for other rows."""
@@ -123,6 +125,9 @@ def load_samples(spec: FineTuneSpec, source: str, field_name: str, *, keep: bool
             continue
         if sample.kind == "feedback":
             check.feedback[bool(sample.label)] = check.feedback.get(bool(sample.label), 0) + 1
+        check.columns.update(sample.fields)
+        if REFERENCE not in check.columns and prompt_and_reference(sample)[1] is not None:
+            check.columns.add(REFERENCE)
         if on_row is not None:
             on_row(sample)
         if keep:
@@ -133,6 +138,13 @@ def load_samples(spec: FineTuneSpec, source: str, field_name: str, *, keep: bool
     refusal = kind_refusal(objective.name, fmt.name) if fmt is not None and not any_objective else None
     if refusal:
         raise DataError(f"{field_name}: {source}: {refusal}")
+    missing = [(where, column) for where, column in objective.reads_columns(spec.objective) if column not in check.columns]
+    if missing and not any_objective and check.rows > len(check.bad):
+        where, column = missing[0]
+        what = "an answer (alpaca's output, a completion, a last assistant turn)" if column == REFERENCE \
+            else f"a column {column!r}"
+        raise DataError(f"{where}: no row of {source} holds {what} for it to read (columns: "
+                        f"{', '.join(sorted(check.columns - {REFERENCE})) or 'none'})")
     return check
 
 

@@ -118,6 +118,10 @@ def _label(row: dict[str, Any], column: str, ctx: Context) -> str:
 
 
 def _conversation(row: dict[str, Any], turns: list[dict[str, Any]], name: str, ctx: Context) -> Sample:
+    if ctx.prompts and row.get(ctx.fields.tools) not in (None, [], "", "[]", "null"):
+        raise RowError(f"a {ctx.fields.tools!r} column: rows offering tools cannot train under grpo (trl renders one "
+                       "set of tools for every prompt); describe the functions in the system turn, score calls with "
+                       "the tool_call reward")
     if ctx.prompts and turns and turns[-1]["role"] == "user":  # an OpenAI reinforcement row: the prompt alone
         check_turns(turns, name, ends_with="user")
         return Sample("pair", prompt=turns)

@@ -15,7 +15,10 @@ def prompt_and_reference(sample: Sample) -> tuple[Any, str | None]:
     """The prompt, and the answer the row holds if any: alpaca's output, a completion, the last assistant turn."""
     if sample.kind == "conversation":
         last = max(i for i, t in enumerate(sample.turns) if t["role"] == "assistant")
-        return sample.turns[:last], sample.turns[last]["content"]
+        answer = sample.turns[last]
+        if answer.get("tool_calls"):  # the calls, as the tool_call reward reads a reference
+            return sample.turns[:last], json.dumps(answer["tool_calls"], ensure_ascii=False)
+        return sample.turns[:last], answer["content"]
     return sample.prompt, sample.completion
 
 
@@ -32,9 +35,16 @@ def reference_fields(sample: Sample, *, prompt_columns: tuple[str, ...]) -> dict
 
 
 def json_columns(rows: list[dict[str, Any]]) -> set[str]:
-    """The reference columns of prompt rows (prompt_row's, which carry `reference`) that hold a list or an object in
-    some row: one arrow table cannot type them. Other objectives' rows are left as they are."""
-    return {k for row in rows if REFERENCE in row for k, v in row.items() if k != "prompt" and not _scalar(v)}
+    """The reference columns of prompt rows (prompt_row's, which carry `reference`) that one arrow table cannot type:
+    a list or an object in some row, or values of different types (4 in one row, "6" in another). Other objectives'
+    rows are left as they are."""
+    kinds: dict[str, set[type]] = {}
+    for row in rows:
+        if REFERENCE in row:
+            for k, v in row.items():
+                if k != "prompt" and v is not None:
+                    kinds.setdefault(k, set()).add(float if type(v) is int else type(v))  # ints and floats mix
+    return {k for k, types_ in kinds.items() if len(types_) > 1 or not all(_scalar(t()) for t in types_)}
 
 
 def encode_json_columns(rows: list[dict[str, Any]], columns: set[str]) -> list[dict[str, Any]]:

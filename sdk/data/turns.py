@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
+# OpenAI's `developer` role is its newer name for system instructions (chat templates know only system).
+ROLES = {"system": "system", "developer": "system", "user": "user", "human": "user", "assistant": "assistant",
+         "gpt": "assistant"}
 TOOL_ROLES = {"tool": "tool", "observation": "tool", "function_call": "assistant"}  # OpenAI's and ShareGPT's
-KNOWN_ROLES = "system, user (or human), assistant (or gpt)"
+KNOWN_ROLES = "system (or developer), user (or human), assistant (or gpt)"
 KNOWN_TOOL_ROLES = KNOWN_ROLES + ", tool (or observation), function_call"
 
 

@@ -28,10 +28,7 @@ import difflib
 import json
 import math
 import numbers
-import os
 import re
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from functools import lru_cache
@@ -269,98 +266,18 @@ def _multi(grader: Any, *, sample: dict[str, Any], item: dict[str, Any]) -> floa
                           f"{one_line(exc)}") from None
 
 
-# -------------------------------------------------------------------------------------------- score_model
-
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-
-
-def read_score(text: str) -> float | None:
-    """The score in a grader model's reply: OpenAI's {"result": x, ...}, a bare number, or the first number in it."""
-    try:
-        parsed = parse_json(text)
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, dict) and finite_number(parsed.get("result")) is not None:
-        return finite_number(parsed["result"])
-    if finite_number(parsed) is not None and not isinstance(parsed, bool):
-        return finite_number(parsed)
-    match = _NUMBER.search(text)
-    return float(match.group()) if match else None
-
-
-def _content(content: Any, *, sample: dict[str, Any], item: dict[str, Any]) -> Any:
-    if isinstance(content, str):
-        return render(content, sample=sample, item=item)
-    parts = content if isinstance(content, list) else [content]
-    return [{"type": "text", "text": render(part.text, sample=sample, item=item)} for part in parts]
-
-
-def chat_request(grader: Any, *, sample: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
-    """The chat completions body: the rendered messages and the grader's sampling parameters."""
-    # OpenAI's developer role is sent as system: most OpenAI-compatible servers' chat templates know only
-    # system, user and assistant
-    messages = [{"role": "system" if m.role == "developer" else m.role,
-                 "content": _content(m.content, sample=sample, item=item)} for m in grader.input]
-    params = grader.sampling_params
-    body: dict[str, Any] = {"model": grader.model, "messages": messages,
-                            "temperature": 0 if params is None or params.temperature is None else params.temperature}
-    if params is not None:
-        extra = {"top_p": params.top_p, "seed": params.seed, "max_tokens": params.max_completions_tokens,
-                 "reasoning_effort": params.reasoning_effort}
-        body.update({key: value for key, value in extra.items() if value is not None})
-    return body
-
-
-def api_key(grader: Any) -> str | None:
-    if not grader.api_key_env:
-        return None
-    key = os.environ.get(grader.api_key_env)
-    if not key:
-        raise GraderError(f"score_model grader {grader.name!r}: api_key_env {grader.api_key_env} is not set where "
-                          "the run executes")
-    return key
-
-
-def post_chat(url: str, body: dict[str, Any], *, key: str | None, timeout: float) -> str:
-    """The reply's message text; OSError (URLError, HTTPError, timeouts), ValueError or LookupError on failure."""
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
-    with urllib.request.urlopen(request, timeout=timeout) as reply:  # noqa: S310 - the user's own endpoint
-        return json.loads(reply.read())["choices"][0]["message"]["content"] or ""
-
-
-def _failure(exc: BaseException, timeout: float) -> str:
-    if isinstance(exc, urllib.error.HTTPError):
-        body = exc.read().decode(errors="replace") if exc.fp is not None else ""
-        return f"HTTP {exc.code} {exc.reason}{': ' + ' '.join(body.split())[:200] if body else ''}"
-    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-    if isinstance(reason, TimeoutError):
-        return f"no reply within {timeout:g}s (timeout_s)"
-    if isinstance(exc, (LookupError, ValueError)):
-        return f"not a chat completions reply ({one_line(exc)})"
-    return one_line(reason) if isinstance(reason, BaseException) else str(reason)
-
-
-def _score_model(grader: Any, *, sample: dict[str, Any], item: dict[str, Any]) -> float:
-    url = grader.base_url.rstrip("/") + "/chat/completions"
-    body = chat_request(grader, sample=sample, item=item)
-    try:
-        text = post_chat(url, body, key=api_key(grader), timeout=grader.timeout_s)
-    except (OSError, ValueError, LookupError, TypeError) as exc:  # URLError, HTTPError and timeouts are OSErrors
-        raise GraderError(f"score_model grader {grader.name!r}: {url}: {_failure(exc, grader.timeout_s)}") from None
-    score = read_score(text)
-    if score is None:
-        raise UnreadableScore(f"score_model grader {grader.name!r}: the reply {text[:80]!r} holds no score")
-    low, high = grader.range
-    return min(max(score, low), high)
-
-
-# -------------------------------------------------------------------------------------------- one grader
+# -------------------------------------------------------------------------------------------- dispatch
 
 _OPERATIONS: dict[str, Callable[[str, str], bool]] = {
     "eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "like": lambda a, b: b in a,
     "ilike": lambda a, b: b.lower() in a.lower(),
 }
+
+
+def _scored_by_model(grader: Any, *, sample: dict[str, Any], item: dict[str, Any]) -> float:
+    from sdk.evaluation.score_model import score_model  # it imports this module's helpers
+
+    return score_model(grader, sample=sample, item=item)
 
 
 def _string_check(grader: Any, *, sample: dict[str, Any], item: dict[str, Any]) -> float:
@@ -375,7 +292,7 @@ def _text_similarity(grader: Any, *, sample: dict[str, Any], item: dict[str, Any
 
 _GRADE: dict[str, Callable[..., float]] = {
     "string_check": _string_check, "text_similarity": _text_similarity, "python": _python, "multi": _multi,
-    "score_model": _score_model,
+    "score_model": _scored_by_model,
 }
 
 

@@ -11,118 +11,34 @@ line. No torch here."""
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
+import asyncio
+import inspect
 import json
-import math
-import numbers
 import re
-import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from sdk.core.errors import FinetuneError
 from sdk.data.tools import parse_hermes_calls
 from sdk.evaluation import metrics
 from sdk.evaluation.graders import (
     GraderError,
     UnreadableScore,
-    api_key,
     as_text,
-    finite_number,
     grade,
-    one_line,
     sample_of,
     score_model_graders,
-    user_line,
 )
+from sdk.evaluation.score_model import api_key
+from sdk.evaluation.user_code import RewardError, checked_values, load_function, user_failure
 from sdk.objectives.rewards import GRADER_TYPES, reward_names, split_function
 
 RewardFunction = Callable[..., list[float | None]]
 # What trl passes to a reward function beside the dataset's columns: not columns, never decoded or read as rows.
 TRL_EXTRAS = frozenset({"trainer_state", "log_extra", "log_metric", "environments"})
 ENDPOINT_THREADS = 16  # score_model requests in flight per reward call: a group of answers waits on one round trip
-_MODULES = itertools.count()
-
-
-class RewardError(FinetuneError):
-    """A reward could not score: the message names the item (objective.rewards[i] (name)) and, for user code,
-    the user's file:line."""
-
-
-# -------------------------------------------------------------------------------------------- user functions
-
-
-def load_function(path: Path, name: str, *, shown: str,
-                  modules: dict[Path, ModuleType] | None = None) -> Callable[..., Any]:
-    """`name` from the Python file at `path`, loaded under a module name of its own. `shown` is the file as the user
-    wrote it, used in every message (the shipped copy's path means nothing to them). `modules`: the files loaded
-    so far, so two rewards from one file share it (its import-time work, a model it loads, happens once)."""
-    modules = {} if modules is None else modules
-    key = path.resolve()
-    if key not in modules:
-        modules[key] = _load_module(path, shown=shown)
-    return _callable(modules[key], name, shown=shown)
-
-
-def _load_module(path: Path, *, shown: str) -> ModuleType:
-    if not path.is_file():
-        raise RewardError(f"{shown}: no such file ({path})")
-    module_name = f"finetune_reward_{next(_MODULES)}_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise RewardError(f"{shown}: cannot be loaded as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses and pickling look a module up by name
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as exc:
-        sys.modules.pop(module_name, None)
-        raise RewardError(f"{shown}:{exc.lineno}: SyntaxError: {exc.msg}") from None
-    except Exception as exc:
-        sys.modules.pop(module_name, None)
-        raise RewardError(_user_failure(exc, path=path, shown=shown)) from None
-    return module
-
-
-def _callable(module: Any, name: str, *, shown: str) -> Callable[..., Any]:
-    function = getattr(module, name, None)
-    if function is None:
-        defined = sorted(key for key, value in vars(module).items() if not key.startswith("_") and callable(value)
-                         and getattr(value, "__module__", None) == module.__name__)
-        listed = f" (it defines {', '.join(defined)})" if defined else ""
-        raise RewardError(f"{shown} defines no {name!r}{listed}")
-    if not callable(function):
-        raise RewardError(f"{shown}: {name} is a {type(function).__name__}, not a function")
-    return function
-
-
-def _user_failure(exc: BaseException, *, path: Path, shown: str) -> str:
-    """`shown:LINE: Type: message`, LINE from the innermost frame in the user's file."""
-    line = user_line(exc, filename=path)
-    return f"{shown}{f':{line}' if line else ''}: {one_line(exc)}"
-
-
-def _checked(values: Any, n: int) -> list[float | None]:
-    """A function reward's result as trl reads it, or ValueError saying what is wrong with it."""
-    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__"):
-        raise ValueError(f"returned {type(values).__name__}, not a list of {n} numbers (or None)")
-    values = list(values)
-    if len(values) != n:
-        raise ValueError(f"returned {len(values)} rewards for {n} completions")
-    out: list[float | None] = []
-    for index, value in enumerate(values):
-        if value is None or (isinstance(value, numbers.Real) and math.isnan(value)):
-            out.append(None)  # trl reads None and NaN alike: not applicable
-            continue
-        number = finite_number(value)
-        if number is None:
-            raise ValueError(f"returned {value!r} for completion {index}, not a finite number (or None)")
-        out.append(number)
-    return out
 
 
 # -------------------------------------------------------------------------------------------- rows and answers
@@ -302,6 +218,10 @@ class RowReward:
             raise RewardError(f"{self.label}: {exc}") from None
 
 
+async def _awaited(value: Any) -> Any:
+    return await value
+
+
 class UserFunctionReward:
     """A `file.py:function` reward: the user's function, called as trl calls it, its result checked."""
 
@@ -316,10 +236,12 @@ class UserFunctionReward:
         columns = decoded_columns(kwargs, json_columns=self.json_columns)
         try:
             values = self.function(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)
+            if inspect.isawaitable(values):  # trl 1.16 takes async reward functions too
+                values = asyncio.run(_awaited(values))
         except Exception as exc:
-            raise RewardError(f"{self.label}: {_user_failure(exc, path=self.path, shown=self.shown)}") from None
+            raise RewardError(f"{self.label}: {user_failure(exc, path=self.path, shown=self.shown)}") from None
         try:
-            return _checked(values, len(completions))
+            return checked_values(values, len(completions))
         except ValueError as exc:
             function = getattr(self.function, "__name__", "function")
             raise RewardError(f"{self.label}: {self.shown}:{function} {exc}") from None

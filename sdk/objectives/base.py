@@ -79,6 +79,13 @@ class Objective:
     # Names of environment variables holding keys its settings name (a score_model grader's api_key_env): forwarded
     # to the node as secrets, never written in the spec
     secrets: Callable[[Any], list[str]] = field(default=lambda settings: [])
+    # Columns its settings read from every row (a reward's reference): (settings) -> [(field, column)]; the data
+    # check refuses a source where no row holds one ("reference": the row's answer)
+    reads_columns: Callable[[Any], list[tuple[str, str]]] = field(default=lambda settings: [])
+    # The rewards the node scores the base's and the tuned model's greedy held-out answers with (summary.reward),
+    # and how many tokens such an answer may take: (settings) -> ...
+    heldout_rewards: Callable[[Any], list[Any]] = field(default=lambda settings: [])
+    answer_tokens: Callable[[Any], int] = field(default=lambda settings: 0)
 
     @property
     def formats(self) -> list[str]:

@@ -4,6 +4,8 @@ DAPO-style defaults (token-level loss, clip-higher, truncated answers masked) fo
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -26,12 +28,15 @@ class GrpoSettings(ObjectiveSettings):
     temperature: float = Field(1.0, gt=0, le=10)
     top_p: float = Field(1.0, gt=0, le=1)
     beta: float = Field(0.0, ge=0, description="KL coefficient against the base; 0 loads no reference model")
-    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"] = "dapo"
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"] | None = Field(
+        None, description="trl's loss; default dapo, or grpo with importance_sampling_level sequence (GSPO)")
     importance_sampling_level: Literal["token", "sequence"] = Field(
-        "token", description="sequence: one importance ratio per answer (GSPO)")
-    epsilon: float = Field(0.2, gt=0, lt=1, description="lower clipping bound of the importance ratio")
-    epsilon_high: float | None = Field(0.28, gt=0, lt=10, description="upper clipping bound (DAPO's clip-higher); "
-                                                                       "null: epsilon")
+        "token", description="sequence: one importance ratio per answer (GSPO, as trl documents it)")
+    epsilon: float | None = Field(None, gt=0, lt=1, description="lower clipping bound of the importance ratio; "
+                                                                "default 0.2, GSPO's 3e-4 at sequence level")
+    epsilon_high: float | None = Field(
+        None, gt=0, le=100, description="upper clipping bound; default DAPO's clip-higher 0.28 for grpo/dapo/bnpo/"
+                                        "dr_grpo, 5.0 for cispo (its truncation bound), GSPO's 4e-4, else epsilon")
     num_iterations: int = Field(1, ge=1, description="optimizer passes over each generated batch (μ)")
     scale_rewards: Literal["group", "batch", "none"] = "group"
     mask_truncated_completions: bool = Field(True, description="answers cut at max_completion_length take no loss")
@@ -49,9 +54,30 @@ class GrpoSettings(ObjectiveSettings):
 
     @model_validator(mode="after")
     def _clip(self) -> GrpoSettings:
-        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
-            raise ValueError(f"epsilon_high ({self.epsilon_high}) is below epsilon ({self.epsilon})")
+        loss, low, high = self.resolved_loss, self.resolved_epsilon, self.resolved_epsilon_high
+        if loss == "cispo" and high is not None and high < 1:
+            raise ValueError(f"cispo truncates the importance weight at epsilon_high ({high}): below 1 every token's "
+                             "weight is cut to it; trl documents 5.0")
+        if loss != "cispo" and high is not None and high < low:
+            raise ValueError(f"epsilon_high ({high}) is below epsilon ({low})")
         return self
+
+    @property
+    def resolved_loss(self) -> str:
+        return self.loss_type or ("grpo" if self.importance_sampling_level == "sequence" else "dapo")
+
+    @property
+    def resolved_epsilon(self) -> float:
+        return self.epsilon if self.epsilon is not None else 3e-4 if self.importance_sampling_level == "sequence" else 0.2
+
+    @property
+    def resolved_epsilon_high(self) -> float | None:
+        """None: trl's default (epsilon itself)."""
+        if self.epsilon_high is not None:
+            return self.epsilon_high
+        if self.importance_sampling_level == "sequence":
+            return 4e-4
+        return {"cispo": 5.0, "grpo": 0.28, "dapo": 0.28, "bnpo": 0.28, "dr_grpo": 0.28}.get(self.resolved_loss)
 
 
 def processes(spec: Any) -> int:
@@ -63,15 +89,22 @@ def processes(spec: Any) -> int:
 
 
 def _check(spec: Any) -> list[tuple[str, str]]:
-    g = spec.objective
-    answers = spec.train.batch_size * spec.train.grad_accum * processes(spec)
+    """trl's own rules (GRPOConfig.__post_init__), before launch rather than on a provisioned node."""
+    g, n = spec.objective, processes(spec)
+    batch = spec.train.batch_size * n  # answers per optimizer micro-step across processes
+    generated = g.generation_batch_size or batch * spec.train.grad_accum
     problems = []
-    if answers % g.num_generations:
+    if g.generation_batch_size is not None and g.generation_batch_size % batch:
+        problems.append(("objective.generation_batch_size", f"{g.generation_batch_size} is not a multiple of the "
+                         f"{batch} answers of a micro-step (train.batch_size {spec.train.batch_size} × {n} process(es))"))
+    elif generated % g.num_generations:
+        how = "objective.generation_batch_size" if g.generation_batch_size else \
+            f"train.batch_size {spec.train.batch_size} × grad_accum {spec.train.grad_accum} × {n} process(es)"
         problems.append(("objective.num_generations", f"{g.num_generations} answers per prompt do not divide the "
-                         f"{answers} answers of a step (train.batch_size {spec.train.batch_size} × grad_accum "
-                         f"{spec.train.grad_accum} × {processes(spec)} process(es)): make them a multiple"))
-    if g.generation_batch_size is not None and g.generation_batch_size % g.num_generations:
-        problems.append(("objective.generation_batch_size", f"must be a multiple of num_generations ({g.num_generations})"))
+                         f"{generated} answers generated at once ({how}): make them a multiple"))
+    if g.rollouts == "vllm_server" and spec.resources.nodes > 1:
+        problems.append(("objective.rollouts", "vllm_server runs on one node (its last GPU serves the others); "
+                         "use vllm_colocate across nodes"))
     if g.rollouts != "auto" and g.rollouts.startswith("vllm") and spec.resources.accelerators is None \
             and not spec.resources.infra:
         problems.append(("objective.rollouts", f"{g.rollouts} needs a CUDA GPU: name resources.accelerators, "
@@ -82,6 +115,22 @@ def _check(spec: Any) -> list[tuple[str, str]]:
 def _shipped(settings: GrpoSettings) -> list[tuple[str, str, str]]:
     return [(f"objective.rewards[{i}].function", r.function, r.function.rpartition(":")[0])
             for i, r in enumerate(settings.rewards) if r.type == "function"]
+
+
+_ITEM = re.compile(r"\{\{\s*item\.([^.\[\s}]+)")
+_COMPARES = ("exact_match", "token_f1", "rouge_l", "json_fields", "tool_call")  # built-ins against a reference column
+
+
+def _columns_read(settings: GrpoSettings) -> list[tuple[str, str]]:
+    """(field, column) of every row column a reward reads: a built-in's `reference`, a grader template's {{item.X}}."""
+    out = []
+    for i, reward in enumerate(settings.rewards):
+        where = f"objective.rewards[{i}]"
+        if reward.type in _COMPARES:
+            out.append((f"{where}.reference", reward.reference))
+        elif reward.type not in ("function", "python"):
+            out += [(where, column) for column in dict.fromkeys(_ITEM.findall(json.dumps(reward.model_dump())))]
+    return out
 
 
 def _key_names(graders: Any) -> list[str]:
@@ -114,5 +163,6 @@ OBJECTIVE = Objective(
     ),
     plan=PlanFacts(rollouts=lambda g: (g.num_generations, g.max_completion_length),
                    reference_forward=lambda g: g.beta > 0),
-    node_extras=_node_extras, ships=_shipped, secrets=lambda g: _key_names(g.rewards),
+    node_extras=_node_extras, ships=_shipped, secrets=lambda g: _key_names(g.rewards), reads_columns=_columns_read,
+    heldout_rewards=lambda g: g.rewards, answer_tokens=lambda g: g.max_completion_length,
 )

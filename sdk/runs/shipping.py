@@ -24,6 +24,8 @@ def _function_defined(path: Path, function: str, field: str) -> None:
         raise SpecError(f"{field}: {path}: cannot be read ({exc})") from None
     names = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     names |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    names |= {(a.asname or a.name).split(".")[0] for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
+              for a in n.names}  # `from scoring import score`: the node imports it (only this file is shipped)
     if function not in names:
         raise SpecError(f"{field}: {path} defines no function {function!r} (it defines: {', '.join(sorted(names)) or 'none'})")
 
