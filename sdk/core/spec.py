@@ -91,6 +91,21 @@ class FineTuneSpec(SpecPart):
 
     @model_validator(mode="before")
     @classmethod
+    def _objective_train_defaults(cls, value: Any) -> Any:
+        """The train settings an objective's own settings imply (sdk.objectives: train_defaults), unless set."""
+        if not isinstance(value, dict):
+            return value
+        objective = value.get("objective", "sft")
+        objective = {"name": objective} if isinstance(objective, str) else objective
+        registered = OBJECTIVES.get(str(objective.get("name"))) if isinstance(objective, dict) else None
+        train = value.get("train") or {}
+        if registered is None or not isinstance(train, dict):
+            return value
+        defaults = registered.train_defaults(objective)
+        return {**value, "train": {**defaults, **train}} if set(defaults) - set(train) else value
+
+    @model_validator(mode="before")
+    @classmethod
     def _train_dpo_beta(cls, value: Any) -> Any:
         """Specs written before objectives had sections kept β in train.dpo_beta (spec.json of older runs)."""
         if not (isinstance(value, dict) and isinstance(value.get("train"), dict) and "dpo_beta" in value["train"]):

@@ -85,6 +85,9 @@ class Objective:
     # The rewards the node scores the base's and the tuned model's greedy held-out answers with (summary.reward),
     # and how many tokens such an answer may take: (settings) -> ...
     heldout_rewards: Callable[[Any], list[Any]] = field(default=lambda settings: [])
+    # Defaults of the spec's `train` section that follow from its settings, as written (a dict): keys the spec
+    # does not set (grpo: a batch of two prompts' answers)
+    train_defaults: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda settings: {})
     answer_tokens: Callable[[Any], int] = field(default=lambda settings: 0)
 
     @property

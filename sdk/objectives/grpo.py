@@ -133,6 +133,12 @@ def _columns_read(settings: GrpoSettings) -> list[tuple[str, str]]:
     return out
 
 
+def _train_defaults(settings: dict[str, Any]) -> dict[str, Any]:
+    """Two prompts' answers per step unless the spec says otherwise (train.batch_size counts answers, as in trl)."""
+    generations = settings.get("num_generations", GrpoSettings.model_fields["num_generations"].default)
+    return {"batch_size": 2 * generations} if isinstance(generations, int) and generations > 0 else {}
+
+
 def _key_names(graders: Any) -> list[str]:
     names = []
     for grader in graders:
@@ -164,5 +170,5 @@ OBJECTIVE = Objective(
     plan=PlanFacts(rollouts=lambda g: (g.num_generations, g.max_completion_length),
                    reference_forward=lambda g: g.beta > 0),
     node_extras=_node_extras, ships=_shipped, secrets=lambda g: _key_names(g.rewards), reads_columns=_columns_read,
-    heldout_rewards=lambda g: g.rewards, answer_tokens=lambda g: g.max_completion_length,
+    heldout_rewards=lambda g: g.rewards, train_defaults=_train_defaults, answer_tokens=lambda g: g.max_completion_length,
 )
