@@ -36,7 +36,7 @@ def tiny(objective: dict | str, *overrides: str, **sections) -> FineTuneSpec:
                                 "eval.num_samples=4", "eval.max_new_tokens=4", *overrides]).model_dump(mode="json")
     data["objective"] = objective
     for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value}
+        data[key] = value if key == "method" else {**data.get(key, {}), **value}
     return FineTuneSpec.model_validate(data)
 
 
@@ -347,3 +347,17 @@ def test_an_endpoint_url_never_carries_a_key():
         sdk.FineTuneSpec(model="m", data="d.jsonl", train={"batch_size": 8}, objective=grpo(
             {"type": "score_model", "name": "j", "model": "x", "base_url": "https://me:sk-1@api.example.com/v1",
              "input": [{"role": "user", "content": "{{sample.output_text}}"}]}))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [{"name": "qlora", "r": 8, "compute_dtype": "float32"}, {"name": "full"}],
+                         ids=["qlora", "full"])
+def test_grpo_trains_qlora_and_full_fine_tuning(tmp_path, method):
+    spec = tiny(grpo("exact_match", {"type": "token_f1", "weight": 0.5}), "train.batch_size=8", "train.max_steps=2",
+                method=method)
+    folder, sink, _ = _run(spec, tmp_path)
+    rows = [r for r in sink.rows if "reward" in r]
+    assert [r["step"] for r in rows] == [1, 2] and all("rewards/exact_match/mean" in r for r in rows)
+    summary = folder.read_json("summary.json")
+    assert summary["objective"] == "grpo" and summary["method"] == method["name"] and summary["reward"]["after"]["n"] == 4
+    assert folder.adapter_manifest() is not None

@@ -154,7 +154,7 @@ def score(path: str, adapter: str | None = None) -> dict[str, Any]:
 def step_times(stamps: list[float]) -> tuple[float, float]:
     """(training s, median s per step) from the times of the step logs (one per step); the first step, which has no
     log before it, counts as a median one. The median keeps a step slowed by another process from moving it."""
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])] or [0.0]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)] or [0.0]
     per_step = statistics.median(gaps)
     return stamps[-1] - stamps[0] + per_step, per_step
 
