@@ -105,10 +105,6 @@ def _check(spec: Any) -> list[tuple[str, str]]:
     if g.rollouts == "vllm_server" and spec.resources.nodes > 1:
         problems.append(("objective.rollouts", "vllm_server runs on one node (its last GPU serves the others); "
                          "use vllm_colocate across nodes"))
-    if g.rollouts != "auto" and g.rollouts.startswith("vllm") and spec.resources.accelerators is None \
-            and not spec.resources.infra:
-        problems.append(("objective.rollouts", f"{g.rollouts} needs a CUDA GPU: name resources.accelerators, "
-                         "or use rollouts: transformers (auto picks it on CPU)"))
     return problems
 
 
