@@ -277,10 +277,13 @@ def test_a_score_model_grader_behind_the_endpoint_trains_grpo(server, two_adapte
     assert "FT_GRADER_KEY" in spec.secrets and server.api_key not in spec.model_dump_json()
     run = sdk.submit(spec)
     assert run.wait(timeout=600, progress=False).state == "succeeded", str(run.logs())[-2000:]
-    logged = [r for r in run.metrics() if "rewards/smol/mean" in r]
-    values = [r["rewards/smol/mean"] for r in logged]  # NaN: every reply of that step held no number
-    assert [r["step"] for r in logged] == [1, 2] and all(v != v or 0 <= v <= 1 for v in values), values
-    assert "smol" in run.summary().reward.after.means or "holds no score" in str(run.logs())
+    # SmolLM2-135M seldom answers with a number: each reply is either a score in [0, 1] (logged per step and in the
+    # held-out reward) or quoted in the log as holding none; either way it came back from the endpoint.
+    logs, rows = str(run.logs()), [r for r in run.metrics() if "reward" in r]
+    values = [r["rewards/smol/mean"] for r in rows if "rewards/smol/mean" in r]
+    assert [r["step"] for r in rows] == [1, 2] and all(v != v or 0 <= v <= 1 for v in values), values
+    assert values or "(smol): score_model grader 'smol': the reply" in logs, logs[-2000:]
+    assert "smol" in run.summary().reward.after.means or "holds no score" in logs
     assert server.api_key not in str(run.logs())
 
 

@@ -184,9 +184,9 @@ def baseline(path: str, settings: dict[str, Any], steps: int, lr: float, out: Pa
     args = GRPOConfig(output_dir=str(out / "trainer"), max_steps=steps, learning_rate=lr, beta=0.0, use_cpu=True,
                       bf16=False, gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to=[],
                       disable_tqdm=True, **settings)
-    trainer = GRPOTrainer(model=model, reward_funcs=city_date_reward, args=args, train_dataset=Dataset.from_list(rows("train")),
-                          processing_class=tokenizer, callbacks=[Stamp()],
-                          peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = GRPOTrainer(model=model, reward_funcs=city_date_reward, args=args, processing_class=tokenizer,
+                          train_dataset=Dataset.from_list(rows("train")), peft_config=lora, callbacks=[Stamp()])
     start = time.time()
     trainer.train()
     wall = time.time() - start
@@ -216,7 +216,8 @@ def product(recipe: str, steps: int | None, out: Path) -> dict[str, Any]:
     adapter = run.fetch_adapter(out / "adapter", overwrite=True)
     train_s, per_step = step_times(stamps)
     sampled = [row["reward"] for row in run.metrics() if "reward" in row]
-    return {"adapter": str(adapter), "train_s": train_s, "per_step_s": per_step, "command_s": wall, "steps": len(stamps),
+    return {"adapter": str(adapter), "train_s": train_s, "per_step_s": per_step, "command_s": wall,
+            "steps": len(stamps),
             "sampled_reward": (sampled[0], sampled[-1]) if sampled else None}
 
 
@@ -269,7 +270,8 @@ def main() -> int:
         return "-" if value is None else format(value, form)
 
     print(f"\nmodel {MODEL}, task builtin:city-dates, {HELD_OUT} held-out prompts, greedy <= {MAX_NEW_TOKENS} tokens")
-    print(f"{'side':<60} {'steps':>5} {'train s':>8} {'s/step':>7} {'reward before → after':>22} {'exact before → after':>21}")
+    print(f"{'side':<60} {'steps':>5} {'train s':>8} {'s/step':>7} {'reward before → after':>22} "
+          f"{'exact before → after':>21}")
     for name, side in sides.items():
         after = side["after"]
         print(f"{name:<60} {cell(side.get('steps'), 'd'):>5} {cell(side.get('train_s'), '.0f'):>8} "
