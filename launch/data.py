@@ -93,6 +93,7 @@ class PreparedData:
 def shipped_files(folder: Any, workdir: Path) -> dict[str, Path]:
     """The run folder's shipped files (files.json) downloaded into scratch, each checked against its sha256."""
     import hashlib
+    import os
 
     from sdk.store.runfolder import FILES_INDEX
 
@@ -105,7 +106,9 @@ def shipped_files(folder: Any, workdir: Path) -> dict[str, Path]:
             raise DataError(f"{folder.uri}/{entry['key']}: its bytes do not match the sha256 recorded in {FILES_INDEX}")
         target = workdir / entry["key"]
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(body)
+        partial = target.with_name(f".{target.name}.{os.getpid()}")  # ranks of a node share this folder
+        partial.write_bytes(body)
+        partial.replace(target)
         out[name] = target
     return out
 

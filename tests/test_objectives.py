@@ -327,7 +327,8 @@ def test_async_rewards_and_imported_functions_work_as_in_trl(tmp_path):
     from sdk.evaluation.rewards import build_rewards
     from sdk.runs.shipping import check_shipped
 
-    (tmp_path / "scoring.py").write_text("def score(prompts, completions, **kw):\n    return [1.0] * len(completions)\n")
+    (tmp_path / "scoring.py").write_text("def score(prompts, completions, **kw):\n"
+                                         "    return [1.0] * len(completions)\n")
     (tmp_path / "rewards.py").write_text("from scoring import score\n\n\nasync def slow(prompts, completions, **kw):\n"
                                          "    return [float(len(c)) for c in completions]\n")
     settings = grpo({"type": "function", "function": f"{tmp_path}/rewards.py:slow"},
@@ -359,5 +360,6 @@ def test_grpo_trains_qlora_and_full_fine_tuning(tmp_path, method):
     rows = [r for r in sink.rows if "reward" in r]
     assert [r["step"] for r in rows] == [1, 2] and all("rewards/exact_match/mean" in r for r in rows)
     summary = folder.read_json("summary.json")
-    assert summary["objective"] == "grpo" and summary["method"] == method["name"] and summary["reward"]["after"]["n"] == 4
+    assert summary["objective"] == "grpo" and summary["method"] == method["name"]
+    assert summary["reward"]["after"]["n"] == 4
     assert folder.adapter_manifest() is not None

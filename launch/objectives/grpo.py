@@ -35,7 +35,8 @@ def rollouts(settings: Any) -> tuple[dict[str, Any], str]:
 
         return rollout_choice(settings.rollouts, cuda=cuda, vllm_installed=vllm_installed(),
                               gpus_on_node=torch.cuda.device_count() if cuda else 0, nodes=ranks.num_nodes(),
-                              server_url=os.environ.get(VLLM_SERVER_URL))  # the launcher's server (launch.rollout_server)
+                              # the launcher's own server (launch.rollout_server), when it started one
+                              server_url=os.environ.get(VLLM_SERVER_URL))
     except ValueError as exc:
         raise FinetuneError(str(exc)) from None
 

@@ -13,7 +13,8 @@ def build(inputs: TrainerInputs) -> tuple[Any, str | None]:
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
     o = inputs.spec.objective
-    args = CPOConfig(**config_args(CPOConfig, inputs.args), loss_type="simpo", beta=o.beta, simpo_gamma=o.gamma_beta_ratio * o.beta,
+    args = CPOConfig(**config_args(CPOConfig, inputs.args), loss_type="simpo", beta=o.beta,
+                     simpo_gamma=o.gamma_beta_ratio * o.beta,
                      cpo_alpha=o.cpo_alpha)
     trainer = with_cpu_resume_fix(CPOTrainer)(model=inputs.model, args=args, train_dataset=inputs.train_ds,
                                               eval_dataset=inputs.eval_ds, processing_class=inputs.tokenizer,

@@ -54,7 +54,8 @@ def encode_json_columns(rows: list[dict[str, Any]], columns: set[str]) -> list[d
 
 
 def prompt_row(renderer: Any, sample: Sample) -> list[dict[str, Any]]:
-    """The trainer rows of a sample (one): `prompt` (text, or chat turns ending with the user's) and the reference fields."""
+    """The trainer rows of a sample (one): `prompt` (text, or chat turns ending with the user's) and the reference
+    fields."""
     f = renderer.data.fields
     prompt, _ = prompt_and_reference(sample)
     fields = reference_fields(sample, prompt_columns=(f.prompt, f.messages, f.conversations, f.tools, "prompt",

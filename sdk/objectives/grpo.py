@@ -68,7 +68,9 @@ class GrpoSettings(ObjectiveSettings):
 
     @property
     def resolved_epsilon(self) -> float:
-        return self.epsilon if self.epsilon is not None else 3e-4 if self.importance_sampling_level == "sequence" else 0.2
+        if self.epsilon is not None:
+            return self.epsilon
+        return 3e-4 if self.importance_sampling_level == "sequence" else 0.2
 
     @property
     def resolved_epsilon_high(self) -> float | None:
@@ -96,7 +98,8 @@ def _check(spec: Any) -> list[tuple[str, str]]:
     problems = []
     if g.generation_batch_size is not None and g.generation_batch_size % batch:
         problems.append(("objective.generation_batch_size", f"{g.generation_batch_size} is not a multiple of the "
-                         f"{batch} answers of a micro-step (train.batch_size {spec.train.batch_size} × {n} process(es))"))
+                         f"{batch} answers of a micro-step (train.batch_size {spec.train.batch_size} × {n} "
+                         "process(es))"))
     elif generated % g.num_generations:
         how = "objective.generation_batch_size" if g.generation_batch_size else \
             f"train.batch_size {spec.train.batch_size} × grad_accum {spec.train.grad_accum} × {n} process(es)"
@@ -166,5 +169,6 @@ OBJECTIVE = Objective(
     plan=PlanFacts(rollouts=lambda g: (g.num_generations, g.max_completion_length),
                    reference_forward=lambda g: g.beta > 0),
     node_extras=_node_extras, ships=_shipped, secrets=lambda g: _key_names(g.rewards), reads_columns=_columns_read,
-    heldout_rewards=lambda g: g.rewards, train_defaults=_train_defaults, answer_tokens=lambda g: g.max_completion_length,
+    heldout_rewards=lambda g: g.rewards, train_defaults=_train_defaults,
+    answer_tokens=lambda g: g.max_completion_length,
 )

@@ -27,7 +27,8 @@ def _function_defined(path: Path, function: str, field: str) -> None:
     names |= {(a.asname or a.name).split(".")[0] for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
               for a in n.names}  # `from scoring import score`: the node imports it (only this file is shipped)
     if function not in names:
-        raise SpecError(f"{field}: {path} defines no function {function!r} (it defines: {', '.join(sorted(names)) or 'none'})")
+        defined = ', '.join(sorted(names)) or 'none'
+        raise SpecError(f"{field}: {path} defines no function {function!r} (it defines: {defined})")
 
 
 def check_shipped(spec: Any) -> list[tuple[str, str, Path]]:
