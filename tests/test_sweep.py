@@ -409,7 +409,7 @@ def test_a_kto_sweep_on_smollm2_logs_rewards_and_ranks_by_them(tmp_path, finetun
     ("tiny-dpo", "{name: dpo, loss_type: sigmoid}", "rewards/accuracies", "rewards/accuracies"),
 ], ids=["grpo-by-mean-reward", "dpo-by-the-readme-metric"])
 def test_an_objective_sweep_ranks_by_the_objectives_own_metric(tmp_path, finetune_home, recipe, objective, metric, key):
-    """The names the README gives (`--metric reward`, `--metric rewards/accuracies`) are the keys the node logs."""
+    """The names docs/sweeps.md gives (`--metric reward`, `--metric rewards/accuracies`) are the keys the node logs."""
     spec = load_recipe(recipe, [f"objective={objective}", "train.max_steps=3", "train.batch_size=8",
                                 "train.logging_steps=1", "data.max_samples=32", "eval.num_samples=4",
                                 "eval.max_new_tokens=4", f"output={tmp_path / 'store'}"])
