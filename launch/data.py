@@ -19,7 +19,7 @@ from typing import Any
 
 from sdk.core.spec import DataSpec, FineTuneSpec
 from sdk.data.check import LengthCount, SourceCheck, auto_template_note, chat_loss_route, load_samples
-from sdk.data.formats import Instruction, Sample, learns_several_turns
+from sdk.data.formats import Instruction, Sample, learns_several_turns, skips_a_turn
 from sdk.data.prompts import encode_json_columns, json_columns
 from sdk.data.rendering import Example, Renderer, instruction_prompt
 from sdk.data.rows import BadRow, DataError, iter_rows
@@ -117,7 +117,9 @@ def _route(train: list[Sample], chat_template: str | None) -> tuple[str, str | N
     multi = [s for s in train if learns_several_turns(s)]
     if not multi:  # one trained turn per conversation: one prompt/completion row says it exactly
         return "per_turn", None
-    return chat_loss_route(chat_template, weighted=any(t.get("weight") == 0 for s in multi for t in s.turns))
+    # any row with a weight-0 turn, not only those that learn several turns: under assistant masks every row is one
+    # whole conversation, and the masks would train the weight-0 turn of a row that learns one turn only
+    return chat_loss_route(chat_template, weighted=any(skips_a_turn(s) for s in train))
 
 
 def _tool_template(tokenizer: Any, model_type: str | None, rows: list[Sample]) -> Any:

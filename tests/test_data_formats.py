@@ -350,6 +350,101 @@ def test_a_tool_conversation_learns_its_calls_and_answer_not_the_tool_results(ma
     assert template.endswith(MARKED_TEMPLATE) and "<tool_call>" in template
 
 
+# OpenAI chat's `weight: 0` on an assistant turn: the turn stays in the conversation, out of the loss. Contents are
+# distinct (none inside another), so each is found in a rendered row by its text.
+THREE_ANSWERS = [  # three assistant turns, the middle one unlearned
+    {"role": "system", "content": "Answer about capitals."},
+    {"role": "user", "content": "Capital of France?"},
+    {"role": "assistant", "content": "Paris is the capital."},
+    {"role": "user", "content": "Now guess wrong on purpose."},
+    {"role": "assistant", "content": "Lyon, or so I guessed.", "weight": 0},
+    {"role": "user", "content": "Capital of Spain?"},
+    {"role": "assistant", "content": "Madrid it is.", "weight": 1}]
+ONE_LEARNED = [  # a weight-0 turn in a conversation that learns one turn only
+    {"role": "user", "content": "Capital of Italy?"},
+    {"role": "assistant", "content": "Milan, I think.", "weight": 0},
+    {"role": "user", "content": "Check again."},
+    {"role": "assistant", "content": "Rome, in fact."}]
+UNWEIGHTED = [
+    {"role": "user", "content": "Capital of Peru?"},
+    {"role": "assistant", "content": "Lima."},
+    {"role": "user", "content": "And of Chile?"},
+    {"role": "assistant", "content": "Santiago."}]
+
+
+def _spans(text: str, conversations: list[list[dict]]) -> list[tuple[int, int, dict]]:
+    """(start, end, turn) of each turn's content that the rendered row holds."""
+    return [(at, at + len(t["content"]), t) for turns in conversations for t in turns
+            if (at := text.find(t["content"])) >= 0]
+
+
+@pytest.mark.parametrize("template, conversations, route", [
+    ("tiny", [THREE_ANSWERS], "per_turn"),  # no {% generation %} marks: one example per trained turn
+    ("marked", [THREE_ANSWERS], "per_turn"),  # marks, but a weight-0 turn: assistant masks would train it
+    ("marked", [ONE_LEARNED, UNWEIGHTED], "per_turn"),  # the weight-0 row learns one turn: still per turn
+    ("marked", [UNWEIGHTED], "assistant_masks"),  # no weight 0: whole conversations under the template's masks
+], ids=["tiny-template", "marked-template", "marked-one-learned-turn", "marked-unweighted"])
+def test_a_weight_0_answer_is_out_of_the_loss_the_trainer_computes(marked_model, tmp_path, template, conversations,
+                                                                    route):
+    """Rows through the node's data path (launch.data.prepare) and trl's SFTTrainer as the node builds it
+    (launch.train.build_trainer): in the labels it prepared, every token of a weight-0 answer and of a system or user
+    turn is -100 (as are the role headers), and each weight-1 answer is learned, every token of it, in one row."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from launch.data import prepare
+    from launch.hardware import hardware
+    from launch.tiny import ensure_tiny
+    from launch.train import build_trainer
+    from sdk.data.check import check_data
+
+    model_dir = marked_model if template == "marked" else ensure_tiny("llama")
+    source = tmp_path / "weighted.jsonl"
+    source.write_text("".join(json.dumps({"messages": turns}) + "\n" for turns in conversations))
+    spec = sdk.FineTuneSpec(model=str(model_dir), data={"source": str(source), "eval_split": 0, "max_length": 256},
+                            train={"max_steps": 1, "batch_size": 1, "precision": "fp32"}, output=str(tmp_path / "runs"))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    data = prepare(spec, tokenizer, model_type="llama")
+    assert data.assistant_only_loss == (route == "assistant_masks"), data.notes
+    if template == "marked" and route == "per_turn":
+        assert any("weight 0" in note for note in data.notes), data.notes
+    chat = [note for note in data.notes if note.startswith("chat: ")]
+    assert chat and chat[0] in check_data(spec).notes  # `finetune validate` says the route the node takes
+    trainer = build_trainer(spec, AutoModelForCausalLM.from_pretrained(model_dir), tokenizer, data, precision="fp32",
+                            hardware=hardware(), attention="sdpa", workdir=tmp_path, sink=None)
+    assert trainer.args.completion_only_loss and trainer.args.assistant_only_loss == (route == "assistant_masks")
+
+    learned: dict[str, int] = {}  # weight-1 answer -> the rows that train every token of it
+    unlearned_seen = set()
+    for row in trainer.train_dataset:
+        ids, labels = row["input_ids"], row["labels"]
+        pieces = [tokenizer.decode([i]) for i in ids]
+        text = "".join(pieces)
+        assert text == tokenizer.decode(ids)
+        starts = [sum(map(len, pieces[:i])) for i in range(len(pieces))]
+        tokens = [(a, a + len(p), label != -100) for a, p, label in zip(starts, pieces, labels, strict=True)]
+        assert any(trained for *_, trained in tokens), text
+        for piece, (*_, trained) in zip(pieces, tokens, strict=True):  # headers: never trained
+            assert not (trained and piece in ("<|system|>", "<|user|>", "<|assistant|>")), text
+        answers = []  # the weight-1 answers this row trains, and their <|end|>
+        for start, end, turn in _spans(text, conversations):
+            inside = [trained for a, b, trained in tokens if a < end and b > start]
+            if turn["role"] != "assistant" or turn.get("weight", 1) == 0:
+                assert not any(inside), f"{turn} is trained in {text!r}"
+                unlearned_seen.update([turn["content"]] if turn["role"] == "assistant" else [])
+            elif all(inside):
+                learned[turn["content"]] = learned.get(turn["content"], 0) + 1
+                answers.append((start, end + len("<|end|>")))
+            else:
+                assert not any(inside), f"{turn} is partly trained in {text!r}"
+        for a, b, trained in tokens:  # and nothing else is
+            assert not trained or any(start <= a and b <= end for start, end in answers), (text[a:b], text)
+    weight_1 = [t["content"] for turns in conversations for t in turns
+                if t["role"] == "assistant" and t.get("weight", 1) == 1]
+    weight_0 = {t["content"] for turns in conversations for t in turns if t.get("weight", 1) == 0}
+    assert learned == dict.fromkeys(weight_1, 1)  # each learned once
+    assert unlearned_seen == weight_0  # and each weight-0 answer was there, in a prompt, its tokens checked
+
+
 @pytest.mark.slow
 def test_the_client_counts_tokens_as_the_model_tokenizer_does(run_cli):
     from transformers import AutoTokenizer

@@ -22,6 +22,7 @@ from sdk.data.formats import (
     detect,
     learns_several_turns,
     normalize,
+    skips_a_turn,
     undetected,
 )
 from sdk.data.prompts import REFERENCE, prompt_and_reference
@@ -230,9 +231,8 @@ def check_data(spec: FineTuneSpec, *, tokenizer: Any = None) -> DataReport:
         nonlocal weighted, conversations, instructions, tool_rows
         instructions += isinstance(sample.prompt, Instruction)
         tool_rows += bool(sample.tools)
-        if learns_several_turns(sample):
-            conversations += 1
-            weighted = weighted or any(t.get("weight") == 0 for t in sample.turns)
+        conversations += learns_several_turns(sample)
+        weighted = weighted or skips_a_turn(sample)  # as the node routes (launch.data._route)
         lengths.add(sample)
 
     for source, name in sources:

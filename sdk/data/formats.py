@@ -353,6 +353,12 @@ def trained_turn(turn: dict[str, Any]) -> bool:
     return turn["role"] == "assistant" and turn.get("weight", 1) != 0
 
 
+def skips_a_turn(sample: Sample) -> bool:
+    """A conversation with an assistant turn of weight 0: the template's assistant masks would train it (they mark
+    every assistant turn), so any such row in the data sends multi-turn chat to one example per trained turn."""
+    return sample.kind == "conversation" and any(t["role"] == "assistant" and not trained_turn(t) for t in sample.turns)
+
+
 def learns_several_turns(sample: Sample) -> bool:
     """A conversation with more than one trained assistant turn: how its loss is masked depends on the
     chat template (sdk.data.check.chat_loss_route); one trained turn is one prompt/completion row either way."""
