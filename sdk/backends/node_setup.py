@@ -33,6 +33,20 @@ def project_root() -> Path | None:
     return root if (root / "pyproject.toml").is_file() and (root / "launch" / "__main__.py").is_file() else None
 
 
+def source_modules(root: Path) -> list[Path]:
+    return [*root.glob("sdk/**/*.py"), *root.glob("launch/**/*.py")]
+
+
+def missing_from_wheel(wheel: Path, root: Path) -> list[str]:
+    """The source tree's modules a built wheel does not hold (a package setup.py did not find), as dotted names."""
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:
+        held = set(archive.namelist())
+    return sorted(".".join(path.relative_to(root).with_suffix("").parts) for path in source_modules(root)
+                  if path.relative_to(root).as_posix() not in held)
+
+
 def constraints() -> str:
     lines = []
     for name in PINNED:
@@ -51,7 +65,7 @@ def build_dist() -> dict[str, Path]:
     if root is None:
         return {}
     digest = hashlib.sha256()
-    for path in sorted([root / "pyproject.toml", *root.glob("sdk/**/*.py"), *root.glob("launch/**/*.py")]):
+    for path in sorted(p for p in [root / "pyproject.toml", root / "setup.py", *source_modules(root)] if p.is_file()):
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
     pins = constraints()
@@ -67,6 +81,11 @@ def build_dist() -> dict[str, Path]:
         wheels = list(out.glob("finetune-*.whl"))
         if build.returncode != 0 or not wheels:
             raise LaunchError(f"cannot build the finetune wheel from {root}: {build.stderr.strip()[-500:]}")
+        left_out = missing_from_wheel(wheels[0], root)
+        if left_out:  # the node would stop at its first import of one of them, long after the cluster came up
+            wheels[0].unlink()
+            raise LaunchError(f"the finetune wheel built from {root} lacks {', '.join(left_out[:5])}"
+                              f"{' …' if len(left_out) > 5 else ''} (setup.py finds the packages: an __init__.py missing?)")
     (out / "constraints.txt").write_text(pins)
     return {"wheel": wheels[0], "constraints": out / "constraints.txt"}
 
