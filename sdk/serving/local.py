@@ -38,6 +38,9 @@ class LocalServing:
         who = record.process
         return is_same(record.pid, who.started if who else None, who.boot if who else None)
 
+    def exited(self, record: ServerRecord) -> str | None:
+        return None if self.alive(record) else f"process {record.pid} exited"
+
     def stop(self, record: ServerRecord, *, timeout: float) -> None:
         if record.pid:
             who = record.process

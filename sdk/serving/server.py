@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 from sdk.core.errors import FinetuneError, LaunchError
-from sdk.serving.record import ServerRecord, serving_backend
+from sdk.serving.record import ServerRecord, serving_backend, write_private
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # SkyPilot colours its logs
 
 
 def servers_dir() -> Path:
@@ -33,6 +36,7 @@ class Server:
         self.prompting = self.record.prompting
         self._where = serving_backend(self.backend)
         self._specs: dict[str, Any] = {}  # served name -> its run's spec, read from the store once
+        self._probe = "none answered"  # what the last readiness probe got
 
     def __repr__(self) -> str:
         return f"Server(id={self.id!r}, url={self.url!r}, models={self.models})"
@@ -77,22 +81,35 @@ class Server:
         try:
             with urllib.request.urlopen(request, timeout=2, context=context) as response:
                 listed = {m["id"] for m in json.loads(response.read())["data"]}
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError) as exc:  # the last one is quoted when the wait gives up
+            self._probe = f"{type(exc).__name__}: {exc}"[:200]
             return False
-        return set(self.models) <= listed
+        missing = sorted(set(self.models) - listed)
+        self._probe = f"{self.url} lists {sorted(listed)}, not {missing}"[:200]
+        return not missing
 
     def wait_ready(self, timeout: float = 600) -> Server:
+        """Until every served name is listed; a LaunchError when the engine exits first or `timeout` passes, which
+        keeps the engine's log (fetched here, before the caller stops the server and a cluster takes it along)."""
         deadline = time.time() + timeout
         polls = 0
         while time.time() < deadline:
             if self._ready():
                 return self
-            if polls % self._where.poll_every == 0 and not self.alive():
-                tail = "\n".join(self.logs().splitlines()[-15:])
-                raise LaunchError(f"server {self.id} exited before it was ready:\n{tail}")
+            if polls % self._where.poll_every == 0 and (why := self._where.exited(self.record)):
+                raise self.failure(f"exited before it was ready ({why})")
             polls += 1
             time.sleep(1)
-        raise LaunchError(f"server {self.id} not ready after {timeout:.0f} s; see finetune serve logs {self.id}")
+        raise self.failure(f"not ready after {timeout:.0f} s (last readiness probe: {self._probe})")
+
+    def failure(self, what: str, lines: int = 20) -> LaunchError:
+        """The engine's log saved as <servers>/<id>.failed.log (its owner's alone), and an error quoting its end."""
+        text = ANSI.sub("", self.logs())
+        path = servers_dir() / f"{self.id}.failed.log"
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private(path, text)
+        tail = "\n".join(text.rstrip().splitlines()[-lines:]) or "(the engine wrote nothing)"
+        return LaunchError(f"server {self.id} {what}; its log is kept in {path}, ending:\n{tail}")
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM to the engine's process group, SIGKILL what is left after `timeout` (or the SkyPilot

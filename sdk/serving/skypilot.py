@@ -1,6 +1,6 @@
 """Serving through SkyPilot: a task whose node fetches the adapters through signed read-only URLs (manifest-verified),
 starts vLLM (launch/tools/serve.py, the same node code as a local server) and exposes its port; with `replicas`
-it is a SkyPilot service (`sky serve`: replicas behind one load-balanced endpoint, readiness on /v1/models)
+it is a SkyPilot service (`sky serve`: replicas behind one load-balanced endpoint, readiness on /health)
 rather than anything hand-made.
 """
 
@@ -179,6 +179,9 @@ class SkyPilotServing:
     def alive(self, record: ServerRecord) -> bool:
         return remote_alive(record)
 
+    def exited(self, record: ServerRecord) -> str | None:
+        return remote_exited(record)
+
     def stop(self, record: ServerRecord, *, timeout: float) -> None:
         remote_stop(record)
 
@@ -195,6 +198,29 @@ def remote_alive(record: ServerRecord) -> bool:
         return bool(sky.get(sky.status(cluster_names=[record.cluster])))
     except Exception:
         return True  # the API server is unreachable: keep the record rather than lose the way to stop it
+
+
+def remote_exited(record: ServerRecord) -> str | None:
+    """Why a SkyPilot engine no longer runs: its cluster or service is gone, the cluster's job ended (an engine
+    that fails to start leaves an UP cluster behind: waiting on the cluster alone waits the whole timeout), or
+    the service failed. None while it runs, and when SkyPilot cannot be asked."""
+    import sky
+
+    try:
+        if record.service:
+            found = sky.get(sky.serve.status([record.service]))
+            status = found[0].get("status") if found else None
+            name = str(getattr(status, "value", status))
+            return f"service {record.service} is {'gone' if not found else name}" if not found or "FAILED" in name else None
+        if not sky.get(sky.status(cluster_names=[record.cluster])):
+            return f"cluster {record.cluster} is gone"
+        jobs = sky.get(sky.job_status(record.cluster, None))  # the cluster's last job: the engine's
+    except Exception:
+        return None
+    job, status = next(iter(jobs.items()), (None, None))
+    if status is not None and status.is_terminal():
+        return f"job {job} on {record.cluster} is {status.value}"
+    return None
 
 
 def remote_stop(record: ServerRecord) -> None:
