@@ -301,3 +301,34 @@ def test_vllm_installs_only_beside_a_cuda_13_torch(tmp_path, build, installs):
         assert "installing vLLM 0.31.0 for objective.rollouts" in done.stdout
     else:
         assert f"not installing vLLM 0.31.0, a CUDA 13 build on PyPI: this torch is 2.13.0+{build}" in done.stdout
+
+
+def test_the_node_wheel_holds_every_module_of_the_source_tree(tmp_path, monkeypatch):
+    """setup.py finds the packages (a written list had left sdk.objectives out: every node stopped at its first
+    import), and build_dist refuses a wheel that lacks a module of the source tree, before any cluster starts."""
+    from sdk.backends.node_setup import build_dist, missing_from_wheel, project_root
+    from sdk.core.errors import LaunchError
+
+    monkeypatch.setenv("FINETUNE_HOME", str(tmp_path / "home"))
+    root = project_root()
+    wheel = build_dist()["wheel"]
+    assert missing_from_wheel(wheel, root) == []
+    with zipfile.ZipFile(wheel) as archive:
+        held = archive.namelist()
+    assert {"sdk/objectives/base.py", "launch/objectives/__init__.py", "finetune_recipes/tiny.yaml"} <= set(held)
+    partial = tmp_path / "partial.whl"
+    with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(partial, "w") as target:
+        for name in held:
+            if not name.startswith("sdk/objectives/"):
+                target.writestr(name, source.read(name))
+    assert "sdk.objectives.base" in missing_from_wheel(partial, root)
+
+    def partial_build(argv, **kwargs):
+        shutil.copy(partial, Path(argv[argv.index("-w") + 1]) / "finetune-0.1.0-py3-none-any.whl")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setenv("FINETUNE_HOME", str(tmp_path / "other-home"))
+    monkeypatch.setattr("sdk.backends.node_setup.subprocess.run", partial_build)
+    with pytest.raises(LaunchError, match=r"lacks sdk\.objectives\.\w+, .*setup\.py finds the packages"):
+        build_dist()
+    assert not list((tmp_path / "other-home" / "dist").glob("*/*.whl"))  # not kept for the next launch
