@@ -22,6 +22,7 @@ LAYERS = [
     {"sdk.backends"},  # where a run executes: local processes, SkyPilot
     {"sdk.runs"},  # the Run handle: submit, status, wait, fetch; the node tools' client side
     {"sdk.serving", "sdk.sweeps"},  # built on runs
+    {"sdk.api"},  # the OpenAI-compatible API: a thin layer over runs, the store and serving
     {"sdk.cli", "sdk.entry"},  # parse, call the SDK, print
 ]
 SHARED = set().union(*LAYERS[:4])

@@ -77,17 +77,19 @@ def engine_command(plan, python: str, model_dir: str, adapters: dict[str, Path],
 
     served = plan.merged.name if plan.merged else ENGINE_BASE
     argv = [python, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", model_dir, "--served-model-name", served,
-            "--host", plan.host, "--port", str(plan.port), "--dtype", plan.dtype, "--max-model-len", str(plan.max_model_len),
+            "--host", plan.host, "--port", str(plan.port), "--dtype", plan.dtype,
             "--uvicorn-log-level", "warning", "--middleware", "finetune_engine_auth.RequireKey"]  # the key on every route
+    argv += ["--max-model-len", str(plan.max_model_len)] if plan.max_model_len else []
     if plan.tls:  # the certificate the client mounted (sdk.core.serveplan.NODE_TLS)
         from sdk.core.serveplan import NODE_TLS
 
         argv += ["--ssl-certfile", os.path.expanduser(NODE_TLS["certfile"]), "--ssl-keyfile", os.path.expanduser(NODE_TLS["keyfile"])]
     if cpu:
         argv += ["--gpu-memory-utilization", "0.5"]  # vLLM's CPU build counts the page cache as used memory
-    if adapters:
-        argv += ["--enable-lora", "--max-lora-rank", str(plan.max_lora_rank), "--max-loras", str(plan.max_loras),
-                 "--lora-modules", *[f"{name}={path}" for name, path in adapters.items()]]  # one flag: given twice, vLLM keeps the last
+    if adapters or plan.runtime_lora:
+        argv += ["--enable-lora", "--max-lora-rank", str(plan.max_lora_rank), "--max-loras", str(plan.max_loras)]
+    if adapters:  # one flag: given twice, vLLM keeps the last
+        argv += ["--lora-modules", *[f"{name}={path}" for name, path in adapters.items()]]
     return argv + tool_flags(plan, chat_template)
 
 
@@ -158,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(engine_path), env.get("PYTHONPATH")]))
     if cpu:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
+    if plan.runtime_lora:
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     if plan.idle_stop_minutes:  # the middleware stamps each request; a watcher stops the engine when none came
         activity = work / "last-request"
         activity.touch()

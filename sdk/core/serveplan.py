@@ -33,10 +33,12 @@ class ServePlan(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     dtype: str = "float32"
-    max_model_len: int = 2048
+    max_model_len: int | None = 2048  # None: the model's own context length
     prompting: dict[str, dict[str, str | None]] = {}  # served name -> its run's summary template and instruction
     idle_stop_minutes: float | None = None  # the engine stops after this long without a request (launch/tools/idle_stop.py)
     tls: bool = False  # the engine serves HTTPS with the certificate mounted at NODE_TLS (a single-node cloud server)
+    # adapters load and unload while the engine runs (POST /v1/load_lora_adapter): `finetune api`'s engines
+    runtime_lora: bool = False
 
     @property
     def names(self) -> list[str]:

@@ -89,6 +89,13 @@ class Objective:
     # does not set (grpo: a batch of two prompts' answers)
     train_defaults: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda settings: {})
     answer_tokens: Callable[[Any], int] = field(default=lambda settings: 0)
+    # The `method.type` of OpenAI's fine-tuning API it trains (sdk.api): "supervised", "dpo", "reinforcement"
+    openai_method: str | None = None
+    # That method's hyperparameters beyond the shared ones (n_epochs, batch_size, learning_rate_multiplier), each to
+    # the settings field it sets; None: accepted as "auto" only (no setting here means the same thing)
+    openai_hyperparameters: dict[str, str | None] = field(default_factory=dict)
+    # Settings from the method's body other than hyperparameters (reinforcement's grader): (body) -> settings
+    openai_settings: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda body: {})
 
     @property
     def formats(self) -> list[str]:

@@ -34,4 +34,5 @@ OBJECTIVE = Objective(
     name="dpo", settings=DpoSettings, trainer="launch.objectives.dpo:build", trains_on="preference",
     description="direct preference optimization: chosen over rejected answers", metrics=PREFERENCE_METRICS,
     plan=PlanFacts(sequences_per_row=2, reference_forward=True),
+    openai_method="dpo", openai_hyperparameters={"beta": "beta"},
 )

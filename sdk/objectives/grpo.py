@@ -171,4 +171,8 @@ OBJECTIVE = Objective(
     node_extras=_node_extras, ships=_shipped, secrets=lambda g: _key_names(g.rewards), reads_columns=_columns_read,
     heldout_rewards=lambda g: g.rewards, train_defaults=_train_defaults,
     answer_tokens=lambda g: g.max_completion_length,
+    # OpenAI's reinforcement method: its grader is the reward; its compute and reasoning knobs have no counterpart
+    openai_method="reinforcement", openai_settings=lambda body: {"rewards": [body["grader"]]} if "grader" in body else {},
+    openai_hyperparameters={"compute_multiplier": None, "eval_interval": None, "eval_samples": None,
+                            "reasoning_effort": None},
 )

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from sdk.core.serveplan import ServePlan
 from sdk.serving.plan import (
     CLOUD_IDLE_STOP_MINUTES,
     ServeError,
@@ -36,7 +37,8 @@ from sdk.serving.record import ServerRecord, serving_backend, write_private
 from sdk.serving.server import Server, get_server, list_servers, servers_dir
 
 __all__ = ["CLOUD_IDLE_STOP_MINUTES", "ServeError", "Server", "ServerRecord", "check_tls", "get_server",
-           "idle_stop_minutes", "list_servers", "parse_ref", "plan_serving", "serve", "servers_dir"]
+           "idle_stop_minutes", "list_servers", "parse_ref", "plan_serving", "serve", "servers_dir",
+           "start_plan"]
 
 
 def serve(runs: Sequence[str], *, merge: bool = False, port: int = 8000, base_name: str | None = None,
@@ -61,6 +63,20 @@ def serve(runs: Sequence[str], *, merge: bool = False, port: int = 8000, base_na
         if local:
             raise ServeError("--tls-cert: a local server listens on 127.0.0.1 only; TLS is for a cloud endpoint")
         check_tls(tls)
+    server = start_plan(plan, backend=backend, replicas=replicas, tls=tls)
+    if wait:
+        try:
+            server.wait_ready(timeout)
+        except BaseException:
+            server.stop()
+            raise
+    return server
+
+
+def start_plan(plan: ServePlan, *, backend: Literal["local", "skypilot"] = "local", replicas: int | None = None,
+               tls: tuple[str, str] | None = None, **labels: str) -> Server:
+    """Start the engine a plan describes and record it (~/.finetune/servers/<id>.json); `labels` are kept in the
+    record (which `finetune api` started it). Does not wait for it to answer."""
     folder = servers_dir()
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Every endpoint needs a key, a local one too (a workstation is shared): it reaches vLLM through the
@@ -72,16 +88,9 @@ def serve(runs: Sequence[str], *, merge: bool = False, port: int = 8000, base_na
     placed = serving_backend(backend).start(plan, folder=folder, api_key=api_key, replicas=replicas, tls=tls)
     record = ServerRecord(id=plan.server_id, models=plan.names, base=plan.base_name, started=time.time(), api_key=api_key,
                           prompting=plan.prompting, backend=backend, runs=runs_by_name,
-                          tls_ca=str(Path(tls[0]).expanduser().resolve()) if tls else None, **placed)
+                          tls_ca=str(Path(tls[0]).expanduser().resolve()) if tls else None, **placed, **labels)
     write_private(folder / f"{plan.server_id}.json", json.dumps(record.model_dump(mode="json", exclude_none=True), indent=1))
-    server = Server(record)
-    if wait:
-        try:
-            server.wait_ready(timeout)
-        except BaseException:
-            server.stop()
-            raise
-    return server
+    return Server(record)
 
 
 def serving_backend_for(runs: Sequence[str], backend: str) -> Literal["local", "skypilot"]:

@@ -1,0 +1,249 @@
+"""The jobs of the API, over the runs they start: create (checked, idempotent), read, cancel; and the watcher that
+writes down how each ended, so that a job reads the same after `finetune api` restarts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sdk.api import jobs as requests
+from sdk.api import progress
+from sdk.api.config import ApiConfig
+from sdk.api.errors import ApiError, invalid
+from sdk.api.objects import FineTuningJob, JobError
+from sdk.api.state import ApiState, JobRecord, new_id
+from sdk.core.errors import FinetuneError
+from sdk.store.runfolder import LAUNCH, RunFolder
+
+
+class JobService:
+    def __init__(self, config: ApiConfig, state: ApiState, *, on_succeeded: Callable[[JobRecord], None] | None = None):
+        self.config = config
+        self.state = state
+        self.on_succeeded = on_succeeded or (lambda job: None)
+        self._create = threading.Lock()  # one create at a time: a retried request finds the first one's job
+        self._launching = ThreadPoolExecutor(max_workers=4, thread_name_prefix="finetune-api-launch")
+        self._runs: dict[str, Any] = {}
+
+    # -- create
+
+    def create(self, body: dict[str, Any], *, idempotency_key: str | None = None) -> FineTuningJob:
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        with self._create:
+            if idempotency_key:
+                seen = self.state.replayed(idempotency_key)
+                if seen is not None:
+                    if seen["request"] != digest:
+                        raise ApiError(409, "Idempotency-Key was used with a different request", param="Idempotency-Key",
+                                       code="idempotency_key_reused")
+                    return self.view(self.state.job(seen["job_id"]))
+            job = self._new_job(body)
+            self.state.save_job(job)
+            if idempotency_key:
+                self.state.remember(idempotency_key, job_id=job.id, request_sha256=digest)
+        self._launching.submit(self._launch, job.id)
+        return self.view(job)
+
+    def _new_job(self, body: dict[str, Any]) -> JobRecord:
+        if not isinstance(body, dict):
+            raise invalid("the request body is a JSON object", param=None)
+        training = body.get("training_file")
+        if not isinstance(training, str):
+            raise invalid("training_file: the id of an uploaded file (files.create, purpose fine-tune)",
+                          param="training_file")
+        data = self.state.location(self.state.file(training, param="training_file").id)
+        validation = body.get("validation_file")
+        eval_data = self.state.location(self.state.file(validation, param="validation_file").id) if validation else None
+        suffix = requests.check_suffix(body.get("suffix"))
+        metadata = requests.check_metadata(body.get("metadata"))
+        spec, entry, hyperparameters = requests.build_spec(self.config, body, data=data, eval_data=eval_data)
+        self._check_rows(spec, {data: ("training_file", training), eval_data: ("validation_file", validation)})
+        job_id = new_id("ftjob")
+        method_type = requests.read_method(body)[0].openai_method
+        return JobRecord(id=job_id, created_at=int(time.time()), model=body["model"], base=spec.model.id,
+                         fine_tuned_model=f"ft:{body['model']}:{suffix or ''}:{job_id}", training_file=training,
+                         validation_file=validation, suffix=suffix, seed=spec.train.seed, metadata=metadata,
+                         hyperparameters=hyperparameters,
+                         method={"type": method_type, method_type: {"hyperparameters": hyperparameters}},
+                         spec=spec.model_dump(mode="json"), backend=entry.backend or self.config.backend)
+
+    @staticmethod
+    def _check_rows(spec: Any, files: dict[str | None, tuple[str, str | None]]) -> None:
+        """Every row read as the run will read it; a bad one is a 400 naming the file id and the line."""
+        from sdk.data.rows import DataError
+        from sdk.runs import preflight_data
+
+        try:
+            preflight_data(spec)
+        except DataError as exc:
+            raise bad_rows(str(exc), files) from None
+
+    def _launch(self, job_id: str) -> None:
+        """Start the job's run (its id is the job's): a run folder that already exists was started before a restart."""
+        from sdk.core.spec import FineTuneSpec
+        from sdk.runs import submit
+
+        job = self.state.job(job_id)
+        if job.final is not None or job.launched:
+            return
+        try:
+            if not RunFolder(self.state.store, job.id).exists():
+                submit(FineTuneSpec.model_validate(job.spec), backend=job.backend, check_data=False, run_id=job.id)
+            self.state.save_job(job.model_copy(update={"launched": True}))
+        except FinetuneError as exc:
+            self._end(job, "failed", JobError(code="launch_failed", message=str(exc)))
+        except Exception as exc:  # noqa: BLE001 - a job must end with its reason, whatever the backend raised
+            self._end(job, "failed", JobError(code="launch_failed", message=f"{type(exc).__name__}: {exc}"))
+
+    # -- read
+
+    def run(self, job: JobRecord) -> Any:
+        """The job's Run, with its backend (read from the run folder's launch record) so a dead node is seen."""
+        if job.id not in self._runs:
+            from sdk.backends import get_backend
+            from sdk.runs import Run
+
+            folder = RunFolder(self.state.store, job.id)
+            launch = folder.read_json(LAUNCH)
+            if launch is None:
+                return Run(folder.uri)  # not recorded yet: read it from the store alone, and ask again next time
+            backend = get_backend(launch["backend"])
+            self._runs[job.id] = Run(folder.uri, backend=launch["backend"], info=backend.Info.model_validate(launch["info"]))
+        return self._runs[job.id]
+
+    def live_status(self, job: JobRecord) -> tuple[str, dict[str, Any]]:
+        if job.final is not None:
+            return job.final, {}
+        if not job.launched:
+            return "validating_files", {}
+        status = self.run(job).status()
+        return requests.JOB_STATUS[status.state], status.model_dump()
+
+    def view(self, job: JobRecord) -> FineTuningJob:
+        status, run_status = self.live_status(job)
+        estimate = None
+        if status == "running":
+            estimate = progress.estimated_finish(self.run(job).metrics(), run_status)
+        return FineTuningJob(
+            id=job.id, created_at=job.created_at, finished_at=job.finished_at, model=job.model,
+            fine_tuned_model=job.fine_tuned_model if status == "succeeded" else None, status=status,
+            training_file=job.training_file, validation_file=job.validation_file, hyperparameters=job.hyperparameters,
+            method=job.method, result_files=job.result_files, trained_tokens=job.trained_tokens, error=job.error,
+            seed=job.seed, suffix=job.suffix, user_provided_suffix=job.suffix, metadata=job.metadata,
+            estimated_finish=estimate)
+
+    def listed(self, *, metadata: dict[str, str] | None = None) -> list[JobRecord]:
+        jobs = sorted(self.state.jobs.values(), key=lambda j: (j.created_at, j.id), reverse=True)
+        if metadata:
+            jobs = [j for j in jobs if all((j.metadata or {}).get(k) == v for k, v in metadata.items())]
+        return jobs
+
+    def events(self, job: JobRecord) -> list[Any]:
+        if not job.launched:
+            return progress.events(job, [], {}, [])
+        run = self.run(job)
+        return progress.events(job, run.metrics(), run.folder.status(), run.folder.committed_checkpoints())
+
+    def checkpoints(self, job: JobRecord) -> list[Any]:
+        if not job.launched:
+            return []
+        run = self.run(job)
+        final = None
+        if job.final == "succeeded":
+            summary = run.summary()
+            final = summary.steps if summary else max((r.get("step", 0) for r in run.metrics()), default=None)
+        return progress.checkpoints(job, run.metrics(), run.folder.committed_checkpoints(), final)
+
+    # -- cancel
+
+    def cancel(self, job_id: str, *, wait: float = 30.0) -> FineTuningJob:
+        job = self.state.job(job_id)
+        if job.final == "cancelled":
+            return self.view(job)
+        if job.final is not None:
+            raise invalid(f"job {job_id} already {job.final}; only a job that has not ended can be cancelled",
+                          param="fine_tuning_job_id", code="job_not_cancellable")
+        if not job.launched:
+            self._end(job, "cancelled", None)
+            return self.view(self.state.job(job_id))
+        self.run(job).cancel()
+        deadline = time.time() + wait
+        while time.time() < deadline and self.live_status(self.state.job(job_id))[0] not in ("cancelled", "failed",
+                                                                                              "succeeded"):
+            time.sleep(0.5)
+        self.settle(self.state.job(job_id))
+        return self.view(self.state.job(job_id))
+
+    # -- the watcher
+
+    def settle(self, job: JobRecord) -> None:
+        """Write down how a job ended, once: final state, finish time, error, result file, trained tokens."""
+        if job.final is not None or not job.launched:
+            return
+        status, run_status = self.live_status(job)
+        if status not in ("succeeded", "failed", "cancelled"):
+            return
+        error = None
+        if status == "failed":
+            error = JobError(code="run_failed", message=run_status.get("error") or "the run failed (finetune logs "
+                             f"{job.id} shows why)")
+        self._end(job, status, error)
+
+    def _end(self, job: JobRecord, status: str, error: JobError | None) -> None:
+        update: dict[str, Any] = {"final": status, "finished_at": int(time.time()), "error": error}
+        if job.launched or RunFolder(self.state.store, job.id).exists():
+            rows = self.run(job).metrics()
+            update["trained_tokens"] = progress.trained_tokens(rows)
+            if status == "succeeded":
+                update["result_files"] = [self._results_file(job, rows).id]
+        ended = job.model_copy(update=update)
+        self.state.save_job(ended)
+        if status == "succeeded":
+            self.on_succeeded(ended)
+
+    def _results_file(self, job: JobRecord, rows: list[dict[str, Any]]) -> Any:
+        from sdk.core.spec import FineTuneSpec
+        from sdk.objectives import objective_of
+
+        extra = [m.name for m in objective_of(FineTuneSpec.model_validate(job.spec)).metrics]
+        text = progress.results_csv(rows, extra)
+        return self.state.add_file(filename="step_metrics.csv", purpose="fine-tune-results", data=text.encode(),
+                                   suffix=".csv")
+
+    def resume(self) -> None:
+        """After a restart: launch what was created but not yet started (or adopt the run it started)."""
+        for job in list(self.state.jobs.values()):
+            if job.final is None and not job.launched:
+                self._launching.submit(self._launch, job.id)
+
+    def watch(self, stop: threading.Event, *, every: float = 2.0) -> None:
+        while not stop.wait(every):
+            for job in list(self.state.jobs.values()):
+                try:
+                    self.settle(job)
+                except Exception as exc:  # noqa: BLE001 - one unreadable run must not stop the others' watch
+                    print(f"[finetune api] {job.id}: {type(exc).__name__}: {exc}", flush=True)
+
+    def close(self) -> None:
+        self._launching.shutdown(wait=False, cancel_futures=True)
+
+
+def bad_rows(message: str, files: dict[str | None, tuple[str, str | None]]) -> ApiError:
+    """The data check's report as OpenAI words it: the file's id and the line of each bad example."""
+    import re
+
+    for location, (param, ident) in files.items():
+        if not location or location not in message:
+            continue
+        lines = re.findall(re.escape(location) + r":(\d+): (.*)", message)
+        if lines:
+            detail = "; ".join(f"line {number}: {why}" for number, why in lines[:5])
+            more = f" (and {len(lines) - 5} more)" if len(lines) > 5 else ""
+            return invalid(f"{param} {ident}: {detail}{more}", param=param, code=f"invalid_{param}")
+        return invalid(f"{param} {ident}: {message.replace(location, ident)}", param=param, code=f"invalid_{param}")
+    return invalid(message, param="training_file", code="invalid_training_file")
