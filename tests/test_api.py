@@ -1,0 +1,272 @@
+"""`finetune api` without training: the official `openai` client against the real HTTP server (uvicorn on
+127.0.0.1, in a thread), the request → spec table, job statuses, events / checkpoints / the metrics CSV, keys, the
+zero adapter. Jobs that train are in tests/test_api_jobs.py."""
+
+from __future__ import annotations
+
+import json
+import stat
+import threading
+import time
+import typing
+
+import openai
+import pytest
+
+import sdk
+
+CHAT = [{"messages": [{"role": "user", "content": f"What is {i}+1?"}, {"role": "assistant", "content": str(i + 1)}]}
+        for i in range(8)]
+
+
+def jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def api(tmp_path, finetune_home):
+    """The API on a free port: (openai client with a key, config path, store path)."""
+    import uvicorn
+    from helpers import free_port, wait_for_port
+
+    from sdk.api import build
+    from sdk.api.keys import create_key
+
+    config = tmp_path / "api.yaml"
+    config.write_text(f"store: {tmp_path / 'store'}\nmodels:\n  tiny-chat: {{model: 'tiny:llama'}}\n"
+                      "  gpt-4o-mini-2024-07-18: {model: 'tiny:llama', method: lora}\n")
+    app, service, inference = build(config=str(config))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for_port(port)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=create_key()[1], max_retries=0)
+    try:
+        yield client, config, tmp_path / "store"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        service.close()
+
+
+def test_files_are_uploaded_listed_read_and_deleted(api, tmp_path):
+    client, _, store = api
+    uploaded = client.files.create(file=jsonl(tmp_path / "train.jsonl", CHAT).open("rb"), purpose="fine-tune")
+    assert uploaded.id.startswith("file-") and uploaded.status == "processed" and uploaded.filename == "train.jsonl"
+    assert uploaded.bytes == (tmp_path / "train.jsonl").stat().st_size
+    assert [f.id for f in client.files.list()] == [uploaded.id]
+    assert client.files.retrieve(uploaded.id).bytes == uploaded.bytes
+    assert client.files.content(uploaded.id).text == (tmp_path / "train.jsonl").read_text()
+    assert (store / "api" / "files" / f"{uploaded.id}.jsonl").is_file()  # the store holds it
+    assert client.files.delete(uploaded.id).deleted
+    with pytest.raises(openai.NotFoundError, match=uploaded.id):
+        client.files.retrieve(uploaded.id)
+
+
+@pytest.mark.parametrize(("row", "line", "says"), [
+    ("{not json", 2, "not valid JSON"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]},
+                   {"role": "assistant", "content": "a cat"}]}, 2, "images"),
+    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA"}}]}]}, 2,
+     "audio"),
+    ({"text": "a corpus line"}, 2, "no fine-tuning example"),
+    ({"input": {"messages": [{"role": "user", "content": "hi"}]}, "preferred_output": []}, 2, "non_preferred_output"),
+])
+def test_a_bad_line_is_refused_on_upload_naming_it(api, tmp_path, row, line, says):
+    client = api[0]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.files.create(file=jsonl(tmp_path / "bad.jsonl", [CHAT[0], row, CHAT[1]]).open("rb"), purpose="fine-tune")
+    error = caught.value.body
+    assert f"line {line}" in error["message"] and says in error["message"], error
+    assert error["param"] == "file" and error["type"] == "invalid_request_error"
+    assert list(client.files.list()) == []
+
+
+def test_a_line_without_an_answer_refuses_the_job_naming_line_3(api, tmp_path):
+    client = api[0]
+    rows = [CHAT[0], CHAT[1], {"messages": [{"role": "user", "content": "no answer"}]}, CHAT[2]]
+    uploaded = client.files.create(file=jsonl(tmp_path / "t.jsonl", rows).open("rb"), purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.fine_tuning.jobs.create(model="tiny-chat", training_file=uploaded.id)
+    error = caught.value.body
+    assert error["message"].startswith(f"training_file {uploaded.id}: line 3: "), error
+    assert "assistant" in error["message"] and error["param"] == "training_file"
+    assert list(client.fine_tuning.jobs.list()) == []  # no job
+
+
+def test_keys_and_unknown_things_answer_as_openai_does(api):
+    client, _, _ = api
+    url = str(client.base_url)
+    for key in ("", "ft-wrong"):
+        with pytest.raises(openai.AuthenticationError) as caught:
+            openai.OpenAI(base_url=url, api_key=key or "x", max_retries=0,
+                          default_headers={"Authorization": ""} if not key else None).fine_tuning.jobs.list()
+        assert caught.value.status_code == 401 and caught.value.body["code"] == "invalid_api_key"
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.fine_tuning.jobs.retrieve("ftjob-unknown")
+    assert caught.value.body == {"message": "No such fine-tuning job: ftjob-unknown", "type": "invalid_request_error",
+                                 "param": "fine_tuning_job_id", "code": "fine_tuning_job_not_found"}
+    for call in (lambda: client.fine_tuning.jobs.cancel("ftjob-unknown"),
+                 lambda: client.fine_tuning.jobs.list_events("ftjob-unknown"),
+                 lambda: client.fine_tuning.jobs.checkpoints.list("ftjob-unknown"),
+                 lambda: client.models.retrieve("ft:tiny-chat::ftjob-unknown")):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    import httpx
+
+    reply = httpx.get(url.replace("/v1/", "/v2/nothing"), headers={"Authorization": f"Bearer {client.api_key}"})
+    assert reply.status_code == 404 and reply.json()["error"]["code"] == "unknown_url"
+
+
+def test_an_unmapped_openai_model_names_the_map(api, tmp_path):
+    client, config, _ = api
+    uploaded = client.files.create(file=jsonl(tmp_path / "t.jsonl", CHAT).open("rb"), purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.fine_tuning.jobs.create(model="gpt-4.1-2025-04-14", training_file=uploaded.id)
+    assert caught.value.body["code"] == "model_not_available" and str(config) in caught.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.fine_tuning.jobs.create(model="tiny-chat", training_file=uploaded.id,
+                                       method={"type": "supervised", "supervised": {"hyperparameters": {"beta": 0.1}}})
+    assert caught.value.body["param"] == "method.supervised.hyperparameters.beta"
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.fine_tuning.jobs.create(model="tiny-chat", training_file="file-missing")
+    assert caught.value.body["param"] == "training_file"
+    assert [m.id for m in client.models.list()] == ["tiny-chat", "gpt-4o-mini-2024-07-18"]
+
+
+# -- the request → spec table (sdk.api.jobs)
+
+def spec_for(body, *, config=None, eval_data=None):
+    from sdk.api.config import ApiConfig, ModelEntry
+    from sdk.api.jobs import build_spec
+
+    config = config or ApiConfig(store="/tmp/s", models={"m": ModelEntry(model="tiny:llama")})
+    return build_spec(config, {"model": "m", "training_file": "file-x", **body}, data="/d/t.jsonl", eval_data=eval_data)
+
+
+def test_hyperparameters_map_to_the_spec_as_the_table_says():
+    spec, _, resolved = spec_for({"hyperparameters": {"n_epochs": 3, "batch_size": 2, "learning_rate_multiplier": 2.0},
+                                  "seed": 7})
+    default = sdk.FineTuneSpec(model="tiny:llama", data="d.jsonl").train.lr
+    assert (spec.train.epochs, spec.train.max_steps, spec.train.batch_size, spec.train.seed) == (3, None, 2, 7)
+    assert spec.train.lr == pytest.approx(2 * default)
+    assert resolved == {"n_epochs": 3, "batch_size": 2, "learning_rate_multiplier": 2.0}
+    assert spec.data.source == "/d/t.jsonl" and spec.data.eval_split == 0 and spec.output == "/tmp/s"
+    spec, _, resolved = spec_for({}, eval_data="/d/v.jsonl")
+    assert spec.data.eval_source == "/d/v.jsonl" and resolved["learning_rate_multiplier"] == 1.0
+    assert resolved["n_epochs"] == "auto" and spec.objective.name == "sft"
+
+
+def test_dpo_and_reinforcement_methods_become_their_objectives():
+    spec, _, _ = spec_for({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.25, "n_epochs": 1}}}})
+    assert spec.objective.name == "dpo" and spec.objective.beta == 0.25 and spec.train.epochs == 1
+    grader = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+              "reference": "{{item.answer}}", "operation": "eq"}
+    spec, _, _ = spec_for({"method": {"type": "reinforcement", "reinforcement": {"grader": grader}}})
+    assert spec.objective.name == "grpo" and spec.objective.rewards[0].model_dump(exclude_none=True)["type"] == \
+        "string_check"
+    from sdk.api.errors import ApiError
+
+    with pytest.raises(ApiError, match="only 'auto'"):
+        spec_for({"method": {"type": "reinforcement", "reinforcement": {
+            "grader": grader, "hyperparameters": {"reasoning_effort": "high"}}}})
+    with pytest.raises(ApiError, match="use one of dpo, reinforcement, supervised"):
+        spec_for({"method": {"type": "unsupervised"}})
+
+
+def test_the_operators_settings_apply_and_the_request_wins_over_them(tmp_path):
+    from sdk.api.config import ApiConfig, ModelEntry
+
+    config = ApiConfig(store="/tmp/s", models={"m": ModelEntry(
+        model="tiny:llama", method="qlora", accelerators="H100:1", backend="skypilot",
+        set=["train.max_steps=50", "train.batch_size=8", "data.max_length=256"])})
+    spec, entry, _ = spec_for({}, config=config)
+    assert (spec.method.name, spec.resources.accelerators, spec.train.max_steps, spec.train.batch_size) == \
+        ("qlora", {"H100": 1}, 50, 8)
+    assert spec.data.max_length == 256 and entry.backend == "skypilot"
+    spec, _, _ = spec_for({"hyperparameters": {"n_epochs": 2, "batch_size": 1}}, config=config)
+    assert (spec.train.epochs, spec.train.max_steps, spec.train.batch_size) == (2, None, 1)
+
+
+def test_every_run_state_reads_as_a_job_status():
+    from sdk.api.jobs import JOB_STATUS
+    from sdk.api.objects import JobStatus
+    from sdk.store.runfolder import RunState
+
+    assert set(JOB_STATUS) == set(typing.get_args(RunState))
+    assert set(JOB_STATUS.values()) <= set(typing.get_args(JobStatus))
+
+
+# -- what a run folder says, as events, checkpoints and the metrics CSV
+
+ROWS = [{"step": 1, "time": 100.0, "loss": 2.0, "mean_token_accuracy": 0.5, "tokens_seen": 40},
+        {"step": 2, "time": 110.0, "loss": 1.5, "mean_token_accuracy": 0.6, "tokens_seen": 80},
+        {"step": 2, "time": 111.0, "eval_loss": 1.7}]
+
+
+def a_job(**update):
+    from sdk.api.state import JobRecord
+
+    fields = dict(id="ftjob-x", created_at=90, model="m", base="tiny:llama", fine_tuned_model="ft:m::ftjob-x",
+                  training_file="file-t", seed=42, hyperparameters={}, method={"type": "supervised"}, spec={},
+                  backend="local", launched=True)
+    return JobRecord(**{**fields, **update})
+
+
+def test_events_checkpoints_and_results_come_from_the_run_folder():
+    from sdk.api import progress
+
+    events = progress.events(a_job(final="succeeded", finished_at=120), ROWS, {"total_steps": 4}, [1])
+    messages = [e.message for e in events]
+    assert messages[0] == "The job has successfully completed" and messages[-1].startswith("Created fine-tuning job")
+    steps = [e for e in events if e.type == "metrics"]
+    assert [e.message for e in steps] == ["Step 2/4: validation loss=1.7000", "Step 2/4: training loss=1.5000",
+                                          "Step 1/4: training loss=2.0000"]
+    assert steps[1].data == {"step": 2, "train_loss": 1.5, "train_mean_token_accuracy": 0.6, "total_steps": 4}
+    assert len({e.id for e in events}) == len(events)
+    assert [e.id for e in progress.events(a_job(), ROWS, {}, [1])][-3:] == [e.id for e in events][-3:]  # stable ids
+    checkpoints = progress.checkpoints(a_job(final="succeeded"), ROWS, [1], 2)
+    assert [(c.step_number, c.fine_tuned_model_checkpoint) for c in checkpoints] == [
+        (2, "ft:m::ftjob-x"), (1, "ft:m::ftjob-x:ckpt-step-1")]
+    assert checkpoints[0].metrics == {"step": 2, "train_loss": 1.5, "train_mean_token_accuracy": 0.6, "valid_loss": 1.7}
+    assert progress.results_csv(ROWS, ["mean_token_accuracy", "reward"]).splitlines() == [
+        "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy", "1,2.0,0.5,,", "2,1.5,0.6,1.7,"]
+    assert progress.trained_tokens(ROWS) == 80
+    assert progress.estimated_finish(ROWS, {"total_steps": 4}) == 130
+
+
+def test_keys_are_kept_owner_only_as_hashes_and_a_revoked_key_stops_working(finetune_home, run_cli):
+    from sdk.api.keys import KeyCheck, first_key, keys_file
+
+    first = first_key()
+    assert first and first_key() is None  # made at the first start only
+    made = run_cli("api", "keys", "--create", env={"FINETUNE_HOME": str(finetune_home)})
+    ident, key = made.stdout.split()
+    assert stat.S_IMODE(keys_file().stat().st_mode) == 0o600 and key not in keys_file().read_text()
+    listed = run_cli("api", "keys", env={"FINETUNE_HOME": str(finetune_home)}).stdout
+    assert ident in listed and key[-4:] in listed and key not in listed
+    check = KeyCheck()
+    assert check.valid(key) and check.valid(first) and not check.valid("ft-nope") and not check.valid(None)
+    time.sleep(0.01)
+    assert run_cli("api", "keys", "--revoke", ident, env={"FINETUNE_HOME": str(finetune_home)}).returncode == 0
+    assert not check.valid(key) and check.valid(first)
+    refused = run_cli("api", "keys", "--revoke", "key_nope", env={"FINETUNE_HOME": str(finetune_home)})
+    assert refused.returncode == 2 and "no such key" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_the_zero_adapter_keeps_every_tensor_and_zeroes_it(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from sdk.api.inference import zero_adapter
+
+    source = tmp_path / "a"
+    source.mkdir()
+    (source / "adapter_config.json").write_text('{"r": 4}')
+    weights = {"a.lora_A.weight": torch.randn(4, 8), "a.lora_B.weight": torch.randn(8, 4, dtype=torch.bfloat16)}
+    save_file(weights, str(source / "adapter_model.safetensors"), metadata={"format": "pt"})
+    zeroed = load_file(str(zero_adapter(source, tmp_path / "z") / "adapter_model.safetensors"))
+    assert {k: (v.shape, v.dtype) for k, v in zeroed.items()} == {k: (v.shape, v.dtype) for k, v in weights.items()}
+    assert all(not v.any() for v in zeroed.values())
