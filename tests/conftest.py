@@ -99,7 +99,7 @@ def pytest_runtest_setup(item):
 
 # Modules where every test trains a model, starts a server or a cluster: the `slow` tier. `pytest -m "not slow"`
 # is the fast tier for the edit loop (no training); CI runs everything. Mixed modules mark their slow tests.
-SLOW_MODULES = {"test_checkpoints", "test_distributed", "test_distributed_qlora", "test_examples", "test_local_runs",
+SLOW_MODULES = {"test_api_jobs", "test_checkpoints", "test_distributed", "test_distributed_qlora", "test_examples", "test_local_runs",
                 "test_merge", "test_node", "test_s3_data", "test_serve", "test_slurm", "test_store_faults", "test_sweep",
                 "test_tracking"}
 

@@ -32,12 +32,14 @@ def build(*, store: str | None = None, backend: str | None = None, config: str |
     state = ApiState(settings.store)
     inference = Inference(settings, state)
     service = JobService(settings, state, on_succeeded=inference.on_succeeded)
+    inference.settle = service.settle
     return create_app(service, inference, KeyCheck()), service, inference
 
 
 def serve(*, port: int = 8080, host: str = "127.0.0.1", store: str | None = None, backend: str | None = None,
           config: str | None = None, announce: Any = print) -> None:
-    """Serve the API until interrupted (SIGINT / SIGTERM); the engines it started stop with it, the jobs go on."""
+    """Serve the API until interrupted (SIGINT / SIGTERM); the engines it started stop with it (the app's lifespan),
+    the jobs go on."""
     import uvicorn
 
     from sdk.api.keys import first_key, keys_file
@@ -55,5 +57,3 @@ def serve(*, port: int = 8080, host: str = "127.0.0.1", store: str | None = None
         uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)).run()
     finally:
         stop.set()
-        service.close()
-        inference.close()

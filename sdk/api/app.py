@@ -12,10 +12,19 @@ from sdk.api.objects import page
 
 
 def create_app(service: Any, inference: Any, keys: Any) -> Any:
+    import contextlib
+
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
-    app = FastAPI(title="finetune api", docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        # Here, not after the server returns: uvicorn re-raises the SIGTERM it caught once it has shut down
+        yield
+        service.close()
+        inference.close()
+
+    app = FastAPI(title="finetune api", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:

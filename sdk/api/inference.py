@@ -63,6 +63,7 @@ class Inference:
         self.engines: dict[str, Engine] = {}  # by the base's model id
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self.settle: Any = lambda job: None  # the job service's: a job that ended since its watcher looked
         self._stop_stale()
 
     def _stop_stale(self) -> None:
@@ -114,6 +115,9 @@ class Inference:
         if not isinstance(name, str) or not name:
             raise invalid("model: the model to answer with", param="model")
         job = self._job_named(name)
+        if job is not None and job.final is None:
+            self.settle(job)
+            job = self._job_named(name)
         if job is not None:
             if job.model_deleted:
                 raise not_found("model", name, param="model")

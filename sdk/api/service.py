@@ -29,6 +29,7 @@ class JobService:
         self._create = threading.Lock()  # one create at a time: a retried request finds the first one's job
         self._launching = ThreadPoolExecutor(max_workers=4, thread_name_prefix="finetune-api-launch")
         self._runs: dict[str, Any] = {}
+        self._settling = threading.Lock()  # the watcher and a request may both see a run end: one writes it down
 
     # -- create
 
@@ -126,6 +127,10 @@ class JobService:
 
     def view(self, job: JobRecord) -> FineTuningJob:
         status, run_status = self.live_status(job)
+        if job.final is None and status in ("succeeded", "failed", "cancelled"):  # ended since the watcher looked
+            self.settle(job)
+            job = self.state.job(job.id)
+            status = job.final or status
         estimate = None
         if status == "running":
             estimate = progress.estimated_finish(self.run(job).metrics(), run_status)
@@ -183,16 +188,18 @@ class JobService:
 
     def settle(self, job: JobRecord) -> None:
         """Write down how a job ended, once: final state, finish time, error, result file, trained tokens."""
-        if job.final is not None or not job.launched:
-            return
-        status, run_status = self.live_status(job)
-        if status not in ("succeeded", "failed", "cancelled"):
-            return
-        error = None
-        if status == "failed":
-            error = JobError(code="run_failed", message=run_status.get("error") or "the run failed (finetune logs "
-                             f"{job.id} shows why)")
-        self._end(job, status, error)
+        with self._settling:
+            job = self.state.job(job.id)
+            if job.final is not None or not job.launched:
+                return
+            status, run_status = self.live_status(job)
+            if status not in ("succeeded", "failed", "cancelled"):
+                return
+            error = None
+            if status == "failed":
+                error = JobError(code="run_failed", message=run_status.get("error") or "the run failed (finetune logs "
+                                 f"{job.id} shows why)")
+            self._end(job, status, error)
 
     def _end(self, job: JobRecord, status: str, error: JobError | None) -> None:
         update: dict[str, Any] = {"final": status, "finished_at": int(time.time()), "error": error}
