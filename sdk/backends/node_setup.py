@@ -84,8 +84,9 @@ def build_dist() -> dict[str, Path]:
         left_out = missing_from_wheel(wheels[0], root)
         if left_out:  # the node would stop at its first import of one of them, long after the cluster came up
             wheels[0].unlink()
-            raise LaunchError(f"the finetune wheel built from {root} lacks {', '.join(left_out[:5])}"
-                              f"{' …' if len(left_out) > 5 else ''} (setup.py finds the packages: an __init__.py missing?)")
+            more = " …" if len(left_out) > 5 else ""
+            raise LaunchError(f"the finetune wheel built from {root} lacks {', '.join(left_out[:5])}{more} "
+                              "(setup.py finds the packages: an __init__.py missing?)")
     (out / "constraints.txt").write_text(pins)
     return {"wheel": wheels[0], "constraints": out / "constraints.txt"}
 

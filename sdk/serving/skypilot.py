@@ -210,8 +210,8 @@ def remote_exited(record: ServerRecord) -> str | None:
         if record.service:
             found = sky.get(sky.serve.status([record.service]))
             status = found[0].get("status") if found else None
-            name = str(getattr(status, "value", status))
-            return f"service {record.service} is {'gone' if not found else name}" if not found or "FAILED" in name else None
+            name = str(getattr(status, "value", status)) if found else "gone"
+            return f"service {record.service} is {name}" if name == "gone" or "FAILED" in name else None
         if not sky.get(sky.status(cluster_names=[record.cluster])):
             return f"cluster {record.cluster} is gone"
         jobs = sky.get(sky.job_status(record.cluster, None))  # the cluster's last job: the engine's
