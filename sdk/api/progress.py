@@ -27,8 +27,10 @@ def step_metrics(row: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def events(job: Any, rows: list[dict[str, Any]], status: dict[str, Any], checkpoints: list[int]) -> list[JobEvent]:
-    """Every event of a job, newest first; ids are stable, so `after` pages stay put while the job runs."""
+def events(job: Any, rows: list[dict[str, Any]], status: dict[str, Any], checkpoints: list[int],
+           extra: tuple[str, ...] = ()) -> list[JobEvent]:
+    """Every event of a job, newest first; ids are stable, so `after` pages stay put while the job runs. `extra`: the
+    objective's own logged metrics (reward …), carried in the step events' data and message."""
     out = [JobEvent(id=_event_id(job.id, "created"), created_at=job.created_at,
                     message=f"Created fine-tuning job: {job.id}"),
            JobEvent(id=_event_id(job.id, "validating"), created_at=job.created_at,
@@ -44,8 +46,10 @@ def events(job: Any, rows: list[dict[str, Any]], status: dict[str, Any], checkpo
     for row in rows:
         if "step" not in row or not ({"loss", "eval_loss"} & set(row)):
             continue
-        data = {**step_metrics(row), **({"total_steps": total} if total else {})}
+        own = {n: row[n] for n in extra if n not in CSV_COLUMNS and isinstance(row.get(n), (int, float))}
+        data = {**step_metrics(row), **own, **({"total_steps": total} if total else {})}
         loss = f"training loss={row['loss']:.4f}" if "loss" in row else f"validation loss={row['eval_loss']:.4f}"
+        loss += "".join(f", {name}={value:.4f}" for name, value in own.items())
         out.append(JobEvent(id=_event_id(job.id, f"step/{row['step']}/{'loss' in row}"), type="metrics", data=data,
                             created_at=int(row.get("time", job.created_at)),
                             message=f"Step {row['step']}{f'/{total}' if total else ''}: {loss}"))
@@ -108,6 +112,8 @@ def results_csv(rows: list[dict[str, Any]], extra: list[str]) -> str:
     writer.writerow(columns)
     names = {**{v: k for k, v in CSV_COLUMNS.items()}, **{name: name for name in extra}}
     for step in sorted(by_step):
+        if not any(names[c] in by_step[step] for c in columns[1:]):
+            continue  # a row of numbers taken before training (the base's general-text loss)
         writer.writerow(["" if by_step[step].get(names[c]) is None else by_step[step][names[c]] for c in columns])
     return buffer.getvalue()
 

@@ -152,7 +152,8 @@ class JobService:
         if not job.launched:
             return progress.events(job, [], {}, [])
         run = self.run(job)
-        return progress.events(job, run.metrics(), run.folder.status(), run.folder.committed_checkpoints())
+        return progress.events(job, run.metrics(), run.folder.status(), run.folder.committed_checkpoints(),
+                               self._objective_metrics(job))
 
     def checkpoints(self, job: JobRecord) -> list[Any]:
         if not job.launched:
@@ -213,12 +214,15 @@ class JobService:
         if status == "succeeded":
             self.on_succeeded(ended)
 
-    def _results_file(self, job: JobRecord, rows: list[dict[str, Any]]) -> Any:
+    @staticmethod
+    def _objective_metrics(job: JobRecord) -> tuple[str, ...]:
         from sdk.core.spec import FineTuneSpec
         from sdk.objectives import objective_of
 
-        extra = [m.name for m in objective_of(FineTuneSpec.model_validate(job.spec)).metrics]
-        text = progress.results_csv(rows, extra)
+        return tuple(m.name for m in objective_of(FineTuneSpec.model_validate(job.spec)).metrics)
+
+    def _results_file(self, job: JobRecord, rows: list[dict[str, Any]]) -> Any:
+        text = progress.results_csv(rows, list(self._objective_metrics(job)))
         return self.state.add_file(filename="step_metrics.csv", purpose="fine-tune-results", data=text.encode(),
                                    suffix=".csv")
 
