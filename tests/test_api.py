@@ -4,6 +4,7 @@ zero adapter. Jobs that train are in tests/test_api_jobs.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import stat
 import threading
@@ -27,6 +28,12 @@ def jsonl(path, rows):
 @pytest.fixture
 def api(tmp_path, finetune_home):
     """The API on a free port: (openai client with a key, config path, store path)."""
+    with serving(tmp_path, str(tmp_path / "store")) as (client, config):
+        yield client, config, tmp_path / "store"
+
+
+@contextlib.contextmanager
+def serving(tmp_path, store: str):
     import uvicorn
     from helpers import free_port, wait_for_port
 
@@ -34,7 +41,7 @@ def api(tmp_path, finetune_home):
     from sdk.api.keys import create_key
 
     config = tmp_path / "api.yaml"
-    config.write_text(f"store: {tmp_path / 'store'}\nmodels:\n  tiny-chat: {{model: 'tiny:llama'}}\n"
+    config.write_text(f"store: {store}\nmodels:\n  tiny-chat: {{model: 'tiny:llama'}}\n"
                       "  gpt-4o-mini-2024-07-18: {model: 'tiny:llama', method: lora}\n")
     app, service, inference = build(config=str(config))
     port = free_port()
@@ -44,7 +51,7 @@ def api(tmp_path, finetune_home):
     wait_for_port(port)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=create_key()[1], max_retries=0)
     try:
-        yield client, config, tmp_path / "store"
+        yield client, config
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -94,6 +101,23 @@ def test_a_line_without_an_answer_refuses_the_job_naming_line_3(api, tmp_path):
     assert error["message"].startswith(f"training_file {uploaded.id}: line 3: "), error
     assert "assistant" in error["message"] and error["param"] == "training_file"
     assert list(client.fine_tuning.jobs.list()) == []  # no job
+
+
+def test_files_and_job_records_live_in_an_s3_store(tmp_path, finetune_home, s3_env):
+    """The same API on a real S3 server (moto): uploads land in the bucket, and the job check reads the rows there."""
+    _, bucket = s3_env
+    with serving(tmp_path, f"s3://{bucket}/ft-api") as (client, _):
+        uploaded = client.files.create(file=jsonl(tmp_path / "t.jsonl", [*CHAT[:3], {"messages": [
+            {"role": "user", "content": "?"}]}]).open("rb"), purpose="fine-tune")
+        with pytest.raises(openai.BadRequestError, match=f"training_file {uploaded.id}: line 4: "):
+            client.fine_tuning.jobs.create(model="tiny-chat", training_file=uploaded.id)
+        assert client.files.content(uploaded.id).text.count("\n") == 4
+    import boto3
+
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
+    assert sorted(keys) == [f"ft-api/api/files/{uploaded.id}.json", f"ft-api/api/files/{uploaded.id}.jsonl"]
+    with serving(tmp_path, f"s3://{bucket}/ft-api") as (client, _):  # a restarted API reads its files back
+        assert [f.id for f in client.files.list()] == [uploaded.id]
 
 
 def test_keys_and_unknown_things_answer_as_openai_does(api):
@@ -270,3 +294,10 @@ def test_the_zero_adapter_keeps_every_tensor_and_zeroes_it(tmp_path):
     zeroed = load_file(str(zero_adapter(source, tmp_path / "z") / "adapter_model.safetensors"))
     assert {k: (v.shape, v.dtype) for k, v in zeroed.items()} == {k: (v.shape, v.dtype) for k, v in weights.items()}
     assert all(not v.any() for v in zeroed.values())
+
+
+def test_a_method_vllm_cannot_serve_as_lora_trains_but_says_how_to_serve_it():
+    from sdk.api.inference import unservable
+
+    assert unservable(a_job(spec={"model": "tiny:llama", "data": "d.jsonl"})) is None
+    assert "DoRA" in unservable(a_job(spec={"model": "tiny:llama", "data": "d.jsonl", "method": {"name": "dora"}}))

@@ -124,6 +124,10 @@ class Inference:
             if job.final != "succeeded":
                 raise invalid(f"model {name}: its job {job.id} is not succeeded", param="model",
                               code="model_not_ready")
+            reason = unservable(job)
+            if reason:
+                raise invalid(f"model {name}: {reason}; serve its run merged: finetune serve {job.id} --merge",
+                              param="model", code="model_not_servable")
             engine = self._engine(job.spec)
             if job.id not in engine.loaded:
                 self._load(engine, job)
@@ -153,7 +157,8 @@ class Inference:
         from sdk.serving.plan import port_free
         from sdk.store.runfolder import RunFolder, new_run_id
 
-        jobs = [j for j in self._served_jobs() if FineTuneSpec.model_validate(j.spec).model.id == base]
+        jobs = [j for j in self._served_jobs()
+                if FineTuneSpec.model_validate(j.spec).model.id == base and not unservable(j)]
         adapters = []
         for job in jobs:
             job_spec = FineTuneSpec.model_validate(job.spec)
@@ -213,6 +218,16 @@ class Inference:
         for engine in self.engines.values():
             engine.server.stop()
         self.engines.clear()
+
+
+def unservable(job: JobRecord) -> str | None:
+    """Why a job's adapter cannot be served as LoRA by the engine (DoRA, IA3, a full fine-tune …), or None."""
+    from sdk.core.methods import method_of
+    from sdk.core.spec import FineTuneSpec
+
+    spec = FineTuneSpec.model_validate(job.spec)
+    serving = method_of(spec).serving(spec.method)
+    return None if serving.as_lora else serving.reason
 
 
 def rewrite_model(payload: bytes, name: str) -> bytes:
