@@ -64,7 +64,7 @@ class Objective:
     packing: bool = False  # can several examples share one sequence?
     reads_in_order: bool = False  # its trainer reads rows in order (the node shuffles them first, seeded)
     soft_prompts: bool = False  # trains the soft-prompt methods (prompt and prefix tuning) too
-    metrics: tuple[LoggedMetric, ...] = ()  # what its trainer logs, with goals (sweep ranking, the README)
+    metrics: tuple[LoggedMetric, ...] = ()  # what its trainer logs, with goals (sweep ranking, docs/objectives.md)
     default_metric: str | None = None  # what a sweep ranks by unless told (None: label accuracy or eval loss)
     # Cross-field rules only this objective knows: (spec) -> [(field, message)]
     check: Callable[[Any], list[tuple[str, str]]] = field(default=lambda spec: [])
