@@ -301,3 +301,70 @@ def test_a_method_vllm_cannot_serve_as_lora_trains_but_says_how_to_serve_it():
 
     assert unservable(a_job(spec={"model": "tiny:llama", "data": "d.jsonl"})) is None
     assert "DoRA" in unservable(a_job(spec={"model": "tiny:llama", "data": "d.jsonl", "method": {"name": "dora"}}))
+
+
+@pytest.mark.parametrize(("body", "param", "says"), [
+    ({"unknown_field": 1}, "unknown_field", "Unrecognized request argument"),
+    ({"integrations": [{"type": "wandb", "wandb": {"project": "p"}}]}, "integrations", "tracking"),
+    ({"seed": 8589934592}, "seed", "0 to 2147483647"),
+    ({"hyperparameters": "auto"}, "hyperparameters", "an object"),
+    ({"hyperparameters": {"n_epochs": 2.5}}, "method.supervised.hyperparameters.n_epochs", "an integer"),
+    ({"hyperparameters": {"n_epochs": True}}, "method.supervised.hyperparameters.n_epochs", "an integer"),
+    ({"method": {"type": "supervised", "supervised": {"hyperparameters": [1]}}}, "method.supervised.hyperparameters",
+     "an object"),
+    ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": -1}}}}, "method.dpo.hyperparameters.beta",
+     "a number"),
+    ({"method": {"type": "reinforcement", "reinforcement": {"grader": {
+        "type": "python", "name": "p", "source": "def grade(sample, item):\n    return 1.0"}}}},
+     "method.reinforcement.grader", "runs the request's code"),
+    ({"method": {"type": "reinforcement", "reinforcement": {"grader": {
+        "type": "multi", "calculate_output": "a", "graders": {"a": {
+            "type": "score_model", "name": "s", "model": "m", "input": [], "base_url": "http://127.0.0.1:9/v1",
+            "api_key_env": "AWS_SECRET_ACCESS_KEY"}}}}}},
+     "method.reinforcement.grader.graders.a.api_key_env", "grader_keys"),
+    ({"model": "/etc"}, "model", "a Hub model id"),
+    ({"model": "pkg://../../../etc/passwd"}, "model", "a Hub model id"),
+])
+def test_what_openai_refuses_at_create_is_refused_by_name(api, tmp_path, body, param, says):
+    client = api[0]
+    uploaded = client.files.create(file=jsonl(tmp_path / "t.jsonl", CHAT).open("rb"), purpose="fine-tune")
+    request = {"model": "tiny-chat", "training_file": uploaded.id, **body}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.post("/fine_tuning/jobs", body=request, cast_to=object)
+    assert caught.value.body["param"] == param and says in caught.value.body["message"], caught.value.body
+    assert list(client.fine_tuning.jobs.list()) == []
+
+
+def test_odd_but_valid_files_upload_and_bad_query_values_answer_400(api, tmp_path):
+    client = api[0]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in CHAT[:2])
+    tricky = json.dumps({"messages": [{"role": "user", "content": "a\u2028b\x85c"},
+                                      {"role": "assistant", "content": "ok"}]}, ensure_ascii=False)
+    (tmp_path / "odd.jsonl").write_bytes(b"\xef\xbb\xbf" + (text + "\n" + tricky + "\n").encode())
+    assert client.files.create(file=(tmp_path / "odd.jsonl").open("rb"), purpose="fine-tune").status == "processed"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.get("/fine_tuning/jobs", options={"params": {"limit": "abc"}}, cast_to=object)
+    assert caught.value.body["param"] == "limit"
+
+
+def test_a_cancel_that_lands_while_a_job_launches_stays_cancelled(tmp_path, finetune_home):
+    """_launch adopts a run folder started before it looked (the launch that raced the cancel): the job stays
+    cancelled, and its run is asked to stop."""
+    from sdk.api.config import ApiConfig
+    from sdk.api.service import JobService
+    from sdk.api.state import ApiState
+    from sdk.store.runfolder import LAUNCH, SPEC, RunFolder
+
+    state = ApiState(str(tmp_path / "store"))
+    service = JobService(ApiConfig(store=str(tmp_path / "store")), state)
+    spec = sdk.FineTuneSpec(model="tiny:llama", data="d.jsonl")
+    job = a_job(spec=spec.model_dump(mode="json"), launched=False)
+    state.save_job(job)
+    folder = RunFolder(state.store, job.id)
+    folder.write_json(SPEC, spec.model_dump(mode="json"))
+    folder.write_json(LAUNCH, {"backend": "local", "info": {"pid": 999999, "log": "x", "host": "elsewhere"}})
+    service._starting.add(job.id)
+    state.save_job(job.model_copy(update={"final": "cancelled"}))  # the cancel, while submit ran
+    service._launch(job.id)
+    assert state.job(job.id).final == "cancelled" and state.job(job.id).launched and folder.cancel_requested()
+    assert service.view(state.job(job.id)).status == "cancelled"

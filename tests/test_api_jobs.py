@@ -111,18 +111,19 @@ def test_the_openai_guide_flow_trains_smollm2_and_its_model_answers_as_generate_
     rows = [{"messages": [{"role": "user", "content": f"What is the capital of {country}?"},
                           {"role": "assistant", "content": f"{city.upper()}!"}]} for country, city in CAPITALS.items()]
     training = client.files.create(file=write_jsonl(tmp_path / "capitals.jsonl", rows).open("rb"), purpose="fine-tune")
-    request = dict(training_file=training.id, model=SMOLLM2, suffix="capitals", hyperparameters={"n_epochs": 2})
+    request = dict(training_file=training.id, model=SMOLLM2, suffix="capitals", hyperparameters={"n_epochs": 1})
     job = client.fine_tuning.jobs.create(**request, extra_headers={"Idempotency-Key": "guide-1"})
     assert job.status == "validating_files" and job.model == SMOLLM2
     again = client.fine_tuning.jobs.create(**request, extra_headers={"Idempotency-Key": "guide-1"})  # a network retry
     assert again.id == job.id
 
-    running = wait_for(client, job.id, states=("running", "succeeded", "failed"))
+    running = wait_for(client, job.id, states=("running", "succeeded", "failed"), timeout=300)
     with concurrent.futures.ThreadPoolExecutor(20) as pool:  # 20 clients at once while it trains
         calls = [pool.submit(client.fine_tuning.jobs.list) if i % 2 else pool.submit(client.fine_tuning.jobs.retrieve,
                                                                                         job.id) for i in range(20)]
         answers = [call.result(timeout=120) for call in calls]
-    assert len(answers) == 20 and running.status in ("running", "succeeded")
+    assert len(answers) == 20 and running.status == "running"
+    assert any(a.status == "running" for a in answers if isinstance(a, openai.types.fine_tuning.FineTuningJob))
 
     job = wait_for(client, job.id)
     assert job.status == "succeeded", job.error
@@ -196,7 +197,10 @@ def test_reinforcement_trains_on_its_grader_a_cancelled_job_leaves_no_adapter_an
             for i in range(8)]
     data = client.files.create(file=write_jsonl(tmp_path / "n.jsonl", rows).open("rb"), purpose="fine-tune")
     doomed = client.fine_tuning.jobs.create(training_file=data.id, model="tiny-long")
+    survivor = client.fine_tuning.jobs.create(training_file=data.id, model="tiny-long",
+                                              hyperparameters={"n_epochs": 40})
     wait_for(client, doomed.id, states=("running",), timeout=300)
+    assert client.fine_tuning.jobs.retrieve(survivor.id).status == "queued"  # one local job trains at a time
     cancelled = client.fine_tuning.jobs.cancel(doomed.id)
     assert wait_for(client, cancelled.id).status == "cancelled"
     from sdk.store.runfolder import RunFolder
@@ -206,8 +210,6 @@ def test_reinforcement_trains_on_its_grader_a_cancelled_job_leaves_no_adapter_an
     assert client.fine_tuning.jobs.retrieve(doomed.id).fine_tuned_model is None
     assert list(client.fine_tuning.jobs.list_events(doomed.id))[0].message == "Fine-tuning job cancelled"
 
-    survivor = client.fine_tuning.jobs.create(training_file=data.id, model="tiny-long",
-                                              hyperparameters={"n_epochs": 40})
     wait_for(client, survivor.id, states=("running",), timeout=300)
     api.stop(signal.SIGKILL)  # the API dies; its job's node does not
     assert json.loads((tmp_path / "store" / survivor.id / "status.json").read_text())["state"] == "running"

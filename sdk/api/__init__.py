@@ -49,7 +49,6 @@ def serve(*, port: int = 8080, host: str = "127.0.0.1", store: str | None = None
     if key:
         announce(f"API key (shown once; finetune api keys --create makes more): {key}")
     announce(f"finetune api: http://{host}:{port}/v1  store {service.config.store}  keys {keys_file()}")
-    service.resume()
     stop = threading.Event()
     watcher = threading.Thread(target=service.watch, args=(stop,), name="finetune-api-watch", daemon=True)
     watcher.start()

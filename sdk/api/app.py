@@ -15,6 +15,7 @@ def create_app(service: Any, inference: Any, keys: Any) -> Any:
     import contextlib
 
     from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
     @contextlib.asynccontextmanager
@@ -40,11 +41,19 @@ def create_app(service: Any, inference: Any, keys: Any) -> Any:
         return JSONResponse(ApiError(405, f"Invalid method for {request.url.path}: {request.method}",
                                      code="method_not_allowed").body(), status_code=405)
 
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return JSONResponse(ApiError(400, f"{param or 'request'}: {first.get('msg', 'invalid')}", param=param,
+                                     code="invalid_request").body(), status_code=400)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # the details go to the operator's log, not to the client
         print(f"[finetune api] {request.method} {request.url.path}: {type(exc).__name__}: {exc}", flush=True)
-        return JSONResponse(ApiError(500, f"The server had an error processing the request: {type(exc).__name__}: "
-                                          f"{exc}", code="server_error").body(), status_code=500)
+        return JSONResponse(ApiError(500, "The server had an error while processing your request; its log says why",
+                                     code="server_error").body(), status_code=500)
 
     @app.middleware("http")
     async def require_key(request: Request, call_next: Any) -> Any:

@@ -3,7 +3,8 @@
 ```yaml
 store: s3://bucket/finetune-api      # jobs' run folders, uploaded files and the API's state (default: ./runs)
 backend: local                       # or skypilot (a model's entry may choose its own)
-open_models: true                    # any other open model id trains as given (false: only the names below)
+open_models: true                    # any other Hub model id trains as given (false: only the names below)
+max_local_jobs: 1                    # local jobs training at once; more wait in `queued`
 models:
   gpt-4o-mini-2024-07-18:            # the name in the users' code
     model: Qwen/Qwen2.5-7B-Instruct  # what trains and answers under it
@@ -55,6 +56,11 @@ class ApiConfig(BaseModel):
     backend: Literal["local", "skypilot"] = "local"
     open_models: bool = True
     models: dict[str, ModelEntry] = Field(default_factory=dict)
+    max_local_jobs: int = Field(1, ge=1, description="local jobs training at once (more wait, queued)")
+    # Graders that run code or send a key from the API's machine: code from any key holder, so off unless allowed
+    allow_code_graders: bool = Field(False, description="accept python graders and reward functions (file.py:f)")
+    grader_keys: list[str] = Field(default_factory=list, description="env vars a score_model grader may send as its "
+                                                                     "key (api_key_env)")
     serve: ServeSettings = Field(default_factory=ServeSettings)
     source: str | None = Field(None, exclude=True)  # the file it was read from (errors name it)
 

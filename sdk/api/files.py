@@ -23,12 +23,12 @@ def check_upload(data: bytes, *, filename: str) -> int:
         raise invalid(f"{filename}: {len(data)} bytes; a fine-tuning file is at most {MAX_BYTES} bytes",
                       param="file", code="file_too_large")
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte-order mark is no part of the first example
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise invalid(f"{filename}, line {line}: not UTF-8 text", param="file", code="invalid_file_format") from None
     examples = 0
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # U+2028 and U+0085 are inside strings, not breaks
         if not line.strip():
             continue
         problem = line_problem(line)

@@ -80,7 +80,9 @@ class Inference:
         return [j for j in self.state.jobs.values() if j.final == "succeeded" and not j.model_deleted]
 
     def _base_names(self) -> list[str]:
-        return list(dict.fromkeys([*self.config.models, *(j.model for j in self.state.jobs.values())]))
+        """The map's names and the bases succeeded jobs trained (a name only failed jobs asked for is no model)."""
+        trained = (j.model for j in self.state.jobs.values() if j.final == "succeeded")
+        return list(dict.fromkeys([*self.config.models, *trained]))
 
     def models(self) -> list[ModelObject]:
         started = int(time.time())

@@ -26,6 +26,12 @@ from sdk.core.errors import SpecError
 from sdk.core.spec import FineTuneSpec
 
 SHARED_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+FIELDS = {"model", "training_file", "validation_file", "suffix", "seed", "metadata", "hyperparameters", "method",
+          "integrations"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # what an unmapped name may be: a Hub id
+# (name, what it is, lowest, highest) of the values OpenAI takes; "auto" is always taken
+RANGES = {"n_epochs": (int, 1, 50), "batch_size": (int, 1, 256), "learning_rate_multiplier": (float, 1e-6, 100.0),
+          "beta": (float, 1e-6, 2.0)}
 RECIPE_SECTIONS = ("model", "method", "train", "resources", "distributed", "env", "secrets", "tracking")
 SUFFIX = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -45,6 +51,59 @@ def objective_for(method_type: str) -> Any:
     raise invalid(f"method.type {method_type!r}: use one of {', '.join(known)}", param="method.type")
 
 
+def check_request(body: Any, config: ApiConfig) -> None:
+    """What OpenAI refuses at create, refused the same way: unknown arguments, values out of range, and here also
+    graders that would run a key holder's code or send the API machine's keys (unless the operator allows them)."""
+    if not isinstance(body, dict):
+        raise invalid("the request body is a JSON object", param=None)
+    for name in body:
+        if name not in FIELDS:
+            raise invalid(f"Unrecognized request argument supplied: {name}", param=name, code="unknown_parameter")
+    if body.get("integrations"):
+        raise invalid("integrations: not supported here; name a tracker in the model's settings (tracking: in the "
+                      "API config's set:, see docs/tracking.md)", param="integrations")
+    seed = body.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= 2147483647):
+        raise invalid("seed: an integer from 0 to 2147483647", param="seed")
+    if body.get("hyperparameters") is not None and not isinstance(body["hyperparameters"], dict):
+        raise invalid("hyperparameters: an object (n_epochs, batch_size, learning_rate_multiplier)",
+                      param="hyperparameters")
+    method = body.get("method")
+    grader = method.get("reinforcement", {}).get("grader") if isinstance(method, dict) and isinstance(
+        method.get("reinforcement"), dict) else None
+    if grader is not None:
+        check_grader(grader, config, "method.reinforcement.grader")
+
+
+def check_grader(grader: Any, config: ApiConfig, where: str) -> None:
+    if isinstance(grader, list):
+        for index, item in enumerate(grader):
+            check_grader(item, config, f"{where}[{index}]")
+        return
+    if not isinstance(grader, dict):
+        return  # the objective's own check names what is wrong with it
+    if grader.get("type") in ("python", "function") and not config.allow_code_graders:
+        raise invalid(f"{where}: a {grader['type']} grader runs the request's code on the API's machine; this API does "
+                      "not take them (allow_code_graders: true in its config)", param=where)
+    key = grader.get("api_key_env")
+    if key is not None and key not in config.grader_keys:
+        raise invalid(f"{where}.api_key_env: {key!r} is not one of the keys this API lets graders send "
+                      "(grader_keys: in its config)", param=f"{where}.api_key_env")
+    nested = grader.get("graders")  # a multi grader's, by name
+    for name, item in (nested.items() if isinstance(nested, dict) else enumerate(nested or [])):
+        check_grader(item, config, f"{where}.graders.{name}")
+
+
+def check_value(name: str, value: Any, param: str) -> None:
+    if value == "auto" or name not in RANGES:
+        return
+    kind, low, high = RANGES[name]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or (kind is int and not isinstance(value, int)) or not low <= value <= high:
+        what = "an integer" if kind is int else "a number"
+        raise invalid(f"{param}: {what} from {low:g} to {high:g}, or 'auto'", param=param)
+
+
 def read_method(body: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """(objective, hyperparameters, the method's body) from `method` or the legacy top-level `hyperparameters`."""
     legacy = body.get("hyperparameters") or {}
@@ -57,10 +116,15 @@ def read_method(body: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, An
     inner = method.get(method["type"]) or {}
     if not isinstance(inner, dict):
         raise invalid(f"method.{method['type']}: an object", param=f"method.{method['type']}")
-    hyperparameters = {**legacy, **(inner.get("hyperparameters") or {})}
+    given = inner.get("hyperparameters") or {}
+    if not isinstance(given, dict):
+        raise invalid(f"method.{method['type']}.hyperparameters: an object",
+                      param=f"method.{method['type']}.hyperparameters")
+    hyperparameters = {**legacy, **given}
     allowed = (*SHARED_HYPERPARAMETERS, *objective.openai_hyperparameters)
     for name, value in hyperparameters.items():
         param = f"method.{method['type']}.hyperparameters.{name}"
+        check_value(name, value, param)
         if name not in allowed:
             raise invalid(f"{param}: not a hyperparameter of {method['type']} (use {', '.join(allowed)})", param=param)
         if value != "auto" and name in objective.openai_hyperparameters and objective.openai_hyperparameters[name] is None:
@@ -84,9 +148,9 @@ def model_entry(config: ApiConfig, name: Any) -> ModelEntry:
     if name.startswith(CLOSED_PREFIXES):
         raise invalid(f"model {name!r} is OpenAI's and is not mapped to an open model; map it {where}, e.g. "
                       f"'{name}: {{model: Qwen/Qwen2.5-7B-Instruct}}'", param="model", code="model_not_available")
-    if not config.open_models:
+    if not config.open_models or not HUB_ID.match(name) or ".." in name:
         raise invalid(f"model {name!r}: not one of the models this API trains ({', '.join(config.models) or 'none'}); "
-                      f"add it {where}", param="model", code="model_not_available")
+                      f"a Hub model id (org/name), or add it {where}", param="model", code="model_not_available")
     return ModelEntry()
 
 
@@ -140,10 +204,14 @@ def build_spec(config: ApiConfig, body: dict[str, Any], *, data: str, eval_data:
     except SpecError as exc:
         text = " ".join(str(exc).replace("invalid spec:", "").split())
         raise invalid(text, param=_param_of(text), code="invalid_job") from None
-    resolved = {"n_epochs": spec.train.epochs if spec.train.epochs is not None else "auto",
+    epochs = spec.train.epochs
+    resolved = {"n_epochs": int(epochs) if epochs is not None and epochs == int(epochs) else epochs or "auto",
                 "batch_size": spec.train.batch_size,
                 "learning_rate_multiplier": hyperparameters.get("learning_rate_multiplier", "auto")}
     resolved = {k: 1.0 if v == "auto" and k == "learning_rate_multiplier" else v for k, v in resolved.items()}
+    for hp, field in objective.openai_hyperparameters.items():  # beta as the run takes it
+        if field and hasattr(spec.objective, field):
+            resolved[hp] = getattr(spec.objective, field)
     return spec, entry, {**hyperparameters, **resolved}
 
 

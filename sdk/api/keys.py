@@ -91,6 +91,11 @@ class KeyCheck:
         path = keys_file()
         stamp = path.stat().st_mtime_ns if path.is_file() else None
         if stamp != self._stamp:
-            self._digests, self._stamp = [entry["sha256"] for entry in _read()], stamp
+            try:
+                self._digests, self._stamp = [entry["sha256"] for entry in _read()], stamp
+            except (FinetuneError, KeyError, TypeError) as exc:  # a broken keys file lets nobody in
+                print(f"[finetune api] no key is valid: {exc}", flush=True)
+                self._digests, self._stamp = [], None
+                return False
         digest = _digest(key)
         return any(hmac.compare_digest(digest, known) for known in self._digests)

@@ -28,6 +28,7 @@ class JobService:
         self.on_succeeded = on_succeeded or (lambda job: None)
         self._create = threading.Lock()  # one create at a time: a retried request finds the first one's job
         self._launching = ThreadPoolExecutor(max_workers=4, thread_name_prefix="finetune-api-launch")
+        self._starting: set[str] = set()  # jobs whose launch is under way
         self._runs: dict[str, Any] = {}
         self._settling = threading.Lock()  # the watcher and a request may both see a run end: one writes it down
 
@@ -47,12 +48,11 @@ class JobService:
             self.state.save_job(job)
             if idempotency_key:
                 self.state.remember(idempotency_key, job_id=job.id, request_sha256=digest)
-        self._launching.submit(self._launch, job.id)
-        return self.view(job)
+        self.pump()
+        return self.view(job).model_copy(update={"status": "validating_files"})
 
     def _new_job(self, body: dict[str, Any]) -> JobRecord:
-        if not isinstance(body, dict):
-            raise invalid("the request body is a JSON object", param=None)
+        requests.check_request(body, self.config)
         training = body.get("training_file")
         if not isinstance(training, str):
             raise invalid("training_file: the id of an uploaded file (files.create, purpose fine-tune)",
@@ -65,12 +65,13 @@ class JobService:
         spec, entry, hyperparameters = requests.build_spec(self.config, body, data=data, eval_data=eval_data)
         self._check_rows(spec, {data: ("training_file", training), eval_data: ("validation_file", validation)})
         job_id = new_id("ftjob")
-        method_type = requests.read_method(body)[0].openai_method
+        method_type, inner = requests.read_method(body)[0].openai_method, requests.read_method(body)[2]
+        extra = {"grader": inner["grader"]} if "grader" in inner else {}
         return JobRecord(id=job_id, created_at=int(time.time()), model=body["model"], base=spec.model.id,
                          fine_tuned_model=f"ft:{body['model']}:{suffix or ''}:{job_id}", training_file=training,
                          validation_file=validation, suffix=suffix, seed=spec.train.seed, metadata=metadata,
                          hyperparameters=hyperparameters,
-                         method={"type": method_type, method_type: {"hyperparameters": hyperparameters}},
+                         method={"type": method_type, method_type: {"hyperparameters": hyperparameters, **extra}},
                          spec=spec.model_dump(mode="json"), backend=entry.backend or self.config.backend)
 
     @staticmethod
@@ -84,22 +85,50 @@ class JobService:
         except DataError as exc:
             raise bad_rows(str(exc), files) from None
 
+    def pump(self) -> None:
+        """Launch what waits, oldest first: a SkyPilot job at once (each gets its own cluster), a local one when fewer
+        than `max_local_jobs` local jobs of this API are running (a second job on one GPU would run out of memory)."""
+        with self.state.lock:
+            waiting = sorted((j for j in self.state.jobs.values() if j.final is None and not j.launched
+                              and j.id not in self._starting), key=lambda j: (j.created_at, j.id))
+            busy = sum(1 for j in self.state.jobs.values() if j.backend == "local" and j.final is None
+                       and (j.launched or j.id in self._starting))
+            for job in waiting:
+                if job.backend == "local":
+                    if busy >= self.config.max_local_jobs:
+                        continue
+                    busy += 1
+                self._starting.add(job.id)
+                self._launching.submit(self._launch, job.id)
+
     def _launch(self, job_id: str) -> None:
-        """Start the job's run (its id is the job's): a run folder that already exists was started before a restart."""
+        """Start the job's run (its id is the job's). A run folder already there was started before a restart: with
+        its launch record it is adopted; without one the launch was cut short, and the job fails saying so."""
         from sdk.core.spec import FineTuneSpec
         from sdk.runs import submit
 
         job = self.state.job(job_id)
-        if job.final is not None or job.launched:
-            return
+        error = None
         try:
-            if not RunFolder(self.state.store, job.id).exists():
+            folder = RunFolder(self.state.store, job.id)
+            if not folder.exists():
                 submit(FineTuneSpec.model_validate(job.spec), backend=job.backend, check_data=False, run_id=job.id)
-            self.state.save_job(job.model_copy(update={"launched": True}))
+            elif folder.read_json(LAUNCH) is None:
+                error = JobError(code="launch_failed", message="the API stopped while it launched this job, before the "
+                                 "run started; create the job again")
         except FinetuneError as exc:
-            self._end(job, "failed", JobError(code="launch_failed", message=str(exc)))
+            error = JobError(code="launch_failed", message=str(exc))
         except Exception as exc:  # noqa: BLE001 - a job must end with its reason, whatever the backend raised
-            self._end(job, "failed", JobError(code="launch_failed", message=f"{type(exc).__name__}: {exc}"))
+            error = JobError(code="launch_failed", message=f"{type(exc).__name__}: {exc}")
+        with self.state.lock:  # a cancel may have landed while it launched: it stays cancelled
+            self._starting.discard(job_id)
+            current = self.state.job(job_id)
+            if error is not None and current.final is None:
+                self._end(current, "failed", error)
+            elif error is None:
+                self.state.save_job(current.model_copy(update={"launched": True}))
+                if current.final == "cancelled":
+                    self.run(current).cancel()
 
     # -- read
 
@@ -121,7 +150,7 @@ class JobService:
         if job.final is not None:
             return job.final, {}
         if not job.launched:
-            return "validating_files", {}
+            return "queued", {}
         status = self.run(job).status()
         return requests.JOB_STATUS[status.state], status.model_dump()
 
@@ -174,9 +203,11 @@ class JobService:
         if job.final is not None:
             raise invalid(f"job {job_id} already {job.final}; only a job that has not ended can be cancelled",
                           param="fine_tuning_job_id", code="job_not_cancellable")
-        if not job.launched:
-            self._end(job, "cancelled", None)
-            return self.view(self.state.job(job_id))
+        with self.state.lock:
+            job = self.state.job(job_id)
+            if not job.launched:  # waiting, or launching: _launch sees the cancel and stops the run it started
+                self._end(job, "cancelled", None)
+                return self.view(self.state.job(job_id))
         self.run(job).cancel()
         deadline = time.time() + wait
         while time.time() < deadline and self.live_status(self.state.job(job_id))[0] not in ("cancelled", "failed",
@@ -198,12 +229,12 @@ class JobService:
                 return
             error = None
             if status == "failed":
-                error = JobError(code="run_failed", message=run_status.get("error") or "the run failed (finetune logs "
-                                 f"{job.id} shows why)")
-            self._end(job, status, error)
+                why = run_status.get("error") or "the run failed"
+                error = JobError(code="run_failed", message=f"{why} (on the API's machine: finetune logs {job.id})")
+            self._end(job, status, error, finished=run_status.get("finished") or run_status.get("heartbeat"))
 
-    def _end(self, job: JobRecord, status: str, error: JobError | None) -> None:
-        update: dict[str, Any] = {"final": status, "finished_at": int(time.time()), "error": error}
+    def _end(self, job: JobRecord, status: str, error: JobError | None, *, finished: float | None = None) -> None:
+        update: dict[str, Any] = {"final": status, "finished_at": int(finished or time.time()), "error": error}
         if job.launched or RunFolder(self.state.store, job.id).exists():
             rows = self.run(job).metrics()
             update["trained_tokens"] = progress.trained_tokens(rows)
@@ -226,19 +257,16 @@ class JobService:
         return self.state.add_file(filename="step_metrics.csv", purpose="fine-tune-results", data=text.encode(),
                                    suffix=".csv")
 
-    def resume(self) -> None:
-        """After a restart: launch what was created but not yet started (or adopt the run it started)."""
-        for job in list(self.state.jobs.values()):
-            if job.final is None and not job.launched:
-                self._launching.submit(self._launch, job.id)
-
     def watch(self, stop: threading.Event, *, every: float = 2.0) -> None:
+        """Every few seconds: write down the jobs that ended, then launch what waits for a free slot."""
+        self.pump()  # after a restart: what was created but not yet started
         while not stop.wait(every):
             for job in list(self.state.jobs.values()):
                 try:
                     self.settle(job)
                 except Exception as exc:  # noqa: BLE001 - one unreadable run must not stop the others' watch
                     print(f"[finetune api] {job.id}: {type(exc).__name__}: {exc}", flush=True)
+            self.pump()
 
     def close(self) -> None:
         self._launching.shutdown(wait=False, cancel_futures=True)
