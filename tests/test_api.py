@@ -42,7 +42,8 @@ def serving(tmp_path, store: str):
 
     config = tmp_path / "api.yaml"
     config.write_text(f"store: {store}\nmodels:\n  tiny-chat: {{model: 'tiny:llama'}}\n"
-                      "  gpt-4o-mini-2024-07-18: {model: 'tiny:llama', method: lora}\n")
+                      "  gpt-4o-mini-2024-07-18: {model: 'tiny:llama', method: lora}\n"
+                      "  on-skypilot: {model: 'tiny:llama', backend: skypilot, accelerators: 'H100:1'}\n")
     app, service, inference = build(config=str(config))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -157,7 +158,7 @@ def test_an_unmapped_openai_model_names_the_map(api, tmp_path):
     with pytest.raises(openai.NotFoundError) as caught:
         client.fine_tuning.jobs.create(model="tiny-chat", training_file="file-missing")
     assert caught.value.body["param"] == "training_file"
-    assert [m.id for m in client.models.list()] == ["tiny-chat", "gpt-4o-mini-2024-07-18"]
+    assert [m.id for m in client.models.list()] == ["tiny-chat", "gpt-4o-mini-2024-07-18", "on-skypilot"]
 
 
 # -- the request → spec table (sdk.api.jobs)
@@ -323,6 +324,7 @@ def test_a_method_vllm_cannot_serve_as_lora_trains_but_says_how_to_serve_it():
             "api_key_env": "AWS_SECRET_ACCESS_KEY"}}}}}},
      "method.reinforcement.grader.graders.a.api_key_env", "grader_keys"),
     ({"model": "/etc"}, "model", "a Hub model id"),
+    ({"model": "on-skypilot"}, "model", "use an s3:// store for SkyPilot runs"),
     ({"model": "pkg://../../../etc/passwd"}, "model", "a Hub model id"),
 ])
 def test_what_openai_refuses_at_create_is_refused_by_name(api, tmp_path, body, param, says):

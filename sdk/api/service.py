@@ -63,6 +63,14 @@ class JobService:
         suffix = requests.check_suffix(body.get("suffix"))
         metadata = requests.check_metadata(body.get("metadata"))
         spec, entry, hyperparameters = requests.build_spec(self.config, body, data=data, eval_data=eval_data)
+        backend = entry.backend or self.config.backend
+        try:  # what the backend needs (an s3:// store for SkyPilot, secrets set here) before a job exists
+            from sdk.backends import get_backend
+
+            get_backend(backend).check(spec)
+        except FinetuneError as exc:
+            raise invalid(f"{body['model']}: {exc} (the API config's store and backend)", param="model",
+                          code="invalid_job") from None
         self._check_rows(spec, {data: ("training_file", training), eval_data: ("validation_file", validation)})
         job_id = new_id("ftjob")
         method_type, inner = requests.read_method(body)[0].openai_method, requests.read_method(body)[2]
@@ -72,7 +80,7 @@ class JobService:
                          validation_file=validation, suffix=suffix, seed=spec.train.seed, metadata=metadata,
                          hyperparameters=hyperparameters,
                          method={"type": method_type, method_type: {"hyperparameters": hyperparameters, **extra}},
-                         spec=spec.model_dump(mode="json"), backend=entry.backend or self.config.backend)
+                         spec=spec.model_dump(mode="json"), backend=backend)
 
     @staticmethod
     def _check_rows(spec: Any, files: dict[str | None, tuple[str, str | None]]) -> None:
