@@ -247,9 +247,10 @@ def test_events_checkpoints_and_results_come_from_the_run_folder():
     messages = [e.message for e in events]
     assert messages[0] == "The job has successfully completed" and messages[-1].startswith("Created fine-tuning job")
     steps = [e for e in events if e.type == "metrics"]
-    assert [e.message for e in steps] == ["Step 2/4: validation loss=1.7000", "Step 2/4: training loss=1.5000",
+    assert [e.message for e in steps] == ["Step 2/4: training loss=1.5000, validation loss=1.7000",
                                           "Step 1/4: training loss=2.0000"]
-    assert steps[1].data == {"step": 2, "train_loss": 1.5, "train_mean_token_accuracy": 0.6, "total_steps": 4}
+    assert steps[0].data == {"step": 2, "train_loss": 1.5, "train_mean_token_accuracy": 0.6, "valid_loss": 1.7,
+                             "total_steps": 4}
     assert len({e.id for e in events}) == len(events)
     assert [e.id for e in progress.events(a_job(), ROWS, {}, [1])][-3:] == [e.id for e in events][-3:]  # stable ids
     checkpoints = progress.checkpoints(a_job(final="succeeded"), ROWS, [1], 2)

@@ -145,6 +145,10 @@ def test_the_openai_guide_flow_trains_smollm2_and_its_model_answers_as_generate_
     reply = client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": prompt}],
                                            max_tokens=12, temperature=0)
     assert reply.choices[0].message.content == wanted and reply.model == job.fine_tuned_model
+    chunks = list(client.chat.completions.create(model=job.fine_tuned_model, max_tokens=12, temperature=0, stream=True,
+                                                 messages=[{"role": "user", "content": prompt}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == wanted
+    assert {c.model for c in chunks} == {job.fine_tuned_model}
     assert job.fine_tuned_model in [m.id for m in client.models.list()]
     engine = next(p for p in (tmp_path / "home" / "servers").glob("api-engine-*.json") if ".plan." not in p.name)
 

@@ -43,22 +43,30 @@ def events(job: Any, rows: list[dict[str, Any]], status: dict[str, Any], checkpo
     if trained:
         out.append(JobEvent(id=_event_id(job.id, "started"), created_at=int(trained[0].get("time", job.created_at)),
                             message="Fine-tuning job started"))
-    for row in rows:
-        if "step" not in row or not ({"loss", "eval_loss"} & set(row)):
-            continue
+    for row in _by_step(rows):
         own = {n: row[n] for n in extra if n not in CSV_COLUMNS and isinstance(row.get(n), (int, float))}
         data = {**step_metrics(row), **own, **({"total_steps": total} if total else {})}
-        loss = f"training loss={row['loss']:.4f}" if "loss" in row else f"validation loss={row['eval_loss']:.4f}"
-        loss += "".join(f", {name}={value:.4f}" for name, value in own.items())
-        out.append(JobEvent(id=_event_id(job.id, f"step/{row['step']}/{'loss' in row}"), type="metrics", data=data,
+        said = ([f"training loss={row['loss']:.4f}"] if "loss" in row else []) + \
+            ([f"validation loss={row['eval_loss']:.4f}"] if "eval_loss" in row else []) + \
+            [f"{name}={value:.4f}" for name, value in own.items()]
+        out.append(JobEvent(id=_event_id(job.id, f"step/{row['step']}"), type="metrics", data=data,
                             created_at=int(row.get("time", job.created_at)),
-                            message=f"Step {row['step']}{f'/{total}' if total else ''}: {loss}"))
+                            message=f"Step {row['step']}{f'/{total}' if total else ''}: {', '.join(said)}"))
     for step in checkpoints:
         out.append(JobEvent(id=_event_id(job.id, f"checkpoint/{step}"), created_at=_time_at(rows, step, job.created_at),
                             message=f"Checkpoint created at step {step}"))
     out += _ending(job)
     order = {event.id: index for index, event in enumerate(out)}  # same second: the order they happened in
     return sorted(out, key=lambda e: (e.created_at, order[e.id]), reverse=True)
+
+
+def _by_step(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per step that trained or evaluated: a step's training and validation numbers in one event."""
+    merged: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        if "step" in row and {"loss", "eval_loss"} & set(row):
+            merged.setdefault(row["step"], {}).update(row)
+    return [merged[step] for step in sorted(merged)]
 
 
 def _ending(job: Any) -> list[JobEvent]:
