@@ -21,6 +21,8 @@ _EXPORTS = {
     "RunSummary": "sdk.core.summary",
     "FieldError": "sdk.core.errors",
     "load_recipe": "sdk.core.recipes",
+    "import_config": "sdk.importers",
+    "ImportResult": "sdk.importers",
     "submit": "sdk.runs",
     "get_run": "sdk.runs",
     "list_runs": "sdk.runs",
@@ -68,6 +70,7 @@ if TYPE_CHECKING:
         TrainSpec,
     )
     from sdk.core.summary import RunSummary
+    from sdk.importers import ImportResult, import_config
     from sdk.runs import Run, RunStatus, get_run, list_runs, submit
     from sdk.runs.tools import evaluate, generate, merge
     from sdk.serving import Server, get_server, list_servers, serve

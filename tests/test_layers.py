@@ -18,6 +18,7 @@ LAYERS = [
     {"sdk.store"},  # object stores, the run folder, read-only grants
     {"sdk.data"},  # data formats, rows, the pre-launch check, rendering (reads s3:// data through the store)
     {"sdk.evaluation"},  # generation metrics (the node scores with them after training, the client compares runs)
+    {"sdk.importers"},  # Axolotl / LLaMA-Factory configs -> recipes: a pure mapping over the core and the data formats
     {"sdk.machine"},  # this machine's client state: home, registry, process identity
     {"sdk.backends"},  # where a run executes: local processes, SkyPilot
     {"sdk.runs"},  # the Run handle: submit, status, wait, fetch; the node tools' client side

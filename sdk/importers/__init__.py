@@ -1,0 +1,106 @@
+"""Configs of other fine-tuning tools → recipes: a pure mapping (no torch). One registration per source tool: how
+its config is recognized and the module that converts it. `import_config` detects the tool, converts, writes the
+header notes (every key that changed meaning, was dropped, or whose default differs) and validates the recipe with
+parse_spec; a config asking for what the product cannot train is refused with one line per missing capability."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdk.core.errors import SpecError
+from sdk.importers.draft import Draft, ImportRefused
+
+__all__ = ["IMPORTERS", "ImportRefused", "ImportResult", "Importer", "import_config", "register"]
+
+
+@dataclass(frozen=True)
+class Importer:
+    name: str  # shown in notes and errors: "Axolotl"
+    detect: Callable[[dict[str, Any]], bool]  # does this config belong to the tool?
+    convert: Callable[[Draft], None]
+
+
+IMPORTERS: dict[str, Importer] = {}
+
+
+def register(importer: Importer) -> Importer:
+    IMPORTERS[importer.name] = importer
+    return importer
+
+
+def _axolotl(draft: Draft) -> None:
+    from sdk.importers.axolotl import convert
+
+    convert(draft)
+
+
+def _llamafactory(draft: Draft) -> None:
+    from sdk.importers.llamafactory import convert
+
+    convert(draft)
+
+
+register(Importer("Axolotl", lambda c: "base_model" in c and ("datasets" in c or "adapter" in c or "rl" in c),
+                  _axolotl))
+register(Importer("LLaMA-Factory", lambda c: "model_name_or_path" in c and ("stage" in c or "finetuning_type" in c),
+                  _llamafactory))
+
+
+@dataclass
+class ImportResult:
+    """The recipe (validated), where it came from, and the notes its header lists."""
+
+    tool: str
+    source: str
+    recipe: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        """The recipe as YAML, its header comments first."""
+        import yaml
+
+        head = [f"# Imported by `finetune import` from the {self.tool} config {self.source}.",
+                "# Keys that changed meaning, were dropped, or whose defaults differ (written out below):"]
+        for note in self.notes:
+            head += textwrap.wrap(note, 116, initial_indent="# - ", subsequent_indent="#   ")
+        body = yaml.safe_dump(self.recipe, sort_keys=False, allow_unicode=True, width=116)
+        return "\n".join(head) + "\n" + body
+
+
+def import_config(path: str | Path, *, data_dir: str | Path | None = None) -> ImportResult:
+    """Read an Axolotl or LLaMA-Factory config into a validated recipe; ImportRefused (exit 2) lists what the
+    product lacks, SpecError says why the file cannot be read."""
+    import yaml
+
+    from sdk.core.spec import parse_spec
+
+    file = Path(path).expanduser()
+    try:
+        config = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not YAML: {exc}") from None
+    if not isinstance(config, dict):
+        raise SpecError(f"{path}: a config is a mapping of keys, not a {type(config).__name__}")
+    importer = next((i for i in IMPORTERS.values() if i.detect(config)), None)
+    if importer is None:
+        raise SpecError(f"{path}: not a config of {' or '.join(IMPORTERS)} (Axolotl's names base_model and datasets, "
+                        "LLaMA-Factory's model_name_or_path and stage)")
+    draft = Draft(file, config, Path(data_dir).expanduser() if data_dir else None)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", file.stem).strip("-._")[:63] or "imported"
+    draft.recipe.update(name=name, description=f"Imported from the {importer.name} config {file.name}.")
+    importer.convert(draft)
+    if draft.missing:
+        raise ImportRefused(str(path), draft.missing)
+    try:
+        parse_spec(draft.recipe)
+    except SpecError as exc:
+        raise ImportRefused(str(path), [f"the recipe it maps to is refused: {p.strip()}" for p in exc.problems]) from None
+    return ImportResult(importer.name, file.name, draft.recipe, draft.notes)

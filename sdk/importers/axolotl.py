@@ -1,0 +1,315 @@
+"""Axolotl configs (docs: axolotl-ai-cloud/axolotl, src/axolotl/utils/schemas) → a recipe. Axolotl's defaults that
+differ from the product's are written out, each with a header note."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sdk.core.methods import REGISTRY
+from sdk.importers.draft import Draft
+from sdk.importers.formats import axolotl_custom, axolotl_rows
+from sdk.objectives import OBJECTIVES
+
+BF16_ON = (True, "auto", "full")  # Axolotl's bf16: true, auto (where the GPU has it) or full (bf16 weights too)
+
+# Keys a config may set that mean nothing to a run of the product, and why they are dropped.
+DROPPED = {
+    "output_dir": "runs land in the recipe's `output` store (default ~/.finetune/runs)",
+    "dataset_prepared_path": "the product tokenizes on the node each run",
+    "special_tokens": "the tokenizer's own special tokens are used; set a pad token in the model if needed",
+    "tokens": "the product adds no tokens to the vocabulary",
+    "tf32": "TF32 matmuls are decided by the product on Ampere+ GPUs",
+    "model_type": "the architecture is read from the model's config",
+    "tokenizer_type": "the model's own tokenizer is loaded",
+    "chat_template": "the product renders chat rows with the model's own chat template, not a named one",
+    "eval_sample_packing": "evaluation rows are never packed",
+    "pad_to_sequence_len": "batches are padded to their longest row",
+    "gradient_checkpointing_kwargs": "the product picks non-reentrant checkpointing",
+    "loss_watchdog_threshold": "no loss watchdog", "loss_watchdog_patience": "no loss watchdog",
+    "remove_unused_columns": "columns are read by name",
+    "resize_token_embeddings_to_32x": "embeddings keep the base model's size",
+    "wandb_watch": "gradients are not logged", "wandb_log_model": "the adapter lands in the store, not W&B",
+    "save_safetensors": "artifacts are always safetensors",
+    "use_kernels": "Hub kernels are not loaded; train.liger_kernels for Liger's",
+    "dataset_exact_deduplication": "rows are not deduplicated: deduplicate the file before training",
+}
+
+
+def convert(d: Draft) -> None:
+    d.set("model.id", d.get("base_model"))
+    if d.get("trust_remote_code"):
+        d.set("model.trust_remote_code", True)
+    if d.get("revision_of_model"):
+        d.set("model.revision", d.get("revision_of_model"))
+    _refusals(d)
+    _method(d)
+    kind = _objective(d)
+    _data(d, kind)
+    _train(d)
+    _distributed(d)
+    _tracking(d)
+    distributed, train = d.recipe.get("distributed") or {}, d.recipe.get("train", {})
+    method = REGISTRY.get(str(d.recipe.get("method")))  # a full fine-tune is written `method: full`
+    if distributed.get("strategy") == "deepspeed" and method is not None and method.trains_all_weights \
+            and train.get("optimizer") in ("adamw_8bit", "paged_adamw_8bit"):
+        d.note(f"optimizer: {d.get('optimizer')} written as adamw_torch: 8-bit bitsandbytes optimizers do not work "
+               "under DeepSpeed")
+        d.set("train.optimizer", "adamw_torch")
+    d.dropped(DROPPED)
+
+
+def _refusals(d: Draft) -> None:
+    if d.get("load_in_8bit"):
+        d.lack("load_in_8bit: an 8-bit base: the product quantizes a frozen base to 4 bits only (method: qlora)")
+    for key in ("context_parallel_size", "sequence_parallel_degree", "tensor_parallel_size"):
+        if (d.get(key) or 1) > 1:
+            d.lack(f"{key}: {d.get(key)}: long-context/sequence (or tensor) parallelism: each rank holds whole sequences")
+    if d.get("tiled_mlp"):
+        d.lack("tiled_mlp: long-context tiling of the MLP")
+    if d.get("processor_type") or d.get("is_multimodal"):
+        d.lack(f"processor_type: {d.get('processor_type')}: images/video rows (text models only)")
+    if d.get("reward_model") or d.get("process_reward_model"):
+        d.lack("reward_model: training a reward model (objectives: sft, dpo, kto, orpo, simpo, grpo)")
+    if d.get("unfrozen_parameters"):
+        d.lack("unfrozen_parameters: training a chosen subset of the base's weights (methods train adapters, the "
+               "head, or every weight)")
+    for plugin in d.get("plugins", []):
+        if "liger" in plugin.lower():
+            d.set("train.liger_kernels", True)
+            d.note(f"plugins: {plugin} written as train.liger_kernels: true")
+        elif "cut_cross_entropy" in plugin:
+            d.note(f"plugins: {plugin} dropped: the loss is the same without it, at a higher peak memory")
+        else:
+            d.lack(f"plugins: {plugin}: a plugin of Axolotl's (custom losses and trainers are not in the product)")
+
+
+def _method(d: Draft) -> None:
+    adapter = d.get("adapter")
+    if adapter is None:
+        d.set("method", "full")
+        if d.get("bf16") in BF16_ON:
+            d.set("model.dtype", "bfloat16")
+            d.note("model.dtype: bfloat16: Axolotl loads a full fine-tune's weights in bf16 (no fp32 master copy); "
+                   "remove it for the product's default, fp32 master weights under bf16 autocast")
+        return
+    registered = REGISTRY.get(adapter)
+    if registered is None:
+        d.lack(f"adapter: {adapter}: methods are {', '.join(REGISTRY)}")
+        return
+    quantized = registered.quantized_base or bool(d.get("load_in_4bit"))
+    d.set("method.name", "qlora" if quantized else "dora" if d.get("peft_use_dora") else adapter)
+    if quantized and not registered.quantized_base:
+        d.note(f"adapter: {adapter} with load_in_4bit written as method qlora")
+    r, alpha = d.get("lora_r"), d.get("lora_alpha")
+    if r is None or alpha is None:
+        d.note("lora_r/lora_alpha not set: Axolotl leaves them to PEFT (r 8, alpha 8); written out")
+    d.set("method.r", r or 8)
+    d.set("method.alpha", alpha or 8)
+    dropout = d.get("lora_dropout")
+    if dropout is None:
+        d.note("lora_dropout not set: Axolotl's default 0.0 written out (the product's is 0.05)")
+    d.set("method.dropout", dropout or 0.0)
+    _targets(d)
+    if d.get("lora_modules_to_save"):
+        d.set("method.modules_to_save", list(d.get("lora_modules_to_save")))
+    if d.get("peft_use_rslora"):
+        d.set("method.use_rslora", True)
+    d.get("load_in_4bit"), d.get("peft_use_dora"), d.get("lora_model_dir")
+
+
+def _targets(d: Draft) -> None:
+    modules = d.get("lora_target_modules")
+    if d.get("lora_target_linear"):
+        d.set("method.target_modules", "all-linear")
+        if modules:
+            d.note("lora_target_modules: listed beside lora_target_linear: true, which targets every linear layer")
+    elif isinstance(modules, str):
+        d.lack(f"lora_target_modules: a regular expression ({modules}): target_modules names modules, "
+               "all-linear or attention")
+    elif modules:
+        d.set("method.target_modules", list(modules))
+    else:
+        d.note("lora_target_modules not set: PEFT's per-model default; written as attention (q, k, v, o)")
+        d.set("method.target_modules", "attention")
+
+
+def _objective(d: Draft) -> str:
+    """The objective and its settings; returns the row kind it trains on."""
+    rl = d.get("rl")
+    if rl is None:
+        if d.get("trl"):
+            d.note("trl: settings without rl: dropped")
+        return OBJECTIVES["sft"].trains_on
+    name, settings = str(rl), {}
+    if name == "ipo":
+        name, settings = "dpo", {"loss_type": "ipo"}
+    registered = OBJECTIVES.get(name)
+    if registered is None:
+        d.lack(f"rl: {rl}: objectives are {', '.join(OBJECTIVES)}")
+        return OBJECTIVES["sft"].trains_on
+    fields = registered.settings.model_fields
+    trl: dict[str, Any] = dict(d.get("trl", {}))
+    wanted = {"beta": d.get("rl_beta", trl.pop("beta", None)), "label_smoothing": d.get("dpo_label_smoothing"),
+              "desirable_weight": d.get("kto_desirable_weight"), "undesirable_weight": d.get("kto_undesirable_weight"),
+              "cpo_alpha": d.get("cpo_alpha")}
+    if d.get("orpo_alpha") is not None:
+        wanted["beta"] = d.get("orpo_alpha")
+        d.note("orpo_alpha written as objective.beta (λ, the weight of the odds-ratio term)")
+    if d.get("simpo_gamma") is not None and wanted["beta"]:
+        wanted["gamma_beta_ratio"] = d.get("simpo_gamma") / wanted["beta"]
+        d.note("simpo_gamma written as objective.gamma_beta_ratio (γ / β)")
+    funcs = trl.pop("reward_funcs", None)
+    if funcs:
+        d.lack(f"trl.reward_funcs: {', '.join(funcs)}: Python reward functions of your own are not imported; "
+               "write them as objective.rewards (file.py:function) by hand")
+    for key, value in trl.items():
+        if key in fields and value is not None:
+            wanted[key] = value
+        elif value is not None:
+            d.note(f"trl.{key}: dropped (no {name} setting of that name)")
+    settings.update({k: v for k, v in wanted.items() if v is not None and k in fields})
+    d.set("objective", {"name": name, **settings})
+    return registered.trains_on
+
+
+def _data(d: Draft, kind: str) -> None:
+    datasets = d.get("datasets", [])
+    if len(datasets) > 1:
+        d.lack(f"datasets: {len(datasets)} datasets in one run: data.source is one file, folder or Hub id "
+               "(concatenate them into one file first)")
+    for dataset in datasets[:1]:
+        _dataset(d, dataset, kind)
+    tests = d.get("test_datasets", [])
+    if tests:
+        d.set("data.eval_source", tests[0].get("path"))
+        if len(tests) > 1:
+            d.lack(f"test_datasets: {len(tests)} evaluation datasets: data.eval_source is one")
+    split = d.get("val_set_size")
+    if not tests:
+        d.set("data.eval_split", float(split or 0))
+        if not split:
+            d.note("data.eval_split: 0: Axolotl holds nothing out unless val_set_size is set; the product holds out "
+                   "10% unless data.eval_split: 0 (written out)")
+    length = d.get("sequence_len")
+    if length is None:
+        d.note("sequence_len not set: Axolotl's 2048 written as data.max_length (the product's default is 512)")
+    d.set("data.max_length", int(length or 2048))
+    if d.get("sample_packing"):
+        d.set("data.packing", True)
+    if d.get("train_on_inputs"):
+        d.set("data.completion_only_loss", False)
+    if d.get("default_system_message"):
+        d.set("data.system_prompt", d.get("default_system_message"))
+
+
+def _dataset(d: Draft, dataset: dict[str, Any], kind: str) -> None:
+    type_name = dataset.get("type", "alpaca")
+    if isinstance(type_name, dict):
+        d.lack("datasets[0].type: a prompt format defined inline: the product reads its row formats only")
+        return
+    if axolotl_custom(str(type_name)) and axolotl_rows(kind, str(type_name)) is None:
+        d.lack(f"datasets[0].type: {type_name}: a custom Python transform (refused: the product runs no "
+               "dataset code of your own; transform the rows into a file first)")
+        return
+    rows = axolotl_rows(kind, str(type_name))
+    if rows is None:
+        d.lack(f"datasets[0].type: {type_name}: no row format of the product reads it for {kind} rows")
+        return
+    d.set("data.source", dataset.get("path"))
+    d.set("data.format", rows.format)
+    fields = dict(rows.fields)
+    for key, role in (("field_messages", "conversations" if rows.format in ("preference", "sharegpt") else "messages"),
+                      ("field_chosen", "chosen"), ("field_rejected", "rejected"), ("field", "text"),
+                      ("field_instruction", "instruction"), ("field_input", "input"), ("field_output", "output")):
+        if dataset.get(key):
+            fields[role] = dataset[key]
+    fields = {role: column for role, column in fields.items() if role != column}
+    if fields:
+        d.set("data.fields", fields)
+    if dataset.get("split"):
+        d.set("data.split", dataset["split"])
+    if dataset.get("name"):
+        d.lack(f"datasets[0].name: {dataset['name']}: a Hub dataset's configuration (the product loads its default)")
+    if dataset.get("data_files"):
+        d.lack("datasets[0].data_files: files chosen inside a Hub dataset (name one file or folder as data.source)")
+    if type_name != rows.format:
+        d.note(f"datasets[0].type: {type_name} read as data.format: {rows.format}"
+               + (" (its prompt template is Axolotl's; the product uses the model's chat template)" if "." in type_name else ""))
+    for key in ("message_property_mappings", "roles", "field_thinking", "template_thinking_key"):
+        if dataset.get(key):
+            d.note(f"datasets[0].{key}: dropped: turns are read as role/content or from/value")
+
+
+def _train(d: Draft) -> None:
+    epochs, steps = d.get("num_epochs"), d.get("max_steps")
+    if steps:
+        d.set("train.max_steps", int(steps))
+        if epochs:
+            d.note(f"num_epochs: {epochs} dropped: max_steps {steps} ends the run first, as in Axolotl")
+    else:
+        d.set("train.epochs", epochs or 1)
+    batch = d.get("micro_batch_size")
+    if batch is None:
+        d.note("micro_batch_size not set: Axolotl's 1 written out (the product's default is 4)")
+    d.set("train.batch_size", int(batch or 1))
+    for key, target in (("gradient_accumulation_steps", "grad_accum"), ("learning_rate", "lr"),
+                        ("warmup_ratio", "warmup_ratio"), ("warmup_steps", "warmup_steps"),
+                        ("weight_decay", "weight_decay"), ("max_grad_norm", "max_grad_norm"), ("seed", "seed"),
+                        ("logging_steps", "logging_steps"), ("save_steps", "save_steps"), ("eval_steps", "eval_steps"),
+                        ("save_total_limit", "keep_checkpoints")):
+        if d.get(key) is not None:
+            value = d.get(key)
+            d.set(f"train.{target}", float(value) if isinstance(value, str) else value)  # YAML 1.1 reads 2e-5 as text
+    d.scheduler("lr_scheduler", d.get("lr_scheduler", "cosine"))
+    if d.get("optimizer"):
+        d.optimizer("optimizer", d.get("optimizer"))
+    d.set("train.gradient_checkpointing", bool(d.get("gradient_checkpointing")))
+    if d.get("activation_offloading"):
+        d.set("train.activation_offloading", True)
+    bf16, fp16 = d.get("bf16"), d.get("fp16")
+    precision = "auto" if bf16 == "auto" else "bf16" if bf16 in BF16_ON else "fp16" if fp16 else "fp32"
+    d.set("train.precision", precision)
+    if precision == "fp32":
+        d.note("train.precision: fp32: neither bf16 nor fp16 is set, so Axolotl trains in fp32 (written out)")
+    attention = d.get("attn_implementation") or ("flash_attention_2" if d.get("flash_attention") else
+                                                 "sdpa" if d.get("sdp_attention") else None)
+    if attention:
+        d.attention("attn_implementation", attention)
+    for key in ("evals_per_epoch", "saves_per_epoch"):
+        if d.get(key):
+            target = "eval_steps" if key.startswith("evals") else "save_steps"
+            d.note(f"{key}: {d.get(key)}: the spec has no per-epoch cadence; set train.{target} to the steps per "
+                   f"epoch ÷ {d.get(key)} (rows ÷ (batch_size × grad_accum × GPUs))")
+
+
+def _distributed(d: Draft) -> None:
+    if d.get("deepspeed"):
+        d.deepspeed("deepspeed", str(d.get("deepspeed")))
+        return
+    fsdp, fsdp_config = d.get("fsdp"), d.get("fsdp_config", {})
+    if not (fsdp or fsdp_config or d.get("fsdp_version")):
+        return
+    d.set("distributed", {"strategy": "fsdp"})
+    method = d.recipe.get("method")
+    if isinstance(method, dict) and REGISTRY[method.get("name", "lora")].quantized_base:
+        d.lack("fsdp: QLoRA under FSDP (FSDP2 corrupts 4-bit weights): use distributed: {strategy: deepspeed, "
+               "zero_stage: 3} instead")
+    if fsdp_config.get("fsdp_offload_params") or fsdp_config.get("offload_params") or "offload" in str(fsdp):
+        d.lack("fsdp_config.fsdp_offload_params: FSDP CPU offload (distributed.offload works with DeepSpeed only: "
+               "use strategy: deepspeed, zero_stage: 3, offload: true)")
+    d.note("fsdp_config: the product's FSDP2 wraps each decoder layer and shards fully; the other fsdp_config keys "
+           "are dropped")
+
+
+def _tracking(d: Draft) -> None:
+    trackers: list[Any] = []
+    if d.get("wandb_project"):
+        trackers.append({"name": "wandb", "project": d.get("wandb_project"),
+                         **({"entity": d.get("wandb_entity")} if d.get("wandb_entity") else {})})
+    if d.get("mlflow_experiment_name"):
+        trackers.append({"name": "mlflow", "experiment": d.get("mlflow_experiment_name")})
+    if d.get("use_tensorboard"):
+        trackers.append("tensorboard")
+    d.get("wandb_name"), d.get("wandb_entity"), d.get("mlflow_tracking_uri")
+    if trackers:
+        d.set("tracking", trackers)
