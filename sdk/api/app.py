@@ -15,7 +15,6 @@ def create_app(service: Any, inference: Any, keys: Any) -> Any:
     import contextlib
 
     from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
     @contextlib.asynccontextmanager
@@ -26,6 +25,38 @@ def create_app(service: Any, inference: Any, keys: Any) -> Any:
         inference.close()
 
     app = FastAPI(title="finetune api", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+
+    add_error_handlers(app)
+
+    @app.middleware("http")
+    async def require_key(request: Request, call_next: Any) -> Any:
+        if request.url.path != "/health":
+            header = request.headers.get("authorization", "")
+            key = header[7:].strip() if header.lower().startswith("bearer ") else None
+            if not keys.valid(key):
+                message = ("Incorrect API key provided" if key else "You didn't provide an API key. Provide it as "
+                           "'Authorization: Bearer KEY' (finetune api keys --create makes one)")
+                return JSONResponse(ApiError(401, message, code="invalid_api_key").body(), status_code=401)
+        return await call_next(request)
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    from sdk.api.routes import add_file_routes, add_inference_routes, add_job_routes
+
+    add_file_routes(app, service)
+    add_job_routes(app, service)
+    add_inference_routes(app, inference)
+    return app
+
+
+def add_error_handlers(app: Any) -> None:
+    """Every refusal in OpenAI's error body: the API's own, unknown routes and methods, bad query values, and what
+    nobody foresaw (whose details go to the log, not the client)."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -54,28 +85,6 @@ def create_app(service: Any, inference: Any, keys: Any) -> Any:
         print(f"[finetune api] {request.method} {request.url.path}: {type(exc).__name__}: {exc}", flush=True)
         return JSONResponse(ApiError(500, "The server had an error while processing your request; its log says why",
                                      code="server_error").body(), status_code=500)
-
-    @app.middleware("http")
-    async def require_key(request: Request, call_next: Any) -> Any:
-        if request.url.path != "/health":
-            header = request.headers.get("authorization", "")
-            key = header[7:].strip() if header.lower().startswith("bearer ") else None
-            if not keys.valid(key):
-                message = ("Incorrect API key provided" if key else "You didn't provide an API key. Provide it as "
-                           "'Authorization: Bearer KEY' (finetune api keys --create makes one)")
-                return JSONResponse(ApiError(401, message, code="invalid_api_key").body(), status_code=401)
-        return await call_next(request)
-
-    @app.get("/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    from sdk.api.routes import add_file_routes, add_inference_routes, add_job_routes
-
-    add_file_routes(app, service)
-    add_job_routes(app, service)
-    add_inference_routes(app, inference)
-    return app
 
 
 async def json_body(request: Any) -> dict[str, Any]:
