@@ -344,10 +344,13 @@ def _pids_matching(text: str) -> list[int]:
 
 
 def stop_skypilot() -> None:
-    """Stop the local SkyPilot API server and the ssh control masters it leaves behind."""
+    """Stop the local SkyPilot API server and what it leaves behind: the ssh control masters, and the managed-jobs
+    controller processes of consolidation mode, which outlive `sky api stop` (reparented to init). Left running, a
+    later server's controllers and these both drive the next managed job, and SkyPilot's scheduler fails it
+    (FAILED_CONTROLLER: "AssertionError: (job_id, 0)" in scheduler_set_alive)."""
     sky = shutil.which("sky") or str(Path(sys.executable).with_name("sky"))
     subprocess.run([sky, "api", "stop"], capture_output=True, timeout=60)
-    for pid in _pids_matching("[mux]"):
+    for pid in _pids_matching("[mux]") + _pids_matching("-msky.jobs.controller "):
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:

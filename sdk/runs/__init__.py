@@ -128,15 +128,18 @@ class Run:
                 bar.close()
 
     def cancel(self) -> RunStatus:
-        """Stop the run: a cancel marker in its folder (the node polls it and stops after its current step,
-        whatever machine started it), then the backend's own stop where this client knows the backend. A run
+        """Stop the run: the backend's own stop where this client knows the backend (SkyPilot then records the job
+        as cancelled, rather than finding it ended by itself), and a cancel marker in its folder, written whatever
+        the backend did (the node polls it and stops after its current step, whatever machine started it). A run
         that already ended is left as it is: nothing is signalled and its state does not change."""
         if self.folder.status().get("state") in TERMINAL:
             return self.status()
-        self.folder.request_cancel()
         backend = self._backend()
-        if backend is not None:
-            backend.cancel(self.folder, self.info)
+        try:
+            if backend is not None:
+                backend.cancel(self.folder, self.info)
+        finally:
+            self.folder.request_cancel()
         return self.status()
 
     def down(self) -> None:
