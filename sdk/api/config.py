@@ -67,19 +67,9 @@ class ApiConfig(BaseModel):
 
 def load_config(path: str | None, *, store: str | None = None, backend: str | None = None) -> ApiConfig:
     """The config file (or the defaults), with --store / --backend taking precedence."""
-    import yaml
+    from sdk.core.recipes import read_yaml_mapping
 
-    data: dict = {}
-    if path:
-        file = Path(path).expanduser()
-        try:
-            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-        except OSError as exc:
-            raise SpecError(f"{path}: cannot read the API config: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            raise SpecError(f"{path}: not YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise SpecError(f"{path}: the API config is a mapping (store:, backend:, models:)")
+    data = read_yaml_mapping(path, what="the API config") if path else {}
     data = {**data, **({"store": store} if store else {}), **({"backend": backend} if backend else {})}
     try:
         config = ApiConfig.model_validate(data)

@@ -160,6 +160,24 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> FineTun
     return parse_spec(data, locate=_locator(source, located.lines, origin))
 
 
+def read_yaml_mapping(path: str, *, what: str) -> dict[str, Any]:
+    """A YAML file that holds a mapping (an API config, a config to import), or SpecError naming the file."""
+    import yaml
+
+    file = Path(path).expanduser()
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: {what} is a mapping of keys, not a {type(data).__name__}")
+    return data
+
+
 def resolve_recipe(path: str | Path) -> Path:
     """A recipe path as given, or a shipped recipe by name ('tiny', 'tiny.yaml')."""
     file = Path(path).expanduser()

@@ -76,19 +76,11 @@ class ImportResult:
 def import_config(path: str | Path, *, data_dir: str | Path | None = None) -> ImportResult:
     """Read an Axolotl or LLaMA-Factory config into a validated recipe; ImportRefused (exit 2) lists what the
     product lacks, SpecError says why the file cannot be read."""
-    import yaml
-
+    from sdk.core.recipes import read_yaml_mapping
     from sdk.core.spec import parse_spec
 
     file = Path(path).expanduser()
-    try:
-        config = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not YAML: {exc}") from None
-    if not isinstance(config, dict):
-        raise SpecError(f"{path}: a config is a mapping of keys, not a {type(config).__name__}")
+    config = read_yaml_mapping(str(path), what="a config")
     importer = next((i for i in IMPORTERS.values() if i.detect(config)), None)
     if importer is None:
         raise SpecError(f"{path}: not a config of {' or '.join(IMPORTERS)} (Axolotl's names base_model and datasets, "

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sdk.core.methods import REGISTRY
-from sdk.importers.draft import Draft
+from sdk.importers.draft import Draft, hold_out_and_length
 from sdk.importers.formats import axolotl_custom, axolotl_rows
 from sdk.objectives import OBJECTIVES
 
@@ -184,16 +184,8 @@ def _data(d: Draft, kind: str) -> None:
         d.set("data.eval_source", tests[0].get("path"))
         if len(tests) > 1:
             d.lack(f"test_datasets: {len(tests)} evaluation datasets: data.eval_source is one")
-    split = d.get("val_set_size")
-    if not tests:
-        d.set("data.eval_split", float(split or 0))
-        if not split:
-            d.note("data.eval_split: 0: Axolotl holds nothing out unless val_set_size is set; the product holds out "
-                   "10% unless data.eval_split: 0 (written out)")
-    length = d.get("sequence_len")
-    if length is None:
-        d.note("sequence_len not set: Axolotl's 2048 written as data.max_length (the product's default is 512)")
-    d.set("data.max_length", int(length or 2048))
+    hold_out_and_length(d, tool="Axolotl", split=d.get("val_set_size"), split_key="val_set_size",
+                        length=d.get("sequence_len"), length_key="sequence_len", eval_file=bool(tests))
     if d.get("sample_packing"):
         d.set("data.packing", True)
     if d.get("train_on_inputs"):

@@ -140,3 +140,17 @@ class Draft:
                 plain.append(key)
         if plain:
             self.note(f"dropped, no equivalent in the spec: {', '.join(plain)}")
+
+
+def hold_out_and_length(d: Draft, *, tool: str, split: Any, split_key: str, length: Any, length_key: str,
+                        eval_file: bool) -> None:
+    """The two defaults both tools differ on from the product: nothing held out unless asked (the product holds out
+    10%; not asked when the config names evaluation data), and 2048 tokens (the product's 512), written out."""
+    if not eval_file:
+        d.set("data.eval_split", float(split or 0))
+    if not eval_file and not split:
+        d.note(f"data.eval_split: 0: {tool} holds nothing out unless {split_key} is set; the product holds out 10% "
+               "unless data.eval_split: 0 (written out)")
+    if length is None:
+        d.note(f"{length_key} not set: {tool}'s 2048 written as data.max_length (the product's default is 512)")
+    d.set("data.max_length", int(length or 2048))

@@ -9,7 +9,7 @@ from typing import Any
 
 from sdk.core.errors import SpecError
 from sdk.core.methods import REGISTRY
-from sdk.importers.draft import Draft
+from sdk.importers.draft import Draft, hold_out_and_length
 from sdk.importers.formats import MEDIA_COLUMNS, llamafactory_rows
 from sdk.objectives import OBJECTIVES
 
@@ -139,16 +139,8 @@ def _data(d: Draft, kind: str) -> None:
     evals = [n.strip() for n in str(d.get("eval_dataset", "")).split(",") if n.strip()]
     if evals and evals[0] in info:
         d.set("data.eval_source", _source(d, info[evals[0]]))
-    split = d.get("val_size", 0)
-    if not evals:
-        d.set("data.eval_split", float(split))
-        if not split:
-            d.note("data.eval_split: 0: LLaMA-Factory holds nothing out unless val_size is set; the product holds out "
-                   "10% unless data.eval_split: 0 (written out)")
-    length = d.get("cutoff_len")
-    if length is None:
-        d.note("cutoff_len not set: LLaMA-Factory's 2048 written as data.max_length (the product's default is 512)")
-    d.set("data.max_length", int(length or 2048))
+    hold_out_and_length(d, tool="LLaMA-Factory", split=d.get("val_size", 0), split_key="val_size",
+                        length=d.get("cutoff_len"), length_key="cutoff_len", eval_file=bool(evals))
     if d.get("max_samples"):
         d.set("data.max_samples", int(d.get("max_samples")))
     packing = d.get("packing", d.get("stage") == "pt")
