@@ -28,7 +28,8 @@ class ApiError(FinetuneError):
 
 
 def not_found(kind: str, ident: str, *, param: str | None = None) -> ApiError:
-    return ApiError(404, f"No such {kind}: {ident}", param=param, code=f"{kind.replace(' ', '_').replace('-', '_')}_not_found")
+    code = f"{kind.replace(' ', '_').replace('-', '_')}_not_found"
+    return ApiError(404, f"No such {kind}: {ident}", param=param, code=code)
 
 
 def invalid(message: str, *, param: str | None, code: str = "invalid_request") -> ApiError:

@@ -127,7 +127,8 @@ def read_method(body: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, An
         check_value(name, value, param)
         if name not in allowed:
             raise invalid(f"{param}: not a hyperparameter of {method['type']} (use {', '.join(allowed)})", param=param)
-        if value != "auto" and name in objective.openai_hyperparameters and objective.openai_hyperparameters[name] is None:
+        auto_only = name in objective.openai_hyperparameters and objective.openai_hyperparameters[name] is None
+        if value != "auto" and auto_only:
             raise invalid(f"{param}: only 'auto' here (no counterpart in an open-model trainer)", param=param)
     if inner.get("response_format"):
         raise invalid("response_format: structured outputs in reinforcement jobs are not supported",

@@ -41,8 +41,8 @@ class JobService:
                 seen = self.state.replayed(idempotency_key)
                 if seen is not None:
                     if seen["request"] != digest:
-                        raise ApiError(409, "Idempotency-Key was used with a different request", param="Idempotency-Key",
-                                       code="idempotency_key_reused")
+                        raise ApiError(409, "Idempotency-Key was used with a different request",
+                                       param="Idempotency-Key", code="idempotency_key_reused")
                     return self.view(self.state.job(seen["job_id"]))
             job = self._new_job(body)
             self.state.save_job(job)
@@ -73,7 +73,8 @@ class JobService:
                           code="invalid_job") from None
         self._check_rows(spec, {data: ("training_file", training), eval_data: ("validation_file", validation)})
         job_id = new_id("ftjob")
-        method_type, inner = requests.read_method(body)[0].openai_method, requests.read_method(body)[2]
+        objective, _, inner = requests.read_method(body)
+        method_type = objective.openai_method
         extra = {"grader": inner["grader"]} if "grader" in inner else {}
         return JobRecord(id=job_id, created_at=int(time.time()), model=body["model"], base=spec.model.id,
                          fine_tuned_model=f"ft:{body['model']}:{suffix or ''}:{job_id}", training_file=training,
@@ -151,7 +152,8 @@ class JobService:
             if launch is None:
                 return Run(folder.uri)  # not recorded yet: read it from the store alone, and ask again next time
             backend = get_backend(launch["backend"])
-            self._runs[job.id] = Run(folder.uri, backend=launch["backend"], info=backend.Info.model_validate(launch["info"]))
+            info = backend.Info.model_validate(launch["info"])
+            self._runs[job.id] = Run(folder.uri, backend=launch["backend"], info=info)
         return self._runs[job.id]
 
     def live_status(self, job: JobRecord) -> tuple[str, dict[str, Any]]:

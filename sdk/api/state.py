@@ -138,4 +138,5 @@ class ApiState:
         return json.loads(self.store.get_bytes(stored)) if self.store.exists(stored) else None
 
     def remember(self, key: str, *, job_id: str, request_sha256: str) -> None:
-        self.store.put_bytes(self._idempotency_key(key), json.dumps({"job_id": job_id, "request": request_sha256}).encode())
+        record = {"job_id": job_id, "request": request_sha256}
+        self.store.put_bytes(self._idempotency_key(key), json.dumps(record).encode())

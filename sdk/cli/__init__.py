@@ -11,7 +11,8 @@ from sdk.cli.app import _console, app
 
 __all__ = ["app", "main"]
 
-for _group in ("specs", "importing", "runs", "sweeps", "tools", "serving", "api"):  # each registers its commands, in --help's order
+# each registers its commands, in --help's order
+for _group in ("specs", "importing", "runs", "sweeps", "tools", "serving", "api"):
     importlib.import_module(f"sdk.cli.{_group}")
 
 

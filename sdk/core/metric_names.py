@@ -1,6 +1,7 @@
 """One naming rule for what a trainer logs, shared by metrics.jsonl, `finetune metrics`, the trackers, sweep ranking
-and docs/objectives.md: every numeric key reaches metrics.jsonl under the name the trainer logged it (trl's `rewards/margins`,
-`completions/mean_length`, `rewards/<reward>/mean`), except the few the product renames for brevity (RENAMED).
+and docs/objectives.md: every numeric key reaches metrics.jsonl under the name the trainer logged it (trl's
+`rewards/margins`, `completions/mean_length`, `rewards/<reward>/mean`), except the few the product renames for
+brevity (RENAMED).
 Runs written before this rule stored `rewards_margins` for `rewards/margins`: `read_row` gives them the new names."""
 
 from __future__ import annotations
