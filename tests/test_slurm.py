@@ -134,10 +134,13 @@ def test_a_managed_job_reaches_running_and_is_cancelled(slurm, s3_env, finetune_
             break
         time.sleep(3)
     assert state == "RUNNING", (state, run.logs())
-    assert run.cancel().state == "cancelled"
-    deadline = time.time() + 120
-    while backend._sky_state(run.info) not in ("CANCELLED",) and time.time() < deadline:
+    # A managed job's controller tears the job's cluster down before SkyPilot says CANCELLED, which can outlast
+    # cancel's own wait: until then the run honestly reads cancelling, and its status turns cancelled once it does.
+    assert run.cancel().state in ("cancelling", "cancelled")
+    deadline = time.time() + 180
+    while run.status().state != "cancelled" and time.time() < deadline:
         time.sleep(3)
+    assert run.status().state == "cancelled"
     assert backend._sky_state(run.info) == "CANCELLED"
 
 
