@@ -12,6 +12,7 @@ facts once (`read_cuda_facts`) and asks these functions; none of them imports to
     quant_storage_dtype   4-bit weights stored in the compute dtype when ZeRO-3 / FSDP shard them
     save_route            FSDP saves through the Trainer (whole state dict), ZeRO-3 gathers, else rank 0 saves
     fsdp_settings         FSDP2 arguments and load environment (rank 0 reads, FSDP checkpointing); refused on CPU
+    process_group_backend NCCL, with gloo beside it for FSDP-offloaded CPU tensors; gloo on CPU
     upcast_frozen_weights fp32 copies of a 4-bit model's 16-bit weights only under fp16
     activation_offloading saved activations in CPU memory by default for QLoRA where a benchmark showed it free
     optimizer_name        fused AdamW on CUDA
@@ -242,14 +243,18 @@ def save_route(*, strategy: str, world_size: int, artifact: str) -> str:
     return "gathered" if strategy == "deepspeed" else "direct"
 
 
-def fsdp_settings(*, cuda: bool, world_size: int, checkpointing: bool) -> tuple[dict[str, Any], dict[str, str]]:
+def fsdp_settings(*, cuda: bool, world_size: int, checkpointing: bool,
+                  offload: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
     """(TrainingArguments, environment for the model load) for FSDP, as transformers' FSDP2 takes them: the
     boolean `fsdp` with everything in fsdp_config (the "full_shard auto_wrap" string is deprecated, and
     use_orig_params / sync_module_states are FSDP1 options that FSDP2 ignores); each decoder layer its own
     unit; rank 0 alone reads the checkpoint and the others build on the meta device
     (cpu_ram_efficient_loading, which transformers reads from the environment at from_pretrained, so the
     node sets it before the load); a whole state dict gathered on save; activation checkpointing through
-    FSDP, which transformers prefers to the Trainer's flag under FSDP.
+    FSDP, which transformers prefers to the Trainer's flag under FSDP. `offload`: fsdp_config cpu_offload, which
+    accelerate turns into FSDP2's CPUOffloadPolicy (parameters, gradients and the optimizer step on the CPU), and
+    FSDP_OFFLOAD_PARAMS, which makes accelerate start the process group as cuda:nccl,cpu:gloo for the collectives
+    over offloaded tensors (the gradient norm) — read when the group starts, so set at any world size.
 
     CPU: accelerate turns FSDP on only for GPU-like distributed types (accelerate/state.py: MULTI_GPU,
     MULTI_NPU, ...); a CPU run is MULTI_CPU and would silently train plain DDP, so it is an error."""
@@ -265,7 +270,18 @@ def fsdp_settings(*, cuda: bool, world_size: int, checkpointing: bool) -> tuple[
     # One process is FSDP too (one GPU proves the wrapping); rank-0-only loading only helps with several.
     env = {"ACCELERATE_USE_FSDP": "true", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"} if world_size > 1 else {}
     config["cpu_ram_efficient_loading"] = world_size > 1
+    if offload:
+        config["cpu_offload"] = True
+        env.update({"ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "true"})
     return args, env
+
+
+def process_group_backend(*, cuda: bool, cpu_collectives: bool) -> str:
+    """The backend the node starts its process group with (the Trainer reuses the group). FSDP's CPU offload keeps
+    gradients on the CPU, and NCCL reduces only CUDA tensors: such CPU tensors go through gloo in the same group."""
+    if not cuda:
+        return "gloo"
+    return "cuda:nccl,cpu:gloo" if cpu_collectives else "nccl"
 
 
 def upcast_frozen_weights(dtype: str) -> bool:
@@ -368,7 +384,7 @@ def allow_cpu(env: Mapping[str, str] | None = None) -> bool:
     return (env if env is not None else os.environ).get(ALLOW_CPU) == "1"
 
 
-def fsdp_load_environment(strategy: str) -> dict[str, str]:
+def fsdp_load_environment(strategy: str, *, offload: bool = False) -> dict[str, str]:
     """Under FSDP on GPUs rank 0 alone reads the checkpoint (the others build on the meta device and receive the
     weights when FSDP wraps the model): transformers reads that from the environment. Nothing for other strategies."""
     import torch
@@ -376,5 +392,5 @@ def fsdp_load_environment(strategy: str) -> dict[str, str]:
     from launch import ranks
 
     if strategy == "fsdp" and torch.cuda.is_available():
-        return fsdp_settings(cuda=True, world_size=ranks.world_size(), checkpointing=False)[1]
+        return fsdp_settings(cuda=True, world_size=ranks.world_size(), checkpointing=False, offload=offload)[1]
     return {}

@@ -281,12 +281,13 @@ def gpu_check(spec: FineTuneSpec, env: Mapping[str, str] | None = None, facts: A
 
 def planned_bytes(spec: FineTuneSpec) -> int | None:
     """The planner's per-GPU estimate, None where it cannot tell: an architecture it does not know, or memory it
-    does not model (optimizer or parameter offload, Liger's fused loss, activation offloading), where it would
-    refuse runs that fit."""
+    does not model (DeepSpeed's optimizer or parameter offload, Liger's fused loss, activation offloading), where it
+    would refuse runs that fit. FSDP's offload it models (sdk.core.offload_plan)."""
     from sdk.core.errors import FinetuneError
     from sdk.core.plan import estimate
 
-    if spec.distributed.offload or spec.train.liger_kernels or spec.train.activation_offloading:
+    deepspeed_offload = spec.distributed.offload and spec.distributed.strategy == "deepspeed"
+    if deepspeed_offload or spec.train.liger_kernels or spec.train.activation_offloading:
         return None
 
     try:

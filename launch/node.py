@@ -133,14 +133,14 @@ class NodeRecipe:
         self.source = loader.source
         # Join the process group only now: under an initialized group transformers' save_pretrained writes
         # on rank 0 alone, and a cache that another rank builds in loader.source (tiny model, GGUF) would stay empty.
-        ranks.init(timeout_minutes=self.spec.distributed.timeout_minutes)
+        ranks.init(self.spec.distributed)
         try:  # decided before training: a save that cannot work must not cost the GPU hours first
             self.save_route = save_route(strategy=self.spec.distributed.strategy, world_size=ranks.world_size(),
                                          artifact=method_of(self.spec).artifact)
         except ValueError as exc:
             raise SpecError(str(exc)) from None
         self.zero3 = zero3_load_config(self.spec, self.precision)  # transformers reads it while it lives
-        os.environ.update(fsdp_load_environment(self.spec.distributed.strategy))
+        os.environ.update(fsdp_load_environment(self.spec.distributed.strategy, offload=self.spec.distributed.offload))
         self.tokenizer = loader.tokenizer()
         self.model = loader.load(attention=self.attention)
         if self.zero3 is not None and ranks.is_main():

@@ -36,20 +36,24 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init(*, timeout_minutes: int = 30) -> None:
+def init(distributed: Any) -> None:
     """Join the process group early (before the Trainer), so the node can synchronise its own steps:
-    checkpoint download on resume, cancellation. The Trainer and DeepSpeed reuse this group."""
+    checkpoint download on resume, cancellation. The Trainer and DeepSpeed reuse this group, so it carries
+    CPU tensors too where FSDP offloads them (launch.gpu.process_group_backend). `distributed`: the spec's section."""
     if world_size() == 1:
         return
     import torch
     import torch.distributed as dist
 
+    from launch.gpu import process_group_backend
+
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
+        backend = process_group_backend(cuda=torch.cuda.is_available(),
+                                        cpu_collectives=distributed.strategy == "fsdp" and distributed.offload)
+        if backend != "gloo":
             torch.cuda.set_device(local_rank())
         # Long enough for a checkpoint upload on one rank while the others wait (NCCL's watchdog).
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=distributed.timeout_minutes))
 
 
 def barrier() -> None:

@@ -156,26 +156,30 @@ def make_callback(sink: Any, on_checkpoint: Callable[[Path, int], None] | None =
     return RunFolderCallback()
 
 
-def distributed_args(spec: FineTuneSpec) -> dict[str, Any]:
-    """TrainingArguments for the spec's strategy: DDP needs none beyond torchrun's environment."""
+def distributed_args(spec: FineTuneSpec, *, cuda: bool | None = None, world_size: int | None = None) -> dict[str, Any]:
+    """TrainingArguments for the spec's strategy: DDP needs none beyond torchrun's environment. The facts (a CUDA
+    device, the world size) default to this process's; tests pass them."""
     from launch import ranks
     from launch.launcher import deepspeed_config
 
     strategy = spec.distributed.strategy
+    cuda = has_cuda() if cuda is None else cuda
+    world_size = ranks.world_size() if world_size is None else world_size
     if strategy == "deepspeed":
         return {"deepspeed": deepspeed_config(spec)}
     if strategy == "fsdp":
         from launch.gpu import fsdp_settings
 
         try:
-            return fsdp_settings(cuda=has_cuda(), world_size=ranks.world_size(), checkpointing=gradient_checkpointing(spec))[0]
+            return fsdp_settings(cuda=cuda, world_size=world_size, checkpointing=gradient_checkpointing(spec),
+                                 offload=spec.distributed.offload)[0]
         except ValueError as exc:
             raise FinetuneError(str(exc)) from None
-    if ranks.world_size() == 1:
+    if world_size == 1:
         return {}
     # Adapters use every trainable parameter each step; the search for unused ones only costs time.
     args: dict[str, Any] = {"ddp_find_unused_parameters": method_of(spec).trains_all_weights}
-    if not has_cuda():
+    if not cuda:
         args["ddp_backend"] = "gloo"
     return args
 
@@ -286,7 +290,7 @@ def training_args(spec: FineTuneSpec, *, precision: Precision, hardware: Hardwar
         dataloader_pin_memory=cuda,
         max_length=spec.data.max_length,
     )
-    common.update(distributed_args(spec))  # may move checkpointing into FSDP's own wrapper
+    common.update(distributed_args(spec, cuda=cuda))  # may move checkpointing into FSDP's own wrapper
     return common
 
 

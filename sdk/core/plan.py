@@ -15,6 +15,7 @@ Bytes per component (N = data-parallel world size, P = total params, T = trainab
   attention (CPU)  SDPA's backward holds the s² scores and their gradient for one layer (not on CUDA)
   runtime          CUDA context and allocator slack (not part of max_memory_allocated)
 Sharding: DDP replicates everything; ZeRO-2 shards grads + optimizer; ZeRO-3 / FSDP also parameters.
+FSDP CPU offload: weights, gradients and optimizer in CPU memory; a GPU holds the units computing (offload_plan).
 
 Objectives (sdk.core.objective_plan): preference pairs double activations and logits; a reference forward adds its
 logits (and a copy of the weights where no adapter can be disabled); rollouts (grpo) train on prompt + completion
@@ -45,6 +46,7 @@ from sdk.core.objective_plan import (
     rollout_parts,
     sequences_note,
 )
+from sdk.core.offload_plan import offloaded_parts
 from sdk.core.precision import BYTES, DTYPE_OF, resolve_precision, trainable_dtype, weight_dtype
 from sdk.core.spec import FineTuneSpec
 from sdk.objectives import objective_of
@@ -226,8 +228,12 @@ def estimate(
 ) -> MemoryEstimate:
     """Per-GPU (or per-process on CPU) training memory for the spec, by component."""
     f = _facts(spec, device=device, seq_len=seq_len, micro_batch=micro_batch, config=config)
-    parts = [*_weights(f), *_training_state(f, BYTES[trainable_dtype(spec, f.precision)]), *_activations(f),
-             *_objective_parts(f)]
+    state = [*_weights(f), *_training_state(f, BYTES[trainable_dtype(spec, f.precision)])]
+    if spec.distributed.strategy == "fsdp" and spec.distributed.offload:  # sdk.core.offload_plan: the CPU holds these
+        state = [Component(name=n, bytes=b, note=note) for n, b, note in offloaded_parts(
+            f.shapes, total=f.total, trainable=f.trainable, act=f.act, host_bytes=sum(p.bytes for p in state),
+            world=f.world, adapter=f.method.adds_parameters)]
+    parts = [*state, *_activations(f), *_objective_parts(f)]
     allocated = sum(p.bytes for p in parts)
     overhead = CUDA_CONTEXT + int(0.05 * allocated) if device == "gpu" else 0
     required = allocated + overhead

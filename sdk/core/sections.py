@@ -278,7 +278,9 @@ class ResourcesSpec(SpecPart):
 class DistributedSpec(SpecPart):
     strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
     zero_stage: Literal[2, 3] | None = None
-    offload: bool = Field(False, description="DeepSpeed: offload optimizer states to CPU, and ZeRO-3 parameters too unless the base is 4-bit")
+    offload: bool = Field(False, description="CPU memory instead of GPU memory. deepspeed: optimizer states, and "
+                                             "ZeRO-3 parameters too unless the base is 4-bit; fsdp: parameters, "
+                                             "gradients and the optimizer step (FSDP2's CPUOffloadPolicy)")
     nproc_per_node: int | None = Field(
         None, ge=1, le=64, description="processes per node; default one per GPU (one on CPU)"
     )
@@ -294,9 +296,10 @@ class DistributedSpec(SpecPart):
     @model_validator(mode="after")
     def _deepspeed_only(self) -> DistributedSpec:
         if self.strategy != "deepspeed":
-            for name in ("zero_stage", "offload"):
-                if getattr(self, name):
-                    raise ValueError(f"{name} is a DeepSpeed option; set strategy: deepspeed")
+            if self.zero_stage:
+                raise ValueError("zero_stage is a DeepSpeed option; set strategy: deepspeed")
+            if self.offload and self.strategy != "fsdp":
+                raise ValueError("offload needs a sharding strategy to offload from; set strategy: fsdp or deepspeed")
         elif self.zero_stage is None:
             self.zero_stage = 2
         return self

@@ -1,5 +1,6 @@
-"""Every registered method trains the tiny recipe on a GPU at precision auto, so do QLoRA under ZeRO-3 and LoRA
-under FSDP2 (one process each: the wrapping, loading and saving paths a CPU cannot run), then QLoRA and LoRA merge.
+"""Every registered method trains the tiny recipe on a GPU at precision auto, so do QLoRA under ZeRO-3, LoRA under
+FSDP2, and LoRA and full fine-tuning under FSDP2 with CPU offload (one process each: the wrapping, loading and saving
+paths a CPU cannot run), then QLoRA and LoRA merge.
 
 Run (GPU): python tests/bench/gpu_methods.py [--parallel 4]
 Checks the GPU path end to end through `sdk.submit` (local backend): the run succeeds on CUDA, not on a
@@ -18,8 +19,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+FSDP_OFFLOAD = ["distributed={strategy: fsdp, offload: true}"]  # FSDP2's CPUOffloadPolicy: trains and saves
 DISTRIBUTED = {"qlora-zero3": ["method={name: qlora}", "distributed.strategy=deepspeed", "distributed.zero_stage=3"],
-               "lora-fsdp": ["method={name: lora}", "distributed.strategy=fsdp"]}
+               "lora-fsdp": ["method={name: lora}", "distributed.strategy=fsdp"],
+               "lora-fsdp-offload": ["method={name: lora}", *FSDP_OFFLOAD],
+               "full-fsdp-offload": ["method={name: full}", *FSDP_OFFLOAD]}
 
 
 def main() -> int:
