@@ -8,6 +8,7 @@ The registration in sdk.core.methods names the builder of each method; nothing h
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,9 +49,27 @@ def linear_module_names(model: Any) -> list[str]:
     return sorted(names)
 
 
-def resolve_targets(model: Any, target: Any, *, family: tuple[str, ...] = ATTENTION_NAMES) -> Any:
-    """'all-linear' stays as peft understands it; 'attention' becomes the attention projections present."""
+def targetable_names(model: Any) -> list[str]:
+    """Full names of the leaf modules peft can target: Linear (plain or bitsandbytes), Conv1D and Embedding."""
+    import torch
+
+    kinds = ("Linear4bit", "Linear8bitLt", "Conv1D")
+    return [name for name, module in model.named_modules() if not list(module.children())
+            and (isinstance(module, (torch.nn.Linear, torch.nn.Embedding)) or type(module).__name__ in kinds)]
+
+
+def resolve_targets(model: Any, target: Any, *, model_id: str, family: tuple[str, ...] = ATTENTION_NAMES) -> Any:
+    """'all-linear' and a list stay as peft understands them; a regex too, once it matches a module (else the
+    one-line SpecError sdk.core.targets words); 'attention' becomes the attention projections present."""
+    from sdk.core.errors import SpecError
+    from sdk.core.targets import is_pattern, pattern_error
+
     if target == "all-linear" or isinstance(target, list):
+        return target
+    if is_pattern(target):
+        error = pattern_error(target, targetable_names(model), model_id)
+        if error:
+            raise SpecError(error)
         return target
     present = [n for n in linear_module_names(model) if n in family]
     if not present:
@@ -101,7 +120,7 @@ class LoraBuilder(_PeftBuilder):
             r=m.r,
             lora_alpha=m.alpha,
             lora_dropout=m.dropout,
-            target_modules=resolve_targets(model, m.target_modules),
+            target_modules=resolve_targets(model, m.target_modules, model_id=spec.model.id),
             bias=m.bias,
             use_dora=m.use_dora,
             use_rslora=m.use_rslora,
@@ -114,9 +133,12 @@ class QloraBuilder(LoraBuilder):
         from transformers import BitsAndBytesConfig
 
         from launch.gpu import quant_storage_dtype
+        from sdk.core.methods import method_of
         from sdk.core.precision import dtype_name, torch_dtype
 
         m = spec.method
+        if method_of(spec).quantization(m).bits == 8:  # LLM.int8: a scale per row, computes in the model's dtype
+            return BitsAndBytesConfig(load_in_8bit=True)
         storage = quant_storage_dtype(dtype_name(compute_dtype), strategy=spec.distributed.strategy,
                                       zero_stage=spec.distributed.zero_stage)
         return BitsAndBytesConfig(
@@ -147,13 +169,14 @@ class Ia3Builder(_PeftBuilder):
     def peft_config(self, model: Any, spec: FineTuneSpec, tokenizer: Any, source_path: str) -> Any:
         from peft import IA3Config
 
-        linear = linear_module_names(model)
-        target = spec.method.target_modules
+        from sdk.core.targets import is_pattern
+
+        target = resolve_targets(model, spec.method.target_modules, model_id=spec.model.id)
         if target == "all-linear":
-            target = linear
-        elif target == "attention":
-            target = resolve_targets(model, target)
-        feedforward = [n for n in target if n in FEEDFORWARD_NAMES]
+            target = linear_module_names(model)
+        elif is_pattern(target):  # the full names it matches: IA3 must also be told which are feed-forward
+            target = [n for n in targetable_names(model) if re.fullmatch(target, n)]
+        feedforward = [n for n in target if n.rsplit(".", 1)[-1] in FEEDFORWARD_NAMES]
         return IA3Config(task_type="CAUSAL_LM", target_modules=target, feedforward_modules=feedforward)
 
 

@@ -20,6 +20,8 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     # bitsandbytes warns at import, on AVX512-BF16 CPUs, that an optional Hub kernel is missing.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # An 8-bit base logs, on every matmul, that LLM.int8 quantizes its fp32/bf16 inputs via fp16 (by design).
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_warning()  # warnings stay: an attention fallback is what a user must see

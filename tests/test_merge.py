@@ -66,6 +66,18 @@ def test_qlora_merges_into_the_dequantized_base(tmp_path, qlora_run):
     assert "quantization_config" not in config
 
 
+def test_an_int8_base_merges_into_its_dequantized_weights(tmp_path):
+    """LLM.int8 also quantizes activations at run time: the merge is checked against the adapter on the
+    dequantized int8 weights (exact in fp32), and the 8-bit model's own drift is reported beside it."""
+    spec = load_recipe("tiny", [*FAST, "method=qlora", "method.quant_type=int8", f"output={tmp_path / 'runs'}"])
+    result, folder = run_node(spec, tmp_path / "runs")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = sdk.merge(folder.uri, tmp_path / "merged")
+    assert "dequantized" in report["merged_into"] and "int8" in report["merged_into"]
+    assert report["max_logit_diff"] < 1e-4 and report["max_logit_diff_int8_model"] > 0
+    assert "quantization_config" not in json.loads((tmp_path / "merged" / "config.json").read_text())
+
+
 def test_soft_prompts_cannot_be_merged(tmp_path):
     run = trained(tmp_path, "prompt_tuning")
     with pytest.raises(sdk.FinetuneError, match="method.name: prompt_tuning .* cannot be merged"):

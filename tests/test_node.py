@@ -194,6 +194,75 @@ def test_qlora_gradients_match_dequantized_fp32_twin():
     assert worst <= 0.01, f"relative gradient error {worst:.4%}"
 
 
+def test_an_int8_base_lora_trains_on_the_cpu_and_its_adapter_reloads(tmp_path):
+    """quant_type int8 (LLM.int8, Axolotl's load_in_8bit): bitsandbytes runs it on the CPU, the loss falls,
+    and the adapter on a freshly loaded 8-bit base gives the trained model's logits."""
+    import bitsandbytes as bnb
+
+    from launch.methods import builder_for
+    from launch.models import load_model, local_source
+
+    spec = tiny_spec({"name": "qlora", "quant_type": "int8", "r": 8, "alpha": 16}, 5e-3)
+    folder, _, outcome, (before, after) = _run_phases(spec, tmp_path)
+    assert after < before, (before, after)
+    int8 = [m for m in outcome.model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+    assert len(int8) == 14 and all(m.weight.dtype == torch.int8 for m in int8)  # 7 projections x 2 layers
+    summary = RunSummary.model_validate(folder.read_json("summary.json"))
+    assert summary.steps == 8 and summary.trainable_params > 0
+    builder = builder_for(spec)
+    quant = builder.quantization_config(spec, torch.float32)
+    assert quant.load_in_8bit and not quant.load_in_4bit
+    base = load_model(spec.model, dtype=torch.float32, quantization_config=quant, source=local_source(spec.model),
+                      device_map="cpu")
+    reloaded = builder.reload(base, fetch_dir(folder.store, "run/adapter", tmp_path / "fetched"))
+    diff = (_logits(reloaded, outcome.tokenizer) - _logits(outcome.model, outcome.tokenizer)).abs().max().item()
+    assert diff <= 1e-5, diff
+
+
+REGEX = r"model\.layers\.\d+\.(self_attn\.[qv]|mlp\.down)_proj"
+REGEX_MATCHES = [f"model.layers.{i}.{m}" for i in (0, 1) for m in ("mlp.down_proj", "self_attn.q_proj", "self_attn.v_proj")]
+
+
+def test_a_regex_target_trains_exactly_the_modules_it_names(tmp_path):
+    """target_modules as a regex (peft fullmatches it against full names): the adapter wraps those modules only."""
+    spec = tiny_spec({"name": "lora", "r": 4, "alpha": 8, "target_modules": REGEX}, 5e-3)
+    spec = spec.model_copy(update={"train": spec.train.model_copy(update={"max_steps": 2})})
+    folder, sink, outcome = _run(spec, tmp_path)
+    assert len([r for r in sink.rows if "loss" in r]) == 2
+    wrapped = {n.removeprefix("base_model.model.") for n, m in outcome.model.named_modules() if hasattr(m, "lora_A")}
+    assert sorted(wrapped) == REGEX_MATCHES
+    artifact = fetch_dir(folder.store, "run/adapter", tmp_path / "adapter")
+    assert json.loads((artifact / "adapter_config.json").read_text())["target_modules"] == REGEX
+
+
+def test_a_regex_matching_no_module_stops_the_node_with_one_line(tmp_path):
+    from launch.node import NodeRecipe
+    from launch.sink import RunSink
+    from sdk.core.errors import SpecError
+
+    spec = tiny_spec({"name": "lora", "target_modules": r"model\.layers\.\d+\.attn\.q"}, 5e-3)
+    folder = RunFolder(LocalStore(tmp_path / "store"), "run")
+    recipe = NodeRecipe(spec, folder, RunSink(folder, interval=3600), tmp_path / "work")
+    recipe.setup()
+    with pytest.raises(SpecError) as raised:
+        recipe.attach()
+    line = str(raised.value).splitlines()[-1].strip()
+    assert line == (r"method.target_modules: the pattern 'model\.layers\.\d+\.attn\.q' matches no module of tiny:llama; "
+                    "modules are named like model.layers.0.self_attn.q_proj, model.layers.0.self_attn.k_proj, "
+                    "model.layers.0.mlp.down_proj")
+
+
+def test_ia3_with_a_regex_targets_the_modules_it_matches():
+    from launch.methods import Ia3Builder
+    from launch.models import load_model, local_source
+
+    spec = tiny_spec({"name": "ia3", "target_modules": REGEX}, 5e-2)
+    model = load_model(spec.model, dtype=torch.float32, source=local_source(spec.model))
+    config = Ia3Builder().peft_config(model, spec, None, "")
+    assert sorted(config.target_modules) == REGEX_MATCHES
+    assert sorted(config.feedforward_modules) == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+
+
 def test_tiny_model_like_a_recipe_trains_from_its_directory(tmp_path, run_cli):
     result = run_cli("tiny-model", str(tmp_path / "tiny-qwen"), "--like", "qwen05b-agnews")
     assert result.returncode == 0, result.stderr

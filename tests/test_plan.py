@@ -44,8 +44,10 @@ def _spec(method, **extra) -> FineTuneSpec:
         {"name": "lora", "r": 8},
         {"name": "lora", "r": 4, "target_modules": "attention"},
         {"name": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]},
+        {"name": "lora", "r": 4, "target_modules": r"model\.layers\.\d+\.(self_attn\.[qv]|mlp\.down)_proj"},
         {"name": "dora", "r": 8},
         {"name": "ia3"},
+        {"name": "ia3", "target_modules": r".*\.(k_proj|up_proj)"},
         {"name": "prompt_tuning", "num_virtual_tokens": 10},
         {"name": "prefix_tuning", "num_virtual_tokens": 10},
         {"name": "prefix_tuning", "num_virtual_tokens": 10, "projection": True},
@@ -98,6 +100,24 @@ def test_components_move_the_right_way():
     assert (four_bit - linear * 0.5) * 8 / linear == pytest.approx(0.127, abs=0.002)
     assert (four_bit_no_dq - linear * 0.5) * 8 / linear == pytest.approx(0.5, abs=0.001)
     assert rank_accelerators(load_recipe("llama8b"))[0] in GPUS
+
+
+def test_an_int8_base_is_planned_at_the_bytes_bitsandbytes_holds():
+    """quant_type int8: 1 B per Linear weight + an fp32 scale per row, as the tiny model loaded in 8 bits holds."""
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from launch.tiny import ensure_tiny
+
+    spec = FineTuneSpec(model="tiny:llama", method={"name": "qlora", "quant_type": "int8"}, data="x.jsonl")
+    planned = {c.name: c.bytes for c in estimate(spec, device="cpu").components}
+    model = AutoModelForCausalLM.from_pretrained(ensure_tiny("llama"), quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+                                                 dtype=torch.float32, device_map="cpu")
+    held = sum(m.weight.numel() + 4 * m.weight.SCB.numel() for m in model.modules() if isinstance(m, bnb.nn.Linear8bitLt))
+    assert planned["weights (8-bit)"] == held and "weights (4-bit)" not in planned
+    nf4 = {c.name: c.bytes for c in estimate(spec.model_copy(update={"method": spec.method.model_copy(
+        update={"quant_type": "nf4"})}), device="cpu").components}
+    assert nf4["weights (4-bit)"] < held
 
 
 def test_unknown_architecture_is_a_clear_error():

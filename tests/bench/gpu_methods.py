@@ -25,6 +25,9 @@ DISTRIBUTED = {"qlora-zero3": ["method={name: qlora}", "distributed.strategy=dee
                "lora-fsdp-offload": ["method={name: lora}", *FSDP_OFFLOAD],
                "full-fsdp-offload": ["method={name: full}", *FSDP_OFFLOAD]}
 
+# An 8-bit base (LLM.int8): CUDA's int8 matmul kernels, which the CPU tests (tests/test_node.py) do not reach.
+INT8 = {"qlora-int8": ["method={name: qlora, quant_type: int8}"]}
+
 
 def main() -> int:
     import argparse
@@ -40,7 +43,7 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gpu-methods-"))
     os.environ.update(HF_HUB_OFFLINE="1", FINETUNE_HOME=str(work / "home"), SKYPILOT_NUM_GPUS_PER_NODE="1")
-    cases = {name: [f"method={{name: {name}}}"] for name in REGISTRY} | DISTRIBUTED
+    cases = {name: [f"method={{name: {name}}}"] for name in REGISTRY} | INT8 | DISTRIBUTED
     if args.only:
         cases = {k: v for k, v in cases.items() if k in args.only.split(",")}
     failures, runs, pending = 0, {}, list(cases.items())
@@ -63,7 +66,7 @@ def main() -> int:
               f"accuracy {acc.before.accuracy if acc.before else float('nan'):.0%} -> {acc.after.accuracy if acc.after else float('nan'):.0%}, "
               f"peak {s.peak_memory_bytes / 2**20:.0f} MiB, {time.time() - t0:.1f} s (with {args.parallel} at once)", flush=True)
         runs[name] = run.id
-    for name in ("qlora", "lora"):
+    for name in ("qlora", "qlora-int8", "lora"):
         if name in runs:
             try:
                 report = merge(runs[name], work / f"merged-{name}")
@@ -72,7 +75,9 @@ def main() -> int:
                 print(f"merge {name}: {exc}", flush=True)
                 continue
             print(f"merge {name}: into the {report['merged_into']}, max logit diff {report['max_logit_diff']:.3g}"
-                  + (f" (4-bit merge would give {report['max_logit_diff_4bit_merge']:.3g})" if "max_logit_diff_4bit_merge" in report else ""),
+                  + (f" (4-bit merge would give {report['max_logit_diff_4bit_merge']:.3g})" if "max_logit_diff_4bit_merge" in report else "")
+                  + (f" (the int8 model differs by {report['max_logit_diff_int8_model']:.3g})"
+                     if "max_logit_diff_int8_model" in report else ""),
                   flush=True)
     return 1 if failures else 0
 

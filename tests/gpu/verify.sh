@@ -2,7 +2,8 @@
 # Every GPU-only check at world size 1, in one call, in under 8 minutes on one GPU (tests/gpu/README.md):
 #   1. versions, nvidia-smi, the node's own GPU facts
 #   2. every method on CUDA + QLoRA under ZeRO-3 + LoRA under FSDP2 + LoRA and full under FSDP2 with CPU offload,
-#      then LoRA and QLoRA merges (gpu_methods.py)
+#      then LoRA and QLoRA merges (gpu_methods.py); LoRA on an 8-bit base (quant_type int8: CUDA's LLM.int8
+#      kernels, which the CPU tests do not reach) and its merge into the dequantized weights
 #   3. FSDP2 logits: a wrapped LoRA / QLoRA model against the unwrapped one (fsdp_logits.py, bitsandbytes#1945)
 #   4. the benchmark, short form: finetune vs the TRL tutorial and a tuned TRL, length mix and uniform rows,
 #      with the planner's prediction against torch.cuda.max_memory_allocated() (bench_gpu.py)
