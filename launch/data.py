@@ -12,18 +12,25 @@ completion_only_loss); DPO examples are prompt/chosen/rejected; KTO examples pro
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sdk.core.spec import DataSpec, FineTuneSpec
-from sdk.data.check import LengthCount, SourceCheck, auto_template_note, chat_loss_route, load_samples
 from sdk.data.formats import Instruction, Sample, learns_several_turns, skips_a_turn
 from sdk.data.prompts import encode_json_columns, json_columns
-from sdk.data.rendering import Example, Renderer, instruction_prompt
+from sdk.data.rendering import (
+    Example,
+    Renderer,
+    Renderers,
+    auto_template_note,
+    chat_loss_route,
+    instruction_prompt,
+    shape_refusal,
+)
 from sdk.data.rows import BadRow, DataError, iter_rows
-from sdk.objectives import objective_of
+from sdk.data.samples import Mixture, load_mixture, load_samples
+from sdk.data.tokencount import LengthCount
 
 __all__ = ["DataError", "Example", "PreparedData", "prepare", "read_rows", "labelled_examples", "instruction_prompt"]
 
@@ -55,14 +62,6 @@ def _fetch_s3(uri: str) -> Path:
     return target
 
 
-def samples(spec: FineTuneSpec, source: str, field: str) -> SourceCheck:
-    """Every row of a source normalized, or DataError listing the bad rows (the checks the client ran)."""
-    check = load_samples(spec, source, field, s3_local=_fetch_s3(source) if source.startswith("s3://") else None)
-    if check.bad:
-        raise DataError(check.error())
-    return check
-
-
 def read_rows(source: str, data: DataSpec, *, field: str = "data.source") -> list[dict[str, Any]]:
     """All rows of a source as dicts (no format applied); a bad line is an error naming it."""
     out = []
@@ -80,7 +79,8 @@ class PreparedData:
     eval: list[dict[str, Any]]
     eval_examples: list[Example]  # the held-out rows, for label accuracy and generations
     assistant_only_loss: bool = False  # train rows are whole conversations masked by the chat template
-    formats: dict[str, str] = field(default_factory=dict)  # data.source / data.eval_source -> detected format
+    formats: dict[str, str] = field(default_factory=dict)  # data.source / data.sources[i] / data.eval_source -> format
+    sources: list[dict[str, Any]] = field(default_factory=list)  # what each source gave (SourceCheck.record)
     notes: list[str] = field(default_factory=list)
     train_where: list[str] = field(default_factory=list)  # the source row (file:line) of each train row
     template: str = "instruction"  # the template the training rows were written in ('auto' resolved)
@@ -117,6 +117,8 @@ def _route(train: list[Sample], chat_template: str | None) -> tuple[str, str | N
     multi = [s for s in train if learns_several_turns(s)]
     if not multi:  # one trained turn per conversation: one prompt/completion row says it exactly
         return "per_turn", None
+    if any(s.kind != "conversation" for s in train):  # sources mixed: one prompt/completion shape holds them all
+        return "per_turn", chat_loss_route(None, weighted=False)[1]
     # any row with a weight-0 turn, not only those that learn several turns: under assistant masks every row is one
     # whole conversation, and the masks would train the weight-0 turn of a row that learns one turn only
     return chat_loss_route(chat_template, weighted=any(skips_a_turn(s) for s in train))
@@ -137,43 +139,27 @@ def _tool_template(tokenizer: Any, model_type: str | None, rows: list[Sample]) -
     return tools
 
 
-def _split(spec: FineTuneSpec) -> tuple[list[Sample], list[Sample], dict[str, str]]:
-    """(training samples, held-out samples, the format of each source): data.eval_source, else a seeded share of
-    data.source held out; then data.max_samples."""
-    data = spec.data
-    check = samples(spec, data.source, "data.source")
-    rows = check.samples
-    formats = {"data.source": str(check.format)}
-    rng = random.Random(spec.train.seed)
-    if data.eval_source:
-        eval_check = samples(spec, data.eval_source, "data.eval_source")
-        eval_rows = eval_check.samples
-        formats["data.eval_source"] = str(eval_check.format)
-        train_rows = rows
-    else:
-        shuffled = rows[:]
-        rng.shuffle(shuffled)
-        n_eval = int(round(len(shuffled) * data.holdout_fraction))
-        eval_rows, train_rows = shuffled[:n_eval], shuffled[n_eval:]
-    in_order = objective_of(spec).reads_in_order  # its trainer does not shuffle: the node does, first
-    if in_order and data.eval_source:  # before max_samples, or a sorted file would give one class only
-        train_rows = train_rows[:]
-        rng.shuffle(train_rows)
-    if data.max_samples:
-        train_rows = train_rows[: data.max_samples]
-    if not train_rows:
-        raise DataError(f"data.source: no training rows left after the eval split of {data.holdout_fraction}")
-    return train_rows, eval_rows, formats
+def _mixture(spec: FineTuneSpec) -> Mixture:
+    """Every source's samples held out and mixed (sdk.data.samples), or DataError listing the bad rows."""
+    mixture = load_mixture(spec, local=_fetch_s3)
+    bad = [c for c in [*mixture.checks, mixture.eval_check] if c is not None and c.bad]
+    if bad:
+        raise DataError("\n".join(c.error() for c in bad))
+    return mixture
 
 
 def prepare(spec: FineTuneSpec, tokenizer: Any = None, *, model_type: str | None = None, folder: Any = None,
             workdir: Path | None = None) -> PreparedData:
     data = spec.data
-    train_rows, eval_rows, formats = _split(spec)
+    mixture = _mixture(spec)
+    train_rows, eval_rows = mixture.train, mixture.eval
     chat_template = getattr(tokenizer, "chat_template", None)
     has_chat = bool(chat_template) if tokenizer is not None else None
     route, why = _route(train_rows, chat_template)
-    renderer = Renderer(spec, route, chat_template=has_chat)
+    renderer = Renderers(spec, route, chat_template=has_chat)
+    shapes = renderer.shapes(train_rows)
+    if len(shapes) > 1:
+        raise DataError(f"data.sources: {shape_refusal(shapes)}")
     eval_examples = [renderer.example(s) for s in eval_rows]
     eval_samples = eval_rows[: max(spec.eval.num_samples, 1)]
     placed = [(s.where, row) for s in train_rows for row in renderer.trainer_rows(s)]  # one sample may be several rows
@@ -181,7 +167,7 @@ def prepare(spec: FineTuneSpec, tokenizer: Any = None, *, model_type: str | None
     tools = _tool_template(tokenizer, model_type, train_rows + eval_rows)
     if tools is not None:
         notes.append(f"tools: {tools.how}")
-    if data.template == "auto" and any(isinstance(s.prompt, Instruction) for s in train_rows):
+    if any(p.data.template == "auto" for p in data.parts()) and any(isinstance(s.prompt, Instruction) for s in train_rows):
         notes.append(f"template: {auto_template_note(has_chat)}")
     if tokenizer is not None:
         lengths = LengthCount(data.max_length, NodeTokens(tokenizer), renderer)
@@ -204,11 +190,23 @@ def prepare(spec: FineTuneSpec, tokenizer: Any = None, *, model_type: str | None
         eval_examples=eval_examples,
         assistant_only_loss=route == "assistant_masks" and tools is None,  # tokenized tool rows carry their masks
         tools=tools,
-        formats=formats,
+        formats=mixture.formats,
+        sources=mixture.records(),
         notes=notes,
         json_columns=encoded,
         files=shipped_files(folder, workdir) if workdir is not None else {},
     )
+
+
+def data_summary(data: PreparedData, trainer: Any) -> dict[str, Any]:
+    """The summary's account of the data: each source's counts and hash, the template, tools, per-epoch steps."""
+    from sdk.core.summary import Cadence, DataSource, ToolCalling
+
+    cadence = getattr(trainer, "finetune_cadence", None)
+    return {"data_format": next(iter(data.formats.values()), None), "template": data.template,
+            "instruction": data.instruction, "data_sources": [DataSource(**r) for r in data.sources],
+            "cadence": Cadence(**cadence) if cadence else None,
+            "tool_calling": ToolCalling(native=data.tools.native, parser=data.tools.parser) if data.tools else None}
 
 
 def _with_argument_objects(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -320,7 +318,7 @@ def labelled_examples(spec: FineTuneSpec, path: str, *, text_field: str = "text"
 
         labels = spec.eval.labels or []
         mapped.data.instruction = (
-            INSTRUCTION if spec.data.source.startswith("builtin:news") else f"Classify the text as one of: {', '.join(labels)}."
+            INSTRUCTION if (spec.data.source or "").startswith("builtin:news") else f"Classify the text as one of: {', '.join(labels)}."
         )
     check = load_samples(mapped.model_copy(update={"objective": "sft"}), path, "--data")
     if check.bad:

@@ -39,7 +39,6 @@ from sdk.core.summary import (
     MetricScores,
     RunSummary,
     Runtime,
-    ToolCalling,
 )
 from sdk.store import commit_dir
 from sdk.store.runfolder import ADAPTER, CHAT_TEMPLATE, SUMMARY, RunFolder
@@ -168,6 +167,7 @@ class NodeRecipe:
             return
         if self.data.tools is not None:  # what serve and generate render tool requests with
             self.folder.write_text(CHAT_TEMPLATE, self.data.tools.source)
+        self.folder.write_json("data.json", {"sources": self.data.sources})  # each source's rows, counts and hash
         formats = ", ".join(f"{k} {v}" for k, v in self.data.formats.items())
         print(f"[finetune] data: {formats}; {len(self.data.train)} training rows", flush=True)
         for note in self.data.notes:
@@ -336,6 +336,7 @@ class NodeRecipe:
 
     def summary(self) -> RunSummary:
         from launch import ranks
+        from launch.data import data_summary
         from launch.evaluate import side_by_side
         from launch.train import peak_memory, train_features
 
@@ -358,8 +359,7 @@ class NodeRecipe:
             steps=int(self.result.global_step), train_loss=float(self.result.training_loss),
             first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None, eval_loss=self.eval_loss,
             train_rows=len(self.data.train), eval_rows=len(self.data.eval),
-            data_format=self.data.formats.get("data.source"), template=self.data.template, instruction=self.data.instruction,
-            tool_calling=ToolCalling(native=self.data.tools.native, parser=self.data.tools.parser) if self.data.tools else None,
+            **data_summary(self.data, self.trainer),
             label_accuracy=LabelAccuracy(before=score(self.before and self.before.label), after=score(self.after and self.after.label)),
             generation_metrics=GenerationMetrics(before=metrics(self.before), after=metrics(self.after)),
             forgetting=Forgetting.of(self.general_loss.get("before"), self.general_loss.get("after")),

@@ -340,4 +340,10 @@ def build_trainer(spec: FineTuneSpec, model: Any, tokenizer: Any, data: Any, *, 
 
     trainer.remove_callback(PrinterCallback)  # our callback prints one compact line per log step
     trainer.finetune_packing_note = note  # read back into the summary
+    from launch import ranks
+    from launch.cadence import apply_cadence
+
+    trainer.finetune_cadence = apply_cadence(trainer, spec, world_size=ranks.world_size())
+    if trainer.finetune_cadence and ranks.is_main():
+        print(f"[finetune] per epoch: {trainer.finetune_cadence}", flush=True)
     return trainer

@@ -259,7 +259,7 @@ def test_validate_reports_format_and_chat_fallback(run_cli):
 
 
 def test_a_named_format_skips_detection_and_mapped_columns_are_read():
-    from sdk.data.check import load_samples
+    from sdk.data.samples import load_samples
 
     spec = format_spec("alpaca", "/tmp/unused").model_copy(deep=True)
     spec.data.format = "prompt_completion"
@@ -476,7 +476,7 @@ def test_the_client_counts_tokens_as_the_model_tokenizer_does(run_cli):
 
 
 def test_files_saved_with_a_byte_order_mark_are_read(tmp_path):
-    from sdk.data.check import load_samples
+    from sdk.data.samples import load_samples
 
     spec = format_spec("alpaca", str(tmp_path / "runs"))
     for name, body in (("bom.jsonl", '{"instruction": "Say hi", "output": "Hi"}\n'), ("bom.csv", "instruction,output\nSay hi,Hi\n"),

@@ -21,32 +21,39 @@ IMPORTS = {
     AX / "llama-3-qlora-1b.yml": ("sft", "qlora"),
     AX / "llama-3-qlora-1b-kto.yaml": ("kto", "qlora"),
     AX / "llama-3-fft-8b.yaml": ("sft", "full"),
+    AX / "llama-3-lora-8b.yml": ("sft", "qlora"),  # load_in_8bit: quant_type int8
+    AX / "llama-3-instruct-dpo-lora-8b.yml": ("dpo", "qlora"),  # load_in_8bit
+    AX / "llama-3-lora-1b-deduplicate-sft.yml": ("sft", "qlora"),  # load_in_8bit, two datasets
+    AX / "llama-3-qlora-fsdp-70b.yaml": ("sft", "qlora"),  # QLoRA under FSDP: ZeRO-3
+    AX / "magistral-magistral-small-fsdp-qlora.yaml": ("sft", "qlora"),  # QLoRA under FSDP: ZeRO-3
+    AX / "phi-phi3-ft-fsdp.yml": ("sft", "full"),  # FSDP with CPU offload
+    AX / "apertus-apertus-8b-qlora.yaml": ("sft", "qlora"),
     AX / "mistral-dpo-mistral-dpo-qlora.yml": ("dpo", "qlora"),
     AX / "mistral-orpo-mistral-qlora-orpo.yml": ("orpo", "qlora"),
     AX / "gpt-oss-gpt-oss-20b-fft-deepspeed-zero3.yaml": ("sft", "full"),
+    LF / "train_lora-qwen3_lora_sft.yaml": ("sft", "lora"),  # two datasets
+    LF / "train_lora-qwen3_lora_sft_ds3.yaml": ("sft", "lora"),
+    LF / "train_full-qwen3_full_sft.yaml": ("sft", "full"),
+    LF / "train_qlora-qwen3_lora_sft_otfq.yaml": ("sft", "qlora"),
+    LF / "extras-fsdp_qlora-llama3_lora_sft.yaml": ("sft", "qlora"),
     LF / "train_lora-qwen3_lora_dpo.yaml": ("dpo", "lora"),
+    LF / "train_lora-qwen3_lora_kto.yaml": ("kto", "lora"),  # batch 1 × 8 written as 2 × 4
     LF / "train_lora-qwen3_lora_pretrain.yaml": ("sft", "lora"),
     LF / "ascend-qwen3_full_sft_fsdp2.yaml": ("sft", "full"),
 }
 # file -> the start of each line of the refusal (one per missing capability)
 REFUSALS = {
-    AX / "llama-3-instruct-dpo-lora-8b.yml": ["load_in_8bit: an 8-bit base"],
-    AX / "llama-3-lora-1b-deduplicate-sft.yml": ["load_in_8bit: an 8-bit base", "datasets: 2 datasets in one run"],
     AX / "llama-3-qlora-1b-gdpo.yaml": ["rl: gdpo", "datasets[0].type: rwd.gsm8k_transform: a custom Python transform"],
-    AX / "llama-3-qlora-fsdp-70b.yaml": ["fsdp: QLoRA under FSDP", "fsdp_config.fsdp_offload_params: FSDP CPU offload"],
-    AX / "phi-phi3-ft-fsdp.yml": ["fsdp_config.fsdp_offload_params: FSDP CPU offload"],
-    AX / "llava-lora-7b.yaml": ["processor_type: AutoProcessor: images/video rows",
-                                "lora_target_modules: a regular expression"],
+    AX / "llava-lora-7b.yaml": ["processor_type: AutoProcessor: images/video rows"],
     AX / "alst-llama3-8b-deepspeed-alst.yaml": ["context_parallel_size: 8: long-context/sequence", "tiled_mlp",
-                                                "datasets: 2 datasets in one run", "datasets[0].data_files"],
-    LF / "train_lora-qwen3_lora_sft.yaml": ["dataset: 2 datasets in one run"],
-    LF / "train_lora-qwen3_lora_sft_ds3.yaml": ["dataset: 2 datasets in one run"],
-    LF / "train_full-qwen3_full_sft.yaml": ["dataset: 2 datasets in one run"],
-    LF / "train_qlora-qwen3_lora_sft_otfq.yaml": ["dataset: 2 datasets in one run"],
-    LF / "train_lora-qwen3vl_lora_sft.yaml": ["dataset: 3 datasets in one run", "dataset: mllm_demo: images/video"],
+                                                "datasets[0].data_files"],
+    AX / "gemma3-gemma-3-1b-qlora.yml": ["unfrozen_parameters: training a chosen subset"],
+    AX / "glm47-flash-lora_fsdp.yaml": ["fsdp: an 8-bit base (load_in_8bit) under FSDP"],
+    LF / "train_lora-qwen3vl_lora_sft.yaml": ["dataset: mllm_demo: images/video"],
     LF / "train_lora-qwen3_lora_reward.yaml": ["stage: rm: a reward model"],
     LF / "extras-fp8-llama3_fp8_deepspeed_sft.yaml": ["fp8: True: FP8 training"],
-    LF / "train_lora-qwen3_lora_kto.yaml": ["the recipe it maps to is refused: train.batch_size: kto estimates"],
+    LF / "extras-loraplus-llama3_lora_sft.yaml": ["loraplus_lr_ratio: 16.0: a custom loss, optimizer or init"],
+    LF / "extras-pissa-llama3_lora_sft.yaml": ["pissa_init: True: a custom loss, optimizer or init"],
 }
 
 
@@ -80,8 +87,8 @@ def test_header_names_the_defaults_that_differ():
     axolotl = import_config(AX / "llama-3-qlora-1b-kto.yaml")
     assert axolotl.recipe["data"]["eval_split"] == 0
     assert any(n.startswith("data.eval_split: 0: Axolotl holds nothing out") for n in axolotl.notes)
-    assert any(n.startswith("evals_per_epoch: 4: the spec has no per-epoch cadence; set train.eval_steps")
-               for n in axolotl.notes)
+    assert any(n.startswith("evals_per_epoch: 4 dropped: nothing is held out") for n in axolotl.notes)
+    assert import_config(AX / "llama-3-qlora-1b.yml").recipe["train"]["evals_per_epoch"] == 4
     full = import_config(AX / "llama-3-fft-8b.yaml")
     assert full.recipe["model"]["dtype"] == "bfloat16"
     assert any(n.startswith("model.dtype: bfloat16: Axolotl loads a full fine-tune's weights in bf16") for n in full.notes)
@@ -131,8 +138,100 @@ def test_cli_refusal_exits_2_one_line_per_gap():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "sdk.cli", "import", str(AX / "llama-3-qlora-fsdp-70b.yaml")],
+    done = subprocess.run([sys.executable, "-m", "sdk.cli", "import", str(AX / "llama-3-qlora-1b-gdpo.yaml")],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 2 and done.stdout == ""
     lines = done.stderr.strip().splitlines()
     assert "cannot import" in lines[0] and len(lines) == 3
+
+
+# ------------------------------------------------------------------------------------------ the gaps
+
+
+def test_several_datasets_become_sources_with_each_ones_cap():
+    recipe = import_config(LF / "train_lora-qwen3_lora_sft.yaml").recipe
+    sources = recipe["data"]["sources"]
+    assert [Path(s["source"]).name for s in sources] == ["identity.json", "alpaca_en_demo.json"]
+    assert all(s["format"] == "alpaca" and s["max_samples"] == 1000 for s in sources)  # LLaMA-Factory caps each one
+    axolotl = import_config(AX / "llama-3-lora-1b-deduplicate-sft.yml").recipe["data"]["sources"]
+    assert len(axolotl) == 2 and all("weight" not in s for s in axolotl)  # Axolotl concatenates
+
+
+def test_interleave_probs_become_weights(tmp_path):
+    config = tmp_path / "mix.yaml"
+    text = (LF / "train_lora-qwen3_lora_sft.yaml").read_text()
+    config.write_text(text + "\nmix_strategy: interleave_over\ninterleave_probs: 0.8,0.2\n")
+    data = import_config(config, data_dir=LF / "data").recipe["data"]
+    assert [s["weight"] for s in data["sources"]] == [0.8, 0.2] and data["stopping_strategy"] == "all_exhausted"
+    config.write_text(text + "\nmix_strategy: interleave_under\ninterleave_probs: 0.5\n")
+    with pytest.raises(ImportRefused, match="interleave_probs: 1 probabilities for 2 datasets"):
+        import_config(config, data_dir=LF / "data")
+
+
+def test_the_other_gaps_map_onto_the_spec(tmp_path):
+    assert import_config(AX / "llama-3-lora-8b.yml").recipe["method"]["quant_type"] == "int8"
+    assert import_config(AX / "llama-3-qlora-fsdp-70b.yaml").recipe["distributed"] == {
+        "strategy": "deepspeed", "zero_stage": 3, "offload": True}
+    assert import_config(AX / "phi-phi3-ft-fsdp.yml").recipe["distributed"] == {"strategy": "fsdp", "offload": True}
+    kto = import_config(LF / "train_lora-qwen3_lora_kto.yaml")
+    assert (kto.recipe["train"]["batch_size"], kto.recipe["train"]["grad_accum"]) == (2, 4)
+    assert any(n.startswith("train.batch_size: 2, grad_accum: 4 (from 1 × 8") for n in kto.notes)
+    config = tmp_path / "regex.yml"
+    config.write_text(yaml.safe_dump({"base_model": "m/x", "adapter": "lora", "datasets": [{"path": "d.jsonl"}],
+                                      "lora_target_modules": r"model\.layers\.\d+\.self_attn\.(q|v)_proj"}))
+    assert import_config(config).recipe["method"]["target_modules"] == r"model\.layers\.\d+\.self_attn\.(q|v)_proj"
+
+
+def _rows(folder: Path) -> dict[str, Path]:
+    import json
+
+    files = {"alpaca": folder / "alpaca.jsonl", "sharegpt": folder / "sharegpt.jsonl", "prefs": folder / "prefs.jsonl",
+             "text": folder / "text.jsonl"}
+    files["alpaca"].write_text("".join(json.dumps({"instruction": f"Add {i} and 2.", "output": str(i + 2)}) + "\n"
+                                       for i in range(60)))
+    files["sharegpt"].write_text("".join(json.dumps({"conversations": [{"from": "human", "value": f"Say {i}"},
+                                                                       {"from": "gpt", "value": str(i)}]}) + "\n"
+                                         for i in range(40)))
+    files["prefs"].write_text("".join(json.dumps({"prompt": f"Say {i}", "chosen": str(i), "rejected": "no"}) + "\n"
+                                      for i in range(40)))
+    files["text"].write_text("".join(json.dumps({"text": f"Document {i} says {i} twice: {i}."}) + "\n"
+                                     for i in range(40)))
+    return files
+
+
+# config -> its data overridden (the model is tiny:llama for every one); the first mixes two formats by weight
+TRAINED = {
+    LF / "train_lora-qwen3_lora_sft.yaml": lambda f: [
+        "data.sources.0.source=" + str(f["alpaca"]), "data.sources.0.weight=0.8",
+        "data.sources.1.source=" + str(f["sharegpt"]), "data.sources.1.format=sharegpt", "data.sources.1.weight=0.2"],
+    LF / "train_lora-qwen3_lora_dpo.yaml": lambda f: ["data.source=" + str(f["prefs"])],
+    LF / "train_lora-qwen3_lora_pretrain.yaml": lambda f: ["data.source=" + str(f["text"])],
+    AX / "llama-3-qlora-1b.yml": lambda f: ["data.source=" + str(f["alpaca"])],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", list(TRAINED), ids=lambda p: p.name)
+def test_an_imported_recipe_trains_the_tiny_model(path, tmp_path):
+    """As a user would: `finetune import`, then `finetune launch RECIPE --local` with the model and data set."""
+    import json
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "recipe.yaml"
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "sdk.cli", "import", str(path), "-o", str(recipe)],
+                          capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    sets = ["model=tiny:llama", *TRAINED[path](_rows(tmp_path)), "data.max_length=64", "train.max_steps=3",
+            "train.attention=auto", "eval.before=false", "eval.generations=0", "eval.forgetting=false",
+            "eval.num_samples=4", f"output={tmp_path / 'runs'}"]
+    launched = subprocess.run([sys.executable, "-m", "sdk.cli", "launch", str(recipe), "--local",
+                               *[f"--set={s}" for s in sets]], capture_output=True, text=True, cwd=root, timeout=600,
+                              env={**__import__("os").environ, "FINETUNE_HOME": str(tmp_path / "home")})
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+    assert summary["steps"] == 3
+    if "sources" in yaml.safe_load(recipe.read_text())["data"]:
+        assert [s["format"] for s in summary["data_sources"]] == ["alpaca", "sharegpt"]
+        assert [s["weight"] for s in summary["data_sources"]] == [0.8, 0.2]

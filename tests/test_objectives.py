@@ -120,8 +120,8 @@ def test_sweeps_know_each_objectives_metrics_and_goals():
 
 
 def _rows(spec, rows):
-    from sdk.data.check import load_samples
     from sdk.data.rendering import Renderer
+    from sdk.data.samples import load_samples
 
     path = Path(spec.data.source)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -314,7 +314,7 @@ def test_openai_reinforcement_rows_read_as_openai_writes_them(tmp_path):
     rows, _ = _rows(spec, [{"messages": [{"role": "developer", "content": "Be brief."},
                                          {"role": "user", "content": "2+2?"}], "answer": "4"}])
     assert rows[0]["prompt"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
-    from sdk.data.check import load_samples
+    from sdk.data.samples import load_samples
 
     path = tmp_path / "tools.jsonl"
     path.write_text(json.dumps({"messages": [{"role": "user", "content": "Weather?"}], "answer": "x",

@@ -17,14 +17,15 @@ from typing import Any
 
 def examples_for(spec: Any, template: str | None, data: str, limit: int | None) -> list[Any]:
     """The file's rows (any supported format) as evaluation examples, written in `template` (a run's resolved one)."""
-    from sdk.data.check import load_samples
     from sdk.data.rendering import Renderer
     from sdk.data.rows import DataError
+    from sdk.data.samples import load_samples
 
-    mapped = spec.model_copy(deep=True)  # the run's field mapping and system prompt; the file's own format
-    mapped.data.source, mapped.data.eval_source, mapped.data.format, mapped.data.file_type = data, None, "auto", "auto"
-    if template in ("instruction", "chat", "plain"):
-        mapped.data.template = template
+    # the run's field mapping and system prompt (its first source's, when it had several); the file's own format
+    first = spec.data.parts()[0].data
+    chosen = {"template": template} if template in ("instruction", "chat", "plain") else {}
+    mapped = spec.model_copy(update={"data": first.model_copy(update={
+        "source": data, "sources": [], "eval_source": None, "format": "auto", "file_type": "auto", **chosen})})
     check = load_samples(mapped, data, "--data", any_objective=True)
     if check.bad:
         raise DataError(check.error())

@@ -101,29 +101,52 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> tuple[dict[st
     origin: dict[tuple, str] = {}
     for text in overrides:
         keys, value = parse_override(text)
-        node = data
-        for i, key in enumerate(keys[:-1]):
-            child = node.get(key)
-            if isinstance(child, str) and key in ("model", "data", "method", "objective", "distributed"):
-                child = {"id": child} if key == "model" else {"source": child} if key == "data" else {
-                    "strategy" if key == "distributed" else "name": child
-                }
-            elif child is None:
-                child = {}
-            elif not isinstance(child, dict):
-                raise SpecError(f"--set {text}: {'.'.join(keys[: i + 1])} is a value, not a section")
-            node[key] = child
-            node = child
-        node[keys[-1]] = value
-        origin[tuple(keys)] = f"--set {text}"
+        path: list[str | int] = [_key(node, key, text, keys[:i]) for i, key in enumerate(keys)
+                                 for node in [_at(data, keys[:i], text)]]
+        node = _at(data, keys[:-1], text)
+        node[path[-1]] = value
+        origin[tuple(path)] = f"--set {text}"
         other = EXCLUSIVE.get(tuple(keys))
         if other and other not in origin and value is not None and isinstance(node, dict):
             node.pop(other[-1], None)  # --set train.max_steps=500 replaces the recipe's epochs, and vice versa
     return data, origin
 
 
+# A section written as one string, as a mapping (`data: file.jsonl` is `data: {source: file.jsonl}`).
+_STRING_SECTIONS = {"model": "id", "data": "source", "method": "name", "objective": "name", "distributed": "strategy",
+                    "sources": "source"}
+
+
+def _key(node: Any, key: str, text: str, above: list[str]) -> str | int:
+    """A dotted key's part: a name in a mapping, or an index into a list (data.sources.1.weight=0.2)."""
+    if not isinstance(node, list):
+        return key
+    if not key.isdigit() or int(key) >= len(node):
+        raise SpecError(f"--set {text}: {'.'.join(above)} is a list of {len(node)}; {key!r} is not an index of it")
+    return int(key)
+
+
+def _at(data: dict[str, Any], keys: list[str], text: str) -> Any:
+    """The section at a dotted path, made where missing (and a section written as a string made a mapping)."""
+    node: Any = data
+    for i, key in enumerate(keys):
+        part = _key(node, key, text, keys[:i])
+        child = node[part] if isinstance(node, list) else node.get(part)
+        owner = keys[i - 1] if isinstance(node, list) and i else key
+        if isinstance(child, str) and owner in _STRING_SECTIONS:
+            child = {_STRING_SECTIONS[owner]: child}
+        elif child is None:
+            child = {}
+        elif not isinstance(child, (dict, list)):
+            raise SpecError(f"--set {text}: {'.'.join(keys[: i + 1])} is a value, not a section")
+        node[part] = child
+        node = child
+    return node
+
+
 # Settings of which a spec takes one: an override of either replaces the other written in the recipe.
-EXCLUSIVE = {("train", "max_steps"): ("train", "epochs"), ("train", "epochs"): ("train", "max_steps")}
+EXCLUSIVE = {("train", "max_steps"): ("train", "epochs"), ("train", "epochs"): ("train", "max_steps"),
+             ("data", "source"): ("data", "sources"), ("data", "sources"): ("data", "source")}
 
 
 def _locator(source: str, lines: dict[tuple, int], origin: dict[tuple, str]):

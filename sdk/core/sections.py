@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
+from sdk.core.dataspec import FILE_TYPES, DataSource, DataSpec, FieldMap, RowFormatName  # noqa: F401
 from sdk.core.parts import EndpointUrl, SpecPart
-from sdk.objectives.base import ROW_FORMATS
 
 # --------------------------------------------------------------------------------------------- model
 
@@ -26,81 +26,6 @@ class ModelSpec(SpecPart):
     @classmethod
     def _from_string(cls, value: Any) -> Any:
         return {"id": value} if isinstance(value, str) else value
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-
-RowFormatName = Literal[("auto", *ROW_FORMATS)]  # type: ignore[valid-type]  # the names sdk.objectives.base registers
-FILE_TYPES = ("jsonl", "json", "csv", "parquet", "txt", "txt_blocks")
-
-
-class FieldMap(SpecPart):
-    """Which column of the data holds each role. Unused roles are ignored by the template.
-
-    An integer in the `output` column is read as an index into `eval.labels` (AG-News style).
-    """
-
-    instruction: str = "instruction"
-    input: str = "input"
-    output: str = "output"
-    text: str = "text"
-    messages: str = "messages"
-    conversations: str = "conversations"
-    prompt: str = "prompt"
-    completion: str = "completion"
-    chosen: str = "chosen"
-    rejected: str = "rejected"
-    label: str = "label"  # binary feedback: true when the row's answer is desirable (objective: kto)
-    tools: str = "tools"  # chat rows: the functions the assistant may call (OpenAI's tools, or a JSON string of them)
-
-
-class DataSpec(SpecPart):
-    source: str = Field(
-        min_length=1,
-        description="local file or dir, s3://bucket/key, a Hub dataset id, or builtin:<name>",
-    )
-    format: RowFormatName = Field(
-        "auto", description="the rows' layout; auto detects it from the rows (see sdk.data.formats)")
-    file_type: Literal[("auto", *FILE_TYPES)] = Field(  # type: ignore[valid-type]
-        "auto", description="auto: from the suffix (.txt is txt). txt: each file is one document (a folder of .txt files "
-                            "is a corpus); txt_blocks: each block of lines between blank lines is one document")
-    split: str = Field("train", description="split name for Hub datasets")
-    fields: FieldMap = Field(default_factory=FieldMap)
-    template: Literal["auto", "instruction", "chat", "plain"] = Field(
-        "auto", description="how a row becomes training text: instruction ('### Instruction/### Response'), chat (the "
-                            "tokenizer's chat template), plain (prompt as written); auto: chat for conversations, "
-                            "instruction for instruction rows, plain for prompt/completion and text")
-    instruction: str | None = Field(
-        None, description="fixed instruction for rows without one (classification data: text + label)"
-    )
-    system_prompt: str | None = None
-    eval_source: str | None = Field(None, description="held-out data; else `eval_split` of the source")
-    eval_split: float | None = Field(None, ge=0, lt=1, description="fraction held out (default 0.1 without eval_source)")
-    max_samples: int | None = Field(None, ge=1, description="use at most this many training rows")
-    max_length: int = Field(512, ge=8, le=1_048_576)
-    packing: bool = False
-    completion_only_loss: bool = Field(True, description="loss on the response only, not the prompt")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_string(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return {"source": value}
-        if isinstance(value, dict):
-            value = dict(value)
-            if value.get("format") in FILE_TYPES and value.get("file_type", "auto") == "auto":
-                value["file_type"] = value.pop("format")  # `format: jsonl` names the file type, as it used to
-            if value.get("template") == "text":  # the text template: plain text rows
-                value["template"] = "plain"
-                value.setdefault("format", "text")
-        return value
-
-    @property
-    def holdout_fraction(self) -> float:
-        if self.eval_split is not None:
-            return self.eval_split
-        return 0.0 if self.eval_source else 0.1
 
 
 # --------------------------------------------------------------------------------------------- train
@@ -140,6 +65,10 @@ class TrainSpec(SpecPart):
         2, ge=1, description="committed checkpoints kept in the store, oldest deleted first; null keeps all"
     )
     eval_steps: int | None = Field(None, ge=1)
+    evals_per_epoch: int | None = Field(None, ge=1, description="evaluate this many times an epoch: eval_steps resolved "
+                                                                "on the node from the real row count (in the summary)")
+    saves_per_epoch: int | None = Field(None, ge=1, description="commit this many checkpoints an epoch: save_steps "
+                                                                "resolved on the node from the real row count")
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainSpec:
@@ -147,6 +76,9 @@ class TrainSpec(SpecPart):
             raise ValueError("set max_steps or epochs, not both")
         if self.warmup_ratio and self.warmup_steps:
             raise ValueError("set warmup_ratio or warmup_steps, not both")
+        for steps, per_epoch in (("eval_steps", "evals_per_epoch"), ("save_steps", "saves_per_epoch")):
+            if getattr(self, steps) and getattr(self, per_epoch):
+                raise ValueError(f"set {steps} or {per_epoch}, not both")
         return self
 
     @property

@@ -34,7 +34,7 @@ from sdk.core.sections import (  # noqa: F401  (imported from here by every call
     TrainSpec,
     WandbTracking,
 )
-from sdk.objectives import OBJECTIVES, data_refusal, objective_of
+from sdk.objectives import OBJECTIVES, data_refusal, mixture_refusal, objective_of
 
 DEFAULT_OUTPUT = "~/.finetune/runs"
 
@@ -192,9 +192,14 @@ class FineTuneSpec(SpecPart):
             trains = ", ".join(sorted(o.name for o in OBJECTIVES.values() if o.soft_prompts))
             raise _CrossFieldError("method", f"{method.name} learns soft prompts, which objective {objective.name} cannot "
                                    f"train; use objective {trains}, or a method that trains weights (lora, qlora …)")
-        refusal = data_refusal(objective.name, self.data.format, packing=self.data.packing)
-        if refusal:
-            raise _CrossFieldError(*refusal)
+        mixed = mixture_refusal([(p.field, p.data.format) for p in self.data.parts() if p.data.format != "auto"])
+        if mixed:
+            raise _CrossFieldError("data.sources", mixed)
+        for part in self.data.parts():
+            refusal = data_refusal(objective.name, part.data.format, packing=self.data.packing)
+            if refusal:
+                where = refusal[0] if part.field == "data.source" else f"{part.field}.format"
+                raise _CrossFieldError(where, refusal[1])
         for field_name, message in objective.check(self):
             raise _CrossFieldError(field_name, message)
         for key in objective.secrets(self.objective):  # forwarded to the node like any credential
@@ -209,6 +214,10 @@ class FineTuneSpec(SpecPart):
             raise _CrossFieldError("train.gradient_checkpointing", f"{method.name} does not support gradient checkpointing")
         if self.data.eval_source and self.data.eval_split:
             raise _CrossFieldError("data.eval_split", "set eval_source or eval_split, not both")
+        if self.train.evals_per_epoch and not self.data.eval_source and not any(
+                p.data.holdout_fraction for p in self.data.parts()):
+            raise _CrossFieldError("train.evals_per_epoch", "nothing is held out to evaluate on (data.eval_split 0 and "
+                                   "no data.eval_source)")
         overlap = set(self.secrets) & set(self.env)
         if overlap:
             raise _CrossFieldError("env", f"{sorted(overlap)} listed as secrets: secret values never go in the spec")

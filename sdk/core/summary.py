@@ -138,6 +138,27 @@ class ToolCalling(_Read):
     parser: str | None = None
 
 
+class DataSource(_Read):
+    """What one source gave the run (sdk.data.samples.SourceCheck.record); also the run folder's data.json."""
+
+    field: str  # data.source, or data.sources[i]
+    source: str
+    format: str | None = None
+    rows: int = 0  # read
+    eval_rows: int = 0  # held out
+    train_rows: int = 0  # trained on, after hold-out, max_samples and mixing
+    weight: float | None = None
+    sha256: str | None = None  # of the rows as read
+
+
+class Cadence(_Read):
+    """train.evals_per_epoch / saves_per_epoch resolved on the node (launch.cadence)."""
+
+    steps_per_epoch: int
+    eval_steps: int | None = None
+    save_steps: int | None = None
+
+
 class RunSummary(_Read):
     run_id: str
     model: str
@@ -161,7 +182,9 @@ class RunSummary(_Read):
     eval_loss: float | None = None
     train_rows: int
     eval_rows: int
-    data_format: str | None = None  # the rows' format (detected or named in data.format)
+    data_format: str | None = None  # the rows' format (detected or named in data.format); the first source's
+    data_sources: list[DataSource] = Field(default_factory=list)
+    cadence: Cadence | None = None
     template: str | None = None  # how prompts were written in training: instruction | chat | plain (generate, serve)
     instruction: str | None = None  # the one instruction every training row shared (a user's text is then the input)
     tool_calling: ToolCalling | None = None  # set when the rows offered tools

@@ -62,6 +62,7 @@ class Sample:
     label: bool | None = None  # feedback: is the completion desirable?
     tools: list[dict[str, Any]] | None = None  # conversation: the functions offered (sdk.data.tools.read_tools)
     fields: dict[str, Any] = field(default_factory=dict)  # the row as read: the references rewards look up by name
+    part: int = 0  # which source of data.parts() the row came from (its template, its count in the summary)
 
     @property
     def chat(self) -> bool:

@@ -6,13 +6,85 @@ No torch here: the client renders the same rows to count tokens before launch, t
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from sdk.core.dataspec import part_spec
 from sdk.core.spec import FineTuneSpec
-from sdk.data.check import template_for
-from sdk.data.formats import Instruction, Sample, trained_turn
+from sdk.data.formats import Instruction, RowError, Sample, trained_turn
 from sdk.objectives import objective_of
+
+_GENERATION_MARK = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def template_for(template: str, sample: Sample, *, chat_template: bool | None = None) -> str:
+    """The template a sample renders with ('auto' resolved), or RowError when it cannot render it.
+
+    `auto` writes instruction rows in the model's own chat template when its tokenizer has one (a user turn of
+    the instruction and input, the output as the assistant's turn: what a chat endpoint sends it), and in the
+    '### Instruction' template when it has none. `chat_template` None: not known here (the client without the
+    model's tokenizer); the node decides, and the summary says which."""
+    if sample.kind == "text":
+        if template not in ("auto", "plain"):
+            raise RowError(f"text rows train as written; template {template} needs prompts (use template: plain or auto)")
+        return "plain"
+    chat = sample.chat
+    if sample.tools and template not in ("auto", "chat"):
+        raise RowError(f"rows with tools are written in the model's chat template (its tool format), not the {template} "
+                       "template; use template: chat (or auto)")
+    if template == "auto":
+        if chat:
+            return "chat"
+        if isinstance(sample.prompt, Instruction):
+            return "instruction" if chat_template is False else "chat"
+        return "plain"
+    if chat and template != "chat":
+        turns = sample.turns or sample.prompt or []
+        users = sum(1 for t in turns if t["role"] == "user")
+        if users > 1 or any(t["role"] == "system" for t in turns):
+            raise RowError(f"a conversation with {users} user turn(s)"
+                           f"{' and a system turn' if any(t['role'] == 'system' for t in turns) else ''} "
+                           f"cannot be written in the {template} template; use template: chat (or auto)")
+    return template
+
+
+def auto_template_note(chat_template: bool | None) -> str:
+    """What `template: auto` made of instruction rows, for the report and the node's log."""
+    if chat_template is None:
+        return ("auto: instruction rows are written in the model's chat template if its tokenizer has one, else in "
+                "'### Instruction' (the model's tokenizer is not on this machine: the node decides; the summary says which)")
+    if chat_template:
+        return ("auto → chat: instruction rows become a user turn (instruction, input) and the assistant's answer in the "
+                "model's chat template, as a chat endpoint sends them (data.template: instruction for '### Instruction')")
+    return "auto → instruction: the model's tokenizer has no chat template, so rows are written in '### Instruction'"
+
+
+def chat_loss_route(chat_template: str | None, *, weighted: bool) -> tuple[str, str]:
+    """How multi-turn chat learns only the assistant's turns: 'assistant_masks' where the chat template marks
+    them ({% generation %}), else 'per_turn': one example per assistant turn with the turns before it as the prompt."""
+    if chat_template and _GENERATION_MARK.search(chat_template):
+        if weighted:
+            return "per_turn", ("some assistant turns have weight 0, which the template's assistant masks cannot skip: "
+                                "one example per trained assistant turn, the turns before it as the prompt")
+        return "assistant_masks", "the chat template marks assistant turns ({% generation %}): the loss is on them only"
+    return "per_turn", ("the chat template does not mark assistant turns ({% generation %}), so each trained assistant "
+                        "turn becomes its own example with the turns before it as the prompt (loss on that turn only)")
+
+
+def row_shape(template: str, sample: Sample) -> str:
+    """How a sample written in a template looks to the trainer: the shape every row of one run must share."""
+    if sample.kind == "text":
+        return "documents (a corpus)"
+    return "chat turns" if template == "chat" else "text prompts"
+
+
+def shape_refusal(shapes: dict[str, str]) -> str:
+    """Sources whose rows are written in different shapes (a corpus, chat turns, text prompts), which one trainer
+    dataset cannot hold together."""
+    held = "; ".join(f"{field} as {shape}" for shape, field in shapes.items())
+    return (f"the sources' rows are written in different shapes ({held}): one run trains one shape; set the same "
+            "data.template on every source (chat writes instruction rows in the model's chat template)")
 
 
 def instruction_prompt(instruction: str, input_text: str | None) -> str:
@@ -55,7 +127,7 @@ class Example:
 
 
 class Renderer:
-    """Samples into trl rows, each in the template it resolves to (sdk.data.check.template_for).
+    """Samples into trl rows, each in the template it resolves to (template_for).
 
     Multi-turn chat learns the assistant turns only: with `route` "assistant_masks" a conversation stays one
     `messages` row (trl masks by the template's {% generation %} marks); with "per_turn" each trained assistant
@@ -131,6 +203,29 @@ class Renderer:
         if ex.rejected is not None:
             return [{"prompt": ex.prompt, "chosen": wrap(ex.response), "rejected": wrap(ex.rejected)}]
         return [{"prompt": ex.prompt, "completion": wrap(ex.response)}]
+
+
+class Renderers:
+    """One Renderer per source of the spec (each writes its rows in its own template), picked by a sample's part."""
+
+    def __init__(self, spec: FineTuneSpec, route: str = "per_turn", *, chat_template: bool | None = None):
+        self.each = [Renderer(part_spec(spec, p), route, chat_template=chat_template) for p in spec.data.parts()]
+
+    def template(self, sample: Sample) -> str:
+        return self.each[sample.part].template(sample)
+
+    def example(self, sample: Sample) -> Example:
+        return self.each[sample.part].example(sample)
+
+    def trainer_rows(self, sample: Sample) -> list[dict[str, Any]]:
+        return self.each[sample.part].trainer_rows(sample)
+
+    def shapes(self, samples: list[Sample]) -> dict[str, str]:
+        """The shape of each source's rows (row_shape) → the first source written in it."""
+        out: dict[str, str] = {}
+        for s in samples:
+            out.setdefault(row_shape(self.template(s), s), f"data.sources[{s.part}]")
+        return out
 
 
 def row_text(row: dict[str, Any], render_chat: Any, eos: str) -> str:

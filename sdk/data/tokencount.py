@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from sdk.core.spec import FineTuneSpec
+from sdk.data.formats import Sample
+from sdk.data.rows import DataError
 
 _GENERATION_TAGS = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
 
@@ -95,3 +97,51 @@ class ClientTokenizer:
 
     def count(self, texts: list[str]) -> list[int]:
         return [len(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+
+class LengthCount:
+    """How many rows are longer than max_length tokens (they would be truncated), counted in batches with
+    the model's tokenizer; the texts are rendered exactly as the node renders them."""
+
+    BATCH = 512
+
+    def __init__(self, max_length: int, tokenizer: Any, renderer: Any):
+        self.max_length, self.tokenizer, self.renderer = max_length, tokenizer, renderer
+        self.reset()
+
+    def reset(self) -> None:
+        self.pending: list[str] = []
+        self.rows = self.long = self.longest = 0
+        self.failed: str | None = None
+
+    def add(self, sample: Sample) -> None:
+        from sdk.data.rendering import row_text
+
+        if self.tokenizer is None or self.failed:
+            return
+        try:
+            self.pending += [row_text(r, self.tokenizer.render_chat, self.tokenizer.eos) for r in self.renderer.trainer_rows(sample)]
+        except Exception as exc:  # a chat template that refuses the turns: the node will say so too
+            if sample.tools:  # a tool row the template cannot write cannot train: refused before launch
+                raise DataError(f"{sample.where}: the model's chat template cannot render this row: {exc}") from None
+            self.failed = f"{sample.where}: the chat template cannot render this row ({exc})"
+        if len(self.pending) >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        counts = self.tokenizer.count(self.pending) if self.pending else []
+        self.rows += len(counts)
+        self.long += sum(1 for c in counts if c > self.max_length)
+        self.longest = max([self.longest, *counts])
+        self.pending = []
+
+    def report(self) -> str:
+        if self.tokenizer is None:
+            return "token lengths: the model's tokenizer is not on this machine; the node counts rows over max_length"
+        if self.failed:
+            return f"token lengths not counted: {self.failed}"
+        self._flush()
+        if self.long:
+            return (f"{self.long} of {self.rows} rows are longer than max_length {self.max_length} tokens "
+                    f"(longest {self.longest}) and will be truncated")
+        return f"every row fits in max_length {self.max_length} tokens (longest {self.longest})"

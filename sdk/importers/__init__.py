@@ -94,5 +94,25 @@ def import_config(path: str | Path, *, data_dir: str | Path | None = None) -> Im
     try:
         parse_spec(draft.recipe)
     except SpecError as exc:
-        raise ImportRefused(str(path), [f"the recipe it maps to is refused: {p.strip()}" for p in exc.problems]) from None
+        if not _batch_from_accumulation(draft, exc.problems):
+            raise ImportRefused(str(path), [f"the recipe it maps to is refused: {p.strip()}" for p in exc.problems]) from None
+        try:
+            parse_spec(draft.recipe)
+        except SpecError as again:
+            raise ImportRefused(str(path), [f"the recipe it maps to is refused: {p.strip()}"
+                                            for p in again.problems]) from None
     return ImportResult(importer.name, file.name, draft.recipe, draft.notes)
+
+
+def _batch_from_accumulation(draft: Draft, problems: list[str]) -> bool:
+    """A micro-batch the objective refuses (one that needs other rows in it) grows by what gradient accumulation held,
+    the effective batch unchanged; False when there is none to take."""
+    refusal = next((p.strip() for p in problems if p.strip().startswith("train.batch_size")), None)
+    train = draft.recipe.get("train", {})
+    batch, accum = int(train.get("batch_size", 1)), int(train.get("grad_accum", 1))
+    if refusal is None or len(problems) > 1 or accum < 2 or accum % 2:
+        return False
+    train.update(batch_size=batch * 2, grad_accum=accum // 2)
+    draft.note(f"train.batch_size: {batch * 2}, grad_accum: {accum // 2} (from {batch} × {accum}: the same effective "
+               f"batch), because {refusal}")
+    return True

@@ -59,8 +59,6 @@ def convert(d: Draft) -> None:
 
 
 def _refusals(d: Draft) -> None:
-    if d.get("load_in_8bit"):
-        d.lack("load_in_8bit: an 8-bit base: the product quantizes a frozen base to 4 bits only (method: qlora)")
     for key in ("context_parallel_size", "sequence_parallel_degree", "tensor_parallel_size"):
         if (d.get(key) or 1) > 1:
             d.lack(f"{key}: {d.get(key)}: long-context/sequence (or tensor) parallelism: each rank holds whole sequences")
@@ -96,9 +94,13 @@ def _method(d: Draft) -> None:
     if registered is None:
         d.lack(f"adapter: {adapter}: methods are {', '.join(REGISTRY)}")
         return
-    quantized = registered.quantized_base or bool(d.get("load_in_4bit"))
+    eight = bool(d.get("load_in_8bit")) and not d.get("load_in_4bit")
+    quantized = registered.quantized_base or bool(d.get("load_in_4bit")) or eight
     d.set("method.name", "qlora" if quantized else "dora" if d.get("peft_use_dora") else adapter)
-    if quantized and not registered.quantized_base:
+    if eight:
+        d.set("method.quant_type", "int8")
+        d.note(f"adapter: {adapter} with load_in_8bit written as method qlora, quant_type: int8 (bitsandbytes LLM.int8)")
+    elif quantized and not registered.quantized_base:
         d.note(f"adapter: {adapter} with load_in_4bit written as method qlora")
     r, alpha = d.get("lora_r"), d.get("lora_alpha")
     if r is None or alpha is None:
@@ -124,8 +126,9 @@ def _targets(d: Draft) -> None:
         if modules:
             d.note("lora_target_modules: listed beside lora_target_linear: true, which targets every linear layer")
     elif isinstance(modules, str):
-        d.lack(f"lora_target_modules: a regular expression ({modules}): target_modules names modules, "
-               "all-linear or attention")
+        d.set("method.target_modules", modules)
+        d.note(f"lora_target_modules: {modules} read as a regular expression over module names (as PEFT reads a "
+               "string); checked against the model's modules before launch")
     elif modules:
         d.set("method.target_modules", list(modules))
     else:
@@ -174,11 +177,14 @@ def _objective(d: Draft) -> str:
 
 def _data(d: Draft, kind: str) -> None:
     datasets = d.get("datasets", [])
-    if len(datasets) > 1:
-        d.lack(f"datasets: {len(datasets)} datasets in one run: data.source is one file, folder or Hub id "
-               "(concatenate them into one file first)")
-    for dataset in datasets[:1]:
-        _dataset(d, dataset, kind)
+    sources = [_dataset(d, dataset, kind, f"datasets[{i}]") for i, dataset in enumerate(datasets)]
+    if len(sources) == 1 and sources[0] is not None:
+        for key, value in sources[0].items():
+            d.set(f"data.{key}", value)
+    elif sources and all(s is not None for s in sources):
+        d.set("data.sources", sources)
+        d.note(f"datasets: {len(sources)} datasets written as data.sources, concatenated and shuffled as Axolotl "
+               "merges them; the hold-out is taken from each source (Axolotl takes it from the merged rows)")
     tests = d.get("test_datasets", [])
     if tests:
         d.set("data.eval_source", tests[0].get("path"))
@@ -194,42 +200,43 @@ def _data(d: Draft, kind: str) -> None:
         d.set("data.system_prompt", d.get("default_system_message"))
 
 
-def _dataset(d: Draft, dataset: dict[str, Any], kind: str) -> None:
+def _dataset(d: Draft, dataset: dict[str, Any], kind: str, key: str) -> dict[str, Any] | None:
+    """One of Axolotl's datasets as a source of the recipe, or None (with what it lacks) when it cannot be read."""
     type_name = dataset.get("type", "alpaca")
     if isinstance(type_name, dict):
-        d.lack("datasets[0].type: a prompt format defined inline: the product reads its row formats only")
-        return
+        d.lack(f"{key}.type: a prompt format defined inline: the product reads its row formats only")
+        return None
     if axolotl_custom(str(type_name)) and axolotl_rows(kind, str(type_name)) is None:
-        d.lack(f"datasets[0].type: {type_name}: a custom Python transform (refused: the product runs no "
+        d.lack(f"{key}.type: {type_name}: a custom Python transform (refused: the product runs no "
                "dataset code of your own; transform the rows into a file first)")
-        return
+        return None
     rows = axolotl_rows(kind, str(type_name))
     if rows is None:
-        d.lack(f"datasets[0].type: {type_name}: no row format of the product reads it for {kind} rows")
-        return
-    d.set("data.source", dataset.get("path"))
-    d.set("data.format", rows.format)
+        d.lack(f"{key}.type: {type_name}: no row format of the product reads it for {kind} rows")
+        return None
+    source: dict[str, Any] = {"source": dataset.get("path"), "format": rows.format}
     fields = dict(rows.fields)
-    for key, role in (("field_messages", "conversations" if rows.format in ("preference", "sharegpt") else "messages"),
-                      ("field_chosen", "chosen"), ("field_rejected", "rejected"), ("field", "text"),
-                      ("field_instruction", "instruction"), ("field_input", "input"), ("field_output", "output")):
-        if dataset.get(key):
-            fields[role] = dataset[key]
+    for name, role in (("field_messages", "conversations" if rows.format in ("preference", "sharegpt") else "messages"),
+                       ("field_chosen", "chosen"), ("field_rejected", "rejected"), ("field", "text"),
+                       ("field_instruction", "instruction"), ("field_input", "input"), ("field_output", "output")):
+        if dataset.get(name):
+            fields[role] = dataset[name]
     fields = {role: column for role, column in fields.items() if role != column}
     if fields:
-        d.set("data.fields", fields)
+        source["fields"] = fields
     if dataset.get("split"):
-        d.set("data.split", dataset["split"])
+        source["split"] = dataset["split"]
     if dataset.get("name"):
-        d.lack(f"datasets[0].name: {dataset['name']}: a Hub dataset's configuration (the product loads its default)")
+        d.lack(f"{key}.name: {dataset['name']}: a Hub dataset's configuration (the product loads its default)")
     if dataset.get("data_files"):
-        d.lack("datasets[0].data_files: files chosen inside a Hub dataset (name one file or folder as data.source)")
+        d.lack(f"{key}.data_files: files chosen inside a Hub dataset (name one file or folder as its source)")
     if type_name != rows.format:
-        d.note(f"datasets[0].type: {type_name} read as data.format: {rows.format}"
+        d.note(f"{key}.type: {type_name} read as format: {rows.format}"
                + (" (its prompt template is Axolotl's; the product uses the model's chat template)" if "." in type_name else ""))
-    for key in ("message_property_mappings", "roles", "field_thinking", "template_thinking_key"):
-        if dataset.get(key):
-            d.note(f"datasets[0].{key}: dropped: turns are read as role/content or from/value")
+    for name in ("message_property_mappings", "roles", "field_thinking", "template_thinking_key"):
+        if dataset.get(name):
+            d.note(f"{key}.{name}: dropped: turns are read as role/content or from/value")
+    return source
 
 
 def _train(d: Draft) -> None:
@@ -267,11 +274,16 @@ def _train(d: Draft) -> None:
                                                  "sdpa" if d.get("sdp_attention") else None)
     if attention:
         d.attention("attn_implementation", attention)
+    data = d.recipe.get("data", {})
+    held_out = data.get("eval_source") or data.get("eval_split") != 0
     for key in ("evals_per_epoch", "saves_per_epoch"):
-        if d.get(key):
-            target = "eval_steps" if key.startswith("evals") else "save_steps"
-            d.note(f"{key}: {d.get(key)}: the spec has no per-epoch cadence; set train.{target} to the steps per "
-                   f"epoch ÷ {d.get(key)} (rows ÷ (batch_size × grad_accum × GPUs))")
+        if not d.get(key) or d.get(key.replace("s_per_epoch", "_steps")):  # Axolotl lets a step count win
+            continue
+        if key == "evals_per_epoch" and not held_out:
+            d.note(f"evals_per_epoch: {d.get(key)} dropped: nothing is held out (val_set_size 0), so Axolotl "
+                   "evaluates nothing either")
+            continue
+        d.set(f"train.{key}", int(d.get(key)))
 
 
 def _distributed(d: Draft) -> None:
@@ -281,16 +293,21 @@ def _distributed(d: Draft) -> None:
     fsdp, fsdp_config = d.get("fsdp"), d.get("fsdp_config", {})
     if not (fsdp or fsdp_config or d.get("fsdp_version")):
         return
-    d.set("distributed", {"strategy": "fsdp"})
+    offload = bool(fsdp_config.get("fsdp_offload_params") or fsdp_config.get("offload_params") or "offload" in str(fsdp))
     method = d.recipe.get("method")
+    if isinstance(method, dict) and method.get("quant_type") == "int8":
+        d.lack("fsdp: an 8-bit base (load_in_8bit) under FSDP: bitsandbytes' int8 weights cannot be sharded by FSDP or "
+               "ZeRO-3; use load_in_4bit (sharded under ZeRO-3) or train without fsdp")
+        return
     if isinstance(method, dict) and REGISTRY[method.get("name", "lora")].quantized_base:
-        d.lack("fsdp: QLoRA under FSDP (FSDP2 corrupts 4-bit weights): use distributed: {strategy: deepspeed, "
-               "zero_stage: 3} instead")
-    if fsdp_config.get("fsdp_offload_params") or fsdp_config.get("offload_params") or "offload" in str(fsdp):
-        d.lack("fsdp_config.fsdp_offload_params: FSDP CPU offload (distributed.offload works with DeepSpeed only: "
-               "use strategy: deepspeed, zero_stage: 3, offload: true)")
-    d.note("fsdp_config: the product's FSDP2 wraps each decoder layer and shards fully; the other fsdp_config keys "
-           "are dropped")
+        d.set("distributed", {"strategy": "deepspeed", "zero_stage": 3, "offload": offload})
+        d.note("fsdp: QLoRA under FSDP written as DeepSpeed ZeRO-3 (FSDP2 corrupts 4-bit weights, bitsandbytes#1945); "
+               "ZeRO-3 shards the 4-bit base the same way" + (" and offloads the optimizer states" if offload else ""))
+        return
+    d.set("distributed", {"strategy": "fsdp", **({"offload": True} if offload else {})})
+    d.note("fsdp_config: the product's FSDP2 wraps each decoder layer and shards fully"
+           + (", parameters offloaded to CPU memory (distributed.offload)" if offload else "")
+           + "; the other fsdp_config keys are dropped")
 
 
 def _tracking(d: Draft) -> None:

@@ -86,8 +86,8 @@ def _objective(d: Draft) -> str:
 
 def _method(d: Draft) -> None:
     kind, bits = d.get("finetuning_type", "lora"), d.get("quantization_bit")
-    if bits is not None and bits != 4:
-        d.lack(f"quantization_bit: {bits}: a {bits}-bit base: the product quantizes a frozen base to 4 bits only")
+    if bits is not None and bits not in (4, 8):
+        d.lack(f"quantization_bit: {bits}: a {bits}-bit base: the product quantizes a frozen base to 4 or 8 bits")
     registered = REGISTRY.get(str(kind))
     if registered is None:
         d.lack(f"finetuning_type: {kind}: methods are {', '.join(REGISTRY)}")
@@ -98,7 +98,10 @@ def _method(d: Draft) -> None:
             d.set("model.dtype", "bfloat16")
             d.note("pure_bf16: written as model.dtype: bfloat16 (bf16 weights, no fp32 master copy)")
         return
-    d.set("method.name", "qlora" if bits == 4 else "dora" if d.get("use_dora") else "lora")
+    d.set("method.name", "qlora" if bits in (4, 8) else "dora" if d.get("use_dora") else "lora")
+    if bits == 8:
+        d.set("method.quant_type", "int8")
+        d.note("quantization_bit: 8 written as method qlora, quant_type: int8 (bitsandbytes LLM.int8)")
     r = int(d.get("lora_rank", 8))
     d.set("method.r", r)
     alpha = d.get("lora_alpha")
@@ -119,14 +122,12 @@ def _method(d: Draft) -> None:
 
 def _data(d: Draft, kind: str) -> None:
     names = [n.strip() for n in str(d.get("dataset", "")).split(",") if n.strip()]
-    if len(names) > 1:
-        d.lack(f"dataset: {len(names)} datasets in one run ({', '.join(names)}): data.source is one file, folder "
-               "or Hub id (concatenate them into one file first)")
     if not names:
         d.lack("dataset: none named")
         return
     info = _dataset_info(d)
-    for i, name in enumerate(names):
+    sources = []
+    for name in names:
         entry = info.get(name)
         if entry is None:
             d.lack(f"dataset: {name} is not in dataset_info.json")
@@ -134,20 +135,45 @@ def _data(d: Draft, kind: str) -> None:
         media = [c for c in MEDIA_COLUMNS if c in (entry.get("columns") or {})]
         if media:
             d.lack(f"dataset: {name}: images/video/audio rows ({', '.join(media)}; text models only)")
-        elif i == 0:
-            _dataset(d, name, entry, kind)
+            continue
+        sources.append(_dataset(d, name, entry, kind))
+    if len(sources) == len(names) and all(s is not None for s in sources):
+        _sources(d, sources)
     evals = [n.strip() for n in str(d.get("eval_dataset", "")).split(",") if n.strip()]
     if evals and evals[0] in info:
         d.set("data.eval_source", _source(d, info[evals[0]]))
     hold_out_and_length(d, tool="LLaMA-Factory", split=d.get("val_size", 0), split_key="val_size",
                         length=d.get("cutoff_len"), length_key="cutoff_len", eval_file=bool(evals))
-    if d.get("max_samples"):
-        d.set("data.max_samples", int(d.get("max_samples")))
     packing = d.get("packing", d.get("stage") == "pt")
     if packing:
         d.set("data.packing", True)
     if d.get("train_on_prompt"):
         d.set("data.completion_only_loss", False)
+
+
+def _sources(d: Draft, sources: list[dict[str, Any]]) -> None:
+    """One dataset as data.source; several as data.sources, weighted by interleave_probs when mixed that way.
+    max_samples caps each dataset in LLaMA-Factory: each source here."""
+    cap = {"max_samples": int(d.get("max_samples"))} if d.get("max_samples") else {}
+    if len(sources) == 1:
+        for key, value in {**sources[0], **cap}.items():
+            d.set(f"data.{key}", value)
+        return
+    strategy = str(d.get("mix_strategy", "concat"))
+    probs = [float(p) for p in str(d.get("interleave_probs", "")).split(",") if p.strip()]
+    weighted = strategy.startswith("interleave")
+    if weighted and not probs:
+        probs = [1.0] * len(sources)  # datasets.interleave_datasets without probabilities: one row of each in turn
+    if weighted and len(probs) != len(sources):
+        d.lack(f"interleave_probs: {len(probs)} probabilities for {len(sources)} datasets")
+        return
+    d.set("data.sources", [{**s, **cap, **({"weight": p} if weighted else {})}
+                           for s, p in zip(sources, probs or [None] * len(sources), strict=True)])
+    if strategy == "interleave_over":
+        d.set("data.stopping_strategy", "all_exhausted")
+    note = "mixed by weight in exact proportion (interleave_datasets samples them)" if weighted else "concatenated"
+    d.note(f"dataset: {len(sources)} datasets written as data.sources, {note}; the hold-out (val_size) is taken from "
+           "each source, where LLaMA-Factory takes it from the merged rows")
 
 
 def _dataset_info(d: Draft) -> dict[str, Any]:
@@ -173,31 +199,28 @@ def _source(d: Draft, entry: dict[str, Any]) -> str | None:
     return None
 
 
-def _dataset(d: Draft, name: str, entry: dict[str, Any], kind: str) -> None:
-    d.set("data.source", _source(d, entry))
+def _dataset(d: Draft, name: str, entry: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    """One entry of dataset_info.json as a source of the recipe, or None (with what it lacks)."""
+    source: dict[str, Any] = {"source": _source(d, entry)}
     for key in ("subset", "script_url", "folder"):
         if entry.get(key):
             d.lack(f"dataset: {name}: {key} {entry[key]} (a Hub configuration or a loading script)")
     if entry.get("split", "train") != "train":
-        d.set("data.split", entry["split"])
+        source["split"] = entry["split"]
     if d.get("stage") == "pt":
         column = (entry.get("columns") or {}).get("prompt", "text")
-        d.set("data.format", "text")
-        if column != "text":
-            d.set("data.fields", {"text": column})
-        return
-    row_kind = kind if not (entry.get("ranking") or "kto_tag" in (entry.get("columns") or {})) else \
-        "feedback" if "kto_tag" in (entry.get("columns") or {}) else "preference"
+        return {**source, "format": "text", **({"fields": {"text": column}} if column != "text" else {})}
+    columns = entry.get("columns") or {}
+    row_kind = kind if not (entry.get("ranking") or "kto_tag" in columns) else \
+        "feedback" if "kto_tag" in columns else "preference"
     rows = llamafactory_rows(row_kind, entry)
     if rows is None:
         d.lack(f"dataset: {name}: formatting {entry.get('formatting')}: no row format of the product reads it")
-        return
-    d.set("data.format", rows.format)
-    if rows.fields:
-        d.set("data.fields", rows.fields)
+        return None
     tags = entry.get("tags") or {}
     if tags and tags.get("role_tag", "from") not in ("from", "role"):
         d.lack(f"dataset: {name}: turns tagged {tags}: the product reads from/value and role/content turns")
+    return {**source, "format": rows.format, **({"fields": rows.fields} if rows.fields else {})}
 
 
 def _train(d: Draft) -> None:

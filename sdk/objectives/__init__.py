@@ -90,4 +90,15 @@ def kind_refusal(objective: str, data_format: str) -> str | None:
             f"not {data_format} rows")
 
 
+def mixture_refusal(formats: list[tuple[str, str]]) -> str | None:
+    """Why sources of these formats ((field, format) each) cannot train in one run: rows of different kinds (examples
+    and preference pairs …) train with different objectives, each named; None when they are one kind."""
+    kinds = {ROW_FORMATS[f] for _, f in formats if f in ROW_FORMATS}
+    if len(kinds) < 2:
+        return None
+    held = "; ".join(f"{field} holds {KIND_WORDS[ROW_FORMATS[f]]} ({f}: objective "
+                     f"{' or '.join(objective_for_rows(ROW_FORMATS[f]))})" for field, f in formats if f in ROW_FORMATS)
+    return f"one run trains one kind of row: {held}; train them in separate runs"
+
+
 _load()
