@@ -1,10 +1,10 @@
-"""Data: read rows from a source, map fields, render them with a template into trainer examples.
+"""Data on the node: every source's samples (sdk.data.samples: read, held out, mixed) rendered into trainer examples.
 
-Sources: a local file (jsonl, json, csv, parquet, txt), an s3:// object, a Hub dataset id, or builtin:<name>.
-Templates:
+Sources: a local file (jsonl, json, csv, parquet, txt), an s3:// object, a Hub dataset id, or builtin:<name>;
+several in one run (data.sources), each rendered in its own template (sdk.data.rendering.Renderers):
   instruction  '### Instruction:\\n…\\n\\n[### Input:\\n…\\n\\n]### Response:\\n' + response (loss on the response)
   chat         the tokenizer's chat template (rows with `messages`, or instruction rows as a user turn)
-  text         raw text in one column
+  plain        the prompt as written; text rows (a corpus) as they are
 SFT examples are prompt/completion pairs (trl appends EOS and masks the prompt when
 completion_only_loss); DPO examples are prompt/chosen/rejected; KTO examples prompt/completion/label.
 """
