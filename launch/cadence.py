@@ -23,12 +23,15 @@ def per_epoch_steps(epoch_steps: int, times: int | None) -> int | None:
 
 
 def resolve_cadence(spec: FineTuneSpec, rows: int, *, world_size: int) -> dict[str, int] | None:
-    """{steps_per_epoch, eval_steps, save_steps} for the per-epoch settings the spec has, or None without them."""
+    """{steps_per_epoch, eval_steps, save_steps} for the per-epoch settings the spec has, or None without them;
+    `steps_per_run` too when max_steps ends the run within its first epoch (the steps are then parts of the run)."""
     t = spec.train
     if not (t.evals_per_epoch or t.saves_per_epoch):
         return None
     epoch = steps_per_epoch(rows, batch_size=t.batch_size, grad_accum=t.grad_accum, world_size=world_size)
     out = {"steps_per_epoch": epoch}
+    if t.max_steps and t.max_steps < epoch:  # a run shorter than an epoch: the run is the epoch (Axolotl's reading)
+        epoch = out["steps_per_run"] = t.max_steps
     for key, times in (("eval_steps", t.evals_per_epoch), ("save_steps", t.saves_per_epoch)):
         steps = per_epoch_steps(epoch, times)
         if steps is not None:

@@ -255,7 +255,7 @@ def shared_instruction(rows: list[Sample]) -> str | None:
 
 
 class NodeTokens:
-    """The model's tokenizer in the shape sdk.data.check.LengthCount counts with (the client's is tokenizers +
+    """The model's tokenizer in the shape sdk.data.tokencount.LengthCount counts with (the client's is tokenizers +
     jinja2; here transformers itself)."""
 
     def __init__(self, tokenizer: Any):

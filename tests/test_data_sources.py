@@ -151,6 +151,46 @@ def test_a_bad_row_is_named_with_its_source(tmp_path):
     assert f"{bad}:2" in report.error()
 
 
+def test_validate_counts_the_section_cap_and_names_a_source_that_gives_nothing(tmp_path):
+    from sdk.data.check import check_data
+
+    a, b = _alpaca(tmp_path / "a.jsonl", 1000), _sharegpt(tmp_path / "b.jsonl", 500)
+    capped = check_data(_spec({"sources": [{"source": a, "weight": 0.8}, {"source": b, "weight": 0.2}],
+                               "max_samples": 100}))
+    assert [c.train_rows for c in capped.checks] == [80, 20]
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"instruction": "x", "output": "y"}) + "\n")
+    with pytest.raises(DataError, match=r"data.sources\[1\]: .*one.jsonl gives no training rows: 1 of its 1 row"):
+        check_data(_spec([{"source": a, "weight": 0.5}, {"source": str(one), "weight": 0.5, "eval_split": 0.9}]))
+
+
+def test_a_hub_source_leaves_the_counts_to_the_node(tmp_path):
+    from sdk.data.check import check_data
+
+    report = check_data(_spec([_alpaca(tmp_path / "a.jsonl", 10), "tatsu-lab/alpaca"]))
+    assert report.checks[0].train_rows is None and "held out" not in report.lines()[0]
+    assert any("tatsu-lab/alpaca is a Hub dataset: its rows are checked on the node" in n for n in report.notes)
+
+
+def test_shapes_that_differ_only_with_some_models_are_said_before_launch(tmp_path):
+    from sdk.data.check import check_data
+
+    pc = tmp_path / "pc.jsonl"
+    pc.write_text(json.dumps({"prompt": "2+2=", "completion": "4"}) + "\n")
+    spec = FineTuneSpec.model_validate({"model": "org/unseen", "data": [str(pc), _alpaca(tmp_path / "a.jsonl", 5)]})
+    report = check_data(spec)  # the model's tokenizer is not here: alpaca rows are chat turns only with a chat template
+    assert any("if it has a chat template the node refuses them" in n for n in report.notes), report.notes
+
+
+def test_the_short_form_takes_set_like_the_long_one(tmp_path):
+    from sdk.core.recipes import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: tiny:llama\ndata: [a.jsonl, b.jsonl]\ntrain: {max_steps: 1}\n")
+    spec = load_recipe(recipe, ["data.sources.1.weight=0.5", "data.sources.0.weight=0.5", "data.max_length=64"])
+    assert [s.weight for s in spec.data.sources] == [0.5, 0.5] and spec.data.max_length == 64
+
+
 # ------------------------------------------------------------------------------------------ cadence
 
 
@@ -161,6 +201,17 @@ def test_steps_per_epoch_count_as_the_trainer_does():
     assert steps_per_epoch(1001, batch_size=8, grad_accum=1, world_size=1) == 126  # the last batch is partial
     assert steps_per_epoch(1000, batch_size=8, grad_accum=4, world_size=2) == 16  # 500 a rank, 63 batches, 16 steps
     assert per_epoch_steps(125, 4) == 31 and per_epoch_steps(3, 4) == 1 and per_epoch_steps(125, None) is None
+
+
+def test_a_run_shorter_than_an_epoch_is_the_epoch_the_cadence_divides():
+    from launch.cadence import resolve_cadence
+
+    spec = _spec("a.jsonl", max_steps=10, evals_per_epoch=4, saves_per_epoch=1, batch_size=2, grad_accum=4)
+    assert resolve_cadence(spec, 1800, world_size=1) == {"steps_per_epoch": 225, "steps_per_run": 10,
+                                                         "eval_steps": 2, "save_steps": 10}
+    longer = _spec("a.jsonl", max_steps=500, evals_per_epoch=4, batch_size=8)
+    assert resolve_cadence(longer, 1000, world_size=1) == {"steps_per_epoch": 125, "eval_steps": 31}
+    assert resolve_cadence(_spec("a.jsonl"), 1000, world_size=1) is None
 
 
 # ------------------------------------------------------------------------------------------ a run
@@ -186,12 +237,12 @@ def test_two_weighted_sources_train_in_proportion_and_evaluate_four_times_an_epo
     sources = summary["data_sources"]
     seen = [s["train_rows"] for s in sources]
     assert sum(seen) == 1000 == summary["train_rows"]
-    assert abs(seen[0] / 1000 - 0.8) <= 0.02 and abs(seen[1] / 1000 - 0.2) <= 0.02, seen
+    assert seen == [800, 200]  # 900 + 225 mixed 0.8/0.2, then capped at 1,000 keeping the shares
     assert [s["format"] for s in sources] == ["alpaca", "sharegpt"]
     assert [(s["rows"], s["eval_rows"]) for s in sources] == [(1000, 100), (500, 50)]
     stored = json.loads((Path(run.uri) / "data.json").read_text())["sources"]
     assert [len(s["sha256"]) for s in stored] == [64, 64] and stored[0]["sha256"] != stored[1]["sha256"]
-    assert summary["cadence"] == {"steps_per_epoch": 125, "eval_steps": 31, "save_steps": None}
+    assert summary["cadence"] == {"steps_per_epoch": 125, "steps_per_run": None, "eval_steps": 31, "save_steps": None}
     rows = [json.loads(line) for line in (Path(run.uri) / "metrics.jsonl").read_text().splitlines()]
     evaluated = sorted({r["step"] for r in rows if "eval_loss" in r})
     assert evaluated == [31, 62, 93, 124, 125], evaluated  # four an epoch, then the final evaluation

@@ -235,3 +235,21 @@ def test_an_imported_recipe_trains_the_tiny_model(path, tmp_path):
     if "sources" in yaml.safe_load(recipe.read_text())["data"]:
         assert [s["format"] for s in summary["data_sources"]] == ["alpaca", "sharegpt"]
         assert [s["weight"] for s in summary["data_sources"]] == [0.8, 0.2]
+
+
+def test_epoch_strategies_retention_and_what_cannot_train_the_same(tmp_path):
+    config = tmp_path / "lf.yaml"
+    config.write_text((LF / "train_lora-qwen3_lora_dpo.yaml").read_text()
+                      + "\nval_size: 0.1\neval_strategy: epoch\nsave_strategy: epoch\n")
+    train = import_config(config, data_dir=LF / "data").recipe["train"]
+    assert train["evals_per_epoch"] == 1 and train["saves_per_epoch"] == 1 and "save_steps" not in train
+    assert train["keep_checkpoints"] is None  # LLaMA-Factory keeps every checkpoint unless save_total_limit
+    base = {"base_model": "m/x", "adapter": "lora", "lora_target_linear": True, "datasets": [{"path": "d.jsonl"}]}
+    config.write_text(yaml.safe_dump({**base, "qat": {"weight_dtype": "int4"}}))
+    with pytest.raises(ImportRefused, match="qat: quantization-aware training"):
+        import_config(config)
+    config.write_text(yaml.safe_dump({"base_model": "m/x", "pretraining_dataset": [{"path": "c4"}]}))
+    with pytest.raises(ImportRefused, match="pretraining_dataset: streaming pre-training"):
+        import_config(config)
+    config.write_text(yaml.safe_dump({**base, "fsdp_config": {"fsdp_activation_checkpointing": True}}))
+    assert import_config(config).recipe["train"]["gradient_checkpointing"] is True

@@ -247,7 +247,8 @@ def test_a_regex_matching_no_module_stops_the_node_with_one_line(tmp_path):
     with pytest.raises(SpecError) as raised:
         recipe.attach()
     line = str(raised.value).splitlines()[-1].strip()
-    assert line == (r"method.target_modules: the pattern 'model\.layers\.\d+\.attn\.q' matches no module of tiny:llama; "
+    assert line == (r"method.target_modules: the pattern 'model\.layers\.\d+\.attn\.q' matches no layer an adapter "
+                    r"can wrap (Linear, Embedding) in tiny:llama; "
                     "modules are named like model.layers.0.self_attn.q_proj, model.layers.0.self_attn.k_proj, "
                     "model.layers.0.mlp.down_proj")
 

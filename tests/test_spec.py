@@ -228,11 +228,12 @@ def test_pattern_error_branch_by_branch():
     names = ["model.embed_tokens", "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj",
              "model.layers.0.mlp.down_proj", "model.layers.1.self_attn.q_proj", "lm_head"]
     assert pattern_error(r".*\.q_proj", names, "m") is None  # fullmatch on the full name, as peft matches
-    assert pattern_error(r"q_proj", names, "m").startswith("method.target_modules: the pattern 'q_proj' matches no module")
+    assert pattern_error(r"q_proj", names, "m").startswith("method.target_modules: the pattern 'q_proj' matches no layer")
     assert pattern_error("x", names, "m").endswith("modules are named like model.layers.0.self_attn.q_proj, "
                                                    "model.layers.0.self_attn.k_proj, model.layers.0.mlp.down_proj")
     assert pattern_error("x", ["a.b", "c"], "m").endswith("named like a.b, c")  # no block 0: the first names
-    assert pattern_error("x", [], "m") == "method.target_modules: the pattern 'x' matches no module of m"
+    assert pattern_error("x", [], "m") == ("method.target_modules: the pattern 'x' matches no layer an adapter can "
+                                           "wrap (Linear, Embedding) in m")
     assert [is_pattern(t) for t in ("all-linear", "attention", ["q_proj"], "q_proj")] == [False, False, False, True]
 
 
@@ -243,7 +244,8 @@ def test_a_regex_matching_no_module_of_the_packaged_model_is_refused_before_laun
     with pytest.raises(SpecError) as raised:
         check_new_spec(spec)
     line = str(raised.value).splitlines()[-1].strip()
-    assert line == (rf"method.target_modules: the pattern 'model\.layers\.\d+\.attn\.q' matches no module of {SMOLLM2}; "
+    assert line == (rf"method.target_modules: the pattern 'model\.layers\.\d+\.attn\.q' matches no layer an adapter "
+                    rf"can wrap (Linear, Embedding) in {SMOLLM2}; "
                     "modules are named like model.layers.0.mlp.down_proj, model.layers.0.mlp.gate_proj, "
                     "model.layers.0.self_attn.v_proj")
     check_new_spec(spec.model_copy(update={"method": spec.method.model_copy(

@@ -29,6 +29,10 @@ def import_(
     if output is None:
         sys.stdout.write(result.text)
         return
-    output.write_text(result.text, encoding="utf-8")
+    try:
+        output.write_text(result.text, encoding="utf-8")
+    except OSError as exc:
+        _console(stderr=True).print(f"error: -o {output}: cannot write it: {exc.strerror or exc}", markup=False)
+        raise typer.Exit(2) from None
     _console().print(f"wrote {output} from the {result.tool} config {file} ({len(result.notes)} notes in its header); "
                      f"check it with: finetune validate {output}", markup=False)

@@ -135,6 +135,8 @@ def _at(data: dict[str, Any], keys: list[str], text: str) -> Any:
         owner = keys[i - 1] if isinstance(node, list) and i else key
         if isinstance(child, str) and owner in _STRING_SECTIONS:
             child = {_STRING_SECTIONS[owner]: child}
+        elif isinstance(child, list) and key == "data":  # `data: [a, b]` is `data: {sources: [a, b]}`
+            child = {"sources": child}
         elif child is None:
             child = {}
         elif not isinstance(child, (dict, list)):

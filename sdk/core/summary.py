@@ -155,6 +155,7 @@ class Cadence(_Read):
     """train.evals_per_epoch / saves_per_epoch resolved on the node (launch.cadence)."""
 
     steps_per_epoch: int
+    steps_per_run: int | None = None  # max_steps, when it ends the run within the first epoch
     eval_steps: int | None = None
     save_steps: int | None = None
 

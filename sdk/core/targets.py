@@ -46,7 +46,7 @@ def pattern_error(pattern: str, names: list[str], model: str) -> str | None:
     first = [n for n in names if ".0." in n] or names  # the first block shows how every block is named
     examples = list(dict.fromkeys([*first[:2], first[-1]])) if first else []
     like = f"; modules are named like {', '.join(examples)}" if examples else ""
-    return f"{FIELD}: the pattern '{pattern}' matches no module of {model}{like}"
+    return f"{FIELD}: the pattern '{pattern}' matches no layer an adapter can wrap (Linear, Embedding) in {model}{like}"
 
 
 def check_target_modules(spec: FineTuneSpec) -> None:

@@ -52,7 +52,7 @@ class DataReport:
         out = []
         for c in self.checks:
             how = f"detected from {c.detected_from}" if c.detected_from else "named in data.format"
-            gives = f"; {c.eval_rows} held out, {c.train_rows} train" if c.field != "data.eval_source" else ""
+            gives = f"; {c.eval_rows} held out, {c.train_rows} train" if c.train_rows is not None else ""
             share = f" (weight {c.weight:g})" if c.weight is not None else ""
             out.append(f"{c.field}: {c.source}: {c.rows} rows, format {c.format} ({how})"
                        + (f", {len(c.bad)} bad" if c.bad else "") + (f" ({c.balance()})" if c.balance() else "")
@@ -83,7 +83,9 @@ def check_data(spec: FineTuneSpec, *, tokenizer: Any = None) -> DataReport:
     tokens = tokenizer if tokenizer is not None else ClientTokenizer.for_spec(spec)
     chat_template = tokens.chat_template if tokens is not None else tiny_chat_template(spec)
     has_chat = bool(chat_template) if tokens is not None or chat_template else None
-    tally, shapes, checks, notes = _Tally(), {}, [], []
+    tally, checks, notes = _Tally(), [], []
+    # the shape of each source's rows, for each chat template the model may have (both, when it is not known here)
+    shapes: dict[bool, dict[str, str]] = {known: {} for known in ([has_chat] if has_chat is not None else [True, False])}
     for i, part in enumerate(spec.data.parts()):
         source, one = part.data.source or "", part_spec(spec, part)
         if not (source.startswith("builtin:") or not is_hub_id(source)):
@@ -95,26 +97,33 @@ def check_data(spec: FineTuneSpec, *, tokenizer: Any = None) -> DataReport:
         def count(sample: Sample, lengths: Any = lengths, data: Any = part.data, field: str = part.field) -> None:
             tally.add(sample)
             lengths.add(sample)
-            if has_chat is not None:
-                shapes.setdefault(row_shape(template_for(data.template, sample, chat_template=has_chat), sample), field)
+            for known, seen in shapes.items():
+                seen.setdefault(row_shape(template_for(data.template, sample, chat_template=known), sample), field)
 
         check = read_source(one, source, part.field, keep=False, on_row=count, part=i)
         check.weight = part.weight
         checks.append(check)
         notes.append(f"{part.field}: {lengths.report()}")
-    _refusals(spec, checks, shapes)
-    if spec.data.eval_source and spec.data.eval_source not in [p.data.source for p in spec.data.parts()]:
+    notes += _refusals(spec, checks, shapes)
+    trained = {p.data.source: p.field for p in spec.data.parts()}
+    if spec.data.eval_source in trained:
+        notes.append(f"data.eval_source is {trained[spec.data.eval_source]}: the same rows train and evaluate")
+    elif spec.data.eval_source:
         checks.append(load_samples(spec, spec.data.eval_source, "data.eval_source", keep=False, on_row=tally.add))
     return DataReport(checks, notes + _notes(spec, tally, chat_template, has_chat))
 
 
-def _refusals(spec: FineTuneSpec, checks: list[SourceCheck], shapes: dict[str, str]) -> None:
-    """Sources that cannot train together or with the objective; then what each gives the run, once all are read."""
+def _refusals(spec: FineTuneSpec, checks: list[SourceCheck], shapes: dict[bool, dict[str, str]]) -> list[str]:
+    """Sources that cannot train together or with the objective; then what each gives the run, once all are read.
+    Returns a note when the sources' shapes differ only with one kind of model (its chat template not known here)."""
     mixed = mixture_refusal([(c.field, c.format) for c in checks if c.format])
     if mixed:
         raise DataError(f"data.sources: {mixed}")
-    if len(shapes) > 1:
-        raise DataError(f"data.sources: {shape_refusal(shapes)}")
+    differ = {known: seen for known, seen in shapes.items() if len(seen) > 1}
+    if differ and len(differ) == len(shapes):
+        raise DataError(f"data.sources: {shape_refusal(next(iter(differ.values())))}")
+    notes = [f"data.sources: the model's tokenizer is not on this machine; if it has {'a' if known else 'no'} chat "
+             f"template the node refuses them: {shape_refusal(seen)}" for known, seen in differ.items()]
     parts = {p.field: p for p in spec.data.parts()}
     for check in checks:
         objective_checks(part_spec(spec, parts[check.field]), check)
@@ -122,6 +131,7 @@ def _refusals(spec: FineTuneSpec, checks: list[SourceCheck], shapes: dict[str, s
         held, counts = plan_counts(spec, [c.rows - len(c.bad) for c in checks])
         for check, h, n in zip(checks, held, counts, strict=True):
             check.eval_rows, check.train_rows = h, n
+    return notes
 
 
 def _notes(spec: FineTuneSpec, tally: _Tally, chat_template: str | None, has_chat: bool | None) -> list[str]:

@@ -362,7 +362,7 @@ def skips_a_turn(sample: Sample) -> bool:
 
 def learns_several_turns(sample: Sample) -> bool:
     """A conversation with more than one trained assistant turn: how its loss is masked depends on the
-    chat template (sdk.data.check.chat_loss_route); one trained turn is one prompt/completion row either way."""
+    chat template (sdk.data.rendering.chat_loss_route); one trained turn is one prompt/completion row either way."""
     return sample.kind == "conversation" and sum(trained_turn(t) for t in sample.turns) > 1
 
 

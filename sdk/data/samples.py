@@ -39,8 +39,8 @@ class SourceCheck:
     columns: set[str] = field(default_factory=set)  # every column a good row held, and `reference` if one had an answer
     digest: Any = field(default_factory=hashlib.sha256)  # of the rows as read (any source: a file, a folder, the Hub)
     weight: float | None = None
-    eval_rows: int = 0  # held out of this source
-    train_rows: int = 0  # of this source in the training rows, after hold-out, max_samples and mixing
+    eval_rows: int | None = None  # held out of this source (None: not counted, a Hub source beside it)
+    train_rows: int | None = None  # of this source in the training rows, after hold-out, max_samples and mixing
 
     @property
     def sha256(self) -> str:
@@ -172,12 +172,29 @@ class Mixture:
 
 
 def plan_counts(spec: FineTuneSpec, sizes: list[int]) -> tuple[list[int], list[int]]:
-    """(rows held out, training rows given) per source, from each source's count of good rows."""
+    """(rows held out, training rows given) per source, from each source's count of good rows; with several
+    sources data.max_samples caps the whole, each source keeping its share (largest remainders)."""
     parts = spec.data.parts()
     held = [int(round(n * p.data.holdout_fraction)) for n, p in zip(sizes, parts, strict=True)]
     available = [min(n - h, p.data.max_samples or n) for n, h, p in zip(sizes, held, parts, strict=True)]
+    for n, h, a, p in zip(sizes, held, available, parts, strict=True):
+        if a <= 0:
+            raise DataError(f"{p.field}: {p.data.source} gives no training rows: {h} of its {n} row(s) held out "
+                            f"(eval_split {p.data.holdout_fraction:g}); lower its eval_split or drop the source")
     weights = [p.weight for p in parts] if spec.data.weighted else None
-    return held, mix_counts(available, weights, spec.data.stopping_strategy)
+    counts = mix_counts(available, weights, spec.data.stopping_strategy)
+    cap = spec.data.max_samples if len(parts) > 1 else None
+    return held, (_shares(counts, cap) if cap and sum(counts) > cap else counts)
+
+
+def _shares(counts: list[int], total: int) -> list[int]:
+    """`total` rows split as `counts` are (floors, then the largest remainders one each)."""
+    whole = sum(counts)
+    exact = [c * total / whole for c in counts]
+    out = [int(e) for e in exact]
+    for i in sorted(range(len(counts)), key=lambda i: exact[i] - out[i], reverse=True)[: total - sum(out)]:
+        out[i] += 1
+    return out
 
 
 def load_mixture(spec: FineTuneSpec, *, keep: bool = True, local: Callable[[str], Any] | None = None,
@@ -227,8 +244,6 @@ def _split(spec: FineTuneSpec, out: Mixture, held: list[int], counts: list[int])
     if several:
         rng.shuffle(out.train)
         rng.shuffle(out.eval)
-    if data.max_samples:
-        out.train = out.train[: data.max_samples]
     if not out.train:
         raise DataError(f"data.source: no training rows left after the eval split of {data.holdout_fraction}")
     for i, check in enumerate(out.checks):

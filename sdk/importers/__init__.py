@@ -45,7 +45,8 @@ def _llamafactory(draft: Draft) -> None:
     convert(draft)
 
 
-register(Importer("Axolotl", lambda c: "base_model" in c and ("datasets" in c or "adapter" in c or "rl" in c),
+register(Importer("Axolotl", lambda c: "base_model" in c and any(k in c for k in ("datasets", "pretraining_dataset",
+                                                                                 "adapter", "rl")),
                   _axolotl))
 register(Importer("LLaMA-Factory", lambda c: "model_name_or_path" in c and ("stage" in c or "finetuning_type" in c),
                   _llamafactory))

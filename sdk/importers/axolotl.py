@@ -64,6 +64,12 @@ def _refusals(d: Draft) -> None:
             d.lack(f"{key}: {d.get(key)}: long-context/sequence (or tensor) parallelism: each rank holds whole sequences")
     if d.get("tiled_mlp"):
         d.lack("tiled_mlp: long-context tiling of the MLP")
+    if d.get("qat"):
+        d.lack("qat: quantization-aware training (fake-quantized weights in training; the product trains "
+               "16-bit weights or adapters on a frozen quantized base)")
+    if d.get("pretraining_dataset"):
+        d.lack("pretraining_dataset: streaming pre-training from a Hub dataset (write the rows to files and name "
+               "them as datasets with type: completion)")
     if d.get("processor_type") or d.get("is_multimodal"):
         d.lack(f"processor_type: {d.get('processor_type')}: images/video rows (text models only)")
     if d.get("reward_model") or d.get("process_reward_model"):
@@ -284,6 +290,7 @@ def _train(d: Draft) -> None:
                    "evaluates nothing either")
             continue
         d.set(f"train.{key}", int(d.get(key)))
+    d.strategies("Axolotl", held_out=bool(held_out))
 
 
 def _distributed(d: Draft) -> None:
@@ -294,6 +301,9 @@ def _distributed(d: Draft) -> None:
     if not (fsdp or fsdp_config or d.get("fsdp_version")):
         return
     offload = bool(fsdp_config.get("fsdp_offload_params") or fsdp_config.get("offload_params") or "offload" in str(fsdp))
+    if fsdp_config.get("fsdp_activation_checkpointing") or fsdp_config.get("activation_checkpointing"):
+        d.set("train.gradient_checkpointing", True)  # under FSDP its own wrapper applies it (launch.gpu.fsdp_settings)
+        d.note("fsdp_config.activation_checkpointing written as train.gradient_checkpointing: true")
     method = d.recipe.get("method")
     if isinstance(method, dict) and method.get("quant_type") == "int8":
         d.lack("fsdp: an 8-bit base (load_in_8bit) under FSDP: bitsandbytes' int8 weights cannot be sharded by FSDP or "

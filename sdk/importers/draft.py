@@ -128,6 +128,23 @@ class Draft:
             self.note(f"{key}: {name} is not an attention the product loads; written as auto "
                       "(flash_attention_2 where installed, else sdpa)")
 
+    def strategies(self, tool: str, *, held_out: bool, defaults: dict[str, str] | None = None) -> None:
+        """eval_strategy / save_strategy (epoch: once an epoch; no: never), after the step counts were read; and the
+        checkpoints kept, which both tools leave unlimited unless save_total_limit is set."""
+        train = self.recipe.setdefault("train", {})
+        for key, per_epoch, steps in (("eval_strategy", "evals_per_epoch", "eval_steps"),
+                                      ("save_strategy", "saves_per_epoch", "save_steps")):
+            strategy = str(self.get(key, (defaults or {}).get(key, ""))).lower()
+            if strategy == "no":
+                train.pop(steps, None), train.pop(per_epoch, None)
+            elif strategy == "epoch" and (held_out or key == "save_strategy"):
+                train.pop(steps, None)
+                train[per_epoch] = 1
+        if (train.get("save_steps") or train.get("saves_per_epoch")) and self.get("save_total_limit") is None:
+            train["keep_checkpoints"] = None
+            self.note(f"save_total_limit not set: {tool} keeps every checkpoint (train.keep_checkpoints: null written "
+                      "out; the product keeps the newest 2)")
+
     def dropped(self, reasons: dict[str, str]) -> None:
         """One note per key set in the config that no rule read: why it is dropped."""
         plain = []

@@ -235,6 +235,7 @@ def _train(d: Draft) -> None:
         d.set("train.epochs", float(epochs or 3.0))
     defaults = (("per_device_train_batch_size", "batch_size", 8), ("gradient_accumulation_steps", "grad_accum", 1),
                 ("learning_rate", "lr", 5e-5), ("logging_steps", "logging_steps", 500), ("save_steps", "save_steps", 500))
+    data = d.recipe.get("data", {})
     for key, target, default in defaults:
         d.set(f"train.{target}", d.get(key, default))
     for key, target in (("warmup_ratio", "warmup_ratio"), ("warmup_steps", "warmup_steps"), ("seed", "seed"),
@@ -254,3 +255,5 @@ def _train(d: Draft) -> None:
         d.attention("flash_attn", d.get("flash_attn"))
     if d.get("enable_liger_kernel"):
         d.set("train.liger_kernels", True)
+    held_out = bool(data.get("eval_source") or data.get("eval_split"))
+    d.strategies("LLaMA-Factory", held_out=held_out, defaults={"eval_strategy": "no"})  # TrainingArguments' default
