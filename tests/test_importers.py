@@ -253,3 +253,14 @@ def test_epoch_strategies_retention_and_what_cannot_train_the_same(tmp_path):
         import_config(config)
     config.write_text(yaml.safe_dump({**base, "fsdp_config": {"fsdp_activation_checkpointing": True}}))
     assert import_config(config).recipe["train"]["gradient_checkpointing"] is True
+
+
+def test_speed_plugins_and_prompt_styles_do_not_block_an_import(tmp_path):
+    config = tmp_path / "ax.yml"
+    config.write_text(yaml.safe_dump({"base_model": "m/x", "adapter": "lora", "lora_target_linear": True,
+                                      "datasets": [{"path": "d.jsonl", "type": "alpaca:chat"}],
+                                      "plugins": ["axolotl.integrations.kernels.KernelsPlugin"],
+                                      "optimizer": "adamw_torch_4bit"}))
+    result = import_config(config)
+    assert result.recipe["data"]["format"] == "alpaca" and result.recipe["train"]["optimizer"] == "adamw_8bit"
+    assert any("KernelsPlugin dropped: Hub kernels are not loaded" in n for n in result.notes)

@@ -83,6 +83,11 @@ def _refusals(d: Draft) -> None:
             d.note(f"plugins: {plugin} written as train.liger_kernels: true")
         elif "cut_cross_entropy" in plugin:
             d.note(f"plugins: {plugin} dropped: the loss is the same without it, at a higher peak memory")
+        elif plugin.endswith(".KernelsPlugin"):
+            d.note(f"plugins: {plugin} dropped: Hub kernels are not loaded; the model computes the same, slower")
+        elif plugin.endswith(".SwanLabPlugin"):
+            d.note(f"plugins: {plugin} dropped: SwanLab is not a tracker of the product (tracking: wandb, mlflow, "
+                   "tensorboard)")
         else:
             d.lack(f"plugins: {plugin}: a plugin of Axolotl's (custom losses and trainers are not in the product)")
 

@@ -17,6 +17,7 @@ OPTIMIZERS = {
     "adamw_bnb_8bit": "adamw_8bit", "adamw_8bit": "adamw_8bit", "adamw_torch_8bit": "adamw_8bit",
     "paged_adamw_8bit": "paged_adamw_8bit", "paged_adamw_32bit": "paged_adamw_32bit",
     "adafactor": "adafactor", "sgd": "sgd",
+    "adamw_torch_4bit": "adamw_8bit",  # torchao's 4-bit states: bitsandbytes' 8-bit ones are the nearest kept here
 }
 ATTENTION = {"flash_attention_2": "flash_attention_2", "fa2": "flash_attention_2", "sdpa": "sdpa",
              "eager": "eager", "disabled": "eager", "auto": "auto"}
@@ -113,7 +114,8 @@ class Draft:
             return
         self.set("train.optimizer", mapped)
         if mapped != name:
-            self.note(f"{key}: {name} written as {mapped}")
+            self.note(f"{key}: {name} written as {mapped}"
+                      + (" (8-bit optimizer states: more memory than 4-bit ones)" if name.endswith("4bit") else ""))
 
     def scheduler(self, key: str, name: str) -> None:
         if name not in SCHEDULERS:

@@ -61,7 +61,7 @@ MEDIA_COLUMNS = ("images", "videos", "audios")
 
 def axolotl_rows(kind: str, type_name: str) -> RowMapping | None:
     """The format of an Axolotl dataset `type` under an objective training on `kind` rows; None: not in the table."""
-    found = AXOLOTL_TYPES.get((kind, type_name))
+    found = AXOLOTL_TYPES.get((kind, type_name.partition(":")[0]))  # alpaca:chat, alpaca:phi: the prompt style only
     if found is None and "." in type_name:
         template, _, strategy = type_name.partition(".")
         if template in AXOLOTL_TEMPLATES:
