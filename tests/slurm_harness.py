@@ -85,6 +85,7 @@ class SlurmHarness:
             self._slurm(timeout)
             self._sshd()
             self._client()
+            start_skypilot()
         except BaseException:
             self.stop()
             raise
@@ -341,6 +342,22 @@ def _pids_matching(text: str) -> list[int]:
             except OSError:
                 continue
     return out
+
+
+def start_skypilot(attempts: int = 3) -> None:
+    """A fresh local SkyPilot API server, started before the tests need one (stopping whatever an earlier process
+    left). A start can fail while a server stopped just before still lets its port go: tried up to `attempts` times,
+    rather than letting the first test's launch find out."""
+    sky = shutil.which("sky") or str(Path(sys.executable).with_name("sky"))
+    failure = ""
+    for attempt in range(attempts):
+        stop_skypilot()
+        done = subprocess.run([sky, "api", "start"], capture_output=True, text=True, timeout=180)
+        if done.returncode == 0:
+            return
+        failure = (done.stdout + done.stderr)[-1500:]
+        time.sleep(5 * (attempt + 1))
+    raise RuntimeError(f"slurm harness: the SkyPilot API server did not start in {attempts} attempts:\n{failure}")
 
 
 def stop_skypilot() -> None:

@@ -99,13 +99,14 @@ def test_cancel_a_running_skypilot_job(slurm, s3_env, finetune_home):
 @pytest.fixture
 def consolidated_jobs_controller():
     """Managed jobs with the controller inside the local API server (no controller VM to provision)."""
-    from slurm_harness import stop_skypilot
+    from slurm_harness import start_skypilot, stop_skypilot
 
     config = os.path.expanduser("~/.sky/config.yaml")
     old = open(config).read() if os.path.exists(config) else None
     stop_skypilot()
     with open(config, "w") as handle:
         handle.write("jobs:\n  controller:\n    consolidation_mode: true\n")
+    start_skypilot()  # with that config
     try:
         yield
     finally:
@@ -141,6 +142,9 @@ def test_a_managed_job_reaches_running_and_is_cancelled(slurm, s3_env, finetune_
     while run.status().state != "cancelled" and time.time() < deadline:
         time.sleep(3)
     assert run.status().state == "cancelled"
+    deadline = time.time() + 180  # SkyPilot itself says CANCELLED once the controller has torn the cluster down
+    while backend._sky_state(run.info) != "CANCELLED" and time.time() < deadline:
+        time.sleep(3)
     assert backend._sky_state(run.info) == "CANCELLED"
 
 
