@@ -42,7 +42,8 @@ class FieldMap(SpecPart):
 
 
 def _shorthand(value: Any) -> Any:
-    """`data: file.jsonl`; `format: jsonl` naming the file type, as it used to; the `text` template (plain text rows)."""
+    """`data: file.jsonl`; `format: jsonl` naming the file type, as it used to; the `text` template (plain text
+    rows)."""
     if isinstance(value, str):
         return {"source": value}
     if isinstance(value, dict):
@@ -59,7 +60,8 @@ class DataSource(SpecPart):
     """One source of several: where its rows are, how they are laid out, and its share of the training rows.
     Settings left unset here are the `data:` section's."""
 
-    source: str = Field(min_length=1, description="local file or dir, s3://bucket/key, a Hub dataset id, or builtin:<name>")
+    source: str = Field(min_length=1,
+                        description="local file or dir, s3://bucket/key, a Hub dataset id, or builtin:<name>")
     format: RowFormatName | None = None
     file_type: Literal[("auto", *FILE_TYPES)] | None = None  # type: ignore[valid-type]
     split: str | None = None
@@ -96,12 +98,13 @@ class DataSpec(SpecPart):
                                           "weight, max_samples and eval_split (instead of source)")
     stopping_strategy: Literal["first_exhausted", "all_exhausted"] = Field(
         "first_exhausted", description="weighted sources: stop when the first source runs out (no row repeats), or "
-                                       "when every one has (the smaller ones repeat) — as datasets.interleave_datasets")
+                                       "when every one has (the smaller ones repeat), as "
+                                       "datasets.interleave_datasets does")
     format: RowFormatName = Field(
         "auto", description="the rows' layout; auto detects it from the rows (see sdk.data.formats)")
     file_type: Literal[("auto", *FILE_TYPES)] = Field(  # type: ignore[valid-type]
-        "auto", description="auto: from the suffix (.txt is txt). txt: each file is one document (a folder of .txt files "
-                            "is a corpus); txt_blocks: each block of lines between blank lines is one document")
+        "auto", description="auto: from the suffix (.txt is txt). txt: each file is one document (a folder of .txt "
+                            "files is a corpus); txt_blocks: each block of lines between blank lines is one document")
     split: str = Field("train", description="split name for Hub datasets")
     fields: FieldMap = Field(default_factory=FieldMap)
     template: Template = Field(
@@ -113,7 +116,8 @@ class DataSpec(SpecPart):
     )
     system_prompt: str | None = None
     eval_source: str | None = Field(None, description="held-out data; else `eval_split` of the source")
-    eval_split: float | None = Field(None, ge=0, lt=1, description="fraction held out (default 0.1 without eval_source)")
+    eval_split: float | None = Field(None, ge=0, lt=1,
+                                     description="fraction held out (default 0.1 without eval_source)")
     max_samples: int | None = Field(None, ge=1, description="use at most this many training rows (after mixing)")
     max_length: int = Field(512, ge=8, le=1_048_576)
     packing: bool = False
@@ -131,11 +135,13 @@ class DataSpec(SpecPart):
         if self.source and self.sources:
             raise ValueError("set data.source (one source) or data.sources (several), not both")
         if not self.source and not self.sources:
-            raise ValueError("data.source is required (a file, folder, s3:// URI or Hub id), or data.sources for several")
+            raise ValueError("data.source is required (a file, folder, s3:// URI or Hub id), "
+                             "or data.sources for several")
         weighted = [s.weight is not None for s in self.sources]
         if any(weighted) and not all(weighted):
             unweighted = ", ".join(f"data.sources[{i}]" for i, w in enumerate(weighted) if not w)
-            raise ValueError(f"{unweighted} has no weight: give every source a weight, or none (rows are then concatenated)")
+            raise ValueError(f"{unweighted} has no weight: give every source a weight, or none "
+                             "(rows are then concatenated)")
         if self.eval_source and any(s.eval_split for s in self.sources):
             raise ValueError("data.eval_source holds out the evaluation rows: drop the sources' eval_split")
         return self

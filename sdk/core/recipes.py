@@ -101,11 +101,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> tuple[dict[st
     origin: dict[tuple, str] = {}
     for text in overrides:
         keys, value = parse_override(text)
-        path: list[str | int] = [_key(node, key, text, keys[:i]) for i, key in enumerate(keys)
-                                 for node in [_at(data, keys[:i], text)]]
-        node = _at(data, keys[:-1], text)
+        node, above = _at(data, keys[:-1], text)
+        path = (*above, _key(node, keys[-1], text, keys[:-1]))
         node[path[-1]] = value
-        origin[tuple(path)] = f"--set {text}"
+        origin[path] = f"--set {text}"
         other = EXCLUSIVE.get(tuple(keys))
         if other and other not in origin and value is not None and isinstance(node, dict):
             node.pop(other[-1], None)  # --set train.max_steps=500 replaces the recipe's epochs, and vice versa
@@ -126,11 +125,14 @@ def _key(node: Any, key: str, text: str, above: list[str]) -> str | int:
     return int(key)
 
 
-def _at(data: dict[str, Any], keys: list[str], text: str) -> Any:
-    """The section at a dotted path, made where missing (and a section written as a string made a mapping)."""
+def _at(data: dict[str, Any], keys: list[str], text: str) -> tuple[Any, tuple[str | int, ...]]:
+    """The section at a dotted path, made where missing (and a section written as a string made a mapping), and its
+    path with list indices as numbers (as the recipe's line numbers are keyed)."""
     node: Any = data
+    path: list[str | int] = []
     for i, key in enumerate(keys):
         part = _key(node, key, text, keys[:i])
+        path.append(part)
         child = node[part] if isinstance(node, list) else node.get(part)
         owner = keys[i - 1] if isinstance(node, list) and i else key
         if isinstance(child, str) and owner in _STRING_SECTIONS:
@@ -143,7 +145,7 @@ def _at(data: dict[str, Any], keys: list[str], text: str) -> Any:
             raise SpecError(f"--set {text}: {'.'.join(keys[: i + 1])} is a value, not a section")
         node[part] = child
         node = child
-    return node
+    return node, tuple(path)
 
 
 # Settings of which a spec takes one: an override of either replaces the other written in the recipe.

@@ -15,8 +15,7 @@ from sdk.core.spec import FineTuneSpec
 from sdk.data.formats import Instruction, RowError, Sample, learns_several_turns, skips_a_turn
 from sdk.data.rendering import Renderer, auto_template_note, chat_loss_route, row_shape, shape_refusal, template_for
 from sdk.data.rows import DataError, is_hub_id
-from sdk.data.samples import SourceCheck, load_samples, objective_checks, plan_counts, read_source
-from sdk.objectives import mixture_refusal
+from sdk.data.samples import SourceCheck, load_samples, read_source, settle_sources
 
 
 def tool_note(spec: FineTuneSpec, chat_template: str | None, *, known: bool) -> str:
@@ -85,7 +84,8 @@ def check_data(spec: FineTuneSpec, *, tokenizer: Any = None) -> DataReport:
     has_chat = bool(chat_template) if tokens is not None or chat_template else None
     tally, checks, notes = _Tally(), [], []
     # the shape of each source's rows, for each chat template the model may have (both, when it is not known here)
-    shapes: dict[bool, dict[str, str]] = {known: {} for known in ([has_chat] if has_chat is not None else [True, False])}
+    assumed = [has_chat] if has_chat is not None else [True, False]
+    shapes: dict[bool, dict[str, str]] = {known: {} for known in assumed}
     for i, part in enumerate(spec.data.parts()):
         source, one = part.data.source or "", part_spec(spec, part)
         if not (source.startswith("builtin:") or not is_hub_id(source)):
@@ -101,7 +101,6 @@ def check_data(spec: FineTuneSpec, *, tokenizer: Any = None) -> DataReport:
                 seen.setdefault(row_shape(template_for(data.template, sample, chat_template=known), sample), field)
 
         check = read_source(one, source, part.field, keep=False, on_row=count, part=i)
-        check.weight = part.weight
         checks.append(check)
         notes.append(f"{part.field}: {lengths.report()}")
     notes += _refusals(spec, checks, shapes)
@@ -114,23 +113,15 @@ def check_data(spec: FineTuneSpec, *, tokenizer: Any = None) -> DataReport:
 
 
 def _refusals(spec: FineTuneSpec, checks: list[SourceCheck], shapes: dict[bool, dict[str, str]]) -> list[str]:
-    """Sources that cannot train together or with the objective; then what each gives the run, once all are read.
-    Returns a note when the sources' shapes differ only with one kind of model (its chat template not known here)."""
-    mixed = mixture_refusal([(c.field, c.format) for c in checks if c.format])
-    if mixed:
-        raise DataError(f"data.sources: {mixed}")
+    """Sources that cannot train together or with the objective (sdk.data.samples.settle_sources, which also counts
+    what each gives the run), or whose rows are written in different shapes. Returns a note when the shapes differ
+    only with one kind of model (its chat template not known here)."""
+    settle_sources(spec, checks)
     differ = {known: seen for known, seen in shapes.items() if len(seen) > 1}
     if differ and len(differ) == len(shapes):
         raise DataError(f"data.sources: {shape_refusal(next(iter(differ.values())))}")
     notes = [f"data.sources: the model's tokenizer is not on this machine; if it has {'a' if known else 'no'} chat "
              f"template the node refuses them: {shape_refusal(seen)}" for known, seen in differ.items()]
-    parts = {p.field: p for p in spec.data.parts()}
-    for check in checks:
-        objective_checks(part_spec(spec, parts[check.field]), check)
-    if len(checks) == len(parts) and not any(c.bad for c in checks):
-        held, counts = plan_counts(spec, [c.rows - len(c.bad) for c in checks])
-        for check, h, n in zip(checks, held, counts, strict=True):
-            check.eval_rows, check.train_rows = h, n
     return notes
 
 

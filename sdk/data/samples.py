@@ -119,7 +119,8 @@ def objective_checks(spec: FineTuneSpec, check: SourceCheck) -> None:
     refusal = kind_refusal(objective.name, check.format) if check.format is not None else None
     if refusal:
         raise DataError(f"{check.field}: {check.source}: {refusal}")
-    missing = [(where, column) for where, column in objective.reads_columns(spec.objective) if column not in check.columns]
+    missing = [(where, column) for where, column in objective.reads_columns(spec.objective)
+               if column not in check.columns]
     if missing and check.rows > len(check.bad):
         where, column = missing[0]
         what = "an answer (alpaca's output, a completion, a last assistant turn)" if column == REFERENCE \
@@ -197,6 +198,22 @@ def _shares(counts: list[int], total: int) -> list[int]:
     return out
 
 
+def settle_sources(spec: FineTuneSpec, checks: list[SourceCheck]) -> None:
+    """Sources read: refused when they cannot train together or with the objective; then, when every source was
+    read without a bad row, what each gives the run (held out, trained on), the one count the check and node share."""
+    mixed = mixture_refusal([(c.field, c.format) for c in checks if c.format])
+    if mixed:
+        raise DataError(f"data.sources: {mixed}")
+    parts = {p.field: p for p in spec.data.parts()}
+    for check in checks:
+        check.weight = parts[check.field].weight
+        objective_checks(part_spec(spec, parts[check.field]), check)
+    if len(checks) == len(parts) and not any(c.bad for c in checks):
+        held, counts = plan_counts(spec, [c.rows for c in checks])
+        for check, h, n in zip(checks, held, counts, strict=True):
+            check.eval_rows, check.train_rows = h, n
+
+
 def load_mixture(spec: FineTuneSpec, *, keep: bool = True, local: Callable[[str], Any] | None = None,
                  on_row: Callable[[Sample], None] | None = None) -> Mixture:
     """Every source read and checked; with `keep`, held out and mixed into the samples a run trains on.
@@ -204,47 +221,35 @@ def load_mixture(spec: FineTuneSpec, *, keep: bool = True, local: Callable[[str]
     def where(uri: str) -> Any:
         return local(uri) if local and uri.startswith("s3://") else None
 
-    parts = spec.data.parts()
-    checks = [read_source(part_spec(spec, p), p.data.source or "", p.field, keep=keep, s3_local=where(p.data.source or ""),
-                          on_row=on_row, part=i) for i, p in enumerate(parts)]
-    mixed = mixture_refusal([(c.field, c.format) for c in checks if c.format])
-    if mixed:
-        raise DataError(f"data.sources: {mixed}")
-    for check, part in zip(checks, parts, strict=True):
-        check.weight = part.weight
-        objective_checks(part_spec(spec, part), check)
+    checks = [read_source(part_spec(spec, p), p.data.source or "", p.field, keep=keep,
+                          s3_local=where(p.data.source or ""), on_row=on_row, part=i)
+              for i, p in enumerate(spec.data.parts())]
+    settle_sources(spec, checks)
     out = Mixture(checks)
     if spec.data.eval_source:
         out.eval_check = load_samples(spec, spec.data.eval_source, "data.eval_source", keep=keep,
                                       s3_local=where(spec.data.eval_source), on_row=None)
-    held, counts = plan_counts(spec, [c.rows - len(c.bad) for c in checks])
-    for check, h, n in zip(checks, held, counts, strict=True):
-        check.eval_rows, check.train_rows = h, n
     if keep and not any(c.bad for c in checks) and not (out.eval_check and out.eval_check.bad):
-        _split(spec, out, held, counts)
+        _split(spec, out)
     return out
 
 
-def _split(spec: FineTuneSpec, out: Mixture, held: list[int], counts: list[int]) -> None:
+def _split(spec: FineTuneSpec, out: Mixture) -> None:
     """Hold out and mix, seeded: one source exactly as it always was (shuffle, hold out, max_samples in order)."""
     data, rng = spec.data, random.Random(spec.train.seed)
     in_order = objective_of(spec).reads_in_order  # its trainer does not shuffle: the node does, first
     several = len(out.checks) > 1
-    for check, h, n in zip(out.checks, held, counts, strict=True):
-        rows = check.samples[:]
+    for check in out.checks:
+        rows, held = check.samples[:], check.eval_rows or 0
         if not data.eval_source or several:
             rng.shuffle(rows)
-        out.eval += rows[:h]
-        train = rows[h:]
+        out.eval += rows[:held]
+        train = rows[held:]
         if data.eval_source and in_order and not several:  # before max_samples: a sorted file gives one class only
             rng.shuffle(train)
-        out.train += [train[i % len(train)] for i in range(n)] if train else []
+        out.train += [train[i % len(train)] for i in range(check.train_rows or 0)]  # all_exhausted repeats rows
     if out.eval_check is not None:
         out.eval = out.eval_check.samples
     if several:
         rng.shuffle(out.train)
         rng.shuffle(out.eval)
-    if not out.train:
-        raise DataError(f"data.source: no training rows left after the eval split of {data.holdout_fraction}")
-    for i, check in enumerate(out.checks):
-        check.train_rows = sum(1 for s in out.train if s.part == i)

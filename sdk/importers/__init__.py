@@ -96,13 +96,16 @@ def import_config(path: str | Path, *, data_dir: str | Path | None = None) -> Im
         parse_spec(draft.recipe)
     except SpecError as exc:
         if not _batch_from_accumulation(draft, exc.problems):
-            raise ImportRefused(str(path), [f"the recipe it maps to is refused: {p.strip()}" for p in exc.problems]) from None
+            raise _refused(path, exc) from None
         try:
             parse_spec(draft.recipe)
         except SpecError as again:
-            raise ImportRefused(str(path), [f"the recipe it maps to is refused: {p.strip()}"
-                                            for p in again.problems]) from None
+            raise _refused(path, again) from None
     return ImportResult(importer.name, file.name, draft.recipe, draft.notes)
+
+
+def _refused(path: str | Path, exc: SpecError) -> ImportRefused:
+    return ImportRefused(str(path), [f"the recipe it maps to is refused: {p.strip()}" for p in exc.problems])
 
 
 def _batch_from_accumulation(draft: Draft, problems: list[str]) -> bool:

@@ -61,7 +61,8 @@ def convert(d: Draft) -> None:
 def _refusals(d: Draft) -> None:
     for key in ("context_parallel_size", "sequence_parallel_degree", "tensor_parallel_size"):
         if (d.get(key) or 1) > 1:
-            d.lack(f"{key}: {d.get(key)}: long-context/sequence (or tensor) parallelism: each rank holds whole sequences")
+            d.lack(f"{key}: {d.get(key)}: long-context/sequence (or tensor) parallelism: each rank holds whole "
+                   "sequences")
     if d.get("tiled_mlp"):
         d.lack("tiled_mlp: long-context tiling of the MLP")
     if d.get("qat"):
@@ -110,7 +111,8 @@ def _method(d: Draft) -> None:
     d.set("method.name", "qlora" if quantized else "dora" if d.get("peft_use_dora") else adapter)
     if eight:
         d.set("method.quant_type", "int8")
-        d.note(f"adapter: {adapter} with load_in_8bit written as method qlora, quant_type: int8 (bitsandbytes LLM.int8)")
+        d.note(f"adapter: {adapter} with load_in_8bit written as method qlora, quant_type: int8 "
+               "(bitsandbytes LLM.int8)")
     elif quantized and not registered.quantized_base:
         d.note(f"adapter: {adapter} with load_in_4bit written as method qlora")
     r, alpha = d.get("lora_r"), d.get("lora_alpha")
@@ -243,7 +245,8 @@ def _dataset(d: Draft, dataset: dict[str, Any], kind: str, key: str) -> dict[str
         d.lack(f"{key}.data_files: files chosen inside a Hub dataset (name one file or folder as its source)")
     if type_name != rows.format:
         d.note(f"{key}.type: {type_name} read as format: {rows.format}"
-               + (" (its prompt template is Axolotl's; the product uses the model's chat template)" if "." in type_name else ""))
+               + (" (its prompt template is Axolotl's; the product uses the model's chat template)"
+                  if "." in type_name else ""))
     for name in ("message_property_mappings", "roles", "field_thinking", "template_thinking_key"):
         if dataset.get(name):
             d.note(f"{key}.{name}: dropped: turns are read as role/content or from/value")
@@ -305,7 +308,8 @@ def _distributed(d: Draft) -> None:
     fsdp, fsdp_config = d.get("fsdp"), d.get("fsdp_config", {})
     if not (fsdp or fsdp_config or d.get("fsdp_version")):
         return
-    offload = bool(fsdp_config.get("fsdp_offload_params") or fsdp_config.get("offload_params") or "offload" in str(fsdp))
+    offload = bool(fsdp_config.get("fsdp_offload_params") or fsdp_config.get("offload_params")
+                   or "offload" in str(fsdp))
     if fsdp_config.get("fsdp_activation_checkpointing") or fsdp_config.get("activation_checkpointing"):
         d.set("train.gradient_checkpointing", True)  # under FSDP its own wrapper applies it (launch.gpu.fsdp_settings)
         d.note("fsdp_config.activation_checkpointing written as train.gradient_checkpointing: true")
