@@ -300,6 +300,33 @@ def test_the_zero_adapter_keeps_every_tensor_and_zeroes_it(tmp_path):
     assert all(not v.any() for v in zeroed.values())
 
 
+def test_a_job_that_succeeds_as_a_client_asks_for_it_is_loaded_into_the_engine_once():
+    """The job watcher (the job just succeeded) and the client's first request load the same adapter at once;
+    vLLM refuses a name loaded twice (CI saw the 500), so the second waits for the first and posts nothing."""
+    from types import SimpleNamespace
+
+    from sdk.api.inference import Engine, Inference
+
+    posted: list[str] = []
+
+    class Refusing(Engine):  # vLLM's answer to a second load of one name
+        def post(self, route, body):
+            posted.append(body["lora_name"])
+            time.sleep(0.3)
+
+    engine = Refusing(SimpleNamespace(alive=lambda: True), zero=True, loaded=set())
+    inference = Inference.__new__(Inference)
+    inference._load_once = lambda engine, job: (engine.post("/v1/load_lora_adapter", {"lora_name": job.id}),
+                                                engine.loaded.add(job.id))
+    job = SimpleNamespace(id="ftjob-1")
+    threads = [threading.Thread(target=inference._load, args=(engine, job)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert posted == ["ftjob-1"] and engine.loaded == {"ftjob-1"}
+
+
 def test_a_method_vllm_cannot_serve_as_lora_trains_but_says_how_to_serve_it():
     from sdk.api.inference import unservable
 

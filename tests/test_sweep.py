@@ -377,6 +377,54 @@ def test_the_driver_rides_out_a_store_outage_and_retries_a_failed_teardown(tmp_p
     assert "store error (1x, retrying in 2 s)" in capsys.readouterr().out
 
 
+def test_a_teardown_that_blocks_for_several_leases_keeps_the_driver_live(tmp_path, monkeypatch):
+    """A SkyPilot teardown queued behind another trial's launch blocks a pass of the loop for minutes (CI saw it on
+    Slurm): the driver's lease is renewed meanwhile, so nobody reads the sweep as stopped while its driver works."""
+    import threading
+
+    from sdk import sweeps
+    from sdk.runs import Run
+    from sdk.store import open_store
+    from sdk.store.runfolder import RunFolder
+
+    monkeypatch.setenv("FINETUNE_SWEEP_LEASE_S", "1.5")  # stopped reads after expiry + one lease: 3 s without renewal
+    store_dir = tmp_path / "store"
+    handle, _ = _record_with(store_dir, load_recipe("tiny", [f"output={store_dir}"]), n=1)
+    store = open_store(str(store_dir))
+    in_teardown = threading.Event()
+
+    class SlowTeardown:
+        def left_up(self, info):
+            return True
+
+        def down(self, info):
+            in_teardown.set()
+            time.sleep(6)
+
+    def submit(spec, backend, run_id):
+        folder = RunFolder(store, run_id)
+        folder.write_json("spec.json", spec.model_dump(mode="json"))
+        folder.write_status("succeeded")
+        return Run(folder.uri)
+
+    def run_of(trial):
+        run = Run(trial.uri)
+        run._backend = lambda: SlowTeardown()
+        return run
+
+    monkeypatch.setattr(handle, "_run", run_of)
+    result = {}
+    driver = threading.Thread(target=lambda: result.update(record=sweeps.drive(handle, poll=0.1, submit=submit)))
+    driver.start()
+    assert in_teardown.wait(30)
+    seen = []
+    while driver.is_alive() and len(seen) < 50:
+        seen.append(handle.status().driver)
+        time.sleep(0.1)
+    driver.join(30)
+    assert result["record"].finished and len(seen) > 40 and set(seen) <= {"running", "finished"}, seen
+
+
 @pytest.mark.slow
 def test_a_kto_sweep_on_smollm2_logs_rewards_and_ranks_by_them(tmp_path, finetune_home):
     """Binary feedback (objective kto) trains the real SmolLM2-135M-Instruct through its own chat template; trl's

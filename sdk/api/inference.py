@@ -39,6 +39,9 @@ class Engine:
         self.server = server
         self.zero = zero  # the zero adapter is loaded: base requests go to it
         self.loaded = loaded  # job ids whose adapters the engine holds
+        # the job watcher (a job just succeeded) and a client's first request may load the same adapter at once;
+        # vLLM refuses a second load of a name, so loads are serialized and a loaded name is not posted again
+        self.loading = threading.Lock()
 
     @property
     def base_target(self) -> str:
@@ -131,8 +134,7 @@ class Inference:
                 raise invalid(f"model {name}: {reason}; serve its run merged: finetune serve {job.id} --merge",
                               param="model", code="model_not_servable")
             engine = self._engine(job.spec)
-            if job.id not in engine.loaded:
-                self._load(engine, job)
+            self._load(engine, job)
             return engine, job.id
         if name not in self._base_names() and not self.config.open_models:
             raise not_found("model", name, param="model")
@@ -183,6 +185,11 @@ class Inference:
         return Engine(server, zero=bool(adapters), loaded={a.name for a in adapters})
 
     def _load(self, engine: Engine, job: JobRecord) -> None:
+        with engine.loading:
+            if job.id not in engine.loaded:
+                self._load_once(engine, job)
+
+    def _load_once(self, engine: Engine, job: JobRecord) -> None:
         from sdk.store.runfolder import RunFolder
 
         folder = Path(engine.server.record.log or ".").with_suffix("") / "api-adapters"
@@ -202,7 +209,7 @@ class Inference:
         from sdk.core.spec import FineTuneSpec
 
         engine = self.engines.get(FineTuneSpec.model_validate(job.spec).model.id)
-        if engine is not None and engine.server.alive() and job.id not in engine.loaded:
+        if engine is not None and engine.server.alive():
             self._load(engine, job)
 
     def delete(self, name: str) -> dict[str, Any]:
@@ -211,9 +218,10 @@ class Inference:
             raise not_found("model", name, param="model")
         self.state.save_job(job.model_copy(update={"model_deleted": True}))
         for engine in self.engines.values():
-            if job.id in engine.loaded:
-                engine.post("/v1/unload_lora_adapter", {"lora_name": job.id})
-                engine.loaded.discard(job.id)
+            with engine.loading:
+                if job.id in engine.loaded:
+                    engine.post("/v1/unload_lora_adapter", {"lora_name": job.id})
+                    engine.loaded.discard(job.id)
         return {"id": name, "object": "model", "deleted": True}
 
     def close(self) -> None:

@@ -30,6 +30,7 @@ LAUNCH_RETRY_S = 30.0  # a SkyPilot API server still starting or a provisioning 
 LAUNCH_GRACE_S = 3600.0  # a run folder a resumed driver finds without a launch record: how long its node has to report
 STORE_PATIENCE_S = 1800.0  # store errors in a row before a driver gives up (its lease then expires: resume it)
 RETRY_DELAYS_S = (5, 15, 30, 60, 120, 300)  # teardowns and cancels that failed are tried again after these
+PASS_PATIENCE_S = 1800.0  # one pass of the loop blocked this long (a teardown queued behind launches): the lease lapses
 
 
 def drive(handle: Sweep, *, poll: float = 1.0, max_hours: float = 168.0, token: str | None = None,
@@ -62,6 +63,9 @@ class _Driver:
         self.cancel_sent: set[int] = set()
         self.cancelling = False
         self.cancel_deadline = float("inf")
+        self.writing = threading.Lock()  # the loop's writes and the heartbeat's renewals, one at a time
+        self.written: SweepRecord | None = None  # the record as last written: what a renewal writes again
+        self.pass_started = time.time()
 
     # -- the lease
 
@@ -87,12 +91,28 @@ class _Driver:
         return record
 
     def _write(self, record: SweepRecord) -> None:
-        current = self.handle.record().lease
-        if current is None or current.token != self.token:
-            raise LeaseLost(f"sweep {self.handle.id}: taken over by "
-                            f"{current.describe() if current else 'another driver'}; this driver stops")
-        record.lease = current.model_copy(update={"expires": time.time() + lease_seconds()})
-        self.handle._write(record)
+        with self.writing:
+            current = self.handle.record().lease
+            if current is None or current.token != self.token:
+                raise LeaseLost(f"sweep {self.handle.id}: taken over by "
+                                f"{current.describe() if current else 'another driver'}; this driver stops")
+            record.lease = current.model_copy(update={"expires": time.time() + lease_seconds()})
+            self.handle._write(record)
+            self.written = record.model_copy(deep=True)
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        """Renews the lease while a pass of the loop blocks on a backend (a SkyPilot teardown queues behind another
+        trial's launch for minutes): the lease says the driver lives, so it lapses only when the process ends or a
+        pass has been stuck for PASS_PATIENCE_S. It writes the record as last written, so it loses nothing."""
+        while not stop.wait(lease_seconds() / 3):
+            if self.written is None or time.time() - self.pass_started > PASS_PATIENCE_S:
+                continue
+            try:
+                self._write(self.written)
+            except (StoreError, RunNotFound):
+                continue  # the loop meets the outage too, and retries
+            except LeaseLost:
+                return  # the loop finds out at its next write and stops
 
     # -- launching
 
@@ -304,9 +324,12 @@ class _Driver:
         last_written = record.model_copy(deep=True)
         failing_since: float | None = None
         failures = 0
+        stop = threading.Event()
+        threading.Thread(target=self._heartbeat, args=(stop,), name="lease", daemon=True).start()
         with ThreadPoolExecutor(max_workers=record.max_parallel, thread_name_prefix="launch") as pool:
             try:
                 while True:
+                    self.pass_started = time.time()
                     try:
                         if self._step(record, pool):
                             return record
@@ -330,6 +353,7 @@ class _Driver:
                         continue
                     time.sleep(self.poll)
             finally:
+                stop.set()
                 for future in self.launching.values():
                     future.cancel()
 
