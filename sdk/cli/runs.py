@@ -196,10 +196,17 @@ def fetch(
     force: bool = typer.Option(False, "--force", help="replace a non-empty destination"),
     whole: bool = typer.Option(False, "--all", help="the whole run folder: metrics, logs, tensorboard/, wandb/, adapter/"),
     checkpoints: bool = typer.Option(False, "--checkpoints", help="with --all: the checkpoints too"),
+    export: str | None = typer.Option(None, "--export", help="a committed export instead: gguf, ollama, merged, hub"),
 ) -> None:
-    """Download the run's adapter (or with --all its whole folder), verifying the adapter against its manifest."""
+    """Download the run's adapter (or with --all its whole folder, or with --export a committed export), every
+    file verified against its manifest."""
     from sdk.runs import get_run
 
+    if export is not None:
+        from sdk.exports import fetch_export
+
+        _console().print(f"{export} export → {fetch_export(run, export, dest, overwrite=force)}")
+        return
     handle = get_run(run)
     if whole:
         _console().print(f"run folder → {handle.fetch(dest, overwrite=force, checkpoints=checkpoints)}")

@@ -51,3 +51,9 @@ class RunNotFound(FinetuneError):
 
 class IntegrityError(StoreError):
     """A fetched file does not match the size or sha256 in its manifest."""
+
+
+class ExportCheckFailed(FinetuneError):
+    """An export was written but answers worse than the model it came from; its files are kept for inspection."""
+
+    exit_code = 1

@@ -196,6 +196,20 @@ class Run:
         """Download the committed adapter, verified against its manifest; all or nothing."""
         return self.folder.fetch_adapter(dest, overwrite=overwrite, state=lambda: self.status().state)
 
+    def export(self, format: str, *, out: str | Path | None = None, force: bool = False, **options: Any) -> dict[str, Any]:
+        """Export this run (sdk.exports.export): format gguf | ollama | merged | hub; options as `finetune export`
+        takes them (quants=["q8_0", "q4_k_m"], adapter_only=True, tolerance=5.0, repo=..., dry_run=True …).
+        Returns the report; the files land in the run folder under exports/<format>/ (and in `out` when given)."""
+        from sdk.exports import export
+
+        return export(self.uri, format=format, out=out, force=force, **options)
+
+    def fetch_export(self, format: str, dest: str | Path, *, overwrite: bool = False) -> Path:
+        """A committed export into dest, every file verified against its manifest."""
+        from sdk.exports import fetch_export
+
+        return fetch_export(self.uri, format, dest, overwrite=overwrite)
+
     def generate(self, prompts: str | list[str], *, max_new_tokens: int | None = None, base: bool = False,
                  tools: str | Path | None = None) -> list[str]:
         """Greedy completions of the tuned model (`base=True`: the adapter off), each prompt written in the

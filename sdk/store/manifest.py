@@ -56,10 +56,10 @@ def read_manifest(store: Store, key: str) -> dict[str, Any] | None:
     return manifest
 
 
-# Files that mark a folder as one this product wrote for the user: a fetch (adapter or run folder) or a merged
-# model. Not MANIFEST.json or spec.json: live run folders and checkpoints in a local store hold those.
+# Files that mark a folder as one this product wrote for the user: a fetch (adapter or run folder), a merged
+# model or an export. Not MANIFEST.json or spec.json: live run folders and checkpoints in a local store hold those.
 FETCHED = ".finetune-fetched"
-REPLACEABLE_MARKERS = (FETCHED, "merge_report.json")
+REPLACEABLE_MARKERS = (FETCHED, "merge_report.json", "export_report.json")
 
 
 def check_replaceable(dest: Path) -> None:
