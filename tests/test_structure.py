@@ -60,6 +60,17 @@ def test_no_branch_on_an_objective_name_outside_its_module():
     assert [hit for p in sources for hit in _name_branches(p, set(OBJECTIVES))] == []
 
 
+def test_no_branch_on_an_export_format_name_outside_its_registration():
+    """An export format is one registration (sdk/core/exports.py) and one node module (launch/exports/<name>.py;
+    the hub's model card beside it)."""
+    from sdk.core.exports import FORMATS
+
+    homes = {ROOT / "sdk" / "core" / "exports.py", ROOT / "launch" / "exports" / "model_card.py",
+             *(ROOT / "launch" / "exports" / f"{n}.py" for n in FORMATS)}
+    sources = [p for d in ("sdk", "launch") for p in (ROOT / d).rglob("*.py") if p not in homes]
+    assert [hit for p in sources for hit in _name_branches(p, set(FORMATS))] == []
+
+
 def test_the_branch_finder_finds_a_branch(tmp_path):
     probe = tmp_path / "probe.py"  # never inside the source tree: a failed run must not leave a file in sdk/
     probe.write_text('def f(spec):\n    return spec.method.name in ("full", "x") or spec.method.name == "qlora"\n'

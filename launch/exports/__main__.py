@@ -27,7 +27,7 @@ def run_export(run_uri: str, options_json: str, *, force: bool) -> dict[str, Any
     from launch.exports import ExportContext
     from launch.runtime import quiet_libraries
     from sdk.core.errors import ExportCheckFailed, FinetuneError
-    from sdk.core.exports import FORMATS, ExportOptions
+    from sdk.core.exports import FORMATS, ExportOptions, export_name
     from sdk.store.manifest import commit_dir
     from sdk.store.runfolder import RunFolder
 
@@ -40,11 +40,12 @@ def run_export(run_uri: str, options_json: str, *, force: bool) -> dict[str, Any
         raise FinetuneError(reason)
     if run.status().get("state") != "succeeded":
         raise FinetuneError(f"run {run.run_id} is {run.status().get('state')}; export needs a run that succeeded")
-    key = run.key(f"exports/{options.format}")
+    name = export_name(options)
+    key = run.key(f"exports/{name}")
     if not force and not options.dry_run and run.store.exists(f"{key}/MANIFEST.json"):
-        raise FinetuneError(f"{run.uri}/exports/{options.format}: already exported (pass --force to replace it)")
+        raise FinetuneError(f"{run.uri}/exports/{name}: already exported (pass --force to replace it)")
     quiet_libraries()
-    work = work_root() / f"{run.run_id}-{options.format}-{time.strftime('%Y%m%d-%H%M%S')}"
+    work = work_root() / f"{run.run_id}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     context = ExportContext(run=run, spec=spec, options=options, out=work / "out", work=work)
     context.out.mkdir(parents=True)
     started = time.perf_counter()
@@ -64,7 +65,7 @@ def run_export(run_uri: str, options_json: str, *, force: bool) -> dict[str, Any
         if options.dry_run:
             return context.report
         commit_dir(run.store, context.out, key)
-        context.report["committed"] = f"{run.uri}/exports/{options.format}"
+        context.report["committed"] = f"{run.uri}/exports/{name}"
         return context.report
     finally:
         if not kept:

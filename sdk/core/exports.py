@@ -77,7 +77,7 @@ class ExportFormat:
     node_module: str  # launch.exports.<name>: build(context) writes the files and checks them
     options: tuple[str, ...]  # the ExportOptions fields this format reads (others left at their defaults)
     refusal: Callable[[FineTuneSpec, ExportOptions], str | None]  # why this run cannot go to this format, or None
-    weights_file: bool = True  # writes weights (a GGUF, a folder) that a runtime loads and answers with
+    sends: bool = False  # uploads somewhere: needs the token in options.token_env unless it is a dry run
 
 
 FORMATS: dict[str, ExportFormat] = {}
@@ -86,6 +86,11 @@ FORMATS: dict[str, ExportFormat] = {}
 def register(fmt: ExportFormat) -> ExportFormat:
     FORMATS[fmt.name] = fmt
     return fmt
+
+
+def export_name(options: ExportOptions) -> str:
+    """The run folder's exports/<name>/: an adapter-only GGUF sits beside the merged one, not in its place."""
+    return f"{options.format}-adapter" if options.adapter_only else options.format
 
 
 def format_of(name: str) -> ExportFormat:
@@ -134,4 +139,4 @@ register(ExportFormat("merged", "the adapter merged into its dequantized 16-bit 
                       "launch.exports.merged", (), _merged_refusal))
 register(ExportFormat("hub", "the adapter (or --merged model) with a model card, to a Hugging Face Hub repo",
                       "launch.exports.hub", ("repo", "token_env", "private", "merged", "dry_run"), _hub_refusal,
-                      weights_file=False))
+                      sends=True))

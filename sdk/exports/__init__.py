@@ -16,15 +16,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sdk.core.errors import FinetuneError, LaunchError, SpecError
-from sdk.core.exports import FORMATS, ExportOptions, format_of
+from sdk.core.errors import FinetuneError, LaunchError
+from sdk.core.exports import FORMATS, ExportOptions, export_name, format_of
 
 EXPORTS = "exports"
 REPORT = "export_report.json"
 
 
-def export_key(run_folder: Any, fmt: str) -> str:
-    return run_folder.key(f"{EXPORTS}/{fmt}")
+def export_key(run_folder: Any, name: str) -> str:
+    return run_folder.key(f"{EXPORTS}/{name}")
 
 
 def flag(option: str) -> str:
@@ -39,18 +39,18 @@ def parse_options(fmt: str, **given: Any) -> ExportOptions:
     try:
         chosen = format_of(fmt)
     except ValueError as exc:
-        raise SpecError(str(exc)) from None
+        raise FinetuneError(str(exc)) from None
     given = {k: v for k, v in given.items() if v is not None}
     extra = sorted(k for k in given if k not in chosen.options)
     if extra:
-        raise SpecError(f"{', '.join(flag(k) for k in extra)}: not an option of --format {fmt} (it takes "
+        raise FinetuneError(f"{', '.join(flag(k) for k in extra)}: not an option of --format {fmt} (it takes "
                         f"{', '.join(flag(o) for o in chosen.options) or 'no options'})")
     try:
         return ExportOptions(format=fmt, **given)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = flag(str(first["loc"][0])) if first["loc"] else "--format"
-        raise SpecError(f"{field}: {first['msg'].removeprefix('Value error, ')}") from None
+        raise FinetuneError(f"{field}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def check_export(run: str, options: ExportOptions, *, force: bool = False) -> Any:
@@ -64,12 +64,13 @@ def check_export(run: str, options: ExportOptions, *, force: bool = False) -> An
     spec = get_run(run).spec()
     reason = FORMATS[options.format].refusal(spec, options)
     if reason:
-        raise SpecError(reason)
-    if options.format == "hub" and not options.dry_run and not os.environ.get(options.token_env):
-        raise SpecError(f"--token-env: {options.token_env} is not set in this environment (it holds the Hub token; "
+        raise FinetuneError(reason)
+    if FORMATS[options.format].sends and not options.dry_run and not os.environ.get(options.token_env):
+        raise FinetuneError(f"--token-env: {options.token_env} is not set in this environment (it holds the Hub token; "
                         f"--dry-run lists what would be uploaded without one)")
-    if not force and not options.dry_run and folder.store.exists(f"{export_key(folder, options.format)}/MANIFEST.json"):
-        raise FinetuneError(f"{folder.uri}/{EXPORTS}/{options.format}: already exported (pass --force to replace it)")
+    name = export_name(options)
+    if not force and not options.dry_run and folder.store.exists(f"{export_key(folder, name)}/MANIFEST.json"):
+        raise FinetuneError(f"{folder.uri}/{EXPORTS}/{name}: already exported (pass --force to replace it)")
     return folder
 
 
@@ -86,23 +87,26 @@ def export(run: str, *, format: str, out: str | Path | None = None, force: bool 
         args.append("--force")
     report = _run_node(args, f"export of {run} to {format}")
     if out is not None and report.get("committed"):
-        report["out"] = str(fetch_export(run, format, out, overwrite=force))
+        report["out"] = str(fetch_export(run, export_name(parsed), out, overwrite=force))
     return report
 
 
-def fetch_export(run: str, fmt: str, dest: str | Path, *, overwrite: bool = False) -> Path:
-    """The committed export of `fmt` into dest, every file checked against its manifest; all or nothing."""
+def fetch_export(run: str, name: str, dest: str | Path, *, overwrite: bool = False) -> Path:
+    """The committed export `name` (a format, or gguf-adapter / ollama-adapter for --adapter-only) into dest, every
+    file checked against its manifest; all or nothing."""
     from sdk.runs import get_run
     from sdk.store.manifest import fetch_dir, read_manifest
 
+    fmt = name.removesuffix("-adapter")
     try:
         format_of(fmt)
     except ValueError as exc:
-        raise SpecError(str(exc).replace("--format", "--export")) from None
+        raise FinetuneError(str(exc).replace("--format", "--export")) from None
     folder = get_run(run).folder
-    key = export_key(folder, fmt)
+    key = export_key(folder, name)
     if read_manifest(folder.store, key) is None:
-        raise FinetuneError(f"{folder.uri}/{EXPORTS}/{fmt}: no committed export (finetune export {run} --format {fmt})")
+        how = f"--format {fmt}" + (" --adapter-only" if name != fmt else "")
+        raise FinetuneError(f"{folder.uri}/{EXPORTS}/{name}: no committed export (finetune export {run} {how})")
     dest = Path(dest).expanduser().resolve()
     _check_destination(dest, force=overwrite)
     return fetch_dir(folder.store, key, dest, overwrite=overwrite)

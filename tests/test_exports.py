@@ -1,0 +1,115 @@
+"""`finetune export`: every bad request is one line, exit 2, and leaves nothing in the run folder (fast tier, run
+folders written by hand); the exports themselves, checked in llama.cpp, are in test_export_gguf.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sdk.core.recipes import load_recipe
+from sdk.store import open_store
+from sdk.store.manifest import commit_dir
+from sdk.store.runfolder import RunFolder
+
+
+def hand_made_run(tmp_path, overrides=(), *, state="succeeded", run_id="run-1"):
+    """A run folder as a finished run leaves it (spec, status, a committed adapter), without training."""
+    store_dir = tmp_path / "store"
+    spec = load_recipe("tiny", [f"output={store_dir}", *overrides])
+    folder = RunFolder(open_store(str(store_dir)), run_id)
+    folder.write_json("spec.json", spec.model_dump(mode="json"))
+    folder.write_status(state)
+    adapter = tmp_path / f"{run_id}-adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    commit_dir(folder.store, adapter, folder.key("adapter"))
+    return folder
+
+
+@pytest.fixture
+def run(tmp_path):
+    return hand_made_run(tmp_path)
+
+
+def refused(cli_here, *args, env=None):
+    result = cli_here("export", *args, env=env)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--format", "onnx"], "--format: 'onnx' is not an export format; use one of gguf, ollama, merged, hub"),
+    (["--format", "gguf", "--quant", "q9_9"], "--quant: q9_9: not a llama.cpp file type"),
+    (["--format", "merged", "--quant", "q8_0"], "--quant: not an option of --format merged (it takes no options)"),
+    (["--format", "gguf", "--repo", "me/x"], "--repo: not an option of --format gguf"),
+    (["--format", "hub"], "--repo: name the Hub repo to upload to (owner/name)"),
+    (["--format", "hub", "--repo", "not a repo"], "--repo: 'not a repo' is not a Hub repo id (owner/name)"),
+    (["--format", "hub", "--repo", "me/x", "--token-env", "MY-TOKEN"], "--token-env: 'MY-TOKEN' is not an environment"),
+    (["--format", "hub", "--repo", "me/x", "--token-env", "FT_TEST_NO_SUCH_TOKEN"],
+     "--token-env: FT_TEST_NO_SUCH_TOKEN is not set in this environment"),
+    (["--format", "gguf", "--tolerance", "-1"], "--tolerance: Input should be greater than or equal to 0"),
+])
+def test_a_bad_request_is_one_line_naming_the_option(cli_here, run, args, says):
+    assert says in refused(cli_here, run.uri, *args)
+    assert not run.store.list(run.key("exports"))
+
+
+@pytest.mark.parametrize(("method", "args", "says"), [
+    ("prompt_tuning", ["--format", "gguf"], "method.name: prompt_tuning"),
+    ("prefix_tuning", ["--format", "merged"], "method.name: prefix_tuning"),
+    ("ia3", ["--format", "gguf", "--adapter-only"], "--adapter-only: a ia3 run has no LoRA adapter llama.cpp can apply"),
+    ("dora", ["--format", "ollama", "--adapter-only"], "--adapter-only: a dora run has no LoRA adapter"),
+])
+def test_a_method_the_format_cannot_carry_is_refused_by_name(cli_here, tmp_path, method, args, says):
+    folder = hand_made_run(tmp_path, [f"method={{name: {method}}}"])
+    assert says in refused(cli_here, folder.uri, *args)
+    assert not folder.store.list(folder.key("exports"))
+
+
+def test_a_run_that_did_not_succeed_has_nothing_to_export(cli_here, tmp_path):
+    folder = hand_made_run(tmp_path, state="failed")
+    assert "is failed" in refused(cli_here, folder.uri, "--format", "gguf")
+
+
+def test_an_export_is_not_replaced_without_force_nor_a_folder_that_is_not_one(cli_here, run, tmp_path):
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "model.gguf").write_text("x")
+    commit_dir(run.store, done, run.key("exports/gguf"))
+    assert "exports/gguf: already exported (pass --force" in refused(cli_here, run.uri, "--format", "gguf")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert "exists and is not empty" in refused(cli_here, run.uri, "--format", "merged", "-o", str(mine))
+    assert "not a previous fetch or merge" in refused(cli_here, run.uri, "--format", "merged", "-o", str(mine), "--force")
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_fetch_export_brings_back_verified_files_and_refuses_a_corrupt_one(cli_here, run, tmp_path):
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "model-q8_0.gguf").write_bytes(b"GGUF" + bytes(100))
+    (done / "export_report.json").write_text(json.dumps({"format": "gguf"}))
+    commit_dir(run.store, done, run.key("exports/gguf"))
+    fetched = cli_here("fetch", run.uri, str(tmp_path / "back"), "--export", "gguf")
+    assert fetched.returncode == 0, fetched.stderr
+    assert (tmp_path / "back" / "model-q8_0.gguf").read_bytes() == b"GGUF" + bytes(100)
+    missing = cli_here("fetch", run.uri, str(tmp_path / "none"), "--export", "gguf-adapter")
+    assert missing.returncode == 2 and "--format gguf --adapter-only" in missing.stderr
+    (tmp_path / "store" / run.run_id / "exports" / "gguf" / "model-q8_0.gguf").write_bytes(b"GGUF" + bytes(99))
+    corrupt = cli_here("fetch", run.uri, str(tmp_path / "bad"), "--export", "gguf")
+    assert corrupt.returncode == 2 and "corrupted" in corrupt.stderr and not (tmp_path / "bad").exists()
+
+
+def test_an_architecture_llama_cpp_cannot_convert_is_named(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from launch.exports.llamacpp import architecture_refusal
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["NoSuchForCausalLM"], "model_type": "nosuch"}))
+    assert architecture_refusal(tmp_path) == ("model.id: architecture NoSuchForCausalLM (model_type nosuch) cannot be "
+                                              "converted by llama.cpp 0.3.36's convert_hf_to_gguf.py")
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
+    assert architecture_refusal(tmp_path) is None
