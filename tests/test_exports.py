@@ -113,3 +113,51 @@ def test_an_architecture_llama_cpp_cannot_convert_is_named(tmp_path):
                                               "converted by llama.cpp 0.3.36's convert_hf_to_gguf.py")
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
     assert architecture_refusal(tmp_path) is None
+
+
+def test_a_check_that_fails_commits_nothing_and_keeps_the_files_here_or_beside_the_exports(tmp_path, monkeypatch):
+    """The driver's contract with every format, shown with a format whose check fails: exit 1 with the numbers,
+    nothing under exports/<name>/; the files stay in the work folder (here) or under exports/<name>.failed/ (a node,
+    whose disk goes with its cluster)."""
+    import sys
+
+    from launch.exports.__main__ import main
+    from sdk.core.exports import FORMATS, ExportFormat, ExportOptions
+
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "always_off.py").write_text(
+        "def build(ctx):\n"
+        "    (ctx.out / 'model.gguf').write_bytes(b'GGUF')\n"
+        "    ctx.report['check'] = {'passed': False, 'tolerance_points': 5.0, 'files': {'q8_0': {\n"
+        "        'metric': 'label_accuracy', 'llama_cpp': 0.5, 'transformers': 0.9, 'difference_points': -40.0,\n"
+        "        'passed': False}}}\n"
+        "    return {'model': {'q8_0': 'model.gguf'}}\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    monkeypatch.setitem(FORMATS, "off", ExportFormat("off", "a format whose check fails", "always_off", (),
+                                                     lambda spec, options: None))
+    monkeypatch.setenv("FINETUNE_CACHE", str(tmp_path / "cache"))
+    folder = hand_made_run(tmp_path)
+    options = ExportOptions(format="off").model_dump_json()
+    monkeypatch.setattr(sys, "argv", ["x"])
+    assert main(["--run", folder.uri, "--options", options]) == 1
+    kept = next((tmp_path / "cache" / "exports").iterdir()) / "out"
+    assert (kept / "model.gguf").read_bytes() == b"GGUF" and json.loads((kept / "export_report.json").read_text())
+    assert not folder.store.list(folder.key("exports"))
+    assert main(["--run", folder.uri, "--options", options, "--outcome", "exports/.off.outcome.json"]) == 1
+    outcome = folder.read_json("exports/.off.outcome.json")
+    assert outcome["exit"] == 1 and "label_accuracy 0.500 vs 0.900 in transformers (-40.0 points, tolerance 5.0)" \
+        in outcome["error"] and outcome["error"].endswith(f"files kept in {folder.uri}/exports/off.failed")
+    assert folder.store.exists(folder.key("exports/off.failed/model.gguf"))
+    assert not folder.store.exists(folder.key("exports/off/MANIFEST.json"))
+
+
+def test_the_node_export_task_runs_the_same_driver_and_reports_through_the_run_folder(tmp_path):
+    from sdk.exports.remote import export_cluster, export_run_script
+
+    folder = hand_made_run(tmp_path)
+    script = export_run_script(folder, '{"format": "gguf"}', name="gguf-adapter", force=True)
+    assert '-m launch.exports.llamacpp >&2 || exit 3' in script
+    assert f"-m launch.exports --run {folder.uri} --options '{{\"format\": \"gguf\"}}' --outcome " \
+           "exports/.gguf-adapter.outcome.json --force" in script
+    assert export_cluster("run-1", "gguf") != export_cluster("run-1", "gguf-adapter")
+    assert len(export_cluster("a" * 200, "gguf")) <= 48

@@ -180,12 +180,14 @@ def test_a_sweep_runs_each_trial_on_a_cluster_of_its_own(slurm, s3_env, finetune
     assert board[0]["run_id"] == handle.best().id
 
 
-@pytest.mark.timeout(1800)  # trains (<= 600 s), then waits for the engine (<= 900 s): inside the test's own limit
-def test_a_served_run_answers_through_its_endpoint_on_slurm(slurm, s3_env, finetune_home):
+@pytest.mark.timeout(2400)  # trains (<= 600 s), waits for the engine (<= 900 s), exports on a node (<= 600 s)
+def test_a_served_run_answers_through_its_endpoint_on_slurm(slurm, s3_env, finetune_home, tmp_path):
     """`finetune serve` through SkyPilot onto Slurm, which opens no ports: the endpoint is the node's own
     address. The node fetches the adapter from S3 (manifest-verified), starts vLLM's CPU build (the engine
     environment this machine already has, named by FINETUNE_ENGINE_PYTHON) and answers token for token
-    as `finetune generate` does; stopping the server takes the cluster down."""
+    as `finetune generate` does; stopping the server takes the cluster down. Then the same run is exported to
+    GGUF on a node (a SkyPilot task: merge, convert, llama.cpp's check), committed to S3 and fetched back
+    verified; the export's cluster is gone when it returns."""
     from helpers import free_port
 
     from sdk.core.recipes import load_recipe
@@ -213,6 +215,15 @@ def test_a_served_run_answers_through_its_endpoint_on_slurm(slurm, s3_env, finet
         stopped = cli("servers", "--stop", server.id)
     assert stopped.returncode == 0, stopped.stderr
     assert server.record.cluster not in clusters()
+
+    from sdk.exports.remote import export_cluster
+
+    report = run.export("gguf", quants=["q8_0"], rows=8, on="node")
+    assert report["check"]["passed"] and report["committed"] == f"{run.uri}/exports/gguf", report
+    assert export_cluster(run.id, "gguf") not in clusters()
+    fetched = cli("fetch", run.uri, str(tmp_path / "gguf"), "--export", "gguf")
+    assert fetched.returncode == 0, fetched.stderr
+    assert sorted(p.name for p in (tmp_path / "gguf").iterdir()) == ["export_report.json", "smollm2-news-q8_0.gguf"]
 
 
 @pytest.mark.timeout(900)  # setup downloads liger-kernel and triton (~290 MB) into a new node environment

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ def work_root() -> Path:
     return Path(os.environ.get("FINETUNE_CACHE", Path.home() / ".cache" / "finetune")) / "exports"
 
 
-def run_export(run_uri: str, options_json: str, *, force: bool) -> dict[str, Any]:
+def run_export(run_uri: str, options_json: str, *, force: bool, keep_in_store: bool = False) -> dict[str, Any]:
     from launch.exports import ExportContext
     from launch.runtime import quiet_libraries
     from sdk.core.errors import ExportCheckFailed, FinetuneError
@@ -45,9 +46,10 @@ def run_export(run_uri: str, options_json: str, *, force: bool) -> dict[str, Any
     if not force and not options.dry_run and run.store.exists(f"{key}/MANIFEST.json"):
         raise FinetuneError(f"{run.uri}/exports/{name}: already exported (pass --force to replace it)")
     quiet_libraries()
-    work = work_root() / f"{run.run_id}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    work_root().mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{run.run_id}-{name}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=work_root()))
     context = ExportContext(run=run, spec=spec, options=options, out=work / "out", work=work)
-    context.out.mkdir(parents=True)
+    context.out.mkdir()
     started = time.perf_counter()
     kept = False
     try:
@@ -59,9 +61,13 @@ def run_export(run_uri: str, options_json: str, *, force: bool) -> dict[str, Any
         (context.out / REPORT).write_text(json.dumps(context.report, indent=2))
         check = context.report.get("check") or {}
         if check and not check.get("passed"):
-            kept = True
+            kept = not keep_in_store
+            where = str(context.out)
+            if keep_in_store:  # a node's disk goes with its cluster: the files are kept beside the exports instead
+                commit_dir(run.store, context.out, f"{key}.failed")
+                where = f"{run.uri}/exports/{name}.failed"
             raise ExportCheckFailed(f"{options.format} export of {run.run_id} failed its check: {failed_line(check)}; "
-                                    f"nothing committed, files kept in {context.out}")
+                                    f"nothing committed as the export, files kept in {where}")
         if options.dry_run:
             return context.report
         commit_dir(run.store, context.out, key)
@@ -88,17 +94,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, help="run folder URI")
     parser.add_argument("--options", required=True, help="sdk.core.exports.ExportOptions as JSON")
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--outcome", help="also write the report (or the error) to this key of the run folder: a "
+                                          "node's outcome, read by the client that launched it")
     args = parser.parse_args(argv)
 
     from sdk.core.errors import FinetuneError
 
     try:
-        report = run_export(args.run, args.options, force=args.force)
+        outcome = run_export(args.run, args.options, force=args.force, keep_in_store=bool(args.outcome))
+        code = 0
     except FinetuneError as exc:
-        print(json.dumps({"error": str(exc)}))
-        return exc.exit_code
-    print(json.dumps(report))
-    return 0
+        outcome, code = {"error": str(exc), "exit": exc.exit_code}, exc.exit_code
+    if args.outcome:
+        from sdk.store.runfolder import RunFolder
+
+        RunFolder.open(args.run).write_json(args.outcome, outcome)
+    print(json.dumps(outcome))
+    return code
 
 
 if __name__ == "__main__":

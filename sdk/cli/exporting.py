@@ -26,15 +26,20 @@ def export_(
     private: bool = typer.Option(None, "--private", help="hub: create the repo private"),
     merged: bool = typer.Option(None, "--merged", help="hub: upload the merged model instead of the adapter"),
     dry_run: bool = typer.Option(None, "--dry-run", help="hub: list the files and the model card; upload nothing"),
+    on: str = typer.Option("auto", "--on", help="where the work runs: local, node (a SkyPilot task on the run's "
+                                                "resources) or auto (node for a run trained through SkyPilot)"),
     force: bool = typer.Option(False, "--force", help="replace an earlier export of this format (and -o's folder)"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Export a run: each file is loaded by the runtime that will use it (llama.cpp for GGUF) and answers held-out
     rows next to transformers before it is committed to the run folder (exports/<format>/); beyond the tolerance
     the export fails (exit 1) with the numbers and keeps its files."""
+    from sdk.core.errors import FinetuneError
     from sdk.exports import export
 
-    report = export(run, format=fmt, out=out, force=force, quants=quant or None, adapter_only=adapter_only,
+    if on not in ("auto", "local", "node"):
+        raise FinetuneError(f"--on: {on!r} is not one of auto, local, node")
+    report = export(run, format=fmt, out=out, force=force, on=on, quants=quant or None, adapter_only=adapter_only,
                     tolerance=tolerance, rows=rows, repo=repo, token_env=token_env, private=private, merged=merged,
                     dry_run=dry_run)
     if json_out:

@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sdk.core.errors import FinetuneError, LaunchError
 from sdk.core.exports import FORMATS, ExportOptions, export_name, format_of
@@ -74,18 +74,26 @@ def check_export(run: str, options: ExportOptions, *, force: bool = False) -> An
     return folder
 
 
-def export(run: str, *, format: str, out: str | Path | None = None, force: bool = False, **options: Any) -> dict[str, Any]:
+def export(run: str, *, format: str, out: str | Path | None = None, force: bool = False,
+           on: Literal["auto", "local", "node"] = "auto", **options: Any) -> dict[str, Any]:
     """Export a run that succeeded; returns the export report (files with sizes, the runtime's check against
-    transformers, tool versions). `out`: also fetch the committed files there. Raises ExportCheckFailed (files kept,
-    path in the message) when the export answers beyond the tolerance."""
+    transformers, tool versions). `out`: also fetch the committed files there. `on`: where the work runs: here, or
+    on a node of the run's own resources through SkyPilot (auto: a node for a run that trained through SkyPilot).
+    Raises ExportCheckFailed (files kept, where in the message) when the export answers beyond the tolerance."""
+    from sdk.runs import get_run
+
     parsed = parse_options(format, **options)
     if out is not None:
         _check_destination(Path(out), force=force)
     folder = check_export(run, parsed, force=force)
-    args = ["--run", folder.uri, "--options", parsed.model_dump_json()]
-    if force:
-        args.append("--force")
-    report = _run_node(args, f"export of {run} to {format}")
+    handle = get_run(run)
+    if on == "node" or (on == "auto" and handle.backend == "skypilot"):
+        from sdk.exports.remote import export_on_node
+
+        report = export_on_node(folder, handle.spec(), parsed.model_dump_json(), name=export_name(parsed), force=force)
+    else:
+        args = ["--run", folder.uri, "--options", parsed.model_dump_json()] + (["--force"] if force else [])
+        report = _run_node(args, f"export of {run} to {format}")
     if out is not None and report.get("committed"):
         report["out"] = str(fetch_export(run, export_name(parsed), out, overwrite=force))
     return report
