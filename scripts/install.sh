@@ -20,6 +20,10 @@ if [ "${1:-}" = "dev" ] && command -v apt-get >/dev/null 2>&1 \
       swift-proxy swift-account swift-container swift-object slurm-wlm munge openssh-server chromium >/dev/null) \
     || echo "warning: could not install Debian's swift/slurm/chromium packages; the tests that need them will be skipped" >&2
 fi
+# Go (its standard library only), which renders Ollama TEMPLATEs as Ollama does in tests/test_export_ollama.py.
+[ "${1:-}" != "dev" ] || command -v go >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 \
+  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null) \
+  || echo "warning: could not install Debian's golang-go; the Ollama TEMPLATE tests will be skipped" >&2
 # DeepSpeed for the multi-process tests (and `distributed: deepspeed` runs: `bash scripts/install.sh deepspeed`).
 # Its shared-memory comm and CPU Adam ops are built now (~160 s) instead of on the first run of every job.
 if [ "${1:-}" = "dev" ] || [ "${1:-}" = "deepspeed" ]; then

@@ -1,0 +1,3 @@
+module finetune.test/ollama_render
+
+go 1.19
