@@ -1,4 +1,4 @@
-"""The run's chat format carried into an export (sdk/exports/chat_format.py): the Jinja chat template the GGUF holds and
+"""The run's chat format carried into an export (sdk/data/chat_format.py): the Jinja chat template the GGUF holds and
 the Modelfile's TEMPLATE, rendered here by Go's text/template as Ollama's server feeds it (tests/go/ollama_render, Go's
 standard library only). Ollama itself does not run here: these tests show that the TEMPLATE Ollama would execute
 writes the text the model trained on, byte for byte.
@@ -24,7 +24,7 @@ import sdk
 from sdk.core.architectures import TINY_CHAT_TEMPLATE
 from sdk.data.formats import Instruction, Sample
 from sdk.data.rendering import Renderer, instruction_prompt
-from sdk.exports.chat_format import (
+from sdk.data.chat_format import (
     FAMILIES,
     NO_SYSTEM,
     PROBES,
