@@ -14,7 +14,7 @@ import sdk
 from sdk.core.recipes import load_recipe
 
 MISSING = None if importlib.util.find_spec("llama_cpp") else "llama-cpp-python (bash scripts/install.sh export)"
-pytestmark = [pytest.mark.timeout(1200), needs_service("llama.cpp", MISSING)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200), needs_service("llama.cpp", MISSING)]
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,9 @@ def news_run(tmp_path_factory):
     home = tmp_path_factory.mktemp("export-home")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FINETUNE_HOME", str(home))
-        spec = load_recipe("smollm2-news", [f"output={store}", "train.max_steps=16", "data.max_samples=160",
-                                            "eval.before=false", "eval.num_samples=16", "eval.generations=0"])
+        # trained to a confident model (an unsure one flips answers under any rounding, in either runtime)
+        spec = load_recipe("smollm2-news", [f"output={store}", "train.max_steps=30", "data.max_samples=240",
+                                            "eval.before=false", "eval.num_samples=24", "eval.generations=0"])
         run = sdk.submit(spec, backend="local")
         assert run.wait(progress=False, timeout=900).state == "succeeded", run.logs()[-3000:]
     return run
@@ -39,10 +40,10 @@ def test_gguf_q8_0_and_q4_k_m_answer_as_transformers_does_and_fetch_back_verifie
     assert check["passed"] and set(check["files"]) == {"q8_0", "q4_k_m"}
     for result in check["files"].values():
         assert result["metric"] == "label_accuracy" and abs(result["difference_points"]) <= 5
-        assert result["chat_template_carried"] and result["rows"] == 16 and result["load_s"] < 30
+        assert result["chat_template_carried"] and result["rows"] == 24 and result["load_s"] < 30
     assert report["llama_cpp"] == "0.3.36" and report["merge"]["max_logit_diff"] <= report["merge"]["tolerance"]
-    names = sorted(p.name for p in (tmp_path / "gguf").iterdir())
-    assert names == ["export_report.json", "smollm2-news-q4_k_m.gguf", "smollm2-news-q8_0.gguf"]
+    names = sorted(p.name for p in (tmp_path / "gguf").iterdir() if not p.name.startswith("."))
+    assert names == ["MANIFEST.json", "export_report.json", "smollm2-news-q4_k_m.gguf", "smollm2-news-q8_0.gguf"]
     assert report["sizes"]["smollm2-news-q4_k_m.gguf"] < report["sizes"]["smollm2-news-q8_0.gguf"]
     again = run_cli("export", news_run.uri, "--format", "gguf")
     assert again.returncode == 2 and "already exported (pass --force" in again.stderr

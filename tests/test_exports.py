@@ -130,7 +130,7 @@ def test_a_check_that_fails_commits_nothing_and_keeps_the_files_here_or_beside_t
         "    (ctx.out / 'model.gguf').write_bytes(b'GGUF')\n"
         "    ctx.report['check'] = {'passed': False, 'tolerance_points': 5.0, 'files': {'q8_0': {\n"
         "        'metric': 'label_accuracy', 'llama_cpp': 0.5, 'transformers': 0.9, 'difference_points': -40.0,\n"
-        "        'passed': False}}}\n"
+        "        'rows': 10, 'allowed_points': 10.0, 'passed': False}}}\n"
         "    return {'model': {'q8_0': 'model.gguf'}}\n")
     monkeypatch.syspath_prepend(str(tmp_path / "mods"))
     monkeypatch.setitem(FORMATS, "off", ExportFormat("off", "a format whose check fails", "always_off", (),
@@ -145,7 +145,7 @@ def test_a_check_that_fails_commits_nothing_and_keeps_the_files_here_or_beside_t
     assert not folder.store.list(folder.key("exports"))
     assert main(["--run", folder.uri, "--options", options, "--outcome", "exports/.off.outcome.json"]) == 1
     outcome = folder.read_json("exports/.off.outcome.json")
-    assert outcome["exit"] == 1 and "label_accuracy 0.500 vs 0.900 in transformers (-40.0 points, tolerance 5.0)" \
+    assert outcome["exit"] == 1 and "label_accuracy 0.500 vs 0.900 in transformers (-40.0 points on 10 rows, allowed 10.0)" \
         in outcome["error"] and outcome["error"].endswith(f"files kept in {folder.uri}/exports/off.failed")
     assert folder.store.exists(folder.key("exports/off.failed/model.gguf"))
     assert not folder.store.exists(folder.key("exports/off/MANIFEST.json"))

@@ -223,7 +223,8 @@ def test_a_served_run_answers_through_its_endpoint_on_slurm(slurm, s3_env, finet
     assert export_cluster(run.id, "gguf") not in clusters()
     fetched = cli("fetch", run.uri, str(tmp_path / "gguf"), "--export", "gguf")
     assert fetched.returncode == 0, fetched.stderr
-    assert sorted(p.name for p in (tmp_path / "gguf").iterdir()) == ["export_report.json", "smollm2-news-q8_0.gguf"]
+    assert sorted(p.name for p in (tmp_path / "gguf").iterdir() if not p.name.startswith(".")) == [
+        "MANIFEST.json", "export_report.json", "smollm2-news-q8_0.gguf"]
 
 
 @pytest.mark.timeout(900)  # setup downloads liger-kernel and triton (~290 MB) into a new node environment

@@ -83,8 +83,8 @@ def failed_line(check: dict[str, Any]) -> str:
     for name, result in check.get("files", {}).items():
         if not result.get("passed") or result.get("chat_template_carried") is False:
             parts.append(f"{name}: {result['metric']} {result['llama_cpp']:.3f} vs {result['transformers']:.3f} in "
-                         f"transformers ({result['difference_points']:+.1f} points, tolerance "
-                         f"{check.get('tolerance_points')})"
+                         f"transformers ({result['difference_points']:+.1f} points on {result.get('rows')} rows, "
+                         f"allowed {result.get('allowed_points', check.get('tolerance_points'))})"
                          + ("; the chat template was not carried" if result.get("chat_template_carried") is False else ""))
     return "; ".join(parts) or "see the report"
 
