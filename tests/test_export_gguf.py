@@ -61,8 +61,10 @@ def test_ollama_adapter_only_is_a_gguf_lora_on_the_base_gguf_with_the_runs_forma
     assert report["sizes"]["smollm2-news-lora-f16.gguf"] < report["sizes"]["smollm2-news-base-q8_0.gguf"] / 5
     assert report["committed"].endswith("/exports/ollama-adapter") and report["ollama"]["family"] == "instruction+fixed"
     modelfile = parse_modelfile((tmp_path / "ollama" / "Modelfile").read_text())
-    assert modelfile["from"] == "./smollm2-news-base-q8_0.gguf" and modelfile["adapter"] == "./smollm2-news-lora-f16.gguf"
-    assert "### Input:\n{{ $m.Content }}" in modelfile["template"] and "Classify this news text" in modelfile["template"]
+    assert modelfile["from"] == "./smollm2-news-base-q8_0.gguf"
+    assert modelfile["adapter"] == "./smollm2-news-lora-f16.gguf"
+    assert "### Input:\n{{ $m.Content }}" in modelfile["template"]
+    assert "Classify this news text" in modelfile["template"]
     assert set(report["ollama"]["stops"]) <= set(modelfile["parameters"]["stop"])
 
 

@@ -98,11 +98,11 @@ def make_run(tmp_path: Path, summary: dict | None = None, **spec_changes) -> Run
     return folder
 
 
-def context(tmp_path: Path, run: RunFolder, **options) -> ExportContext:
+def context(tmp_path: Path, run: RunFolder, *, force: bool = False, **options) -> ExportContext:
     opts = ExportOptions(format="hub", **{"repo": "alice/news-lora", **options})
     work = tmp_path / "work"
     (work / "out").mkdir(parents=True)
-    return ExportContext(run=run, spec=run.spec(), options=opts, out=work / "out", work=work)
+    return ExportContext(run=run, spec=run.spec(), options=opts, out=work / "out", work=work, force=force)
 
 
 def split_card(text: str) -> tuple[dict, str]:
@@ -163,7 +163,8 @@ def test_card_license_from_the_cached_base_card_and_merged_kind(tmp_path, hub_ca
 
 
 def test_card_without_a_hub_base_names_no_base_model(tmp_path, hub_cache):
-    run = make_run(tmp_path, model="tiny:llama", method={"name": "lora", "r": 4, "target_modules": r".*(q_proj|v_proj)"})
+    run = make_run(tmp_path, model="tiny:llama",
+                   method={"name": "lora", "r": 4, "target_modules": r".*(q_proj|v_proj)"})
     front, body = split_card(model_card(context(tmp_path, run)))
     assert "base_model" not in front and front["tags"] == ["finetune", "lora", "sft"]
     assert "`tiny:llama`" in body and "bits (bitsandbytes)" not in body
@@ -209,9 +210,14 @@ def test_dry_run_through_run_export_rewrites_the_local_base_path(tmp_path, hub_c
 class FakeApi:
     """HfApi's calls as export makes them, recorded; nothing leaves the machine."""
 
-    def __init__(self, token: str, *, public_repo: bool = False, fail: Exception | None = None):
+    def __init__(self, token: str, *, public_repo: bool = False, fail: Exception | None = None,
+                 held: tuple[str, ...] = (".gitattributes",)):
         self.token, self.public_repo, self.fail, self.calls = token, public_repo, fail, []
         self.endpoint = "https://huggingface.co"
+        self.held = list(held)
+
+    def list_repo_files(self, repo_id, **kwargs):  # read-only: not recorded among the calls that change the Hub
+        return self.held
 
     def create_repo(self, repo_id, **kwargs):
         self.calls.append(("create_repo", repo_id, kwargs))
@@ -333,6 +339,17 @@ def test_private_is_refused_for_an_existing_public_repo(tmp_path, hub_cache, fak
     with pytest.raises(hub_module.HubError, match="already exists on the Hub and is public"):
         hub_module.build(context(tmp_path, make_run(tmp_path), private=True))
     assert [c[0] for c in made[0].calls] == ["create_repo", "repo_info"]  # nothing uploaded
+
+
+def test_a_repo_that_already_holds_a_model_is_uploaded_over_only_with_force(tmp_path, hub_cache, fake_hub,
+                                                                           monkeypatch):
+    made = fake_hub(held=(".gitattributes", "README.md", "adapter_model.safetensors"))
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    with pytest.raises(hub_module.HubError, match=r"alice/news-lora already holds 2 files \(README.md, adapter_model"):
+        hub_module.build(context(tmp_path, make_run(tmp_path)))
+    assert [c[0] for c in made[0].calls] == ["create_repo"]  # nothing uploaded
+    hub_module.build(context(tmp_path / "again", make_run(tmp_path / "again"), force=True))
+    assert [c[0] for c in made[1].calls] == ["create_repo", "upload_folder"]
 
 
 # ---------------------------------------------------------------------------- the real HfApi, a local server

@@ -60,7 +60,8 @@ def test_a_bad_request_is_one_line_naming_the_option(cli_here, run, args, says):
 @pytest.mark.parametrize(("method", "args", "says"), [
     ("prompt_tuning", ["--format", "gguf"], "method.name: prompt_tuning"),
     ("prefix_tuning", ["--format", "merged"], "method.name: prefix_tuning"),
-    ("ia3", ["--format", "gguf", "--adapter-only"], "--adapter-only: a ia3 run has no LoRA adapter llama.cpp can apply"),
+    ("ia3", ["--format", "gguf", "--adapter-only"],
+     "--adapter-only: a ia3 run has no LoRA adapter llama.cpp can apply"),
     ("dora", ["--format", "ollama", "--adapter-only"], "--adapter-only: a dora run has no LoRA adapter"),
 ])
 def test_a_method_the_format_cannot_carry_is_refused_by_name(cli_here, tmp_path, method, args, says):
@@ -84,7 +85,8 @@ def test_an_export_is_not_replaced_without_force_nor_a_folder_that_is_not_one(cl
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     assert "exists and is not empty" in refused(cli_here, run.uri, "--format", "merged", "-o", str(mine))
-    assert "not a previous fetch or merge" in refused(cli_here, run.uri, "--format", "merged", "-o", str(mine), "--force")
+    forced = refused(cli_here, run.uri, "--format", "merged", "-o", str(mine), "--force")
+    assert "not a previous fetch or merge" in forced
     assert (mine / "notes.txt").read_text() == "keep me"
 
 
@@ -130,7 +132,7 @@ def test_a_check_that_fails_commits_nothing_and_keeps_the_files_here_or_beside_t
         "    (ctx.out / 'model.gguf').write_bytes(b'GGUF')\n"
         "    ctx.report['check'] = {'passed': False, 'tolerance_points': 5.0, 'files': {'q8_0': {\n"
         "        'metric': 'label_accuracy', 'llama_cpp': 0.5, 'transformers': 0.9, 'difference_points': -40.0,\n"
-        "        'rows': 10, 'allowed_points': 10.0, 'passed': False}}}\n"
+        "        'rows': 10, 'passed': False}}}\n"
         "    return {'model': {'q8_0': 'model.gguf'}}\n")
     monkeypatch.syspath_prepend(str(tmp_path / "mods"))
     monkeypatch.setitem(FORMATS, "off", ExportFormat("off", "a format whose check fails", "always_off", (),
@@ -145,7 +147,8 @@ def test_a_check_that_fails_commits_nothing_and_keeps_the_files_here_or_beside_t
     assert not folder.store.list(folder.key("exports"))
     assert main(["--run", folder.uri, "--options", options, "--outcome", "exports/.off.outcome.json"]) == 1
     outcome = folder.read_json("exports/.off.outcome.json")
-    assert outcome["exit"] == 1 and "label_accuracy 0.500 vs 0.900 in transformers (-40.0 points on 10 rows, allowed 10.0)" \
+    assert outcome["exit"] == 1
+    assert "label_accuracy 0.500 vs 0.900 in transformers (-40.0 points on 10 rows, tolerance 5.0)" \
         in outcome["error"] and outcome["error"].endswith(f"files kept in {folder.uri}/exports/off.failed")
     assert folder.store.exists(folder.key("exports/off.failed/model.gguf"))
     assert not folder.store.exists(folder.key("exports/off/MANIFEST.json"))
@@ -161,3 +164,11 @@ def test_the_node_export_task_runs_the_same_driver_and_reports_through_the_run_f
            "exports/.gguf-adapter.outcome.json --force" in script
     assert export_cluster("run-1", "gguf") != export_cluster("run-1", "gguf-adapter")
     assert len(export_cluster("a" * 200, "gguf")) <= 48
+
+
+def test_too_few_rows_to_measure_the_tolerance_are_refused_naming_both_ways_out():
+    from launch.exports.check import enough_rows
+
+    assert enough_rows(20, 5.0) is None and enough_rows(1, 0.0) is None and enough_rows(4, 25.0) is None
+    assert enough_rows(16, 5.0) == ("the check has 16 held-out rows: one row is 6.2 points, more than --tolerance 5; "
+                                    "give --rows 20 or more (eval.num_samples, more eval data) or --tolerance 6.2")

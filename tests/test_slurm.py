@@ -218,7 +218,7 @@ def test_a_served_run_answers_through_its_endpoint_on_slurm(slurm, s3_env, finet
 
     from sdk.exports.remote import export_cluster
 
-    report = run.export("gguf", quants=["q8_0"], rows=8, on="node")
+    report = run.export("gguf", quants=["q8_0"], rows=20, on="node")
     assert report["check"]["passed"] and report["committed"] == f"{run.uri}/exports/gguf", report
     assert export_cluster(run.id, "gguf") not in clusters()
     fetched = cli("fetch", run.uri, str(tmp_path / "gguf"), "--export", "gguf")

@@ -19,6 +19,7 @@ class ExportContext:
     out: Path  # what is committed: the export's files and its report
     work: Path  # scratch beside it: the merged model, intermediate GGUFs
     report: dict[str, Any] = field(default_factory=dict)
+    force: bool = False  # --force: replace what an earlier export left (the run folder's, a Hub repo's files)
 
     def say(self, line: str) -> None:
         print(f"[finetune export] {line}", file=sys.stderr, flush=True)
@@ -46,7 +47,10 @@ class ExportContext:
 
         data, summary = self.spec.data, self.run.summary()
         instruction = summary.instruction if summary is not None and summary.instruction else data.instruction
-        return run_chat_template(template=self.template, tokenizer_template=self.tokenizer.chat_template,
+        tokenizer_template = self.tokenizer.chat_template
+        if summary is not None and summary.tool_calling:  # tool rows were rendered with the run folder's template
+            tokenizer_template = self.run.read_text("chat_template.jinja") or tokenizer_template
+        return run_chat_template(template=self.template, tokenizer_template=tokenizer_template,
                                  instruction=instruction, system_prompt=data.system_prompt)
 
     @cached_property
@@ -83,4 +87,4 @@ class ExportContext:
         from launch.exports.check import reference
 
         self.say("answering the held-out rows with transformers (the model as trained)")
-        return reference(self.run, self.spec, rows=self.options.rows)
+        return reference(self.run, self.spec, rows=self.options.rows, tolerance=self.options.tolerance)

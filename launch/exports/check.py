@@ -6,6 +6,7 @@ of rows whose first answer token agrees is reported beside it."""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -35,8 +36,18 @@ def metric_of(examples: list[Any], answers: list[str], labels: list[str] | None)
     return "exact_match", float(means.get("exact_match", 0.0))
 
 
-def reference(run: Any, spec: Any, *, rows: int | None) -> Reference:
-    """transformers' answers on the held-out rows (the eval source, else the hold-out of the training data)."""
+def enough_rows(count: int, tolerance: float) -> str | None:
+    """Why `count` rows cannot check an export to `tolerance` points (one row is 100/count of them), or None."""
+    if tolerance <= 0 or count >= math.ceil(100 / tolerance):
+        return None
+    return (f"the check has {count} held-out rows: one row is {100 / count:.1f} points, more than --tolerance "
+            f"{tolerance:g}; give --rows {math.ceil(100 / tolerance)} or more (eval.num_samples, more eval data) or "
+            f"--tolerance {100 / count:.1f}")
+
+
+def reference(run: Any, spec: Any, *, rows: int | None, tolerance: float) -> Reference:
+    """transformers' answers on the held-out rows (the eval source, else the hold-out of the training data); refused
+    before any model loads when the rows are too few to measure the tolerance."""
     import tempfile
 
     from launch.data import prepare
@@ -50,7 +61,11 @@ def reference(run: Any, spec: Any, *, rows: int | None) -> Reference:
     tokenizer = loader.tokenizer()
     examples = [e for e in prepare(spec, tokenizer).eval_examples if e.prompt][: rows or spec.eval.num_samples]
     if not examples:
-        raise FinetuneError(f"{run.uri}: no held-out rows with a prompt to check the export on (data.eval_source)")
+        raise FinetuneError(f"{run.uri}: no held-out rows with a prompt to check the export on (a text corpus has "
+                            "none): give the run an eval_source with prompts")
+    short = enough_rows(len(examples), tolerance)
+    if short:
+        raise FinetuneError(short)
     with tempfile.TemporaryDirectory(prefix="finetune-export-ref-") as tmp:
         model = loader.builder.reload(loader.load(), run.fetch_adapter(Path(tmp) / "adapter"))
         answers = answer_all(model, tokenizer, examples, max_new_tokens=answer_tokens(spec))
@@ -89,7 +104,8 @@ def llama_answers(model_path: Path, prompts: list[str], *, max_new_tokens: int, 
     return answers, load_s
 
 
-def check_file(ref: Reference, spec: Any, model_path: Path, *, tolerance: float, lora: Path | None = None) -> dict[str, Any]:
+def check_file(ref: Reference, spec: Any, model_path: Path, *, tolerance: float,
+               lora: Path | None = None) -> dict[str, Any]:
     """One GGUF (or a base GGUF with a LoRA GGUF) against transformers: the metric, the difference in points,
     first-token agreement, load time and whether it passes."""
     from launch.evaluate import answer_tokens
@@ -98,12 +114,9 @@ def check_file(ref: Reference, spec: Any, model_path: Path, *, tolerance: float,
     answers, load_s = llama_answers(model_path, ref.prompts, max_new_tokens=answer_tokens(spec), lora=lora, n_ctx=n_ctx)
     _, value = metric_of(ref.examples, answers, spec.eval.labels)
     points = 100 * (value - ref.value)
-    # one row is the smallest difference the rows can show: a tolerance below it would fail an export on a single
-    # answer that flips (16 rows: 6.25 points); --rows buys a finer check
-    allowed = max(tolerance, 100 / len(answers))
     return {"metric": ref.metric, "llama_cpp": round(value, 4), "transformers": round(ref.value, 4),
-            "difference_points": round(points, 2), "first_token_agreement": round(first_token_agreement(ref, answers), 4),
-            "rows": len(answers), "load_s": round(load_s, 3), "allowed_points": round(allowed, 2),
-            "passed": abs(points) <= allowed + 1e-9,
+            "difference_points": round(points, 2),
+            "first_token_agreement": round(first_token_agreement(ref, answers), 4),
+            "rows": len(answers), "load_s": round(load_s, 3), "passed": abs(points) <= tolerance + 1e-9,
             "examples": [{"prompt": p[-200:], "transformers": a, "llama_cpp": b}
                          for p, a, b in list(zip(ref.prompts, ref.answers, answers, strict=True))[:3]]}

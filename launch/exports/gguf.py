@@ -14,16 +14,34 @@ from launch.exports import ExportContext
 
 
 def build(ctx: ExportContext) -> dict[str, Any]:
+    preflight(ctx)
+    ctx.reference  # noqa: B018  the held-out rows answered first: a run without enough is refused before converting
     files = build_files(ctx)
     ctx.report["check"] = check_files(ctx, files)
     return files
+
+
+def preflight(ctx: ExportContext) -> None:
+    """What refuses the export before any weight is read: llama.cpp missing, an architecture its converter lacks."""
+    from transformers import AutoConfig
+
+    from launch.exports import llamacpp
+    from sdk.core.errors import FinetuneError
+
+    llamacpp.require_runtime()
+    source = ctx.loader.source
+    config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file, revision=source.revision)
+    folder = ctx.work / "base-config"
+    config.save_pretrained(folder)
+    refusal = llamacpp.architecture_refusal(folder)
+    if refusal:
+        raise FinetuneError(refusal)
 
 
 def build_files(ctx: ExportContext) -> dict[str, Any]:
     """The GGUF files in ctx.out: {'model': {quant: name}, 'adapter': name | None, 'chat_template': text}."""
     from launch.exports import llamacpp
 
-    llamacpp.require_runtime()
     ctx.report["llama_cpp"] = llamacpp.VERSION
     stem = ctx.spec.name or ctx.run.run_id
     if ctx.options.adapter_only:
@@ -40,17 +58,14 @@ def build_files(ctx: ExportContext) -> dict[str, Any]:
 def convert_model(ctx: ExportContext, folder: Path, stem: str) -> dict[str, str]:
     """One GGUF per requested type: the converter writes f32/f16/bf16/q8_0 itself, the quantizer the rest from f16."""
     from launch.exports import llamacpp
-    from sdk.core.errors import FinetuneError
+    from sdk.core.exports import CONVERTER_TYPES
 
-    refusal = llamacpp.architecture_refusal(folder)
-    if refusal:
-        raise FinetuneError(refusal)
     set_chat_template(folder, ctx.chat_template)
     byte_level_vocab(folder)
     names: dict[str, str] = {}
     for quant in ctx.options.quants:
         target = ctx.out / f"{stem}-{quant}.gguf"
-        if quant in ("f32", "f16", "bf16", "q8_0"):
+        if quant in CONVERTER_TYPES:
             llamacpp.convert("convert_hf_to_gguf.py", [str(folder), "--outtype", quant, "--outfile", str(target)])
         else:
             source = ctx.work / f"{stem}-f16.gguf"
@@ -105,7 +120,8 @@ def check_files(ctx: ExportContext, files: dict[str, Any]) -> dict[str, Any]:
         result["chat_template_carried"] = read_chat_template(ctx.out / name) == files["chat_template"]
         results[quant] = result
         ctx.say(f"{name}{' + ' + lora.name if lora else ''}: {ref.metric} {result['llama_cpp']:.3f} in llama.cpp vs "
-                f"{result['transformers']:.3f} in transformers ({result['difference_points']:+.1f} points), first tokens "
+                f"{result['transformers']:.3f} in transformers ({result['difference_points']:+.1f} points), "
+                f"first tokens "
                 f"agree on {result['first_token_agreement']:.0%}")
     return {"tolerance_points": ctx.options.tolerance, "files": results,
             "passed": all(r["passed"] and r["chat_template_carried"] is not False for r in results.values())}

@@ -148,12 +148,22 @@ def push(ctx: ExportContext, folder: Path, token: str) -> dict[str, Any]:
         url = api.create_repo(options.repo, private=options.private, exist_ok=True, repo_type="model")
         if options.private:
             require_private(api, options.repo)
+        require_empty(api, options.repo, force=ctx.force)
         info = api.upload_folder(repo_id=options.repo, folder_path=folder, repo_type="model",
                                  commit_message=f"finetune export of run {ctx.run.run_id}")
     except (HfHubHTTPError, OfflineModeIsEnabled, httpx.HTTPError, XetError) as exc:
         line = refusal(exc, options, getattr(api, "endpoint", None))
         raise HubError(line.replace(token, "***")) from None  # a server that echoed the token does not get it shown
     return {"repo_url": str(url), "commit_url": info.commit_url, "revision": info.oid}
+
+
+def require_empty(api: Any, repo: str, *, force: bool) -> None:
+    """An upload replaces the repo's files of the same names: a repo that already holds a model is replaced only
+    with --force, as an export in the run folder is."""
+    held = [name for name in api.list_repo_files(repo, repo_type="model") if name != ".gitattributes"]
+    if held and not force:
+        raise HubError(f"--repo: {repo} already holds {len(held)} files ({', '.join(held[:3])}"
+                       f"{', …' if len(held) > 3 else ''}); pass --force to upload over them. Nothing uploaded")
 
 
 def require_private(api: Any, repo: str) -> None:

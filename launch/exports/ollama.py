@@ -19,13 +19,15 @@ def build(ctx: ExportContext) -> dict[str, Any]:
 
     summary = ctx.run.summary()
     tools = bool(summary and summary.tool_calling)
-    try:  # refused before any weight is converted
+    try:  # the template and the Modelfile's values refused before any weight is converted
         chat = ollama_template(ctx.chat_template, bos_token=ctx.tokenizer.bos_token, eos_token=ctx.tokenizer.eos_token,
                                tools=tools)
+        # the run's system prompt is in its format only where the format writes a system message (chat)
+        system = ctx.spec.data.system_prompt if chat.system else None
+        modelfile(gguf="./model.gguf", adapter="./lora.gguf" if ctx.options.adapter_only else None, chat=chat,
+                  system=system)
     except ValueError as exc:
         raise FinetuneError(f"ollama: {exc}") from None
-    # the run's system prompt is in its format only where the format writes a system message (chat)
-    system = ctx.spec.data.system_prompt if chat.system else None
     files = build_gguf(ctx)
     quant = ctx.options.quants[0]
     if len(ctx.options.quants) > 1:

@@ -51,7 +51,8 @@ def export_(
 def summary_lines(report: dict) -> str:
     lines = []
     for name, result in (report.get("check") or {}).get("files", {}).items():
-        lines.append(f"{name}: {result['metric']} {result['llama_cpp']:.3f} in llama.cpp, {result['transformers']:.3f} in "
+        lines.append(f"{name}: {result['metric']} {result['llama_cpp']:.3f} in llama.cpp, "
+                     f"{result['transformers']:.3f} in "
                      f"transformers ({result['difference_points']:+.1f} points); first tokens agree on "
                      f"{result['first_token_agreement']:.0%}; loads in {result['load_s']:.2f} s")
     for name, size in (report.get("sizes") or {}).items():

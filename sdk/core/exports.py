@@ -78,6 +78,8 @@ class ExportFormat:
     options: tuple[str, ...]  # the ExportOptions fields this format reads (others left at their defaults)
     refusal: Callable[[FineTuneSpec, ExportOptions], str | None]  # why this run cannot go to this format, or None
     sends: bool = False  # uploads somewhere: needs the token in options.token_env unless it is a dry run
+    # reads or writes model weights (a merge, a conversion): worth a node of the run's own size; else it runs here
+    needs_weights: Callable[[ExportOptions], bool] = lambda options: not options.dry_run
 
 
 FORMATS: dict[str, ExportFormat] = {}
@@ -139,4 +141,4 @@ register(ExportFormat("merged", "the adapter merged into its dequantized 16-bit 
                       "launch.exports.merged", (), _merged_refusal))
 register(ExportFormat("hub", "the adapter (or --merged model) with a model card, to a Hugging Face Hub repo",
                       "launch.exports.hub", ("repo", "token_env", "private", "merged", "dry_run"), _hub_refusal,
-                      sends=True))
+                      sends=True, needs_weights=lambda options: options.merged and not options.dry_run))

@@ -81,16 +81,22 @@ def export(run: str, *, format: str, out: str | Path | None = None, force: bool 
     on a node of the run's own resources through SkyPilot (auto: a node for a run that trained through SkyPilot).
     Raises ExportCheckFailed (files kept, where in the message) when the export answers beyond the tolerance."""
     from sdk.runs import get_run
+    from sdk.store.runfolder import LAUNCH
 
+    if on not in ("auto", "local", "node"):
+        raise FinetuneError(f"on: {on!r} is not one of auto, local, node")
     parsed = parse_options(format, **options)
     if out is not None:
         _check_destination(Path(out), force=force)
     folder = check_export(run, parsed, force=force)
     handle = get_run(run)
-    if on == "node" or (on == "auto" and handle.backend == "skypilot"):
+    backend = handle.backend or (folder.read_json(LAUNCH) or {}).get("backend")  # a run found by URI: its record
+    if on == "node" or (on == "auto" and backend == "skypilot" and FORMATS[format].needs_weights(parsed)):
         from sdk.exports.remote import export_on_node
 
-        report = export_on_node(folder, handle.spec(), parsed.model_dump_json(), name=export_name(parsed), force=force)
+        secrets = [parsed.token_env] if FORMATS[format].sends and not parsed.dry_run else []
+        report = export_on_node(folder, handle.spec(), parsed.model_dump_json(), name=export_name(parsed), force=force,
+                                secrets=secrets)
     else:
         args = ["--run", folder.uri, "--options", parsed.model_dump_json()] + (["--force"] if force else [])
         report = _run_node(args, f"export of {run} to {format}")
@@ -105,7 +111,7 @@ def fetch_export(run: str, name: str, dest: str | Path, *, overwrite: bool = Fal
     from sdk.runs import get_run
     from sdk.store.manifest import fetch_dir, read_manifest
 
-    fmt = name.removesuffix("-adapter")
+    fmt = name.removesuffix(".failed").removesuffix("-adapter")  # .failed: a node export that failed its check
     try:
         format_of(fmt)
     except ValueError as exc:

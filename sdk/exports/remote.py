@@ -37,18 +37,23 @@ def export_cluster(run_id: str, name: str) -> str:
     return f"ft-export-{hashlib.sha256(f'{run_id}/{name}'.encode()).hexdigest()[:10]}"
 
 
-def export_task_config(folder: Any, spec: Any, options_json: str, *, name: str, force: bool) -> dict[str, Any]:
+def export_task_config(folder: Any, spec: Any, options_json: str, *, name: str, force: bool,
+                       secrets: list[str] = ()) -> dict[str, Any]:
+    """The run's own training task with the export as its run command, on one node; `secrets`: more variables
+    forwarded as SkyPilot secrets (the Hub token an upload needs), by name only in the YAML."""
     from sdk.backends.node_setup import build_dist
     from sdk.backends.skypilot import task_config, validate
 
     config = task_config(spec, folder, build_dist(), managed=False)
     config.update(name=export_cluster(folder.run_id, name), num_nodes=1,
                   run=export_run_script(folder, options_json, name=name, force=force))
+    if secrets:
+        config["secrets"] = {**config.get("secrets", {}), **{n: None for n in secrets}}
     validate(config)
     return config
 
 
-def export_on_node(folder: Any, spec: Any, options_json: str, *, name: str, force: bool,
+def export_on_node(folder: Any, spec: Any, options_json: str, *, name: str, force: bool, secrets: list[str] = (),
                    timeout: float = 6 * 3600) -> dict[str, Any]:
     """Launch the export task, wait for its job, take the cluster down; the node's outcome, or its refusal raised."""
     import os
@@ -57,10 +62,11 @@ def export_on_node(folder: Any, spec: Any, options_json: str, *, name: str, forc
 
     from sdk.backends.skypilot import build_task, forwarded_secrets
 
-    config = export_task_config(folder, spec, options_json, name=name, force=force)
+    config = export_task_config(folder, spec, options_json, name=name, force=force, secrets=secrets)
     cluster = config["name"]
     folder.store.delete_prefix(folder.key(outcome_key(name)))
-    task = build_task(config, {n: os.environ[n] for n in forwarded_secrets(spec) if n in os.environ})
+    names = [*forwarded_secrets(spec), *secrets]
+    task = build_task(config, {n: os.environ[n] for n in names if n in os.environ})
     print(f"[finetune export] on a node: SkyPilot cluster {cluster}", flush=True)
     try:
         try:
