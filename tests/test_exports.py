@@ -61,8 +61,9 @@ def test_a_bad_request_is_one_line_naming_the_option(cli_here, run, args, says):
     ("prompt_tuning", ["--format", "gguf"], "method.name: prompt_tuning"),
     ("prefix_tuning", ["--format", "merged"], "method.name: prefix_tuning"),
     ("ia3", ["--format", "gguf", "--adapter-only"],
-     "--adapter-only: a ia3 run has no LoRA adapter llama.cpp can apply"),
-    ("dora", ["--format", "ollama", "--adapter-only"], "--adapter-only: a dora run has no LoRA adapter"),
+     "--adapter-only: method.name ia3 trains no LoRA matrices llama.cpp can apply to a base GGUF; export it merged"),
+    ("dora", ["--format", "ollama", "--adapter-only"], "--adapter-only: method.name dora trains no LoRA matrices"),
+    ("prompt_tuning", ["--format", "gguf", "--adapter-only"], "method.name: prompt_tuning"),
 ])
 def test_a_method_the_format_cannot_carry_is_refused_by_name(cli_here, tmp_path, method, args, says):
     folder = hand_made_run(tmp_path, [f"method={{name: {method}}}"])

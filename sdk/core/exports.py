@@ -114,13 +114,12 @@ def _merge_refusal(spec: FineTuneSpec) -> str | None:
 def _gguf_refusal(spec: FineTuneSpec, options: ExportOptions) -> str | None:
     from sdk.core.methods import method_of
 
-    if options.adapter_only:
-        serving = method_of(spec).serving(spec.method)
-        if not serving.as_lora:  # llama.cpp applies LoRA A/B pairs only
-            return (f"--adapter-only: a {spec.method.name} run has no LoRA adapter llama.cpp can apply "
-                    f"({serving.reason}); export it merged (drop --adapter-only)")
-        return None
-    return _merge_refusal(spec)
+    refusal = _merge_refusal(spec)
+    if refusal is None and options.adapter_only and not method_of(spec).serving(spec.method).as_lora:
+        # llama.cpp applies LoRA A/B pairs only; IA3's scales, DoRA's magnitudes, a full model fold in when merged
+        return (f"--adapter-only: method.name {spec.method.name} trains no LoRA matrices llama.cpp can apply to a "
+                "base GGUF; export it merged (drop --adapter-only)")
+    return refusal
 
 
 def _hub_refusal(spec: FineTuneSpec, options: ExportOptions) -> str | None:
