@@ -66,8 +66,8 @@ def check_export(run: str, options: ExportOptions, *, force: bool = False) -> An
     if reason:
         raise FinetuneError(reason)
     if FORMATS[options.format].sends and not options.dry_run and not os.environ.get(options.token_env):
-        raise FinetuneError(f"--token-env: {options.token_env} is not set in this environment (it holds the Hub token; "
-                        f"--dry-run lists what would be uploaded without one)")
+        raise FinetuneError(f"--token-env: {options.token_env} is not set in this environment (it holds the Hub "
+                            "token; --dry-run lists what would be uploaded without one)")
     name = export_name(options)
     if not force and not options.dry_run and folder.store.exists(f"{export_key(folder, name)}/MANIFEST.json"):
         raise FinetuneError(f"{folder.uri}/{EXPORTS}/{name}: already exported (pass --force to replace it)")
