@@ -105,10 +105,13 @@ class _Driver:
         trial's launch for minutes): the lease says the driver lives, so it lapses only when the process ends or a
         pass has been stuck for PASS_PATIENCE_S. It writes the record as last written, so it loses nothing."""
         while not stop.wait(lease_seconds() / 3):
-            if self.written is None or time.time() - self.pass_started > PASS_PATIENCE_S:
+            written = self.written
+            if written is None or time.time() - self.pass_started > PASS_PATIENCE_S:
                 continue
+            if written.lease is not None and written.lease.expires - time.time() >= lease_seconds() * 2 / 3:
+                continue  # renewed within the last third of the lease (the loop's own writes): no second PUT
             try:
-                self._write(self.written)
+                self._write(written)
             except (StoreError, RunNotFound):
                 continue  # the loop meets the outage too, and retries
             except LeaseLost:
@@ -321,7 +324,6 @@ class _Driver:
             return record
         self._heal(record)  # trials a previous driver recorded but did not see launched
         self._write(record)
-        last_written = record.model_copy(deep=True)
         failing_since: float | None = None
         failures = 0
         stop = threading.Event()
@@ -338,9 +340,8 @@ class _Driver:
                             return record
                         lease = record.lease
                         due = lease is None or lease.expires - time.time() < lease_seconds() * 2 / 3
-                        if due or record.model_dump(exclude={"lease"}) != last_written.model_dump(exclude={"lease"}):
+                        if due or record.model_dump(exclude={"lease"}) != self.written.model_dump(exclude={"lease"}):
                             self._write(record)  # one PUT per change or renewal, not per poll (S3 bills requests)
-                            last_written = record.model_copy(deep=True)
                         failing_since, failures = None, 0
                     except (StoreError, RunNotFound) as exc:  # the store is down or throttling: keep what we know, retry
                         failing_since = failing_since or time.time()
