@@ -33,9 +33,14 @@ class ExportContext:
         return BaseLoader.for_spec(self.spec, resolve_precision(self.spec.train.precision, capability=capability()))
 
     @cached_property
+    def summary(self) -> Any:
+        """The run's summary.json (sdk.core.summary.RunSummary), read once."""
+        return self.run.summary()
+
+    @cached_property
     def template(self) -> str:
         """How the run wrote its prompts in training (instruction | chat | plain), as its summary recorded it."""
-        summary = self.run.summary()
+        summary = self.summary
         if summary is not None and summary.template:
             return summary.template
         return "chat" if getattr(self.tokenizer, "chat_template", None) else "instruction"
@@ -45,7 +50,7 @@ class ExportContext:
         """The run's training format as a chat template: what the GGUF and the Modelfile carry."""
         from sdk.data.chat_format import run_chat_template
 
-        data, summary = self.spec.data, self.run.summary()
+        data, summary = self.spec.data, self.summary
         instruction = summary.instruction if summary is not None and summary.instruction else data.instruction
         tokenizer_template = self.tokenizer.chat_template
         if summary is not None and summary.tool_calling:  # tool rows were rendered with the run folder's template
@@ -87,4 +92,5 @@ class ExportContext:
         from launch.exports.check import reference
 
         self.say("answering the held-out rows with transformers (the model as trained)")
-        return reference(self.run, self.spec, rows=self.options.rows, tolerance=self.options.tolerance)
+        return reference(self.run, self.spec, self.loader, self.tokenizer, rows=self.options.rows,
+                         tolerance=self.options.tolerance)

@@ -85,12 +85,12 @@ def run_export(run_uri: str, options_json: str, *, force: bool, keep_in_store: b
 def failed_line(check: dict[str, Any]) -> str:
     parts = []
     for name, result in check.get("files", {}).items():
-        if not result.get("passed") or result.get("chat_template_carried") is False:
+        carried = result.get("chat_template_carried", True)  # formats without a GGUF carry no template to read back
+        if not result.get("passed") or not carried:
             parts.append(f"{name}: {result['metric']} {result['llama_cpp']:.3f} vs {result['transformers']:.3f} in "
                          f"transformers ({result['difference_points']:+.1f} points on {result.get('rows')} rows, "
                          f"tolerance {check.get('tolerance_points')})"
-                         + ("; the chat template was not carried"
-                            if result.get("chat_template_carried") is False else ""))
+                         + ("" if carried else "; the chat template was not carried"))
     return "; ".join(parts) or "see the report"
 
 

@@ -45,20 +45,15 @@ def enough_rows(count: int, tolerance: float) -> str | None:
             f"--tolerance {100 / count:.1f}")
 
 
-def reference(run: Any, spec: Any, *, rows: int | None, tolerance: float) -> Reference:
-    """transformers' answers on the held-out rows (the eval source, else the hold-out of the training data); refused
-    before any model loads when the rows are too few to measure the tolerance."""
+def reference(run: Any, spec: Any, loader: Any, tokenizer: Any, *, rows: int | None, tolerance: float) -> Reference:
+    """transformers' answers on the held-out rows (the eval source, else the hold-out of the training data), on the
+    base as `loader` loads it; refused before any model loads when the rows are too few to measure the tolerance."""
     import tempfile
 
     from launch.data import prepare
     from launch.evaluate import answer_all, answer_tokens, prompt_text
-    from launch.hardware import capability
-    from launch.models import BaseLoader
     from sdk.core.errors import FinetuneError
-    from sdk.core.precision import resolve_precision
 
-    loader = BaseLoader.for_spec(spec, resolve_precision(spec.train.precision, capability=capability()))
-    tokenizer = loader.tokenizer()
     examples = [e for e in prepare(spec, tokenizer).eval_examples if e.prompt][: rows or spec.eval.num_samples]
     if not examples:
         raise FinetuneError(f"{run.uri}: no held-out rows with a prompt to check the export on (a text corpus has "

@@ -121,10 +121,9 @@ def check_files(ctx: ExportContext, files: dict[str, Any]) -> dict[str, Any]:
         results[quant] = result
         ctx.say(f"{name}{' + ' + lora.name if lora else ''}: {ref.metric} {result['llama_cpp']:.3f} in llama.cpp vs "
                 f"{result['transformers']:.3f} in transformers ({result['difference_points']:+.1f} points), "
-                f"first tokens "
-                f"agree on {result['first_token_agreement']:.0%}")
+                f"first tokens agree on {result['first_token_agreement']:.0%}")
     return {"tolerance_points": ctx.options.tolerance, "files": results,
-            "passed": all(r["passed"] and r["chat_template_carried"] is not False for r in results.values())}
+            "passed": all(r["passed"] and r["chat_template_carried"] for r in results.values())}
 
 
 def read_chat_template(path: Path) -> str | None:

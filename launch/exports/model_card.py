@@ -24,7 +24,7 @@ def model_card(ctx: Any) -> str:
 
     from sdk.core.methods import method_of
 
-    spec, summary, repo = ctx.spec, ctx.run.summary(), ctx.options.repo
+    spec, summary, repo = ctx.spec, ctx.summary, ctx.options.repo
     kind = "merged" if ctx.options.merged else method_of(spec).artifact
     sources = (ctx.run.read_json("data.json") or {}).get("sources") or (
         [s.model_dump() for s in summary.data_sources] if summary is not None else [])

@@ -17,8 +17,7 @@ def build(ctx: ExportContext) -> dict[str, Any]:
     from sdk.core.errors import FinetuneError
     from sdk.data.chat_format import modelfile, ollama_template
 
-    summary = ctx.run.summary()
-    tools = bool(summary and summary.tool_calling)
+    tools = bool(ctx.summary and ctx.summary.tool_calling)
     try:  # the template and the Modelfile's values refused before any weight is converted
         chat = ollama_template(ctx.chat_template, bos_token=ctx.tokenizer.bos_token, eos_token=ctx.tokenizer.eos_token,
                                tools=tools)
