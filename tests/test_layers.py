@@ -21,7 +21,7 @@ LAYERS = [
     {"sdk.importers"},  # Axolotl / LLaMA-Factory configs -> recipes: a pure mapping over the core and the data formats
     {"sdk.machine"},  # this machine's client state: home, registry, process identity
     {"sdk.backends"},  # where a run executes: local processes, SkyPilot
-    {"sdk.runs", "sdk.exports"},  # the Run handle: submit, status, wait, fetch; the node tools' client side, exports
+    {"sdk.runs", "sdk.exports"},  # the Run handle: submit, status, wait, fetch; the node tools' client side; exports
     {"sdk.serving", "sdk.sweeps"},  # built on runs
     {"sdk.api"},  # the OpenAI-compatible API: a thin layer over runs, the store and serving
     {"sdk.cli", "sdk.entry"},  # parse, call the SDK, print

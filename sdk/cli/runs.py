@@ -196,7 +196,8 @@ def fetch(
     force: bool = typer.Option(False, "--force", help="replace a non-empty destination"),
     whole: bool = typer.Option(False, "--all", help="the whole run folder: metrics, logs, tensorboard/, wandb/, adapter/"),
     checkpoints: bool = typer.Option(False, "--checkpoints", help="with --all: the checkpoints too"),
-    export: str | None = typer.Option(None, "--export", help="a committed export instead: gguf, gguf-adapter, ollama, ollama-adapter, merged, hub"),
+    export: str | None = typer.Option(None, "--export", help="a committed export instead: gguf, gguf-adapter, "
+                                                              "ollama, ollama-adapter, merged, hub"),
 ) -> None:
     """Download the run's adapter (or with --all its whole folder, or with --export a committed export), every
     file verified against its manifest."""

@@ -196,7 +196,8 @@ class Run:
         """Download the committed adapter, verified against its manifest; all or nothing."""
         return self.folder.fetch_adapter(dest, overwrite=overwrite, state=lambda: self.status().state)
 
-    def export(self, format: str, *, out: str | Path | None = None, force: bool = False, **options: Any) -> dict[str, Any]:
+    def export(self, format: str, *, out: str | Path | None = None, force: bool = False,
+               **options: Any) -> dict[str, Any]:
         """Export this run (sdk.exports.export): format gguf | ollama | merged | hub; options as `finetune export`
         takes them (quants=["q8_0", "q4_k_m"], adapter_only=True, tolerance=5.0, repo=..., dry_run=True …).
         Returns the report; the files land in the run folder under exports/<format>/ (and in `out` when given)."""

@@ -30,7 +30,7 @@ LAUNCH_RETRY_S = 30.0  # a SkyPilot API server still starting or a provisioning 
 LAUNCH_GRACE_S = 3600.0  # a run folder a resumed driver finds without a launch record: how long its node has to report
 STORE_PATIENCE_S = 1800.0  # store errors in a row before a driver gives up (its lease then expires: resume it)
 RETRY_DELAYS_S = (5, 15, 30, 60, 120, 300)  # teardowns and cancels that failed are tried again after these
-PASS_PATIENCE_S = 1800.0  # one pass of the loop blocked this long (a teardown queued behind launches): the lease lapses
+PASS_PATIENCE_S = 1800.0  # a pass of the loop blocked this long (a teardown queued behind launches): the lease lapses
 
 
 def drive(handle: Sweep, *, poll: float = 1.0, max_hours: float = 168.0, token: str | None = None,
@@ -340,7 +340,8 @@ class _Driver:
                             return record
                         lease = record.lease
                         due = lease is None or lease.expires - time.time() < lease_seconds() * 2 / 3
-                        if due or record.model_dump(exclude={"lease"}) != self.written.model_dump(exclude={"lease"}):
+                        changed = record.model_dump(exclude={"lease"}) != self.written.model_dump(exclude={"lease"})
+                        if due or changed:
                             self._write(record)  # one PUT per change or renewal, not per poll (S3 bills requests)
                         failing_since, failures = None, 0
                     except (StoreError, RunNotFound) as exc:  # the store is down or throttling: keep what we know, retry
