@@ -159,6 +159,14 @@ class ResourcesSpec(SpecPart):
     image: str | None = None
     cpus: str | None = None
     memory: str | None = None
+    hourly_price: float | None = Field(
+        None, ge=0, description="USD per node-hour of what the run runs on: needed to price slurm and kubernetes "
+        "(no catalog), overrides SkyPilot's catalog for a cloud; a local run costs 0 unless given"
+    )
+    max_cost: float | None = Field(
+        None, gt=0, description="USD: the run is checkpointed and cancelled when its projected spend crosses this; "
+        "a launch whose estimate already exceeds it is refused"
+    )
 
     @field_validator("accelerators", mode="before")
     @classmethod
