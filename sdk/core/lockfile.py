@@ -32,7 +32,8 @@ def installed_packages(path: list[str] | None = None) -> dict[str, str]:
 
 
 def lock_text(packages: dict[str, str]) -> str:
-    return "".join(f"{canonical_name(n)}=={v}\n" for n, v in sorted(packages.items(), key=lambda kv: canonical_name(kv[0])))
+    named = sorted((canonical_name(n), v) for n, v in packages.items())
+    return "".join(f"{name}=={version}\n" for name, version in named)
 
 
 def lock_hash(packages: dict[str, str]) -> str:
