@@ -26,6 +26,8 @@ class RunSink:
         self.state = "running"
         self.extra: dict[str, Any] = {}
         self.cancel_requested = False
+        self.stop_reason: str | None = None  # why the node stopped itself (resources.max_cost), kept in status.json
+        self.budget: Any = None  # launch.budget.Budget on rank 0
         self.listeners: list[Any] = []  # experiment trackers (launch.tracking.Trackers): log(row), finish(state)
         self._dirty = False
         self._lock = threading.Lock()
@@ -83,6 +85,7 @@ class RunSink:
         self._sync_log()
         if not self.cancel_requested and state == "running" and self.folder.cancel_requested():
             self.cancel_requested = True
+            self.stop_reason = self.stop_reason or self.folder.cancel_reason()
             print("[finetune] cancel requested in the run folder: stopping after the current step", flush=True)
 
     def _sync_log(self) -> None:

@@ -118,7 +118,13 @@ def make_callback(sink: Any, on_checkpoint: Callable[[Path, int], None] | None =
 
         def on_step_end(self, args, state, control, **kwargs):
             sink.progress(step=state.global_step, total=state.max_steps)
-            if ranks.any_rank(sink.cancel_requested):
+            budget = getattr(sink, "budget", None)
+            reason = budget.stop_reason(step=state.global_step) if budget is not None else None
+            if ranks.any_rank(reason is not None):  # max_cost: stop on every rank, with a checkpoint to resume from
+                sink.stop_reason, sink.cancel_requested = reason or "resources.max_cost reached", True
+                control.should_training_stop = True
+                control.should_save = True
+            elif ranks.any_rank(sink.cancel_requested):
                 sink.cancel_requested = True
                 control.should_training_stop = True
                 control.should_save = False

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from sdk.backends import BackendView, DryRun
+from sdk.core.billing import Billing, BillingView
 from sdk.core.errors import LaunchError, SpecError
 from sdk.core.spec import FineTuneSpec
 from sdk.machine.processes import group_members, identify, is_same, pid_alive, stop_group
@@ -64,6 +65,14 @@ class LocalBackend:
                 raise LaunchError(f"cannot start {' '.join(command)}: {exc}") from None
         who = identify(process.pid)
         return LocalRunInfo(pid=process.pid, log=str(log), host=os.uname().nodename, started=who["started"], boot=who["boot"])
+
+    def billing(self, folder: RunFolder, info: LocalRunInfo, billing: Billing) -> BillingView:
+        """One part: the node process, from the launch to its final status (or its last heartbeat, if it died)."""
+        status = folder.status()
+        ended = status.get("state") in TERMINAL or (self._ours(info) and not self._alive(info))
+        end = (status.get("finished") or status.get("heartbeat") or time.time()) if ended else None
+        parts = [part.model_copy(update={"end": end}) for part in billing.parts[:1]]
+        return BillingView(hourly_usd=billing.hourly_usd, price_source=billing.price_source, parts=parts, final=ended)
 
     def _ours(self, info: LocalRunInfo) -> bool:
         return info.host == os.uname().nodename

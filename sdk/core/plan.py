@@ -344,7 +344,11 @@ def estimate_cost(spec: FineTuneSpec, *, backend: str) -> CostEstimate:
     sequence length x sequences per row (an upper bound: rows shorter than max_length cost less); FLOPs per token =
     2 (forward) + 2 (activation gradients) + 2 more when the base's own weights train, + 2 with recomputation, + 2
     for a reference forward; plus the rollouts' decoding time (the module docstring), billed on every GPU."""
+    given = spec.resources.hourly_price  # per node-hour: a Slurm/Kubernetes price, or the user's own for a cloud
     if backend == "local":
+        if given:
+            return CostEstimate(gpu=None, gpus=0, hourly_usd=given, hours=None, usd=None,
+                                note=f"this machine at ${given:,.2f}/h (resources.hourly_price); its speed is not known")
         return CostEstimate(gpu=None, gpus=0, hourly_usd=0.0, hours=None, usd=0.0, note="local machine")
     accelerators = spec.resources.accelerators or {}
     gpu = next(iter(accelerators), None) or next(iter(rank_accelerators(spec)), None)
@@ -370,13 +374,15 @@ def estimate_cost(spec: FineTuneSpec, *, backend: str) -> CostEstimate:
     per_token += 2 if f.obj.reference else 0
     seconds = per_token * shapes.total_params() * tokens / (training * PEAK_TFLOPS[gpu] * 1e12 * MFU_ASSUMED)
     hours = seconds / 3600 + STARTUP_HOURS
-    notes = [] if hourly is not None else [f"no price for {gpu}: SkyPilot's catalog is not fetched here"]
+    notes = [] if hourly is not None or given is not None else \
+        [f"no price for {gpu}: SkyPilot's catalog is not fetched here (or set resources.hourly_price)"]
     decoding = _decode_seconds(f, gpu)
     rollout_hours = None if decoding is None else steps * decoding / 3600
     if rollout_hours is not None:
         hours += rollout_hours
         notes.append(f"rollouts: {rollout_hours:.2f} h decoding {f.obj.completion} tokens per answer on {gpu} "
                      f"({f.obj.rollouts}, memory-bandwidth bound: sdk.core.objective_plan)")
-    usd = None if hourly is None else round(hours * hourly * gpus, 2)
+    usd = round(hours * given * spec.resources.nodes, 2) if given is not None else \
+        None if hourly is None else round(hours * hourly * gpus, 2)
     return CostEstimate(gpu=gpu, gpus=gpus, hourly_usd=hourly, hours=round(hours, 3), usd=usd, note="; ".join(notes),
                         rollout_hours=None if rollout_hours is None else round(rollout_hours, 3))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdk.core.billing import RunCost
+
 
 class _Read(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -201,3 +203,5 @@ class RunSummary(_Read):
     world_size: int = 1
     strategy: str = "single"
     versions: dict[str, str] = Field(default_factory=dict)
+    rerun_of: str | None = None  # the run this one reproduces (finetune rerun; its record says what was checked)
+    cost: RunCost | None = None  # the node's view when it ended; Run.summary() gives the client's final one

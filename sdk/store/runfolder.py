@@ -139,8 +139,12 @@ class RunFolder:
     # -- cancellation: a marker any client can write and every node polls, so a run started on
     # another machine, or one whose backend is unreachable, still stops
 
-    def request_cancel(self) -> None:
-        self.write_json(CANCEL, {"requested": time.time()})
+    def request_cancel(self, *, reason: str | None = None) -> None:
+        """`reason` (e.g. resources.max_cost crossed) becomes the cancelled run's error, written by its node."""
+        self.write_json(CANCEL, {"requested": time.time(), **({"reason": reason} if reason else {})})
+
+    def cancel_reason(self) -> str | None:
+        return (self.read_json(CANCEL) or {}).get("reason")
 
     def cancel_requested(self) -> bool:
         return self.store.exists(self.key(CANCEL))

@@ -1,0 +1,95 @@
+"""A run's cost on the client: the estimate and the price written into cost.json at launch, the billed parts asked
+of the backend (SkyPilot's own record of each cluster from provisioning to teardown, spot recoveries included; the
+local node process), and resources.max_cost enforced where the node cannot (provisioning, setup, a stuck node).
+
+cost.json has one writer, the client (sdk.core.billing); the node only reads it (launch.budget)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sdk.core.billing import COST_FILE, Billing, CostPart, RunCost, over_limit
+from sdk.core.errors import SpecError
+from sdk.core.spec import FineTuneSpec
+from sdk.store.runfolder import TERMINAL, RunFolder
+
+
+def check_max_cost(spec: FineTuneSpec, *, backend: str) -> Any:
+    """The planner's estimate, refused when it already exceeds resources.max_cost (before anything launches)."""
+    from sdk.core.plan import estimate_cost
+
+    estimate = estimate_cost(spec, backend=backend)
+    limit = spec.resources.max_cost
+    if limit is not None and estimate.usd is not None and estimate.usd > limit:
+        per = f"{estimate.hours:.2f} h" if estimate.hours is not None else "the run"
+        raise SpecError(f"resources.max_cost: the plan is estimated at ${estimate.usd:,.2f} ({per} on "
+                        f"{estimate.gpus or 1} x {estimate.gpu or 'this machine'}), over the limit of ${limit:,.2f}; "
+                        "raise max_cost, shorten the run or pick a cheaper accelerator. Nothing launched")
+    return estimate
+
+
+def start_billing(spec: FineTuneSpec, folder: RunFolder, *, backend: str, estimate: Any) -> Billing:
+    """cost.json at launch: billing starts now (provisioning begins with the launch call). A price the spec gives
+    is used as is; locally it is 0 unless given; a cloud price comes from what SkyPilot launched (update_billing)."""
+    r = spec.resources
+    if r.hourly_price is not None:
+        hourly, source = r.hourly_price, "resources.hourly_price"
+    elif backend == "local":
+        hourly, source = 0.0, "this machine (set resources.hourly_price to price it)"
+    else:
+        hourly, source = None, "SkyPilot's catalog, once the cluster is up"
+    billing = Billing(backend=backend, estimate_usd=estimate.usd if estimate is not None else None, hourly_usd=hourly,
+                      price_source=source, max_cost=r.max_cost, updated=time.time(),
+                      parts=[CostPart(name=folder.run_id if backend == "local" else "provisioning", start=time.time(),
+                                      nodes=r.nodes)])
+    folder.write_json(COST_FILE, billing.model_dump(mode="json"))
+    return billing
+
+
+def read_billing(folder: RunFolder) -> Billing | None:
+    stored = folder.read_json(COST_FILE)
+    return Billing.model_validate(stored) if stored else None
+
+
+def update_billing(folder: RunFolder, billing: Billing, view: Any) -> Billing:
+    """Merge the backend's billing view (a price and its parts, or None) and finish when everything has ended."""
+    if view is None:
+        return billing
+    hourly = billing.hourly_usd if billing.price_source == "resources.hourly_price" else view.hourly_usd
+    source = billing.price_source if billing.price_source == "resources.hourly_price" else view.price_source
+    parts = view.parts or billing.parts
+    done = folder.status().get("state") in TERMINAL and bool(parts) and all(p.end is not None for p in parts)
+    updated = billing.model_copy(update={"hourly_usd": hourly, "price_source": source or billing.price_source,
+                                         "parts": parts, "final": done and view.final, "updated": time.time()})
+    if updated.model_dump(exclude={"updated"}) != billing.model_dump(exclude={"updated"}):
+        folder.write_json(COST_FILE, updated.model_dump(mode="json"))
+    return updated
+
+
+def run_cost(folder: RunFolder, backend: Any, info: Any) -> RunCost | None:
+    """The run's cost now: final once every billed part has ended (the cluster is down); None for a run launched
+    before costs were recorded."""
+    billing = read_billing(folder)
+    if billing is None:
+        return None
+    if not billing.final and backend is not None and info is not None and hasattr(backend, "billing"):
+        try:
+            billing = update_billing(folder, billing, backend.billing(folder, info, billing))
+        except Exception as exc:  # a slow or gone API server: the stored view, said to be one
+            view = billing.view()
+            view.price_source += f" (not refreshed: {exc})"
+            return view
+    return billing.view()
+
+
+def enforce_max_cost(folder: RunFolder, cost: RunCost | None) -> str | None:
+    """The client's half of max_cost: a run whose spend so far already crosses the limit (a launch stuck
+    provisioning, a slow setup, a node that stopped reading) is cancelled with the reason. Returns the reason."""
+    if cost is None or cost.max_cost is None or cost.final or folder.status().get("state") in TERMINAL:
+        return None
+    billing = read_billing(folder)
+    reason = over_limit(billing, now=time.time(), ahead_s=0.0) if billing is not None else None
+    if reason is not None and not folder.cancel_requested():
+        folder.request_cancel(reason=f"{reason}; cancelled by the client")
+    return reason

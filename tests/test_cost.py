@@ -1,0 +1,97 @@
+"""What a run costs and the max_cost stop: the billing arithmetic, SkyPilot's record read as parts, a local run's
+zero and its priced stop at the limit (checkpointed, cancelled with the reason), a plan refused before launch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import sdk
+from sdk.backends.skypilot_billing import billing_view
+from sdk.core.billing import Billing, CostPart, over_limit
+from sdk.core.recipes import load_recipe
+from sdk.runs.cost import check_max_cost
+
+FAST = ["train.logging_steps=1", "data.max_samples=48", "eval.before=false", "eval.after=false"]
+
+
+def test_spend_is_price_times_billed_node_time_and_a_part_still_up_keeps_billing():
+    billing = Billing(backend="skypilot", hourly_usd=3.6, price_source="x", parts=[
+        CostPart(name="c", start=0, end=1000, nodes=2),  # a first cluster, preempted
+        CostPart(name="c-2", start=1200, end=None, nodes=2),  # its recovery, still up
+    ])
+    assert billing.billed_seconds(now=1500) == 2000 + 600
+    assert billing.spent(now=1500) == pytest.approx(3.6 * 2600 / 3600)
+    view = billing.view(now=1500)
+    assert view.actual_usd == pytest.approx(2.6) and not view.final
+    assert [p.usd for p in view.parts] == [pytest.approx(2.0), pytest.approx(0.6)]
+    assert "so far" in view.line() and "$2.60" in view.line()
+
+
+def test_the_limit_is_crossed_by_what_the_next_step_and_the_stop_will_cost():
+    billing = Billing(backend="local", hourly_usd=3600.0, max_cost=10.0, price_source="p",
+                      parts=[CostPart(name="n", start=0)])
+    assert over_limit(billing, now=5, ahead_s=4) is None  # $5 spent, $9 after the next step and the checkpoint
+    reason = over_limit(billing, now=5, ahead_s=5)
+    assert reason.startswith("resources.max_cost: projected spend $10.0000") and "limit of $10.00" in reason
+    assert over_limit(billing.model_copy(update={"hourly_usd": None}), now=99, ahead_s=0) is None  # no price: no stop
+
+
+def test_skypilot_cost_report_rows_become_parts_with_the_catalog_or_the_given_price():
+    class Resources:
+        def get_cost(self, seconds):
+            return 2.5 * seconds / 3600
+
+    rows = [
+        {"name": "ft-run-1", "num_nodes": 2, "usage_intervals": [(100, 400)], "resources": Resources(),
+         "cloud": "aws", "region": "us-east-1", "resources_str": "1x g6.xlarge (L4:1) [spot]"},
+        {"name": "ft-run-1-7", "num_nodes": 2, "usage_intervals": [(500, None)], "resources": Resources()},
+        {"name": "ft-run-10", "num_nodes": 1, "usage_intervals": [(0, 9)]},  # another run's cluster: not ours
+    ]
+    start = Billing(backend="skypilot", parts=[CostPart(name="provisioning", start=90)])
+    view = billing_view(rows, "ft-run-1", start)
+    assert [(p.name, p.start, p.end, p.nodes) for p in view.parts] == [("ft-run-1", 100, 400, 2), ("ft-run-1-7", 500, None, 2)]
+    assert view.hourly_usd == 2.5 and "aws/us-east-1" in view.price_source and not view.final
+    slurm = [{"name": "ft-run-1", "num_nodes": 1, "usage_intervals": [(100, 160)], "total_cost": 0.0, "duration": 60}]
+    view = billing_view(slurm, "ft-run-1", start)
+    assert view.hourly_usd is None and "resources.hourly_price" in view.price_source and view.final
+    assert billing_view([], "ft-run-1", start) is None  # nothing recorded yet: still provisioning
+
+
+def test_a_plan_over_max_cost_is_refused_before_launch(run_cli):
+    spec = load_recipe("llama8b", ["resources.hourly_price=10", "resources.max_cost=1", "train.max_steps=2000"])
+    with pytest.raises(sdk.SpecError, match=r"resources.max_cost: the plan is estimated at \$\d+"):
+        check_max_cost(spec, backend="skypilot")
+    result = run_cli("launch", "llama8b", "--set", "resources.hourly_price=10", "--set", "resources.max_cost=1",
+                     "--set", "train.max_steps=2000", "--dry-run")
+    assert result.returncode == 2 and "resources.max_cost" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("launch", "llama8b", "--set", "resources.hourly_price=10", "--set", "resources.max_cost=5000",
+                     "--set", "train.max_steps=2000", "--dry-run")
+    assert result.returncode == 0 and "estimated cost: $" in result.stdout
+
+
+def test_a_local_run_costs_nothing_and_a_priced_one_stops_at_max_cost_with_a_checkpoint(tmp_path, finetune_home,
+                                                                                        run_cli):
+    free = sdk.submit(load_recipe("tiny", [*FAST, "train.max_steps=2", f"output={tmp_path / 'runs'}"]))
+    assert free.wait(progress=False, timeout=180).state == "succeeded", free.logs()
+    cost = free.cost()
+    assert cost.final and cost.actual_usd == 0.0 and cost.estimate_usd == 0.0 and cost.billed_s > 0
+    assert free.summary().cost == cost
+
+    # $1 a second: the limit is reached a few seconds into training, far before 100000 steps
+    priced = sdk.submit(load_recipe("tiny", [*FAST, "train.max_steps=100000", "resources.hourly_price=3600",
+                                             "resources.max_cost=40", f"output={tmp_path / 'runs'}"]))
+    final = priced.wait(progress=False, timeout=240)
+    assert final.state == "cancelled", priced.logs()
+    assert final.error.startswith("resources.max_cost: projected spend") and "with a checkpoint" in final.error
+    step = int(final.error.rsplit("after step ", 1)[1].split()[0])
+    assert priced.folder.adapter_manifest() is None  # cancelled: no adapter, as any cancel
+    sealed = priced.folder.store.list(priced.folder.key(f"checkpoints/{step}"))
+    assert any(key.endswith("MANIFEST.json") for key in sealed), sealed  # the checkpoint it stopped at, committed
+    cost = priced.cost()
+    assert cost.final and cost.hourly_usd == 3600 and cost.price_source == "resources.hourly_price"
+    assert 30 <= cost.actual_usd <= 40 + 1, cost  # at the limit (the checkpoint and the process's exit billed too)
+    assert cost.actual_usd == pytest.approx(3600 * cost.billed_s / 3600, abs=0.1)  # billed_s is rounded to 0.1 s
+    shown = run_cli("status", priced.id, "--json")
+    assert json.loads(shown.stdout)["cost"]["actual_usd"] == pytest.approx(cost.actual_usd, abs=0.01)
