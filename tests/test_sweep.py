@@ -89,7 +89,8 @@ def finished_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FINETUNE_HOME", str(root / "home"))
-        spec = load_recipe("tiny", [*FAST, f"output={root / 'store'}"])
+        # priced ($36 an hour of this machine): each trial's actual cost, and the sweep's total
+        spec = load_recipe("tiny", [*FAST, f"output={root / 'store'}", "resources.hourly_price=36"])
         handle = sdk.sweep(spec, grid={"train.lr": [1e-3, 5e-3], "method.r": [4, 8]}, backend="local", max_parallel=2)
         status = handle.wait(progress=False, timeout=600)
         yield handle, status, root
@@ -116,6 +117,14 @@ def test_a_2x2_grid_runs_two_at_a_time_and_is_ranked(finished_sweep):
     assert overlap == 2, spans
     record = handle.record()
     assert record.finished and not pid_alive(record.driver["pid"])
+    # each trial's final cost is its run's, and the sweep's total is their sum
+    costs = {run.id: run.cost() for run in handle.runs()}
+    assert all(c.final and c.actual_usd > 0 for c in costs.values()), costs
+    assert {t.run_id: t.cost_usd for t in record.trials} == {i: c.actual_usd for i, c in costs.items()}
+    from sdk.sweeps.spend import spent_usd
+
+    assert spent_usd(record) == pytest.approx(sum(c.actual_usd for c in costs.values()))
+    assert {r.run_id: r.cost_usd for r in board} == {t.run_id: t.cost_usd for t in record.trials}
 
 
 def test_a_sweep_is_read_back_from_the_store_by_a_fresh_process(finished_sweep, run_cli, tmp_path):
@@ -263,6 +272,39 @@ def _record_with(store_dir, trials_spec, *, n: int):
                                  for i in range(n)])
     handle._write(record)
     return handle, record
+
+
+def test_the_budget_counts_what_finished_trials_spent_and_launches_nothing_past_it(tmp_path):
+    """Trials priced by their cost.json (as a run's client writes it): $10, then $5 spent; with a budget of $12 the
+    third trial is not launched (the spend has crossed it), naming the budget and the spend."""
+    from sdk import sweeps
+    from sdk.core.billing import COST_FILE, Billing, CostPart
+    from sdk.runs import Run
+    from sdk.store import open_store
+    from sdk.store.runfolder import RunFolder
+
+    store_dir = tmp_path / "store"
+    handle, record = _record_with(store_dir, load_recipe("tiny", [f"output={store_dir}"]), n=4)
+    record.max_parallel, record.budget = 1, 12.0
+    handle._write(record)
+    store, spends, launched = open_store(str(store_dir)), iter([10.0, 5.0, 1.0, 1.0]), []
+
+    def submit(spec, backend, run_id):
+        launched.append(run_id)
+        folder = RunFolder(store, run_id)
+        folder.write_json("spec.json", spec.model_dump(mode="json"))
+        seconds = next(spends)  # at $3600 an hour: $1 a second
+        folder.write_json(COST_FILE, Billing(backend="local", hourly_usd=3600.0, price_source="given", final=True, parts=[
+            CostPart(name=run_id, start=1000.0, end=1000.0 + seconds)]).model_dump(mode="json"))
+        folder.write_status("succeeded")
+        return Run(folder.uri)
+
+    final = sweeps.drive(handle, poll=0.05, submit=submit)
+    assert final.finished and len(launched) == 2
+    assert [t.cost_usd for t in final.trials] == [10.0, 5.0, None, None]
+    assert [t.state for t in final.trials] == ["succeeded", "succeeded", "cancelled", "cancelled"]
+    assert final.trials[2].error == ("not launched: --budget $12.00, the trials have spent $15.00 and this one is "
+                                     "estimated at $0.00")
 
 
 def test_a_resumed_driver_adopts_what_the_killed_one_launched_and_launches_only_the_rest(tmp_path, monkeypatch):

@@ -93,17 +93,22 @@ def _print_dry_run(spec, backend: str) -> None:
 def _print_sweep(handle, *, json_out: bool = False) -> None:
     from rich.table import Table
 
+    from sdk.sweeps.spend import spent_usd
+
     record = handle.record()
     status = handle.status()
     rows = handle.leaderboard(as_frame=False)
     if json_out:
         import json
 
-        sys.stdout.write(json.dumps({"sweep": record.sweep_id, "state": status.state, "driver": status.driver, "metric": record.metric,
+        sys.stdout.write(json.dumps({"sweep": record.sweep_id, "state": status.state, "driver": status.driver,
+                                     "spent_usd": spent_usd(record), "budget": record.budget, "metric": record.metric,
                                      "leaderboard": [r.model_dump(mode="json") for r in rows]}) + "\n")
         return
     console = _console()
     cost = f", estimated ${record.estimate_usd:,.2f}" if record.estimate_usd else ""
+    cost += f", spent ${spent_usd(record):,.2f}" if any(t.cost_usd is not None for t in record.trials) else ""
+    cost += f" of a ${record.budget:,.2f} budget" if record.budget is not None else ""
     console.print(f"{record.sweep_id}: {status.state} ({', '.join(f'{n} {st}' for st, n in status.counts.items())}); "
                   f"{len(record.trials)} trials on {record.backend}, {record.max_parallel} at a time{cost}; "
                   f"ranked by {record.metric} ({record.goal})", markup=False)
@@ -111,12 +116,13 @@ def _print_sweep(handle, *, json_out: bool = False) -> None:
         console.print(f"note: {status.note}", markup=False)
     keys = list(record.grid)
     table = Table(box=None, pad_edge=False)
-    for column in ("#", "trial", *[k.rsplit(".", 1)[-1] for k in keys], "state", record.metric.replace("_", " "), "eval loss", "error"):
+    for column in ("#", "trial", *[k.rsplit(".", 1)[-1] for k in keys], "state", record.metric.replace("_", " "), "eval loss", "cost", "error"):
         table.add_column(column, no_wrap=column == "trial", overflow="fold")
     for r in rows:
         metric = "-" if r.metric is None else f"{r.metric:.4g}"
         eval_loss = "-" if r.eval_loss is None else f"{r.eval_loss:.4f}"
-        table.add_row(str(r.rank or "-"), r.trial, *[str(r.values.get(k)) for k in keys], r.state, metric, eval_loss,
+        usd = "-" if r.cost_usd is None else f"${r.cost_usd:,.2f}"
+        table.add_row(str(r.rank or "-"), r.trial, *[str(r.values.get(k)) for k in keys], r.state, metric, eval_loss, usd,
                       r.error if r.error and r.state != "succeeded" else "")
     console.print(table)
     if rows and rows[0].metric is not None:

@@ -68,11 +68,8 @@ def plan_sweep(spec: FineTuneSpec, *, grid: Mapping[str, Sequence[Any]], backend
     check_trial_data([t for _, t in trials])
     costs = [estimate_cost(t, backend=name) for _, t in trials]
     total = total_usd(costs)
-    if budget is not None:
-        if total is None:
-            why = next(c.note for c in costs if c.usd is None)
-            raise SpecError(f"--budget: cannot price the trials ({why}); nothing launched")
-        if total > budget:
+    if budget is not None:  # unpriced trials launch: the driver then holds the budget against their actual spend
+        if total is not None and total > budget:
             raise SpecError(f"--budget: {len(trials)} trials are estimated at ${total:,.2f}, over the budget of ${budget:,.2f}; "
                             "nothing launched")
     return trials, name, costs
@@ -91,7 +88,7 @@ def sweep(spec: FineTuneSpec, *, grid: Mapping[str, Sequence[Any]], backend: str
     total = total_usd(costs)
     record = SweepRecord(
         sweep_id=sweep_id, name=name or spec.name or "sweep", grid={k: list(v) for k, v in grid.items()}, metric=chosen.name,
-        goal=chosen.goal, metric_source=chosen.source, max_parallel=max_parallel, backend=backend_name, output=spec.output, estimate_usd=total,
+        goal=chosen.goal, metric_source=chosen.source, max_parallel=max_parallel, backend=backend_name, output=spec.output, estimate_usd=total, budget=budget,
         trials=[Trial(index=i, name=t.name or f"trial-{i}", values=values, spec=t.model_dump(mode="json"))
                 for i, (values, t) in enumerate(trials)],
     )

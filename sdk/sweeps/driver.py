@@ -24,6 +24,7 @@ from sdk.sweeps.lease import (
     lease_seconds,
 )
 from sdk.sweeps.record import FINAL, SweepRecord, Trial
+from sdk.sweeps.spend import SpendWatch
 
 LAUNCH_ATTEMPTS = 2  # a launch that raised is tried once more (same run id, so the same cluster) before the trial fails:
 LAUNCH_RETRY_S = 30.0  # a SkyPilot API server still starting or a provisioning hiccup should not cost a trial
@@ -66,6 +67,7 @@ class _Driver:
         self.writing = threading.Lock()  # the loop's writes and the heartbeat's renewals, one at a time
         self.written: SweepRecord | None = None  # the record as last written: what a renewal writes again
         self.pass_started = time.time()
+        self.spend = SpendWatch(handle)
 
     # -- the lease
 
@@ -195,6 +197,11 @@ class _Driver:
                 continue
             if trial.next_launch is not None and time.time() < trial.next_launch:
                 continue
+            blocked = self.spend.blocks(record, trial)  # --budget: the actual spend so far plus this trial's estimate
+            if blocked:
+                for left in (t for t in record.trials if not t.uri and t.state == "pending"):
+                    left.state, left.error = "cancelled", blocked
+                return
             before = trial.model_copy()
             # one id per trial of this sweep: two drivers that both launch it collide on its folder instead of
             # starting it twice (submit refuses an existing folder; the loser adopts it)
@@ -307,10 +314,14 @@ class _Driver:
         if not self.cancelling and (self.handle.cancel_requested() or time.time() > self.deadline):
             reason = "sweep cancelled" if self.handle.cancel_requested() else f"sweep driver stopped after {self.max_hours} h"
             self._begin_cancel(record, reason)
+        over = None if self.cancelling else self.spend.over(record)
+        if over:
+            self._begin_cancel(record, over)
         if not self.cancelling:
             self._start_trials(record, pool)
         settled = all(t.state in FINAL and (t.released or not t.uri) for t in record.trials)
         if not self.launching and settled:
+            self.spend.refresh(record, force=True)  # each trial's final cost, its cluster down
             record.finished = True
             self._write(record)
             return True

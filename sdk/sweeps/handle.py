@@ -196,7 +196,8 @@ class Sweep:
                 rank=None, trial=trial.name, values=trial.values, state=state, metric=value,
                 label_accuracy=metric_value("label_accuracy", summary), eval_loss=summary.eval_loss if summary else None,
                 train_loss=summary.train_loss if summary else None,
-                runtime_s=summary.runtime_s.total_s if summary else None, run_id=trial.run_id, error=error))
+                runtime_s=summary.runtime_s.total_s if summary else None, cost_usd=trial.cost_usd,
+                run_id=trial.run_id, error=error))
         sign = -1 if record.goal == "max" else 1
         # ties (equal accuracy on a small eval set) go to the lower eval loss
         rows.sort(key=lambda r: (r.metric is None, sign * (r.metric or 0.0), r.eval_loss if r.eval_loss is not None else float("inf"), r.trial))

@@ -41,6 +41,8 @@ class Trial(BaseModel):
     adopted: float | None = None  # when a resumed driver found its run folder without a launch record
     launch_attempts: int = 0  # launches that raised (a second try follows the first, sdk.sweeps.driver)
     next_launch: float | None = None  # a failed launch is tried again from then on
+    cost_usd: float | None = None  # its actual spend (sdk.sweeps.spend), so far until cost_final
+    cost_final: bool = False
 
 
 class Lease(BaseModel):
@@ -81,6 +83,7 @@ class SweepRecord(BaseModel):
     backend: str
     output: str
     estimate_usd: float | None = None
+    budget: float | None = None  # USD: no trial launches past it, running ones are cancelled at it (actual spend)
     driver: dict[str, Any] = Field(default_factory=dict)  # host and PID of the driver process
     lease: Lease | None = None  # the driver that may write this record, until `expires`
     finished: bool = False
@@ -97,6 +100,7 @@ class LeaderboardRow(BaseModel):
     eval_loss: float | None = None
     train_loss: float | None = None
     runtime_s: float | None = None
+    cost_usd: float | None = None
     run_id: str | None = None
     error: str | None = None
 
