@@ -54,6 +54,7 @@ def load_run(run_dir: str, spec_file: str | None) -> tuple[Any, Any]:
 def train_run(spec: Any, folder: Any, *, sync_interval: float) -> int:
     """Run the node's phases with the sink syncing status and metrics; always leaves a terminal status."""
     from launch.node import Cancelled, run
+    from launch.record import keep_rerun_of, write_node_record
     from launch.sink import RunSink
     from sdk.core.errors import FinetuneError
 
@@ -63,7 +64,11 @@ def train_run(spec: Any, folder: Any, *, sync_interval: float) -> int:
     task = {"task_id": os.environ["SKYPILOT_TASK_ID"]} if os.environ.get("SKYPILOT_TASK_ID") else {}
     sink.start("running", phase="starting", **task)
     try:
+        if rank == 0:  # the run record's node part (launch.record), before the model loads
+            write_node_record(spec, folder)
         summary = run(spec, folder, sink).summary
+        if rank == 0:
+            keep_rerun_of(folder, summary)  # a rerun's summary names the run it reproduces
     except Cancelled:
         sink.close("cancelled")
         print("[finetune] cancelled", flush=True)

@@ -24,6 +24,7 @@ _EXPORTS = {
     "import_config": "sdk.importers",
     "ImportResult": "sdk.importers",
     "submit": "sdk.runs",
+    "rerun": "sdk.runs.rerun",
     "get_run": "sdk.runs",
     "list_runs": "sdk.runs",
     "Run": "sdk.runs",
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
     from sdk.core.summary import RunSummary
     from sdk.importers import ImportResult, import_config
     from sdk.runs import Run, RunStatus, get_run, list_runs, submit
+    from sdk.runs.rerun import rerun
     from sdk.runs.tools import evaluate, generate, merge
     from sdk.serving import Server, get_server, list_servers, serve
     from sdk.sweeps import Sweep, get_sweep, list_sweeps, sweep

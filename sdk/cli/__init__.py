@@ -12,7 +12,7 @@ from sdk.cli.app import _console, app
 __all__ = ["app", "main"]
 
 # each registers its commands, in --help's order
-for _group in ("specs", "importing", "runs", "sweeps", "tools", "exporting", "serving", "api"):
+for _group in ("specs", "importing", "runs", "reproduce", "sweeps", "tools", "exporting", "serving", "api"):
     importlib.import_module(f"sdk.cli.{_group}")
 
 

@@ -49,7 +49,9 @@ def launch(
                          f"{name}, output {spec.output}")
         _print_dry_run(spec, name)
         return
-    run = submit(spec, backend=chosen, check_data=False)
+    from sdk.runs.record import Provenance, recipe_given
+
+    run = submit(spec, backend=chosen, check_data=False, provenance=Provenance(recipe=recipe_given(recipe, overrides)))
     console = _console()
     status = _follow(run, what="run", detach=detach, hint=f"finetune logs {run.id} -f")
     if status is None:

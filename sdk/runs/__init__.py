@@ -14,6 +14,7 @@ from sdk.core.errors import LaunchError, RunNotFound, StoreError
 from sdk.core.spec import DEFAULT_OUTPUT, FineTuneSpec
 from sdk.core.summary import RunSummary
 from sdk.machine import registry
+from sdk.runs.record import Provenance, RunRecord, read_record, write_client_record
 from sdk.store import FETCHED, check_replaceable, contained, fetch_dir, open_store
 from sdk.store.runfolder import ADAPTER, LAUNCH, LOG, SPEC, TERMINAL, RunFolder, RunState, new_run_id
 
@@ -154,6 +155,10 @@ class Run:
     def spec(self) -> FineTuneSpec:
         return self.folder.spec()
 
+    def record(self) -> RunRecord | None:
+        """What it read and ran with (sdk.core.record: data hashes, packages, torch, image); None before records."""
+        return read_record(self.folder)
+
     def metrics(self, *, as_frame: bool = False) -> Any:
         rows = self.folder.metrics()
         if as_frame:
@@ -287,7 +292,8 @@ def preflight_data(spec: FineTuneSpec) -> Any:
     return report
 
 
-def submit(spec: FineTuneSpec, *, backend: str = "auto", check_data: bool = True, run_id: str | None = None) -> Run:
+def submit(spec: FineTuneSpec, *, backend: str = "auto", check_data: bool = True, run_id: str | None = None,
+           provenance: Provenance | None = None) -> Run:
     """Create the run folder (spec.json, never overwriting a run) and start the node on the backend.
 
     Before anything starts, every row of the data is read and checked (sdk.data.check): a bad row raises
@@ -315,6 +321,7 @@ def submit(spec: FineTuneSpec, *, backend: str = "auto", check_data: bool = True
         raise LaunchError(f"{folder.uri} already exists; refusing to overwrite a run")
     folder.write_json(SPEC, spec.model_dump(mode="json"))
     ship(spec, folder)
+    write_client_record(spec, folder, backend=name, given=provenance)  # the run record's client part; a rerun's lock
     folder.write_status("pending", backend=name)
     try:
         info = impl.submit(spec, folder)

@@ -141,6 +141,10 @@ class S3Store:
 
         return _retry(self._where(key), "check", head)
 
+    def head(self, key: str) -> dict[str, Any]:
+        """The object's metadata (ETag, VersionId when the bucket keeps versions, ContentLength), without its bytes."""
+        return _retry(self._where(key), "read", lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(key)))
+
     def list(self, prefix: str) -> list[str]:
         full = self._key(prefix)
         full = f"{full}/" if full else ""
