@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata as md
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+from sdk.backends.envcache import URL_ENV, Found, find, lock_stage, restore_stage, save_stage
 from sdk.core.errors import LaunchError
 from sdk.core.spec import FineTuneSpec
 from sdk.machine.registry import home
 from sdk.objectives import objective_of
+from sdk.store.runfolder import RunFolder
 
 TORCH_DEFAULT = "2.13.0"  # the node's torch when this client has none installed (a client-only install)
 # Pinned on the node to what this client runs (when installed here): the versions the tests passed with.
@@ -238,9 +241,12 @@ fi
 """
 
 
-def setup_script(spec: FineTuneSpec, dist: dict[str, Path]) -> str:
-    extras = extras_for(spec)
-    pins_text = constraints()
+def setup_script(spec: FineTuneSpec, dist: dict[str, Path], found: Found | None = None) -> str:
+    """The node's setup: restore the stored environment of the lock when there is one (found.meta, signed), else
+    build it — from the lock without resolving (found.lock), or by resolving finetune[extras] under the client's
+    pins — then this build of the package on top, then (after a build) keep the environment in the store."""
+    found = found or Found()
+    lock, extras, pins_text = found.lock, extras_for(spec), constraints()
     if dist:
         base = f"$HOME/.finetune/dist/{dist['wheel'].name}"
         key, pins = dist["wheel"].parent.name, '-c "$HOME/.finetune/dist/constraints.txt"'
@@ -249,26 +255,40 @@ def setup_script(spec: FineTuneSpec, dist: dict[str, Path]) -> str:
         version = md.version("finetune")
         base, key, pins = f"finetune=={version}", version, ""
         with_extra = "finetune[{extra}]==" + version
-    package = with_extra.format(extra=extras)
+    resolve = (f'echo "[finetune] setup: installing finetune[{extras}] and its dependencies with $(installer)"\n'
+               f'pyinstall {pins} "{with_extra.format(extra=extras)}"\n')
     torch_pin = next((line for line in pins_text.splitlines() if line.startswith("torch==")), None)
-    torch_version = torch_pin.partition("==")[2] if torch_pin else TORCH_DEFAULT
     stack = stack_key(spec, pins_text)
+    if lock:  # the lock decides every version: the client's pins would only conflict with an older lock's
+        torch = torch_stage(lock.torch_release() or TORCH_DEFAULT)
+        built_by = ("flash-attn",) if spec.train.attention == "flash_attention_2" else ()
+        install = lock_stage(lock, built_by + cuda_bound_extras(spec), resolve)
+        pins = ""
+    else:
+        torch = torch_stage(torch_pin.partition("==")[2] if torch_pin else TORCH_DEFAULT, pins)
+        install = resolve
+    venv_key = f"lock-{lock.hash}" if lock else stack
+    restore = restore_stage(found, torch) if lock else ""
     # Setup runs on every node at once, and nodes may share a home: one venv, built under a lock.
     # FINETUNE_NODE_PYTHON picks the interpreter (an image's own Python), FINETUNE_VENV_SYSTEM_SITE=1
     # lets the venv see that interpreter's preinstalled packages (a CUDA torch in a GPU image).
     return f"""set -euo pipefail
-VENV="${{FINETUNE_VENV:-$HOME/.finetune/venv-{stack}}}"
-mkdir -p "$(dirname "$VENV")"
+VENV="${{FINETUNE_VENV:-$HOME/.finetune/venv-{venv_key}}}"
+FINETUNE_STACK_KEY={venv_key}
+PY="${{FINETUNE_NODE_PYTHON:-python3}}"
+mkdir -p "$(dirname "$VENV")" "$HOME/.finetune"
 {installer_stage()}(
   flock 9
-  # The training stack, once per stack: torch for this driver, then the package's dependencies under the client's pins.
-  if [ ! -f "$VENV/.stack-{stack}" ]; then
+  BUILT=0
+{_indent(restore, 2)}
+  # The training stack, once per stack (or lock): torch for this driver, then everything else.
+  if [ ! -f "$VENV/.stack-{venv_key}" ]; then
 {_indent(venv_stage(), 4)}
-{_indent(torch_stage(torch_version, pins), 4)}
-    echo "[finetune] setup: installing finetune[{extras}] and its dependencies with $(installer)"
-    pyinstall {pins} "{package}"
+{_indent(torch, 4)}
+{_indent(install, 4)}
 {_indent(kernels_stage(spec, pins) + cuda_extras_stage(spec, pins, with_extra), 4)}
-    touch "$VENV/.stack-{stack}"
+    touch "$VENV/.stack-{venv_key}"
+    BUILT=1
   fi
   # The package on top, whenever its build changes: no dependency is touched.
   if [ ! -f "$VENV/.finetune-{key}" ]; then
@@ -277,18 +297,33 @@ mkdir -p "$(dirname "$VENV")"
     rm -f "$VENV"/.finetune-*
     touch "$VENV/.finetune-{key}"
   fi
+{_indent(save_stage(spec.output, None if lock and lock.exact else stack), 2)}
 ) 9>"$VENV.lock"
 """
 
 
+def setup_for(spec: FineTuneSpec, dist: dict[str, Path], folder: RunFolder) -> tuple[str, dict[str, str]]:
+    """What the SkyPilot backend's task runs as setup, and the envs it adds: the lock (the run folder's lock.json,
+    else what this stack last built) and the stored environment looked up in the store first."""
+    found = find(spec.output, stack_key(spec, constraints()), folder)
+    envs = {"FINETUNE_STACK_KEY": f"lock-{found.lock.hash}" if found.lock else stack_key(spec, constraints())}
+    if found.url:
+        envs[URL_ENV] = found.url
+    return setup_script(spec, dist, found), envs
+
+
+HEREDOC = re.compile(r"<<'(FINETUNE_\w+)'")
+
+
 def _indent(text: str, n: int) -> str:
     """Indent shell lines, but not the body of a here-document (its terminator must start the line)."""
-    out, in_heredoc = [], False
+    out, end = [], None
     for line in text.rstrip("\n").splitlines():
-        if in_heredoc:
+        if end:
             out.append(line)
-            in_heredoc = line != "FINETUNE_TORCH_INDEX"
+            end = None if line == end else end
             continue
         out.append(" " * n + line if line else line)
-        in_heredoc = "<<'FINETUNE_TORCH_INDEX'" in line
+        match = HEREDOC.search(line)
+        end = match.group(1) if match else None
     return "\n".join(out)

@@ -132,16 +132,19 @@ def check_output(spec: FineTuneSpec) -> None:
 
 def task_config(spec: FineTuneSpec, folder: RunFolder, dist: dict[str, Path], *, managed: bool | None = None) -> dict[str, Any]:
     """The task as a SkyPilot YAML dict. Secrets appear by name only, with no value."""
+    from sdk.backends.node_setup import setup_for
+
     check_output(spec)
     managed = is_managed(spec) if managed is None else managed
-    envs = {**spec.env, "FINETUNE_RUN_DIR": folder.uri, "FINETUNE_STACK_KEY": stack_key(spec, constraints())}
+    setup, node_envs = setup_for(spec, dist, folder)  # the lock and stored environment, looked up in the store
+    envs = {**spec.env, "FINETUNE_RUN_DIR": folder.uri, **node_envs}
     envs.update({n: os.environ[n] for n in (*AWS_PLAIN, PLUGIN_ENV) if n in os.environ and n not in spec.env})
     config: dict[str, Any] = {
         "name": cluster_name(folder.run_id),
         "num_nodes": spec.resources.nodes,
         "resources": resources_config(spec, managed=managed),
         "envs": envs,
-        "setup": setup_script(spec, dist),
+        "setup": setup,
         "run": run_script(folder),
     }
     return finish_task(config, spec, dist)

@@ -1,12 +1,14 @@
-"""Setup to first training step on the localhost Slurm harness, with a cold and a warm package cache.
+"""Setup to first training step on the localhost Slurm harness: a cold build, then a node restoring it.
 
 Each case submits the tiny recipe through SkyPilot onto a fresh 1-node cluster and times, from the submit
 call, (1) SkyPilot reporting the job RUNNING (setup done) and (2) the first training step in the run folder:
-  cold      a new node environment and an empty pip cache: everything the node installs is downloaded
-            (torch from this machine's local wheel: the index would serve a CUDA build of several GB)
-  warm      a new node environment, the pip cache the cold case filled
-  reused    the environment the warm case built (a second run on the same cluster home: only the package)
-Every case prints its `[finetune] setup:` stage lines with their times from the node log.
+  cold      a new node environment, an empty pip cache, nothing in the store's environment cache: the node
+            resolves and installs everything (torch from this machine's local wheel: the index would serve a
+            CUDA build of several GB), then keeps the environment in the store (<output>/.envs/)
+  restored  a second node with a new environment path and the same lock: the client finds what this stack
+            last built, and the node restores the stored environment instead of building it
+Every case prints its `[finetune] setup:` stage lines from the node log (the save line carries the archive's
+size and what saving cost the cold run; the restore line what restoring took).
 
 Run: python tests/bench/bench_node_setup.py
 """
@@ -44,9 +46,15 @@ def submit(harness: SlurmHarness, bucket: str, venv: Path, pip_cache: Path) -> d
         time.sleep(0.5)
     first_step = time.time() - start
     final = run.wait(progress=False, timeout=600)
-    stages = [line for line in run.logs().splitlines() if "[finetune] setup:" in line]
+    stages = [line for line in (run.logs() or "").splitlines() if "[finetune] setup:" in line]
     down(run.info.cluster)
     return {"running_s": running, "first_step_s": first_step, "state": final.state, "stages": stages}
+
+
+def cached(bucket: str) -> list[str]:
+    from sdk.store import open_store
+
+    return [k for k in open_store(f"s3://{bucket}/runs").list(".envs") if not k.endswith("/lock.txt")]
 
 
 def main() -> None:
@@ -54,13 +62,14 @@ def main() -> None:
     os.chmod(work, 0o777)  # the harness's login user builds the environments here
     with harness_with_s3("bench-setup") as harness:
         cache = work / "pip-cache"
-        cases = [("cold", work / "venv-cold"), ("warm", work / "venv-warm"), ("reused", work / "venv-warm")]
-        for name, venv in cases:
+        for name, venv in [("cold", work / "venv-cold"), ("restored", work / "venv-second-node")]:
             result = submit(harness, "bench-setup", venv, cache)
-            print(f"{name:7s} setup done (RUNNING) {result['running_s']:6.1f} s, first step {result['first_step_s']:6.1f} s "
-                  f"({result['state']})", flush=True)
+            running, first = result["running_s"], result["first_step_s"]
+            print(f"{name:8s} submit -> RUNNING (setup done) {running:6.1f} s, submit -> first step {first:6.1f} s, "
+                  f"RUNNING -> first step {first - running:5.1f} s ({result['state']})", flush=True)
             for line in result["stages"]:
                 print(f"          {line.strip()}", flush=True)
+            print(f"          stored: {', '.join(cached('bench-setup')) or 'nothing'}", flush=True)
 
 
 if __name__ == "__main__":
