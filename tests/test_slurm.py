@@ -49,7 +49,8 @@ def clusters() -> list[str]:
 def test_two_node_ddp_through_skypilot_on_slurm(slurm, s3_env, finetune_home, tmp_path):
     env, bucket = s3_env
     sets = [f"--set={o}" for o in [*node_overrides(slurm, bucket), "resources.nodes=2", "train.max_steps=10",
-                                   "eval.num_samples=8"]]
+                                   "eval.num_samples=8", "resources.hourly_price=36"]]  # Slurm has no catalog
+    began = time.time()
     launched = cli("launch", "recipes/tiny.yaml", *sets, "--detach")
     assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
     run_id = next(line.split()[1] for line in launched.stdout.splitlines() if line.startswith("run "))
@@ -68,8 +69,17 @@ def test_two_node_ddp_through_skypilot_on_slurm(slurm, s3_env, finetune_home, tm
     fetched = cli("fetch", run_id, str(tmp_path / "adapter"))
     assert fetched.returncode == 0 and (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     down = cli("down", run_id)
+    ended = time.time()
     assert down.returncode == 0, down.stderr
     assert run.info.cluster not in clusters()
+    # billed: both nodes, from SkyPilot's provisioning to the teardown, at the given price per node-hour
+    cost = run.cost()
+    assert cost.final and cost.hourly_usd == 36 and cost.price_source == "resources.hourly_price", cost
+    assert [(p.name, p.nodes) for p in cost.parts] == [(run.info.cluster, 2)]
+    assert cost.actual_usd == pytest.approx(36 * cost.billed_s / 3600, abs=0.001)
+    assert ended - began - 60 <= cost.billed_s / 2 <= ended - began, (cost, ended - began)
+    shown = cli("status", run_id)
+    assert f"cost: ${cost.actual_usd:,.2f} (final" in shown.stdout, shown.stdout
 
 
 def test_cancel_a_running_skypilot_job(slurm, s3_env, finetune_home):
