@@ -95,3 +95,28 @@ def test_a_local_run_costs_nothing_and_a_priced_one_stops_at_max_cost_with_a_che
     assert cost.actual_usd == pytest.approx(3600 * cost.billed_s / 3600, abs=0.1)  # billed_s is rounded to 0.1 s
     shown = run_cli("status", priced.id, "--json")
     assert json.loads(shown.stdout)["cost"]["actual_usd"] == pytest.approx(cost.actual_usd, abs=0.01)
+
+
+def test_the_client_cancels_a_run_over_max_cost_with_the_reason_and_the_node_keeps_it(tmp_path):
+    """Where the node cannot stop itself (stuck provisioning, a slow setup), the client's check cancels; the node that
+    reads the marker ends with the client's reason as its error."""
+    import time
+
+    from launch.sink import RunSink
+    from sdk.runs.cost import enforce_max_cost, run_cost
+    from sdk.store import open_store
+    from sdk.store.runfolder import RunFolder
+
+    folder = RunFolder(open_store(str(tmp_path)), "r1")
+    folder.write_status("running")
+    folder.write_json("cost.json", Billing(backend="skypilot", hourly_usd=36.0, max_cost=1.0, price_source="given",
+                                           parts=[CostPart(name="c", start=time.time() - 50)]).model_dump(mode="json"))
+    assert enforce_max_cost(folder, run_cost(folder, None, None)) is None  # $0.50 so far
+    folder.write_json("cost.json", Billing(backend="skypilot", hourly_usd=36.0, max_cost=1.0, price_source="given",
+                                           parts=[CostPart(name="c", start=time.time() - 150)]).model_dump(mode="json"))
+    reason = enforce_max_cost(folder, run_cost(folder, None, None))
+    assert reason.startswith("resources.max_cost: projected spend $1.5") and folder.status()["state"] == "cancelling"
+    assert folder.cancel_reason().endswith("cancelled by the client")
+    sink = RunSink(folder, enabled=True)
+    sink.flush()
+    assert sink.cancel_requested and sink.stop_reason == folder.cancel_reason()

@@ -48,6 +48,8 @@ def _print_summary(summary) -> None:
         ("runtime", ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in summary.runtime_s.model_dump().items()
                               if v is not None)),
     ]
+    if summary.cost is not None:
+        rows.append(("cost", summary.cost.line()))
     acc = summary.label_accuracy
     if acc.before and acc.after:
         rows.append(("label accuracy", f"{acc.before.accuracy:.1%} → {acc.after.accuracy:.1%} "
