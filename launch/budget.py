@@ -35,9 +35,9 @@ class Budget:
                 self.billing = Billing.model_validate(stored)
             elif self.billing is None:
                 r = self.spec.resources
+                source = "resources.hourly_price (no cost.json: billed from the node's start)"
                 self.billing = Billing(backend="local", hourly_usd=r.hourly_price, max_cost=r.max_cost,
-                                       price_source="resources.hourly_price (no cost.json: billed from the node's start)",
-                                       parts=[CostPart(name="node", start=self.started, nodes=r.nodes)])
+                                       price_source=source, parts=[CostPart(name="node", start=self.started, nodes=r.nodes)])
         return self.billing
 
     def stop_reason(self, *, step: int, now: float | None = None) -> str | None:

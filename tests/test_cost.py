@@ -51,7 +51,8 @@ def test_skypilot_cost_report_rows_become_parts_with_the_catalog_or_the_given_pr
     ]
     start = Billing(backend="skypilot", parts=[CostPart(name="provisioning", start=90)])
     view = billing_view(rows, "ft-run-1", start)
-    assert [(p.name, p.start, p.end, p.nodes) for p in view.parts] == [("ft-run-1", 100, 400, 2), ("ft-run-1-7", 500, None, 2)]
+    assert [(p.name, p.start, p.end, p.nodes) for p in view.parts] == [("ft-run-1", 100, 400, 2),
+                                                                        ("ft-run-1-7", 500, None, 2)]
     assert view.hourly_usd == 2.5 and "aws/us-east-1" in view.price_source and not view.final
     slurm = [{"name": "ft-run-1", "num_nodes": 1, "usage_intervals": [(100, 160)], "total_cost": 0.0, "duration": 60}]
     view = billing_view(slurm, "ft-run-1", start)

@@ -48,6 +48,7 @@ def billing_view(rows: list[dict[str, Any]], cluster: str, billing: Billing) -> 
     parts.sort(key=lambda p: p.start)
     priced = next((node_hourly(row) for row in reversed(mine) if node_hourly(row) is not None), None)
     described = next((row for row in reversed(mine) if row.get("cloud")), mine[-1])  # a recovery's row may lack it
-    source = describe(described) if priced is not None else "no catalog price for this infra: set resources.hourly_price"
+    source = describe(described) if priced is not None else \
+        "no catalog price for this infra: set resources.hourly_price"
     return BillingView(hourly_usd=priced, price_source=source, parts=parts or billing.parts,
                        final=bool(parts) and all(p.end is not None for p in parts))
