@@ -36,8 +36,9 @@ class Budget:
             elif self.billing is None:
                 r = self.spec.resources
                 source = "resources.hourly_price (no cost.json: billed from the node's start)"
+                node = CostPart(name="node", start=self.started, nodes=r.nodes)
                 self.billing = Billing(backend="local", hourly_usd=r.hourly_price, max_cost=r.max_cost,
-                                       price_source=source, parts=[CostPart(name="node", start=self.started, nodes=r.nodes)])
+                                       price_source=source, parts=[node])
         return self.billing
 
     def stop_reason(self, *, step: int, now: float | None = None) -> str | None:
