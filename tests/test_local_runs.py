@@ -32,6 +32,9 @@ def test_local_run_to_local_store(tmp_path, finetune_home):
     assert [m["step"] for m in metrics if "loss" in m][:3] == [1, 2, 4]
     summary = run.summary()
     assert summary.steps == 6 and summary.label_accuracy.after.total == 8
+    cost = run.cost()  # this machine costs nothing unless priced (resources.hourly_price): tests/test_cost.py
+    assert cost.final and cost.actual_usd == 0.0 and cost.estimate_usd == 0.0 and cost.billed_s > 0
+    assert summary.cost == cost
     adapter = run.fetch_adapter(tmp_path / "adapter")
     _assert_same_as_store(adapter, run.folder)
     assert "succeeded" in run.logs()
