@@ -61,6 +61,10 @@ def train_run(spec: Any, folder: Any, *, sync_interval: float) -> int:
     rank = int(os.environ.get("RANK", "0"))
     sink = RunSink(folder, interval=sync_interval, log_file=os.environ.get("FINETUNE_LOG_FILE"), enabled=rank == 0)
     sink.install_signal_handlers()
+    if rank == 0:
+        from launch.budget import Budget
+
+        sink.budget = Budget(folder, spec)
     task = {"task_id": os.environ["SKYPILOT_TASK_ID"]} if os.environ.get("SKYPILOT_TASK_ID") else {}
     sink.start("running", phase="starting", **task)
     try:
@@ -69,9 +73,10 @@ def train_run(spec: Any, folder: Any, *, sync_interval: float) -> int:
         summary = run(spec, folder, sink).summary
         if rank == 0:
             keep_rerun_of(folder, summary)  # a rerun's summary names the run it reproduces
-    except Cancelled:
-        sink.close("cancelled")
-        print("[finetune] cancelled", flush=True)
+    except Cancelled as exc:
+        reason = str(exc)
+        sink.close("cancelled", **({"error": reason} if reason else {}))
+        print(f"[finetune] cancelled{': ' + reason if reason else ''}", flush=True)
         return 130
     except FinetuneError as exc:
         sink.close("failed", error=str(exc))

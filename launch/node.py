@@ -94,7 +94,7 @@ class NodeRecipe:
 
     def check_cancel(self) -> None:
         if self.sink.cancel_requested:
-            raise Cancelled()
+            raise Cancelled(self.sink.stop_reason or "")
 
     def _timed(self, name: str, t0: float) -> None:
         self.timings[name] = time.time() - t0
@@ -368,8 +368,10 @@ class NodeRecipe:
             generations=[Generation(**g) for g in generations], adapter_bytes=self.adapter_bytes,
             runtime_s=Runtime(**self.timings), resumed_from_step=self.resumed_from, world_size=ranks.world_size(),
             strategy=self.spec.distributed.strategy if ranks.world_size() > 1 or self.spec.distributed.strategy in ("deepspeed", "fsdp")
-            else "single", versions=versions(),
+            else "single", versions=versions(), cost=self.sink.budget.view() if self.sink.budget is not None else None,
         )
+        if summary.cost is not None and summary.cost.actual_usd is not None:
+            self.sink.metric({"step": summary.steps, "cost_usd": summary.cost.actual_usd})  # to the trackers too
         if ranks.is_main():
             self.folder.write_json(SUMMARY, summary.model_dump(mode="json"))
         return summary

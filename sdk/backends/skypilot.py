@@ -43,6 +43,7 @@ from sdk.backends.node_setup import (  # noqa: F401  (re-exported)
     torch_stage,
     venv_stage,
 )
+from sdk.core.billing import Billing, BillingView
 from sdk.core.errors import FinetuneError, LaunchError, SpecError
 from sdk.core.spec import FineTuneSpec
 from sdk.objectives import PLUGIN_ENV  # objective plugins load on the node as here
@@ -346,6 +347,14 @@ class SkyPilotBackend:
     def left_up(self, info: SkyPilotRunInfo) -> bool:
         """Does this run's cluster stay up after the job (infra without autodown)?"""
         return not info.managed and not info.autodown
+
+    def billing(self, folder: RunFolder, info: SkyPilotRunInfo, billing: Billing) -> BillingView | None:
+        import sky
+
+        from sdk.backends.skypilot_billing import billing_view
+
+        rows = bounded(lambda: sky.get(sky.cost_report(days=30)), status_timeout(), "the SkyPilot API server")
+        return billing_view(list(rows or []), info.cluster, billing)
 
     def down(self, info: SkyPilotRunInfo) -> None:
         import sky

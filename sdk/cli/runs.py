@@ -44,9 +44,13 @@ def launch(
 
     _warn_short_session(spec, choose_backend(spec, chosen))
     if dry_run:
+        from sdk.runs.cost import check_max_cost
+
         name = choose_backend(spec, chosen)
+        estimate = check_max_cost(spec, backend=name)  # a plan already over resources.max_cost is refused here
         _console().print(f"would run {spec.method.name} on {spec.model.id} ({spec.train.length}) with backend "
                          f"{name}, output {spec.output}")
+        _console().print(_estimate_line(estimate, spec.resources.max_cost), markup=False, highlight=False)
         _print_dry_run(spec, name)
         return
     from sdk.runs.record import Provenance, recipe_given
@@ -67,6 +71,14 @@ def launch(
     if status.state == "failed" and log_tail:
         _console(stderr=True).print(log_tail, markup=False)
     raise typer.Exit(130 if status.state == "cancelled" else 1)
+
+
+def _estimate_line(estimate, limit: float | None) -> str:
+    cap = "" if limit is None else f" (max_cost ${limit:,.2f})"
+    if estimate.usd is None:
+        return f"estimated cost: unknown{cap}" + (f": {estimate.note}" if estimate.note else "")
+    hours = "" if estimate.hours is None else f", {estimate.hours:.2f} h"
+    return f"estimated cost: ${estimate.usd:,.2f}{hours}{cap}" + (f"; {estimate.note}" if estimate.note else "")
 
 
 @app.command()
@@ -112,8 +124,12 @@ def status(
         return
     handle = get_run(run)
     st = handle.reconcile() if reconcile else handle.status()
+    cost = handle.cost()
     if json_out:
-        _console().print_json(st.model_dump_json())
+        record = handle.record()  # what it read and ran with (sdk.core.record); null for a run from before records
+        _console().print_json(data={**st.model_dump(mode="json"),
+                                    "cost": cost.model_dump(mode="json") if cost is not None else None,
+                                    "record": record.model_dump(mode="json") if record is not None else None})
         return
     line = f"{handle.id}: {st.state}"
     if st.step is not None:
@@ -126,6 +142,8 @@ def status(
         line += f"\n  error: {st.error}"
     if getattr(st, "note", None):
         line += f"\n  note: {st.note}"
+    if cost is not None:
+        line += f"\n  cost: {cost.line()}"
     _console().print(line, markup=False)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from sdk.backends import BackendView
+from sdk.core.billing import RunCost
 from sdk.core.errors import LaunchError, RunNotFound, StoreError
 from sdk.core.spec import DEFAULT_OUTPUT, FineTuneSpec
 from sdk.core.summary import RunSummary
@@ -108,7 +109,7 @@ class Run:
     def wait(self, *, progress: bool = True, timeout: float | None = None, poll: float = 1.0) -> RunStatus:
         """Block until the run ends; show step/total and loss on a progress bar (notebook or terminal)."""
         deadline = None if timeout is None else time.time() + timeout
-        bar = None
+        bar, next_cost_check, limit = None, time.time() + 30.0, self.spec_max_cost()
         try:
             while True:
                 status = self.status()
@@ -121,6 +122,11 @@ class Run:
                     if status.state == "lost" or self.folder.status().get("state") == status.state:
                         return status
                     return self.reconcile()
+                if limit is not None and time.time() >= next_cost_check:  # the client's half of max_cost
+                    next_cost_check = time.time() + 30.0
+                    from sdk.runs.cost import enforce_max_cost
+
+                    enforce_max_cost(self.folder, self.cost())
                 if deadline is not None and time.time() > deadline:
                     raise TimeoutError(f"run {self.id} still {status.state} after {timeout} s")
                 time.sleep(poll)
@@ -159,6 +165,19 @@ class Run:
         """What it read and ran with (sdk.core.record: data hashes, packages, torch, image); None before records."""
         return read_record(self.folder)
 
+    def spec_max_cost(self) -> float | None:
+        try:
+            return self.spec().resources.max_cost
+        except Exception:  # a folder without a readable spec has no limit to enforce
+            return None
+
+    def cost(self) -> RunCost | None:
+        """What the run cost: estimate at launch, actual spend (so far, or final once its cluster is down) and
+        the billed parts; None for a run from before costs were recorded."""
+        from sdk.runs.cost import run_cost
+
+        return run_cost(self.folder, self._backend(), self.info)
+
     def metrics(self, *, as_frame: bool = False) -> Any:
         rows = self.folder.metrics()
         if as_frame:
@@ -168,8 +187,11 @@ class Run:
         return rows
 
     def summary(self) -> RunSummary | None:
-        """summary.json, typed; None until the run has finished."""
-        return self.folder.summary()
+        """summary.json, typed; None until the run has finished. Its cost is the client's (final once the cluster
+        is down), not the node's view when it ended."""
+        summary = self.folder.summary()
+        cost = self.cost() if summary is not None else None
+        return summary.model_copy(update={"cost": cost}) if summary is not None and cost is not None else summary
 
     def logs(self, *, follow: bool = False, poll: float = 1.0) -> str | Iterator[str]:
         """The node's log: all of it, or (follow=True) an iterator of new text until the run ends."""
@@ -313,6 +335,9 @@ def submit(spec: FineTuneSpec, *, backend: str = "auto", check_data: bool = True
     if check_data:
         preflight_data(spec)
     check_shipped(spec)  # before the run folder exists: a bad reward file leaves nothing behind
+    from sdk.runs.cost import check_max_cost, start_billing
+
+    estimate = check_max_cost(spec, backend=name)
     store = open_store(spec.output)
     if run_id is not None and (not run_id or "/" in run_id or run_id in (".", "..")):
         raise LaunchError(f"run id {run_id!r}: not a folder name")
@@ -323,12 +348,16 @@ def submit(spec: FineTuneSpec, *, backend: str = "auto", check_data: bool = True
     ship(spec, folder)
     write_client_record(spec, folder, backend=name, given=provenance)  # the run record's client part; a rerun's lock
     folder.write_status("pending", backend=name)
+    start_billing(spec, folder, backend=name, estimate=estimate)
     try:
         info = impl.submit(spec, folder)
     except BaseException as exc:
         folder.write_status("failed", error=f"submit failed: {exc}")
         raise
     folder.write_json(LAUNCH, {"backend": name, "info": info.model_dump(mode="json")})
+    from sdk.runs.cost import run_cost
+
+    run_cost(folder, impl, info)  # the launched cluster's price into cost.json, for the node's max_cost watch
     registry.record(folder.run_id, folder.uri, name, info.model_dump(mode="json"))
     return Run(folder.uri, backend=name, info=info)
 
