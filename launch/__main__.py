@@ -73,6 +73,8 @@ def train_run(spec: Any, folder: Any, *, sync_interval: float) -> int:
         summary = run(spec, folder, sink).summary
         if rank == 0:
             keep_rerun_of(folder, summary)  # a rerun's summary names the run it reproduces
+            if summary.cost is not None and summary.cost.actual_usd is not None:  # to the trackers too
+                sink.metric({"step": summary.steps, "cost_usd": summary.cost.actual_usd})
     except Cancelled as exc:
         reason = str(exc)
         sink.close("cancelled", **({"error": reason} if reason else {}))

@@ -370,8 +370,6 @@ class NodeRecipe:
             strategy=self.spec.distributed.strategy if ranks.world_size() > 1 or self.spec.distributed.strategy in ("deepspeed", "fsdp")
             else "single", versions=versions(), cost=self.sink.budget.view() if self.sink.budget is not None else None,
         )
-        if summary.cost is not None and summary.cost.actual_usd is not None:
-            self.sink.metric({"step": summary.steps, "cost_usd": summary.cost.actual_usd})  # to the trackers too
         if ranks.is_main():
             self.folder.write_json(SUMMARY, summary.model_dump(mode="json"))
         return summary
