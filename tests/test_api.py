@@ -400,3 +400,157 @@ def test_a_cancel_that_lands_while_a_job_launches_stays_cancelled(tmp_path, fine
     service._launch(job.id)
     assert state.job(job.id).final == "cancelled" and state.job(job.id).launched and folder.cancel_requested()
     assert service.view(state.job(job.id)).status == "cancelled"
+
+
+# -- jobs created for real, none trained: the one local slot is held by a job that runs on another machine
+
+def hold_the_local_slot(store):
+    """A job of this store that trains on another machine (its node's host is not this one): it holds the API's one
+    local slot (max_local_jobs: 1), so the jobs a test creates wait `queued` and nothing trains here."""
+    from sdk.api.state import ApiState
+    from sdk.store.runfolder import LAUNCH, SPEC, RunFolder
+
+    state = ApiState(str(store))
+    spec = sdk.FineTuneSpec(model="tiny:llama", data="d.jsonl").model_dump(mode="json")
+    job = a_job(id="ftjob-elsewhere", created_at=1, spec=spec)
+    state.save_job(job)
+    folder = RunFolder(state.store, job.id)
+    folder.write_json(SPEC, spec)
+    folder.write_json(LAUNCH, {"backend": "local", "info": {"pid": 999999, "log": "x", "host": "elsewhere"}})
+    folder.write_status("running")
+    return state
+
+
+@pytest.fixture
+def queued_api(tmp_path, finetune_home):
+    hold_the_local_slot(tmp_path / "store")
+    with serving(tmp_path, str(tmp_path / "store")) as (client, _):
+        assert client.fine_tuning.jobs.retrieve("ftjob-elsewhere").status == "running"
+        yield client
+
+
+def upload(client, path, rows):
+    return client.files.create(file=jsonl(path, rows).open("rb"), purpose="fine-tune")
+
+
+CITY = {"type": "object", "properties": {"city": {"type": "string"}}}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+                                           "parameters": CITY}}]
+
+
+def tool_row(cities, *, parallel=None):
+    calls = [{"id": f"call_{i}", "type": "function", "function": {"name": "get_weather",
+                                                                  "arguments": json.dumps({"city": c})}}
+             for i, c in enumerate(cities)]
+    results = [{"role": "tool", "tool_call_id": c["id"], "content": "sunny"} for c in calls]
+    row = {"messages": [{"role": "user", "content": f"Weather in {' and '.join(cities)}?"},
+                        {"role": "assistant", "tool_calls": calls}, *results,
+                        {"role": "assistant", "content": "Sunny."}], "tools": TOOLS}
+    return row if parallel is None else {**row, "parallel_tool_calls": parallel}
+
+
+def test_tools_rows_upload_and_train_and_parallel_tool_calls_false_allows_one_call_per_message(queued_api, tmp_path):
+    client = queued_api
+    rows = [tool_row(["Paris"], parallel=False), tool_row(["Rome", "Oslo"]), tool_row(["Lima", "Cairo"], parallel=True)]
+    uploaded = upload(client, tmp_path / "tools.jsonl", rows)
+    job = client.fine_tuning.jobs.create(model="tiny-chat", training_file=uploaded.id)
+    assert job.status == "validating_files" and client.fine_tuning.jobs.retrieve(job.id).status == "queued"
+    for bad, says in ((tool_row(["Rome", "Oslo"], parallel=False), "messages[1].tool_calls: 2 calls"),
+                      (tool_row(["Rome"], parallel="no"), "parallel_tool_calls: true or false")):
+        with pytest.raises(openai.BadRequestError) as caught:
+            upload(client, tmp_path / "bad.jsonl", [rows[0], rows[1], bad])
+        assert caught.value.body["message"].startswith("bad.jsonl, line 3: ") and says in caught.value.body["message"]
+    dpo = {"input": {"messages": [{"role": "user", "content": "Weather in Rome and Oslo?"}], "tools": TOOLS,
+                     "parallel_tool_calls": False},
+           "preferred_output": tool_row(["Rome", "Oslo"])["messages"][1:2],
+           "non_preferred_output": [{"role": "assistant", "content": "No idea."}]}
+    with pytest.raises(openai.BadRequestError, match=r"line 1: preferred_output\[0\].tool_calls: 2 calls"):
+        upload(client, tmp_path / "dpo.jsonl", [dpo])
+    assert [f.id for f in client.files.list()] == [uploaded.id]
+
+
+def test_jobs_and_files_page_with_after_and_jobs_filter_by_metadata(queued_api, tmp_path):
+    client = queued_api
+    files = [upload(client, tmp_path / f"t{i}.jsonl", CHAT) for i in range(3)]
+    listed = client.files.list(limit=100).data
+    assert {f.id for f in listed} == {f.id for f in files}
+    first = client.files.list(limit=2)
+    assert first.data == listed[:2] and first.has_more
+    rest = client.files.list(limit=2, after=first.data[-1].id)
+    assert rest.data == listed[2:] and not rest.has_more
+    assert [f.id for f in client.files.list(limit=100, order="asc").data] == [f.id for f in reversed(listed)]
+    made = [client.fine_tuning.jobs.create(model="tiny-chat", training_file=files[0].id, metadata={"team": team})
+            for team in ("a", "b", "a")]
+    everything = [j.id for j in client.fine_tuning.jobs.list(limit=100).data]
+    assert sorted(everything) == sorted([j.id for j in made] + ["ftjob-elsewhere"])
+    assert everything[-1] == "ftjob-elsewhere"  # newest first
+    page = client.fine_tuning.jobs.list(limit=3)
+    assert [j.id for j in page.data] == everything[:3] and page.has_more
+    page = client.fine_tuning.jobs.list(limit=3, after=everything[2])
+    assert [j.id for j in page.data] == everything[3:] and not page.has_more
+    assert [j.id for j in client.fine_tuning.jobs.list(limit=1)] == everything  # the client follows `after` itself
+    team_a = client.fine_tuning.jobs.list(metadata={"team": "a"}).data
+    assert sorted(j.id for j in team_a) == sorted([made[0].id, made[2].id])
+    assert all(j.metadata == {"team": "a"} for j in team_a)
+    assert client.fine_tuning.jobs.list(metadata={"team": "c"}).data == []
+
+
+def test_a_retried_create_returns_its_job_and_a_reused_key_with_another_body_is_a_409(queued_api, tmp_path):
+    client = queued_api
+    uploaded = upload(client, tmp_path / "t.jsonl", CHAT)
+    key = {"Idempotency-Key": "retry-1"}
+    job = client.fine_tuning.jobs.create(model="tiny-chat", training_file=uploaded.id, seed=3, extra_headers=key)
+    again = client.fine_tuning.jobs.create(model="tiny-chat", training_file=uploaded.id, seed=3, extra_headers=key)
+    assert again.id == job.id
+    with pytest.raises(openai.ConflictError) as caught:
+        client.fine_tuning.jobs.create(model="tiny-chat", training_file=uploaded.id, seed=4, extra_headers=key)
+    assert caught.value.status_code == 409 and caught.value.body == {
+        "message": "Idempotency-Key was used with a different request", "type": "invalid_request_error",
+        "param": "Idempotency-Key", "code": "idempotency_key_reused"}
+    assert sorted(j.id for j in client.fine_tuning.jobs.list()) == sorted([job.id, "ftjob-elsewhere"])
+
+
+def test_a_failed_job_says_why_in_openais_error_shape(tmp_path, finetune_home):
+    """A job whose launch a stopped API cut short (its run folder, no launch record) fails when the API comes back
+    and launches what waits: `error` is {code, message, param}, as OpenAI's job object has it."""
+    import httpx
+
+    from sdk.store.runfolder import SPEC, RunFolder
+
+    state = hold_the_local_slot(tmp_path / "store")
+    spec = sdk.FineTuneSpec(model="tiny:llama", data="d.jsonl").model_dump(mode="json")
+    cut = a_job(id="ftjob-cutshort", created_at=2, spec=spec, launched=False, backend="skypilot")
+    state.save_job(cut)
+    RunFolder(state.store, cut.id).write_json(SPEC, spec)
+    with serving(tmp_path, str(tmp_path / "store")) as (client, _):
+        assert client.fine_tuning.jobs.retrieve(cut.id).status == "queued"
+        client.fine_tuning.jobs.create(model="tiny-chat", training_file=upload(client, tmp_path / "t.jsonl", CHAT).id)
+        deadline = time.time() + 30  # the create launches what waits, in the background
+        while client.fine_tuning.jobs.retrieve(cut.id).status != "failed" and time.time() < deadline:
+            time.sleep(0.1)
+        job = client.fine_tuning.jobs.retrieve(cut.id)
+        assert job.status == "failed" and job.fine_tuned_model is None and job.finished_at is not None
+        assert job.error.code == "launch_failed" and "create the job again" in job.error.message
+        raw = httpx.get(f"{client.base_url}fine_tuning/jobs/{cut.id}",
+                        headers={"Authorization": f"Bearer {client.api_key}"}).json()
+        assert set(raw["error"]) == {"code", "message", "param"} and raw["error"]["param"] is None
+
+
+def test_a_reinforcement_row_without_the_field_its_grader_reads_is_refused_naming_it(queued_api, tmp_path):
+    client = queued_api
+    grader = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+              "reference": "{{item.answer}}", "operation": "eq"}
+    method = {"type": "reinforcement", "reinforcement": {"grader": grader}}
+    rows = [{"messages": [{"role": "user", "content": f"What is {i}+1?"}], "answer": str(i + 1)} for i in range(3)]
+    uploaded = upload(client, tmp_path / "rl.jsonl", [rows[0], {"messages": rows[1]["messages"]}, rows[2]])
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.fine_tuning.jobs.create(model="tiny-chat", training_file=uploaded.id, method=method)
+    assert caught.value.body["param"] == "training_file" and caught.value.body["message"] == (
+        f"training_file {uploaded.id}: line 2: no field 'answer', which method.reinforcement.grader reads "
+        "({{item.answer}})")
+    good = upload(client, tmp_path / "rl-good.jsonl", rows)
+    with pytest.raises(openai.BadRequestError, match=f"validation_file {uploaded.id}: line 2: no field 'answer'"):
+        client.fine_tuning.jobs.create(model="tiny-chat", training_file=good.id, validation_file=uploaded.id,
+                                       method=method)
+    job = client.fine_tuning.jobs.create(model="tiny-chat", training_file=good.id, method=method)
+    assert client.fine_tuning.jobs.retrieve(job.id).method.type == "reinforcement"

@@ -1,6 +1,7 @@
 """An uploaded training file, checked line by line as OpenAI checks one on upload: one JSON object per line, in
 one of its fine-tuning formats (chat `messages`, which a reinforcement row may end on the user's turn; DPO's
-`input` / `preferred_output` / `non_preferred_output`; legacy `prompt` / `completion`), text only. What a row must
+`input` / `preferred_output` / `non_preferred_output`; legacy `prompt` / `completion`), text only; an example that
+sets `parallel_tool_calls: false` makes at most one tool call per assistant message. What a row must
 hold for the job's method (an assistant answer to learn, a preference pair) is checked when the job is created, by
 the same reader every run uses (sdk.data)."""
 
@@ -51,14 +52,17 @@ def line_problem(line: str) -> str | None:
     if media:
         return f"{media}: only text is supported (images, audio and files are not trained on)"
     if "messages" in row:
-        return _chat_problem(row["messages"], "messages")
+        return _chat_problem(row["messages"], "messages") or _parallel_problem(row, {"messages": row["messages"]}, "")
     if "input" in row or "preferred_output" in row or "non_preferred_output" in row:
         missing = [k for k in ("input", "preferred_output", "non_preferred_output") if k not in row]
         if missing:
             return f"a DPO example needs {', '.join(missing)}"
         inp = row["input"]
-        return _chat_problem(inp.get("messages"), "input.messages") if isinstance(inp, dict) else \
-            "input: an object with messages"
+        if not isinstance(inp, dict):
+            return "input: an object with messages"
+        return _chat_problem(inp.get("messages"), "input.messages") or _parallel_problem(inp, {
+            "input.messages": inp.get("messages"), **{k: row[k] for k in ("preferred_output", "non_preferred_output")}},
+            "input.")
     if "prompt" in row and "completion" in row:
         return None
     return f"no fine-tuning example: expected {FORMATS}"
@@ -72,6 +76,22 @@ def _chat_problem(messages: Any, where: str) -> str | None:
             return f"{where}[{index}]: a message is an object with a role"
         if message["role"] not in ("system", "developer", "user", "assistant", "tool", "function"):
             return f"{where}[{index}].role: {message['role']!r} is not a chat role"
+    return None
+
+
+def _parallel_problem(holder: dict[str, Any], messages: dict[str, Any], prefix: str) -> str | None:
+    """OpenAI's rule: with `parallel_tool_calls: false` an assistant message makes at most one tool call."""
+    flag = holder.get("parallel_tool_calls")
+    if flag is None or flag is True:
+        return None
+    if flag is not False:
+        return f"{prefix}parallel_tool_calls: true or false, not {json.dumps(flag)}"
+    for where, listed in messages.items():
+        for index, message in enumerate(listed if isinstance(listed, list) else []):
+            calls = message.get("tool_calls") if isinstance(message, dict) else None
+            if isinstance(calls, list) and len(calls) > 1:
+                return (f"{where}[{index}].tool_calls: {len(calls)} calls in one assistant message, but the example "
+                        f"sets {prefix}parallel_tool_calls: false (at most one call per message)")
     return None
 
 

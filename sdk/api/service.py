@@ -72,6 +72,9 @@ class JobService:
             raise invalid(f"{body['model']}: {exc} (the API config's store and backend)", param="model",
                           code="invalid_job") from None
         self._check_rows(spec, {data: ("training_file", training), eval_data: ("validation_file", validation)})
+        for param, ident in (("training_file", training), ("validation_file", validation)):
+            if ident:
+                self._check_grader_fields(spec, param, ident)
         job_id = new_id("ftjob")
         objective, _, inner = requests.read_method(body)
         method_type = objective.openai_method
@@ -93,6 +96,24 @@ class JobService:
             preflight_data(spec)
         except DataError as exc:
             raise bad_rows(str(exc), files) from None
+
+    def _check_grader_fields(self, spec: Any, param: str, ident: str) -> None:
+        """Each row holds the fields its grader reads ({{item.answer}}): a row without one is a 400 naming its line."""
+        from sdk.data.prompts import REFERENCE
+        from sdk.objectives import objective_of
+
+        wanted = objective_of(spec).reads_columns(spec.objective)
+        if not wanted:
+            return
+        lines = self.state.content(ident).decode("utf-8-sig").split("\n")
+        for number, line in enumerate(lines, start=1):
+            row = json.loads(line) if line.strip() else None
+            answered = isinstance(row, dict) and (row.get("messages") or [{}])[-1].get("role") == "assistant"
+            for where, column in wanted if isinstance(row, dict) else ():
+                if row.get(column) is None and not (column == REFERENCE and answered):
+                    where = where.replace("objective.rewards[0]", "method.reinforcement.grader")
+                    raise invalid(f"{param} {ident}: line {number}: no field {column!r}, which {where} reads "
+                                  f"({{{{item.{column}}}}})", param=param, code=f"invalid_{param}")
 
     def pump(self) -> None:
         """Launch what waits, oldest first: a SkyPilot job at once (each gets its own cluster), a local one when fewer
