@@ -247,4 +247,13 @@ def test_diff_of_two_sweep_trials_names_exactly_the_fields_that_differ(sweep_run
     shown = cli_here("diff", a.uri, b.uri, "--json")
     assert shown.returncode == 0 and json.loads(shown.stdout)["spec"] == {"train.lr": [1e-3, 5e-3]}
     text = cli_here("diff", a.uri, b.uri).stdout
-    assert "  train.lr: 0.001 → 0.005" in text and "ignored: spec.name, spec.output" in text
+    assert "  train.lr: 0.001 → 0.005" in text and "spec.name, spec.output" in text.splitlines()[-1]
+
+
+def test_rerun_and_diff_are_commands_sharing_their_defaults_with_python():
+    from test_cli_defaults import command_defaults, function_defaults
+
+    shell, python = command_defaults("rerun"), function_defaults("sdk.runs.rerun:rerun")
+    assert {k: shell[k] for k in ("overrides", "allow_data_change", "backend")} == python
+    assert sdk.rerun is sdk.runs.rerun.rerun and "diff" in __import__("typer").main.get_command(
+        __import__("sdk.cli", fromlist=["app"]).app).commands

@@ -62,7 +62,7 @@ class RunDiff(BaseModel):
         if self.same:
             out.append("no differences in the spec, data, packages, hardware, environment or final metrics")
         out += [f"not compared: {line}" for line in self.not_compared]
-        out.append("ignored: " + ", ".join(self.ignored))
+        out.append("ignored (never a difference; --json says why): " + ", ".join(self.ignored))
         return out
 
 
