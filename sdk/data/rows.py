@@ -36,6 +36,10 @@ class DataUnreachable(DataError):
     known about its rows. A launch refuses; a dry run says so in one line and shows the plan anyway."""
 
 
+class RowError(ValueError):
+    """What is wrong with one row; the caller adds where the row is (raised by sdk.data.turns, tools, formats)."""
+
+
 @dataclass(frozen=True)
 class Row:
     where: str  # "train.jsonl:12", "data.parquet:row 7", "builtin:news-topics:row 3"

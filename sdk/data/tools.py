@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdk.data.turns import RowError
+from sdk.data.rows import RowError
 
 # -------------------------------------------------------------------------------------------- rows
 

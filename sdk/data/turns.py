@@ -6,16 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from sdk.data.rows import RowError  # defined with the rows (formats imports it from here too)
+from sdk.data.tools import read_tool_calls
+
 # OpenAI's `developer` role is its newer name for system instructions (chat templates know only system).
 ROLES = {"system": "system", "developer": "system", "user": "user", "human": "user", "assistant": "assistant",
          "gpt": "assistant"}
 TOOL_ROLES = {"tool": "tool", "observation": "tool", "function_call": "assistant"}  # OpenAI's and ShareGPT's
 KNOWN_ROLES = "system (or developer), user (or human), assistant (or gpt)"
 KNOWN_TOOL_ROLES = KNOWN_ROLES + ", tool (or observation), function_call"
-
-
-class RowError(ValueError):
-    """What is wrong with one row; the caller adds where the row is."""
 
 
 def read_turns(value: Any, name: str, *, weights: bool = False, tools: bool = False) -> list[dict[str, Any]]:
@@ -52,8 +51,6 @@ def _role_of(turn: dict[str, Any], where: str, tools: bool) -> tuple[str, str | 
 
 def _calls_of(turn: dict[str, Any], where: str, word: str | None, role: str, content_key: str | None, tools: bool) -> Any:
     """An assistant turn's calls (OpenAI's tool_calls, or a ShareGPT function_call turn's value); None for others."""
-    from sdk.data.tools import read_tool_calls
-
     if word == "function_call":  # ShareGPT: the turn's value is the call(s) as JSON
         return read_tool_calls(turn.get(content_key), f"{where}.{content_key}") if content_key else None
     if tools and role == "assistant" and turn.get("tool_calls"):  # [] is no call, as vLLM reads it
