@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from sdk.cli import app
+from sdk.core.errors import SpecError
 from sdk.core.recipes import load_recipe
 from sdk.importers import ImportRefused, import_config
 
@@ -57,6 +58,59 @@ REFUSALS = {
 }
 
 
+ACC = LF / "examples" / "accelerate"
+
+# The must-show sample: 20 example configs of the two projects, chosen for coverage before importing them, not for
+# passing: each model family the examples cover in text (Llama, Mistral, Phi, GPT-OSS, Gemma, Qwen) and one vision
+# model; every method they use (LoRA, LoRA on an 8-bit base, QLoRA, full; no example of either project uses DoRA);
+# every objective (SFT, continued pre-training, DPO, KTO, ORPO, an online RL variant, a reward model); DeepSpeed
+# ZeRO-3 and FSDP in both tools (LLaMA-Factory's FSDP through its accelerate config, as its train.sh launches it);
+# several datasets in one run in both tools; plus the four commonest refusal causes of the full bench
+# (tests/bench/bench_import_examples.py: images, a custom transform / RL variant, partial freezing, a reward model).
+# file -> (its accelerate config or None, the objective/method it imports to, or the refusal's first line's start)
+CHOSEN = {
+    AX / "llama-3-qlora-1b.yml": (None, ("sft", "qlora")),  # Llama 3.2, QLoRA
+    AX / "llama-3-fft-8b.yaml": (None, ("sft", "full")),  # full fine-tune, bf16 weights
+    AX / "llama-3-lora-8b.yml": (None, ("sft", "qlora")),  # LoRA on an 8-bit base
+    AX / "llama-3-qlora-1b-kto.yaml": (None, ("kto", "qlora")),
+    AX / "mistral-dpo-mistral-dpo-qlora.yml": (None, ("dpo", "qlora")),  # Mistral
+    AX / "mistral-orpo-mistral-qlora-orpo.yml": (None, ("orpo", "qlora")),
+    AX / "llama-3-qlora-fsdp-70b.yaml": (None, ("sft", "qlora")),  # QLoRA under FSDP: ZeRO-3
+    AX / "phi-phi3-ft-fsdp.yml": (None, ("sft", "full")),  # Phi-3, FSDP with CPU offload
+    AX / "gpt-oss-gpt-oss-20b-fft-deepspeed-zero3.yaml": (None, ("sft", "full")),  # GPT-OSS MoE, DeepSpeed ZeRO-3
+    AX / "llama-3-lora-1b-deduplicate-sft.yml": (None, ("sft", "qlora")),  # two datasets
+    AX / "gemma3-gemma-3-1b-qlora.yml": (None, "unfrozen_parameters: training a chosen subset"),  # Gemma 3
+    AX / "llama-3-qlora-1b-gdpo.yaml": (None, "rl: gdpo: objectives are"),  # online RL with a custom reward
+    AX / "llava-lora-7b.yaml": (None, "processor_type: AutoProcessor: images/video rows"),  # vision
+    LF / "train_lora-qwen3_lora_sft.yaml": (None, ("sft", "lora")),  # Qwen3, two datasets
+    LF / "train_lora-qwen3_lora_dpo.yaml": (None, ("dpo", "lora")),
+    LF / "train_lora-qwen3_lora_kto.yaml": (None, ("kto", "lora")),
+    LF / "train_full-qwen3_full_sft.yaml": (None, ("sft", "full")),  # DeepSpeed ZeRO-3 JSON
+    LF / "train_qlora-qwen3_lora_sft_otfq.yaml": (None, ("sft", "qlora")),  # on-the-fly 4-bit
+    LF / "extras-fsdp_qlora-llama3_lora_sft.yaml": (ACC / "fsdp_config.yaml", ("sft", "qlora")),  # FSDP: ZeRO-3
+    LF / "train_lora-qwen3_lora_reward.yaml": (None, "stage: rm: a reward model"),
+}
+
+
+def test_at_least_16_of_the_chosen_20_import_and_the_rest_name_their_gap(tmp_path):
+    """The issue's must-show: each chosen config imports to a recipe that validates (read back through the recipe
+    loader), or is refused (exit 2) with the gap it was expected to name; at least 16 import."""
+    assert len(CHOSEN) == 20 and {p.parent.name for p in CHOSEN} == {"axolotl", "llamafactory"}
+    imported = 0
+    for path, (accelerate, expected) in CHOSEN.items():
+        if isinstance(expected, str):
+            with pytest.raises(ImportRefused) as refused:
+                import_config(path, accelerate_config=accelerate)
+            assert refused.value.exit_code == 2 and refused.value.missing[0].startswith(expected), path.name
+            continue
+        out = tmp_path / f"{path.stem}.yaml"
+        out.write_text(import_config(path, accelerate_config=accelerate).text)
+        spec = load_recipe(out)
+        assert (spec.objective.name, spec.method.name) == expected, path.name
+        imported += 1
+    assert imported >= 16
+
+
 def test_every_vendored_config_is_listed():
     vendored = {p for p in DATA.glob("*/*.y*ml")}
     assert len(vendored) >= 20
@@ -91,7 +145,8 @@ def test_header_names_the_defaults_that_differ():
     assert import_config(AX / "llama-3-qlora-1b.yml").recipe["train"]["evals_per_epoch"] == 4
     full = import_config(AX / "llama-3-fft-8b.yaml")
     assert full.recipe["model"]["dtype"] == "bfloat16"
-    assert any(n.startswith("model.dtype: bfloat16: Axolotl loads a full fine-tune's weights in bf16") for n in full.notes)
+    assert any(n.startswith("model.dtype: bfloat16: Axolotl loads a full fine-tune's weights in bf16")
+               for n in full.notes)
     factory = import_config(LF / "train_lora-qwen3_lora_dpo.yaml")
     assert factory.recipe["method"]["alpha"] == 16 == 2 * factory.recipe["method"]["r"]
     assert any("lora_alpha defaults to 2 × lora_rank" in n for n in factory.notes)
@@ -264,3 +319,50 @@ def test_speed_plugins_and_prompt_styles_do_not_block_an_import(tmp_path):
     result = import_config(config)
     assert result.recipe["data"]["format"] == "alpaca" and result.recipe["train"]["optimizer"] == "adamw_8bit"
     assert any("KernelsPlugin dropped: Hub kernels are not loaded" in n for n in result.notes)
+
+
+# ------------------------------------------------------------------------------------------ the accelerate config
+
+
+def test_llamafactory_fsdp_comes_from_the_accelerate_config(tmp_path):
+    """LLaMA-Factory runs FSDP through `accelerate launch --config_file`: --accelerate-config reads it (QLoRA under
+    FSDP as ZeRO-3, naming bitsandbytes#1945); a full fine-tune keeps FSDP and its CPU offload."""
+    qlora = import_config(LF / "extras-fsdp_qlora-llama3_lora_sft.yaml", accelerate_config=ACC / "fsdp_config.yaml")
+    assert qlora.recipe["distributed"] == {"strategy": "deepspeed", "zero_stage": 3, "offload": False}
+    assert any("QLoRA under FSDP written as DeepSpeed ZeRO-3" in n and "bitsandbytes#1945" in n for n in qlora.notes)
+    full = import_config(LF / "train_full-qwen3_full_sft.yaml")  # it names a DeepSpeed JSON: no accelerate note
+    assert not any(n.startswith("distributed: not written") for n in full.notes)
+    config = tmp_path / "full.yaml"
+    config.write_text((LF / "train_full-qwen3_full_sft.yaml").read_text().replace("deepspeed:", "# deepspeed:")
+                      .replace("bf16: true", "bf16: false"))
+    offload = import_config(config, data_dir=LF / "data", accelerate_config=ACC / "fsdp_config_offload.yaml")
+    assert offload.recipe["distributed"] == {"strategy": "fsdp", "offload": True}
+    assert offload.recipe["train"]["precision"] == "bf16"  # accelerate's mixed_precision where the config sets none
+    assert not any(n.startswith("train.precision: fp32") for n in offload.notes)
+    (tmp_path / "r.yaml").write_text(offload.text)
+    assert load_recipe(tmp_path / "r.yaml").distributed.offload is True
+    runner = CliRunner()
+    done = runner.invoke(app, ["import", str(config), "--data-dir", str(LF / "data"), "--accelerate-config",
+                               str(ACC / "fsdp_config_offload.yaml")])
+    assert done.exit_code == 0 and "strategy: fsdp" in done.output and "offload: true" in done.output
+
+
+def test_without_the_accelerate_config_the_header_says_it_was_not_seen(tmp_path):
+    folder = tmp_path / "examples" / "extras" / "fsdp_qlora"
+    folder.mkdir(parents=True)
+    (folder / "llama3_lora_sft.yaml").write_text((LF / "extras-fsdp_qlora-llama3_lora_sft.yaml").read_text())
+    (folder / "train.sh").write_text("accelerate launch --config_file examples/accelerate/fsdp_config.yaml \\\n"
+                                     "    src/train.py examples/extras/fsdp_qlora/llama3_lora_sft.yaml\n")
+    result = import_config(folder / "llama3_lora_sft.yaml", data_dir=LF / "data")
+    assert "distributed" not in result.recipe
+    note = next(n for n in result.notes if n.startswith("distributed: not written"))
+    assert "its folder fsdp_qlora/ says it runs under FSDP" in note and "--accelerate-config FILE" in note
+    assert "--config_file examples/accelerate/fsdp_config.yaml" in note  # named by the script beside it
+    plain = import_config(LF / "train_lora-qwen3_lora_sft.yaml")
+    assert any(n.startswith("distributed: not written: LLaMA-Factory takes FSDP or multi-GPU settings from the "
+                            "accelerate config") for n in plain.notes)
+    with pytest.raises(SpecError, match="--accelerate-config .*: no such file"):
+        import_config(LF / "train_lora-qwen3_lora_sft.yaml", accelerate_config=tmp_path / "missing.yaml")
+    (tmp_path / "tpu.yaml").write_text("distributed_type: TPU\nmixed_precision: bf16\n")
+    with pytest.raises(ImportRefused, match="distributed_type TPU: the product runs DDP, FSDP or DeepSpeed"):
+        import_config(LF / "train_lora-qwen3_lora_sft.yaml", accelerate_config=tmp_path / "tpu.yaml")

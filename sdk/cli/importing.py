@@ -16,6 +16,9 @@ def import_(
     output: Path | None = typer.Option(None, "--output", "-o", help="write the recipe here (default: print it)"),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="LLaMA-Factory: the folder of dataset_info.json "
                                                                    "(default: the config's dataset_dir)"),
+    accelerate_config: Path | None = typer.Option(
+        None, "--accelerate-config", help="the accelerate config the tool is launched with (accelerate launch "
+                                          "--config_file FILE): LLaMA-Factory's FSDP, offload and mixed precision"),
     force: bool = typer.Option(False, "--force", help="overwrite an existing -o file"),
 ) -> None:
     """Write a recipe from an Axolotl or LLaMA-Factory config; its header lists every key that changed meaning or
@@ -25,7 +28,7 @@ def import_(
     if output is not None and output.exists() and not force:
         _console(stderr=True).print(f"error: {output} exists; pass --force to overwrite it", markup=False)
         raise typer.Exit(2)
-    result = import_config(file, data_dir=data_dir)
+    result = import_config(file, data_dir=data_dir, accelerate_config=accelerate_config)
     if output is None:
         sys.stdout.write(result.text)
         return

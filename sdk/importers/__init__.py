@@ -45,9 +45,16 @@ def _llamafactory(draft: Draft) -> None:
     convert(draft)
 
 
+def _llamafactory_v1(draft: Draft) -> None:
+    draft.lack("model / train_dataset: a LLaMA-Factory v1 config (its data described in a YAML of its own, "
+               "peft_config, dist_config) is not read; write it in LLaMA-Factory's v0 form (model_name_or_path, stage, "
+               "finetuning_type, dataset) and import that")
+
+
 register(Importer("Axolotl", lambda c: "base_model" in c and any(k in c for k in ("datasets", "pretraining_dataset",
                                                                                  "adapter", "rl")),
                   _axolotl))
+register(Importer("LLaMA-Factory v1", lambda c: "model" in c and "train_dataset" in c, _llamafactory_v1))
 register(Importer("LLaMA-Factory", lambda c: "model_name_or_path" in c and ("stage" in c or "finetuning_type" in c),
                   _llamafactory))
 
@@ -74,9 +81,11 @@ class ImportResult:
         return "\n".join(head) + "\n" + body
 
 
-def import_config(path: str | Path, *, data_dir: str | Path | None = None) -> ImportResult:
+def import_config(path: str | Path, *, data_dir: str | Path | None = None,
+                  accelerate_config: str | Path | None = None) -> ImportResult:
     """Read an Axolotl or LLaMA-Factory config into a validated recipe; ImportRefused (exit 2) lists what the
-    product lacks, SpecError says why the file cannot be read."""
+    product lacks, SpecError says why the file cannot be read. `accelerate_config`: the file the tool is launched
+    with (`accelerate launch --config_file`), where LLaMA-Factory keeps FSDP."""
     from sdk.core.recipes import read_yaml_mapping
     from sdk.core.spec import parse_spec
 
@@ -86,7 +95,10 @@ def import_config(path: str | Path, *, data_dir: str | Path | None = None) -> Im
     if importer is None:
         raise SpecError(f"{path}: not a config of {' or '.join(IMPORTERS)} (Axolotl's names base_model and datasets, "
                         "LLaMA-Factory's model_name_or_path and stage)")
-    draft = Draft(file, config, Path(data_dir).expanduser() if data_dir else None)
+    accelerate = Path(accelerate_config).expanduser() if accelerate_config else None
+    if accelerate is not None and not accelerate.is_file():
+        raise SpecError(f"--accelerate-config {accelerate_config}: no such file")
+    draft = Draft(file, config, Path(data_dir).expanduser() if data_dir else None, accelerate)
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", file.stem).strip("-._")[:63] or "imported"
     draft.recipe.update(name=name, description=f"Imported from the {importer.name} config {file.name}.")
     importer.convert(draft)

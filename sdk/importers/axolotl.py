@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sdk.core.methods import REGISTRY
+from sdk.importers.accelerate import read_accelerate
 from sdk.importers.draft import Draft, hold_out_and_length
 from sdk.importers.formats import axolotl_custom, axolotl_rows
 from sdk.objectives import OBJECTIVES
@@ -63,6 +64,11 @@ def _refusals(d: Draft) -> None:
         if (d.get(key) or 1) > 1:
             d.lack(f"{key}: {d.get(key)}: long-context/sequence (or tensor) parallelism: each rank holds whole "
                    "sequences")
+    if d.get("fp8"):
+        d.lack("fp8: FP8 training: precision is bf16, fp16 or fp32")
+    if d.get("lora_target_parameters"):
+        d.lack(f"lora_target_parameters: {', '.join(map(str, d.get('lora_target_parameters')))}: LoRA on parameters "
+               "(PEFT's target_parameters, MoE experts' weights): method.target_modules names modules")
     if d.get("tiled_mlp"):
         d.lack("tiled_mlp: long-context tiling of the MLP")
     if d.get("qat"):
@@ -216,6 +222,10 @@ def _data(d: Draft, kind: str) -> None:
 def _dataset(d: Draft, dataset: dict[str, Any], kind: str, key: str) -> dict[str, Any] | None:
     """One of Axolotl's datasets as a source of the recipe, or None (with what it lacks) when it cannot be read."""
     type_name = dataset.get("type", "alpaca")
+    if type_name is None:
+        d.lack(f"{key}.type: empty: Axolotl reads such a dataset as already tokenized (input_ids, labels); the product "
+               "tokenizes text rows itself")
+        return None
     if isinstance(type_name, dict):
         d.lack(f"{key}.type: a prompt format defined inline: the product reads its row formats only")
         return None
@@ -307,26 +317,15 @@ def _distributed(d: Draft) -> None:
         return
     fsdp, fsdp_config = d.get("fsdp"), d.get("fsdp_config", {})
     if not (fsdp or fsdp_config or d.get("fsdp_version")):
+        if d.accelerate is not None:
+            read_accelerate(d, d.accelerate)
         return
     offload = bool(fsdp_config.get("fsdp_offload_params") or fsdp_config.get("offload_params")
                    or "offload" in str(fsdp))
     if fsdp_config.get("fsdp_activation_checkpointing") or fsdp_config.get("activation_checkpointing"):
         d.set("train.gradient_checkpointing", True)  # under FSDP its own wrapper applies it (launch.gpu.fsdp_settings)
         d.note("fsdp_config.activation_checkpointing written as train.gradient_checkpointing: true")
-    method = d.recipe.get("method")
-    if isinstance(method, dict) and method.get("quant_type") == "int8":
-        d.lack("fsdp: an 8-bit base (load_in_8bit) under FSDP: bitsandbytes' int8 weights cannot be sharded by FSDP or "
-               "ZeRO-3; use load_in_4bit (sharded under ZeRO-3) or train without fsdp")
-        return
-    if isinstance(method, dict) and REGISTRY[method.get("name", "lora")].quantized_base:
-        d.set("distributed", {"strategy": "deepspeed", "zero_stage": 3, "offload": offload})
-        d.note("fsdp: QLoRA under FSDP written as DeepSpeed ZeRO-3 (FSDP2 corrupts 4-bit weights, bitsandbytes#1945); "
-               "ZeRO-3 shards the 4-bit base the same way" + (" and offloads the optimizer states" if offload else ""))
-        return
-    d.set("distributed", {"strategy": "fsdp", **({"offload": True} if offload else {})})
-    d.note("fsdp_config: the product's FSDP2 wraps each decoder layer and shards fully"
-           + (", parameters offloaded to CPU memory (distributed.offload)" if offload else "")
-           + "; the other fsdp_config keys are dropped")
+    d.fsdp("fsdp", offload=offload)
 
 
 def _tracking(d: Draft) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sdk.core.errors import FinetuneError, SpecError
+from sdk.core.methods import REGISTRY
 
 # Keys read and decided by hand in every tool; what a config sets beyond its importer's keys is dropped with a note.
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -39,6 +40,7 @@ class Draft:
     path: Path
     config: dict[str, Any]
     data_dir: Path | None = None
+    accelerate: Path | None = None  # an accelerate config the tool is launched with (--accelerate-config)
     recipe: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
@@ -98,7 +100,8 @@ class Draft:
             self.set("distributed", {"strategy": "ddp"})
             self.note(f"{key}: ZeRO stage {stage} shards nothing the product shards; written as strategy: ddp")
             return
-        offload = any((zero.get(k) or {}).get("device") in ("cpu", "nvme") for k in ("offload_optimizer", "offload_param"))
+        offload = any((zero.get(k) or {}).get("device") in ("cpu", "nvme")
+                      for k in ("offload_optimizer", "offload_param"))
         if any((zero.get(k) or {}).get("device") == "nvme" for k in ("offload_optimizer", "offload_param")):
             self.lack(f"{key}: NVMe offload ({name}): distributed.offload moves states to CPU memory only")
         self.set("distributed", {"strategy": "deepspeed", "zero_stage": stage, "offload": offload})
@@ -106,6 +109,25 @@ class Draft:
                   "(bucket sizes, auto batch sizes) are the product's own")
         if config.get("fp8") or (config.get("bf16") or {}).get("fp8"):
             self.lack(f"{key}: FP8 training ({name}): precision is bf16, fp16 or fp32")
+
+    def fsdp(self, key: str, *, offload: bool) -> None:
+        """distributed for a config trained under FSDP: QLoRA as ZeRO-3 (FSDP2 corrupts 4-bit weights), an 8-bit
+        base refused (int8 weights cannot be sharded), the rest as the product's FSDP2."""
+        method = self.recipe.get("method")
+        if isinstance(method, dict) and method.get("quant_type") == "int8":
+            self.lack(f"{key}: an 8-bit base (load_in_8bit) under FSDP: bitsandbytes' int8 weights cannot be sharded "
+                      "by FSDP or ZeRO-3; use load_in_4bit (sharded under ZeRO-3) or train without fsdp")
+            return
+        if isinstance(method, dict) and REGISTRY[method.get("name", "lora")].quantized_base:
+            self.set("distributed", {"strategy": "deepspeed", "zero_stage": 3, "offload": offload})
+            self.note(f"{key}: QLoRA under FSDP written as DeepSpeed ZeRO-3 (FSDP2 corrupts 4-bit weights, "
+                      "bitsandbytes#1945); ZeRO-3 shards the 4-bit base the same way"
+                      + (" and offloads the optimizer states" if offload else ""))
+            return
+        self.set("distributed", {"strategy": "fsdp", **({"offload": True} if offload else {})})
+        self.note(f"{key}: the product's FSDP2 wraps each decoder layer and shards fully"
+                  + (", parameters offloaded to CPU memory (distributed.offload)" if offload else "")
+                  + "; the other FSDP settings are dropped")
 
     def optimizer(self, key: str, name: str) -> None:
         mapped = OPTIMIZERS.get(name)

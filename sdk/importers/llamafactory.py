@@ -9,6 +9,7 @@ from typing import Any
 
 from sdk.core.errors import SpecError
 from sdk.core.methods import REGISTRY
+from sdk.importers.accelerate import read_accelerate, unseen_launcher_note
 from sdk.importers.draft import Draft, hold_out_and_length
 from sdk.importers.formats import MEDIA_COLUMNS, llamafactory_rows
 from sdk.objectives import OBJECTIVES
@@ -26,7 +27,10 @@ DROPPED = {
     "use_v1_kernels": "LLaMA-Factory's own kernels", "fp8_backend": "no FP8 training",
     "fp8_enable_fsdp_float8_all_gather": "no FP8 training", "quantization_method": "bitsandbytes NF4 (method qlora)",
 }
-STAGE_OBJECTIVE = {"pt": "sft"}  # continued pre-training is SFT on text rows
+STAGE_OBJECTIVE = {"pt": "sft"}
+# finetuning_type values that name no method of the product: what they train, for the refusal
+OTHER_METHODS = {"freeze": "training a chosen subset of the base's layers (partial freezing)",
+                 "oft": "orthogonal fine-tuning (OFT adapters)"}  # continued pre-training is SFT on text rows
 
 
 def convert(d: Draft) -> None:
@@ -41,6 +45,10 @@ def convert(d: Draft) -> None:
     _train(d)
     if d.get("deepspeed"):
         d.deepspeed("deepspeed", str(d.get("deepspeed")))
+    if d.accelerate is not None:
+        read_accelerate(d, d.accelerate)
+    elif not d.get("deepspeed"):
+        unseen_launcher_note(d, "LLaMA-Factory")
     if d.get("report_to") in ("wandb", "tensorboard", "mlflow"):
         d.set("tracking", [d.get("report_to")])
     for key in ("fp8", "use_dft_loss", "use_asft_loss", "use_eaft_loss", "use_badam", "use_galore", "use_apollo",
@@ -90,7 +98,8 @@ def _method(d: Draft) -> None:
         d.lack(f"quantization_bit: {bits}: a {bits}-bit base: the product quantizes a frozen base to 4 or 8 bits")
     registered = REGISTRY.get(str(kind))
     if registered is None:
-        d.lack(f"finetuning_type: {kind}: methods are {', '.join(REGISTRY)}")
+        d.lack(f"finetuning_type: {kind}: {OTHER_METHODS.get(str(kind), 'a method of LLaMA-Factory')} (methods are "
+               f"{', '.join(REGISTRY)})")
         return
     if registered.trains_all_weights:
         d.set("method", kind)
@@ -234,7 +243,8 @@ def _train(d: Draft) -> None:
             d.note("num_train_epochs not set: LLaMA-Factory's 3 written out (the product's default is 1)")
         d.set("train.epochs", float(epochs or 3.0))
     defaults = (("per_device_train_batch_size", "batch_size", 8), ("gradient_accumulation_steps", "grad_accum", 1),
-                ("learning_rate", "lr", 5e-5), ("logging_steps", "logging_steps", 500), ("save_steps", "save_steps", 500))
+                ("learning_rate", "lr", 5e-5), ("logging_steps", "logging_steps", 500),
+                ("save_steps", "save_steps", 500))
     data = d.recipe.get("data", {})
     for key, target, default in defaults:
         d.set(f"train.{target}", d.get(key, default))
