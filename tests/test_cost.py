@@ -73,9 +73,10 @@ def test_a_plan_over_max_cost_is_refused_before_launch(run_cli):
 
 
 def test_a_priced_local_run_stops_at_max_cost_with_a_checkpoint(tmp_path, finetune_home, run_cli):
-    # $1 a second: the limit is reached a few seconds into training, far before 100000 steps
-    priced = sdk.submit(load_recipe("tiny", [*FAST, "train.max_steps=100000", "resources.hourly_price=3600",
-                                             "resources.max_cost=25", f"output={tmp_path / 'runs'}"]))
+    # $0.25 a second: the limit comes 40 s after the launch, well into training (the model loads in ~8 s; on a busy
+    # machine a load that outlasts the limit is stopped at its first step, past it), far before 100000 steps
+    priced = sdk.submit(load_recipe("tiny", [*FAST, "train.max_steps=100000", "resources.hourly_price=900",
+                                             "resources.max_cost=10", f"output={tmp_path / 'runs'}"]))
     final = priced.wait(progress=False, timeout=240)
     assert final.state == "cancelled", priced.logs()
     assert final.error.startswith("resources.max_cost: projected spend") and "with a checkpoint" in final.error
@@ -84,9 +85,13 @@ def test_a_priced_local_run_stops_at_max_cost_with_a_checkpoint(tmp_path, finetu
     sealed = priced.folder.store.list(priced.folder.key(f"checkpoints/{step}"))
     assert any(key.endswith("MANIFEST.json") for key in sealed), sealed  # the checkpoint it stopped at, committed
     cost = priced.cost()
-    assert cost.final and cost.hourly_usd == 3600 and cost.price_source == "resources.hourly_price"
-    assert 20 <= cost.actual_usd <= 25 + 1, cost  # at the limit (the checkpoint and the process's exit billed too)
-    assert cost.actual_usd == pytest.approx(3600 * cost.billed_s / 3600, abs=0.1)  # billed_s is rounded to 0.1 s
+    assert cost.final and cost.hourly_usd == 900 and cost.price_source == "resources.hourly_price"
+    first_step = min(row["time"] for row in priced.metrics() if "loss" in row)
+    if (first_step - cost.parts[0].start) * 0.25 < 10 - 2.5:  # training began with room for the stop (10 s)
+        assert 5 <= cost.actual_usd <= 10.0, cost  # at the limit, not past it: the stop is projected with its cost
+    else:  # a busy machine's model load outlasted the limit: the node stops at its first step
+        assert step <= 2, (step, cost)
+    assert cost.actual_usd == pytest.approx(900 * cost.billed_s / 3600, abs=0.03)  # billed_s is rounded to 0.1 s
     shown = run_cli("status", priced.id, "--json")
     assert json.loads(shown.stdout)["cost"]["actual_usd"] == pytest.approx(cost.actual_usd, abs=0.01)
 
