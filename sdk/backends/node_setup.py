@@ -257,15 +257,15 @@ def setup_script(spec: FineTuneSpec, dist: dict[str, Path], found: Found | None 
         with_extra = "finetune[{extra}]==" + version
     resolve = (f'echo "[finetune] setup: installing finetune[{extras}] and its dependencies with $(installer)"\n'
                f'pyinstall {pins} "{with_extra.format(extra=extras)}"\n')
-    torch_pin = next((line for line in pins_text.splitlines() if line.startswith("torch==")), None)
+    torch_pin = next((line.partition("==")[2] for line in pins_text.splitlines() if line.startswith("torch==")), None)
     stack = stack_key(spec, pins_text)
     if lock:  # the lock decides every version: the client's pins would only conflict with an older lock's
-        torch = torch_stage(lock.torch_release() or TORCH_DEFAULT)
+        torch = torch_stage(lock.torch_release() or torch_pin or TORCH_DEFAULT)
         built_by = ("flash-attn",) if spec.train.attention == "flash_attention_2" else ()
         install = lock_stage(lock, built_by + cuda_bound_extras(spec), resolve)
         pins = ""
     else:
-        torch = torch_stage(torch_pin.partition("==")[2] if torch_pin else TORCH_DEFAULT, pins)
+        torch = torch_stage(torch_pin or TORCH_DEFAULT, pins)
         install = resolve
     venv_key = f"lock-{lock.hash}" if lock else stack
     restore = restore_stage(found, torch) if lock else ""
