@@ -257,3 +257,36 @@ def test_rerun_and_diff_are_commands_sharing_their_defaults_with_python():
     assert {k: shell[k] for k in ("overrides", "allow_data_change", "backend")} == python
     assert sdk.rerun is sdk.runs.rerun.rerun and "diff" in __import__("typer").main.get_command(
         __import__("sdk.cli", fromlist=["app"]).app).commands
+
+
+def test_the_node_records_the_s3_object_it_downloads_and_keeps_earlier_starts(s3_env, tmp_path, monkeypatch):
+    """launch.record on its own (no training): the node hashes the copy of an s3:// source the data phase then reads,
+    beside its ETag; a second start keeps the first's facts under `previous`; a rerun's summary names its origin."""
+    import boto3
+
+    from launch.record import keep_rerun_of, write_node_record
+    from sdk.core.summary import RunSummary
+    from sdk.store import open_store
+
+    env, bucket = s3_env
+    body = b'{"instruction": "Classify.", "input": "a", "output": "World"}\n' * 4
+    boto3.session.Session().client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).put_object(
+        Bucket=bucket, Key="d/rows.jsonl", Body=body)
+    monkeypatch.setenv("FINETUNE_WORKDIR", str(tmp_path / "scratch"))
+    spec = load_recipe("tiny", [f"data.source=s3://{bucket}/d/rows.jsonl", f"output=s3://{bucket}/runs"])
+    folder = RunFolder(open_store(f"s3://{bucket}/runs"), "r1")
+    first = write_node_record(spec, folder)
+    (item, _) = first.data
+    assert (item.kind, item.sha256, item.etag) == ("s3", hashlib.sha256(body).hexdigest(), hashlib.md5(body).hexdigest())
+    assert list((tmp_path / "scratch" / "data").rglob("rows.jsonl"))  # the copy the data phase reads, not a second one
+    assert first.packages == installed_packages() and first.torch.version
+    second = write_node_record(spec, folder)
+    assert [p["packages_hash"] for p in second.previous] == [first.packages_hash]
+    folder.write_json(CLIENT_RECORD, {"rerun_of": {"run_id": "r0", "uri": "s3://x/r0"}})
+    summary = RunSummary(run_id="r1", model="tiny:llama", method="lora", objective="sft", precision="fp32",
+                         trainable_params=1, total_params=2, trainable_percent=50.0, resident_memory_bytes=1,
+                         peak_memory_bytes=1, peak_memory_kind="cpu_peak_rss", steps=1, train_rows=1, eval_rows=0,
+                         adapter_bytes=1)
+    folder.write_json("summary.json", summary.model_dump(mode="json"))
+    keep_rerun_of(folder, summary)
+    assert folder.summary().rerun_of == "r0"
