@@ -216,6 +216,9 @@ def test_a_rerun_lock_json_installs_exactly_its_versions_with_no_deps(world):
     keys = envs_of(world["bucket"], "rerun")
     assert not any(k.startswith(".envs/stacks/") for k in keys)  # a rerun's old lock is not what the stack builds now
     assert any(k.endswith("/meta.json") for k in keys)  # its environment is kept for the next rerun of that run
+    again, calls, venv = setup(world, "rerun", lock_json=lock)  # a second rerun of that run restores it
+    assert again.returncode == 0 and calls == [] and "restored the environment" in again.stdout, again.stdout[-2000:]
+    assert venv_python(venv, "import beta; print(beta.VERSION)") == "1.5"
 
 
 def test_save_writes_meta_last_and_skips_a_stored_lock(tmp_path, monkeypatch):
