@@ -266,3 +266,16 @@ def test_run_listing_ignores_the_environment_cache(tmp_path):
     store.put_bytes(".envs/abc/meta.json", b"{}")
     store.put_bytes(".envs/stacks/k.json", b"{}")
     assert sdk.list_runs(store=str(tmp_path)) == []
+
+
+def test_a_venv_is_restored_only_under_the_interpreter_it_was_made_with(tmp_path):
+    from sdk.backends.env_restore import interpreter_mismatch
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    home = next(line.split("=", 1)[1].strip() for line in (venv / "pyvenv.cfg").read_text().splitlines()
+                if line.startswith("home"))
+    here = sys.version.split()[0]
+    assert interpreter_mismatch(here, home) is None
+    assert "the stored environment's in /opt/python" in interpreter_mismatch(here, "/opt/python/bin")
+    assert "the stored environment's 3.9.1" in interpreter_mismatch("3.9.1", home)
