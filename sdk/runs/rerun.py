@@ -28,6 +28,7 @@ class RerunPlan:
     backend: str
     rerun: RerunOf
     lock: dict[str, Any] | None = None
+    recipe: Any = None  # sdk.core.record.RecipeGiven: the run's recipe as given, kept in the new record
     checked: int = 0  # data files found unchanged
     notes: list[str] = field(default_factory=list)
 
@@ -42,10 +43,8 @@ class RerunPlan:
         from sdk.runs import submit
         from sdk.runs.record import Provenance
 
-        source = self.source.record()
-        recipe = source.client.recipe if source is not None and source.client else None
         return submit(self.spec, backend=self.backend, check_data=True,
-                      provenance=Provenance(recipe=recipe, rerun=self.rerun, lock=self.lock))
+                      provenance=Provenance(recipe=self.recipe, rerun=self.rerun, lock=self.lock))
 
 
 def _finished_record(source: Any) -> RunRecord:
@@ -149,7 +148,8 @@ def plan_rerun(run: str, *, overrides: list[str] | None = None, allow_data_chang
     spec = _spec(source, list(overrides or []))
     rerun = RerunOf(run_id=source.id, uri=source.uri, overrides=list(overrides or []),
                     allow_data_change=allow_data_change)
-    plan = RerunPlan(source=source, spec=spec, backend=_backend(backend, source, record, spec), rerun=rerun)
+    plan = RerunPlan(source=source, spec=spec, backend=_backend(backend, source, record, spec), rerun=rerun,
+                     recipe=record.client.recipe if record.client else None)
     _check_data(plan, record, allow=allow_data_change)
     _packages(plan, record)
     return plan
