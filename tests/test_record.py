@@ -211,6 +211,8 @@ def test_an_s3_object_is_known_by_its_etag_and_its_bytes(s3_env):
     multipart = DataFile(field="data.source", source=uri, kind="s3", etag="abc-2",
                          sha256=hashlib.sha256(second).hexdigest())
     assert recheck(multipart).state == "same"
+    unread = DataFile(field="data.source", source=uri, kind="s3")
+    assert recheck(unread).state == "unchecked" and "no hash of it" in recheck(unread).line("r0")
 
 
 def test_diff_flattens_to_dotted_paths_and_lists_only_what_differs():

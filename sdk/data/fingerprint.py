@@ -131,6 +131,9 @@ def recheck(item: DataFile) -> Recheck:
 def _recheck_s3(item: DataFile) -> Recheck:
     from sdk.core.errors import StoreError
 
+    if not (item.sha256 or item.etag or item.version_id):
+        return Recheck(item, "unchecked", why="the record holds no hash of it (the client could not head it and no "
+                                              "node read it)")
     try:
         head = s3_head(item.source)
     except StoreError as exc:
