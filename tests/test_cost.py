@@ -39,25 +39,34 @@ def test_the_limit_is_crossed_by_what_the_next_step_and_the_stop_will_cost():
 
 
 def test_skypilot_cost_report_rows_become_parts_with_the_catalog_or_the_given_price():
-    class Resources:
-        def get_cost(self, seconds):
-            return 2.5 * seconds / 3600
+    from sdk.backends.skypilot_billing import run_clusters
 
-    rows = [
-        {"name": "ft-run-1", "num_nodes": 2, "usage_intervals": [(100, 400)], "resources": Resources(),
+    class Resources:
+        def __init__(self, hourly):
+            self.hourly = hourly
+
+        def get_cost(self, seconds):
+            return self.hourly * seconds / 3600
+
+    managed = run_clusters("ft-tiny-20261205-110413-3aff", True, 17)  # SkyPilot's own name for a managed job's
+    assert managed == {"ft-tiny-20261205-11041-9q-17"} and run_clusters("ft-a", False, 3) == {"ft-a"}
+    name = next(iter(managed))
+    rows = [  # newest first, as SkyPilot lists them: a recovery onto new VMs after a preemption
+        {"name": name, "num_nodes": 2, "usage_intervals": [(500, None)], "resources": Resources(2.5),
          "cloud": "aws", "region": "us-east-1", "resources_str": "1x g6.xlarge (L4:1) [spot]"},
-        {"name": "ft-run-1-7", "num_nodes": 2, "usage_intervals": [(500, None)], "resources": Resources()},
-        {"name": "ft-run-10", "num_nodes": 1, "usage_intervals": [(0, 9)]},  # another run's cluster: not ours
+        {"name": name, "num_nodes": 2, "usage_intervals": [(100, 400)], "resources": Resources(2.0), "cloud": "aws"},
+        {"name": "ft-tiny-20261205-11041-9q-170", "num_nodes": 1, "usage_intervals": [(0, 9)]},  # not ours
     ]
     start = Billing(backend="skypilot", parts=[CostPart(name="provisioning", start=90)])
-    view = billing_view(rows, "ft-run-1", start)
-    assert [(p.name, p.start, p.end, p.nodes) for p in view.parts] == [("ft-run-1", 100, 400, 2),
-                                                                        ("ft-run-1-7", 500, None, 2)]
+    view = billing_view(rows, managed, start)
+    assert [(p.start, p.end, p.nodes) for p in view.parts] == [(100, 400, 2), (500, None, 2)]
     assert view.hourly_usd == 2.5 and "aws/us-east-1" in view.price_source and not view.final
-    slurm = [{"name": "ft-run-1", "num_nodes": 1, "usage_intervals": [(100, 160)], "total_cost": 0.0, "duration": 60}]
-    view = billing_view(slurm, "ft-run-1", start)
+    # SkyPilot prices a Slurm node at 0.0: unknown (resources.hourly_price is needed), not free
+    slurm = [{"name": "ft-run-1", "num_nodes": 1, "usage_intervals": [(100, 160)], "cloud": "Slurm",
+              "resources": Resources(0.0), "total_cost": 0.0, "duration": 60}]
+    view = billing_view(slurm, {"ft-run-1"}, start)
     assert view.hourly_usd is None and "resources.hourly_price" in view.price_source and view.final
-    assert billing_view([], "ft-run-1", start) is None  # nothing recorded yet: still provisioning
+    assert billing_view([], {"ft-run-1"}, start) is None  # nothing recorded yet: still provisioning
 
 
 def test_a_plan_over_max_cost_is_refused_before_launch(run_cli):
@@ -97,25 +106,52 @@ def test_a_priced_local_run_stops_at_max_cost_with_a_checkpoint(tmp_path, finetu
 
 
 def test_the_client_cancels_a_run_over_max_cost_with_the_reason_and_the_node_keeps_it(tmp_path):
-    """Where the node cannot stop itself (stuck provisioning, a slow setup), the client's check cancels; the node that
-    reads the marker ends with the client's reason as its error."""
+    """Where the node cannot stop itself (stuck provisioning, a slow setup), a waiting client's check cancels; the
+    node that reads the marker ends with the client's reason as its error."""
     import time
 
     from launch.sink import RunSink
-    from sdk.runs.cost import enforce_max_cost, run_cost
+    from sdk.runs import Run
+    from sdk.runs.cost import watch_max_cost
     from sdk.store import open_store
     from sdk.store.runfolder import RunFolder
 
     folder = RunFolder(open_store(str(tmp_path)), "r1")
+    folder.write_json("spec.json", load_recipe("tiny", ["resources.max_cost=1"]).model_dump(mode="json"))
     folder.write_status("running")
-    folder.write_json("cost.json", Billing(backend="skypilot", hourly_usd=36.0, max_cost=1.0, price_source="given",
-                                           parts=[CostPart(name="c", start=time.time() - 50)]).model_dump(mode="json"))
-    assert enforce_max_cost(folder, run_cost(folder, None, None)) is None  # $0.50 so far
-    folder.write_json("cost.json", Billing(backend="skypilot", hourly_usd=36.0, max_cost=1.0, price_source="given",
-                                           parts=[CostPart(name="c", start=time.time() - 150)]).model_dump(mode="json"))
-    reason = enforce_max_cost(folder, run_cost(folder, None, None))
-    assert reason.startswith("resources.max_cost: projected spend $1.5") and folder.status()["state"] == "cancelling"
+
+    def spent_for(seconds: float) -> None:
+        folder.write_json("cost.json", Billing(backend="skypilot", hourly_usd=36.0, max_cost=1.0, price_source="given",
+                                               parts=[CostPart(name="c", start=time.time() - seconds)]).model_dump())
+
+    spent_for(50)  # $0.50 so far
+    assert watch_max_cost(Run(folder.uri)) > time.time() and not folder.cancel_requested()
+    spent_for(150)  # $1.50
+    watch_max_cost(Run(folder.uri))
+    assert folder.status()["state"] == "cancelling"
+    assert folder.cancel_reason().startswith("resources.max_cost: projected spend $1.5")
     assert folder.cancel_reason().endswith("cancelled by the client")
     sink = RunSink(folder, enabled=True)
     sink.flush()
     assert sink.cancel_requested and sink.stop_reason == folder.cancel_reason()
+    folder.write_json("spec.json", load_recipe("tiny").model_dump(mode="json"))
+    assert watch_max_cost(Run(folder.uri)) == float("inf")  # no limit: never looked at again
+
+
+def test_a_finished_local_run_read_from_another_client_costs_what_it_cost(tmp_path):
+    """A reader with only the store (another machine, another FINETUNE_HOME) finds the launch record and ends the
+    node's part at its final status, instead of billing a finished run on."""
+    import time
+
+    from sdk.runs import Run
+    from sdk.store import open_store
+    from sdk.store.runfolder import LAUNCH, RunFolder
+
+    folder = RunFolder(open_store(str(tmp_path)), "r2")
+    folder.write_json(LAUNCH, {"backend": "local", "info": {"pid": 1, "log": "x", "host": "another-host"}})
+    start = time.time() - 100
+    folder.write_json("cost.json", Billing(backend="local", hourly_usd=36.0, price_source="resources.hourly_price",
+                                           parts=[CostPart(name="r2", start=start)]).model_dump())
+    folder.write_status("succeeded", finished=start + 20)
+    cost = Run(folder.uri).cost()
+    assert cost.final and cost.billed_s == 20.0 and cost.actual_usd == pytest.approx(0.2)

@@ -351,10 +351,10 @@ class SkyPilotBackend:
     def billing(self, folder: RunFolder, info: SkyPilotRunInfo, billing: Billing) -> BillingView | None:
         import sky
 
-        from sdk.backends.skypilot_billing import billing_view
+        from sdk.backends.skypilot_billing import billing_view, run_clusters
 
         rows = bounded(lambda: sky.get(sky.cost_report(days=30)), status_timeout(), "the SkyPilot API server")
-        return billing_view(list(rows or []), info.cluster, billing)
+        return billing_view(list(rows or []), run_clusters(info.cluster, info.managed, info.job_id), billing)
 
     def down(self, info: SkyPilotRunInfo) -> None:
         import sky

@@ -29,10 +29,12 @@ def launch(
     backend: str = typer.Option("auto", "--backend", help="auto | local | skypilot"),
     detach: bool = typer.Option(False, "--detach", "-d", help="return after submitting"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate and show what would run; start nothing"),
+    max_cost: float | None = typer.Option(None, "--max-cost", help="USD: resources.max_cost (docs/cost.md)"),
 ) -> None:
     """Submit a run and (unless --detach) follow it to the end with a progress bar."""
     from sdk.runs import submit
 
+    overrides = [*(overrides or []), *([f"resources.max_cost={max_cost}"] if max_cost is not None else [])]
     spec = _load(recipe, overrides)
     chosen = "local" if local else backend
     if spec.model.trust_remote_code:
@@ -43,6 +45,11 @@ def launch(
     from sdk.backends import choose_backend
 
     _warn_short_session(spec, choose_backend(spec, chosen))
+    from sdk.runs.cost import unpriced_limit
+
+    unpriced = unpriced_limit(spec, backend=choose_backend(spec, chosen))
+    if unpriced:
+        _console(stderr=True).print(f"warning: {unpriced}", markup=False, highlight=False)
     if dry_run:
         from sdk.runs.cost import check_max_cost
 
@@ -56,17 +63,27 @@ def launch(
     from sdk.runs.record import Provenance, recipe_given
 
     run = submit(spec, backend=chosen, check_data=False, provenance=Provenance(recipe=recipe_given(recipe, overrides)))
-    console = _console()
-    status = _follow(run, what="run", detach=detach, hint=f"finetune logs {run.id} -f")
+    follow_to_end(run, detach=detach, hint=f"finetune logs {run.id} -f",
+                  done=f"[green]succeeded[/green]; adapter: finetune fetch {run.id} ./adapter")
+
+
+def follow_to_end(run, *, detach: bool, hint: str, done: str) -> None:
+    """Follow a submitted run: its summary and `done` when it succeeds; else its state, error and (failed) the log's
+    last lines, and exit 130 (cancelled) or 1."""
+    status = _follow(run, what="run", detach=detach, hint=hint)
     if status is None:
         return
     if status.state == "succeeded":
         summary = run.summary()
         if summary:
             _print_summary(summary)
-        console.print(f"[green]succeeded[/green]; adapter: finetune fetch {run.id} ./adapter", markup=True)
+        _console().print(done, markup=True)
         return
-    _console(stderr=True).print(f"run {run.id} {status.state}" + (f": {status.error}" if status.error else ""), markup=False)
+    _console(stderr=True).print(f"run {run.id} {status.state}" + (f": {status.error}" if status.error else ""),
+                                markup=False)
+    backend = run._backend()
+    if backend is not None and run.info is not None and backend.left_up(run.info):
+        _console(stderr=True).print(f"its cluster is still up, and billed: finetune down {run.id}", markup=False)
     log_tail = "\n".join(str(run.logs()).splitlines()[-15:])
     if status.state == "failed" and log_tail:
         _console(stderr=True).print(log_tail, markup=False)

@@ -111,6 +111,7 @@ def _print_sweep(handle, *, json_out: bool = False) -> None:
     cost = f", estimated ${record.estimate_usd:,.2f}" if record.estimate_usd else ""
     cost += f", spent ${spent_usd(record):,.2f}" if any(t.cost_usd is not None for t in record.trials) else ""
     cost += f" of a ${record.budget:,.2f} budget" if record.budget is not None else ""
+    cost += " (OVER BUDGET)" if record.budget is not None and spent_usd(record) > record.budget else ""
     console.print(f"{record.sweep_id}: {status.state} ({', '.join(f'{n} {st}' for st, n in status.counts.items())}); "
                   f"{len(record.trials)} trials on {record.backend}, {record.max_parallel} at a time{cost}; "
                   f"ranked by {record.metric} ({record.goal})", markup=False)

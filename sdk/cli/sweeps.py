@@ -19,7 +19,9 @@ def sweep(
     max_parallel: int = typer.Option(2, "--max-parallel", "-p", help="trials running at once"),
     metric: str | None = typer.Option(None, "--metric", help="label_accuracy (default with eval labels), eval_loss, train_loss, last_loss, exact_match, token_f1, rouge_l, json_valid, json_field_accuracy, tool_call_match, forgetting_ratio, judge_win_rate, "
                                        "or a key the runs log with its goal: rewards/accuracies:max"),
-    budget: float | None = typer.Option(None, "--budget", help="USD: refuse to start when the estimate of all trials exceeds it"),
+    budget: float | None = typer.Option(
+        None, "--budget", help="USD: refused when the trials' estimate exceeds it; while it runs, no trial launches "
+        "past it and running trials are cancelled when their actual spend reaches it"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the trials and the cost estimate; start nothing"),
     detach: bool = typer.Option(False, "--detach", "-d", help="return after starting the sweep"),
 ) -> None:

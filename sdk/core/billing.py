@@ -16,7 +16,7 @@ COST_FILE = "cost.json"
 # What stopping costs beyond the step under way: the checkpoint upload, the final status and the teardown, billed
 # too (a tiny model on a busy 2-core machine took 2-4 s from the decision to its final status). The node stops when the
 # spend after the next step plus this would cross max_cost, so the run ends at the limit, not past it.
-STOP_MARGIN_S = {"local": 10.0, "skypilot": 120.0}
+STOP_MARGIN_S = {"local": 10.0, "skypilot": 420.0}  # a cluster: 2 min of teardown and the 5 idle min of autodown
 
 
 class CostPart(BaseModel):

@@ -109,7 +109,7 @@ class Run:
     def wait(self, *, progress: bool = True, timeout: float | None = None, poll: float = 1.0) -> RunStatus:
         """Block until the run ends; show step/total and loss on a progress bar (notebook or terminal)."""
         deadline = None if timeout is None else time.time() + timeout
-        bar, next_cost_check, limit = None, time.time() + 30.0, self.spec_max_cost()
+        bar, next_cost_check = None, time.time() + 30.0
         try:
             while True:
                 status = self.status()
@@ -122,11 +122,10 @@ class Run:
                     if status.state == "lost" or self.folder.status().get("state") == status.state:
                         return status
                     return self.reconcile()
-                if limit is not None and time.time() >= next_cost_check:  # the client's half of max_cost
-                    next_cost_check = time.time() + 30.0
-                    from sdk.runs.cost import enforce_max_cost
+                if time.time() >= next_cost_check:  # the client's half of resources.max_cost
+                    from sdk.runs.cost import watch_max_cost
 
-                    enforce_max_cost(self.folder, self.cost())
+                    next_cost_check = watch_max_cost(self)
                 if deadline is not None and time.time() > deadline:
                     raise TimeoutError(f"run {self.id} still {status.state} after {timeout} s")
                 time.sleep(poll)
@@ -134,11 +133,12 @@ class Run:
             if bar is not None:
                 bar.close()
 
-    def cancel(self) -> RunStatus:
+    def cancel(self, *, reason: str | None = None) -> RunStatus:
         """Stop the run: the backend's own stop where this client knows the backend (SkyPilot then records the job
         as cancelled, rather than finding it ended by itself), and a cancel marker in its folder, written whatever
         the backend did (the node polls it and stops after its current step, whatever machine started it). A run
-        that already ended is left as it is: nothing is signalled and its state does not change."""
+        that already ended is left as it is: nothing is signalled and its state does not change. `reason` becomes
+        the cancelled run's error."""
         if self.folder.status().get("state") in TERMINAL:
             return self.status()
         backend = self._backend()
@@ -146,7 +146,7 @@ class Run:
             if backend is not None:
                 backend.cancel(self.folder, self.info)
         finally:
-            self.folder.request_cancel()
+            self.folder.request_cancel(reason=reason)
         return self.status()
 
     def down(self) -> None:
@@ -164,12 +164,6 @@ class Run:
     def record(self) -> RunRecord | None:
         """What it read and ran with (sdk.core.record: data hashes, packages, torch, image); None before records."""
         return read_record(self.folder)
-
-    def spec_max_cost(self) -> float | None:
-        try:
-            return self.spec().resources.max_cost
-        except Exception:  # a folder without a readable spec has no limit to enforce
-            return None
 
     def cost(self) -> RunCost | None:
         """What the run cost: estimate at launch, actual spend (so far, or final once its cluster is down) and

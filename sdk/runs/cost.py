@@ -12,7 +12,9 @@ from typing import Any
 from sdk.core.billing import COST_FILE, Billing, CostPart, RunCost, over_limit
 from sdk.core.errors import SpecError
 from sdk.core.spec import FineTuneSpec
-from sdk.store.runfolder import TERMINAL, RunFolder
+from sdk.store.runfolder import LAUNCH, TERMINAL, RunFolder
+
+WATCH_S = 30.0  # how often a waiting client reads the spend (a SkyPilot cost report is one API call)
 
 
 def check_max_cost(spec: FineTuneSpec, *, backend: str) -> Any:
@@ -27,6 +29,19 @@ def check_max_cost(spec: FineTuneSpec, *, backend: str) -> Any:
                         f"{estimate.gpus or 1} x {estimate.gpu or 'this machine'}), over the limit of ${limit:,.2f}; "
                         "raise max_cost, shorten the run or pick a cheaper accelerator. Nothing launched")
     return estimate
+
+
+def unpriced_limit(spec: FineTuneSpec, *, backend: str) -> str | None:
+    """A warning when resources.max_cost can never stop the run: nothing prices it (this machine unless priced;
+    Slurm, Kubernetes and SSH nodes, which have no catalog)."""
+    r = spec.resources
+    if r.max_cost is None or r.hourly_price is not None:
+        return None
+    infra = (r.infra or "").split("/")[0].lower()
+    if backend == "local" or infra in ("slurm", "kubernetes", "k8s", "ssh"):
+        where = "this machine costs $0" if backend == "local" else f"infra {infra} has no catalog price"
+        return f"resources.max_cost: {where}, so the limit cannot stop this run; set resources.hourly_price"
+    return None
 
 
 def start_billing(spec: FineTuneSpec, folder: RunFolder, *, backend: str, estimate: Any) -> Billing:
@@ -48,8 +63,7 @@ def start_billing(spec: FineTuneSpec, folder: RunFolder, *, backend: str, estima
 
 
 def read_billing(folder: RunFolder) -> Billing | None:
-    stored = folder.read_json(COST_FILE)
-    return Billing.model_validate(stored) if stored else None
+    return folder.read_model(COST_FILE, Billing)  # a wrong field: one StoreError line naming the file
 
 
 def update_billing(folder: RunFolder, billing: Billing, view: Any) -> Billing:
@@ -67,12 +81,27 @@ def update_billing(folder: RunFolder, billing: Billing, view: Any) -> Billing:
     return updated
 
 
+def backend_of(folder: RunFolder) -> tuple[Any, Any]:
+    """The backend and handle the launching client recorded (launch.json): a client elsewhere, reading only the
+    store, asks the same backend for the billing (or finds the local node's final status)."""
+    launch = folder.read_json(LAUNCH) or {}
+    try:
+        from sdk.backends import get_backend
+
+        backend = get_backend(launch["backend"])
+        return backend, backend.Info.model_validate(launch["info"])
+    except Exception:  # no launch record (yet), or a backend this client does not have
+        return None, None
+
+
 def run_cost(folder: RunFolder, backend: Any, info: Any) -> RunCost | None:
     """The run's cost now: final once every billed part has ended (the cluster is down); None for a run launched
     before costs were recorded."""
     billing = read_billing(folder)
     if billing is None:
         return None
+    if not billing.final and (backend is None or info is None):
+        backend, info = backend_of(folder)
     if not billing.final and backend is not None and info is not None and hasattr(backend, "billing"):
         try:
             billing = update_billing(folder, billing, backend.billing(folder, info, billing))
@@ -84,12 +113,24 @@ def run_cost(folder: RunFolder, backend: Any, info: Any) -> RunCost | None:
 
 
 def enforce_max_cost(folder: RunFolder, cost: RunCost | None) -> str | None:
-    """The client's half of max_cost: a run whose spend so far already crosses the limit (a launch stuck
-    provisioning, a slow setup, a node that stopped reading) is cancelled with the reason. Returns the reason."""
+    """The reason to stop a run whose spend so far already crosses resources.max_cost, else None."""
     if cost is None or cost.max_cost is None or cost.final or folder.status().get("state") in TERMINAL:
         return None
     billing = read_billing(folder)
-    reason = over_limit(billing, now=time.time(), ahead_s=0.0) if billing is not None else None
-    if reason is not None and not folder.cancel_requested():
-        folder.request_cancel(reason=f"{reason}; cancelled by the client")
-    return reason
+    return over_limit(billing, now=time.time(), ahead_s=0.0) if billing is not None else None
+
+
+def watch_max_cost(run: Any) -> float:
+    """The client's half of max_cost, while it waits: a run whose spend has reached the limit where the node cannot
+    stop it (a launch stuck provisioning, a slow setup, a node that stopped reading its folder) is cancelled through
+    its backend with the reason. Returns when to look again (never, for a run without a limit)."""
+    try:
+        limit = run.spec().resources.max_cost
+    except Exception:  # a folder without a readable spec has no limit to enforce
+        limit = None
+    if limit is None:
+        return float("inf")
+    reason = enforce_max_cost(run.folder, run.cost())
+    if reason is not None and not run.folder.cancel_requested():
+        run.cancel(reason=f"{reason}; cancelled by the client")
+    return time.time() + WATCH_S

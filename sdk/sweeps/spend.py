@@ -9,7 +9,9 @@ from typing import Any
 
 from sdk.sweeps.record import SweepRecord, Trial
 
-REFRESH_S = 30.0  # how often running trials' spend is read (a SkyPilot cost report is one API call)
+# How often running trials' spend is read: a SkyPilot cost report is one API call per trial; a local trial's is a file
+# in the store, cheap enough to read as the driver polls (two trials started together cross a small budget fast).
+REFRESH_S = {"local": 2.0, "skypilot": 30.0}
 
 
 def spent_usd(record: SweepRecord) -> float:
@@ -24,7 +26,7 @@ class SpendWatch:
     def refresh(self, record: SweepRecord, *, force: bool = False) -> None:
         """Each launched trial's cost into its record (a final cost is not read again)."""
         now = time.time()
-        if not force and now - self.read_at < REFRESH_S:
+        if not force and now - self.read_at < REFRESH_S.get(record.backend, 30.0):
             return
         self.read_at = now
         for trial in record.trials:
