@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from sdk.cli.app import SetOption, _console, _follow, app
+from sdk.cli.app import SetOption, _console, app
 
 
 @app.command()
@@ -20,7 +20,7 @@ def rerun(
     """Launch a run's spec again as a new run: every data file its record names is hashed again first (a changed
     one is refused, naming it and both hashes); a cluster's node installs the packages it ran with (lock.json), a
     local rerun shows how this machine differs. The new run's record names the run it reproduces."""
-    from sdk.cli.show import _print_summary
+    from sdk.cli.runs import follow_to_end
     from sdk.runs.rerun import plan_rerun
 
     plan = plan_rerun(run, overrides=overrides, allow_data_change=allow_data_change,
@@ -28,18 +28,8 @@ def rerun(
     for line in plan.lines():
         _console().print(line, markup=False, highlight=False)
     handle = plan.submit()
-    status = _follow(handle, what="run", detach=detach, hint=f"finetune diff {plan.rerun.run_id} {handle.id}")
-    if status is None:
-        return
-    if status.state == "succeeded":
-        summary = handle.summary()
-        if summary:
-            _print_summary(summary)
-        _console().print(f"compare: finetune diff {plan.rerun.run_id} {handle.id}", markup=False)
-        return
-    _console(stderr=True).print(f"run {handle.id} {status.state}" + (f": {status.error}" if status.error else ""),
-                                markup=False)
-    raise typer.Exit(130 if status.state == "cancelled" else 1)
+    compare = f"finetune diff {plan.rerun.run_id} {handle.id}"
+    follow_to_end(handle, detach=detach, hint=compare, done=f"compare: {compare}")
 
 
 @app.command()
