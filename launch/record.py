@@ -4,7 +4,8 @@ platform, the product, and the sha256 of every data file as this node reads it (
 downloaded, which the data phase then reads, so nothing is downloaded twice).
 
 A node that starts again for the same run (a crash, a spot recovery on another VM) writes it again; the earlier
-starts' hardware, image and package hash stay under `previous`."""
+starts' hardware, image, package hash and data hashes stay under `previous` (a bucket file changed before a spot
+recovery stays visible)."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def write_node_record(spec: Any, folder: Any) -> NodeRecord:
     record = node_record(spec, s3_copy=_fetch_s3, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     earlier = folder.read_json(NODE_RECORD)
     if earlier:
-        gone = {k: earlier.get(k) for k in ("started", "packages_hash", "torch", "image")}
+        gone = {k: earlier.get(k) for k in ("started", "packages_hash", "torch", "image", "data")}
         record.previous = [*earlier.get("previous", []), gone]
     folder.write_json(NODE_RECORD, record.model_dump(mode="json"))
     return record

@@ -279,3 +279,30 @@ def test_a_venv_is_restored_only_under_the_interpreter_it_was_made_with(tmp_path
     assert interpreter_mismatch(here, home) is None
     assert "the stored environment's in /opt/python" in interpreter_mismatch(here, "/opt/python/bin")
     assert "the stored environment's 3.9.1" in interpreter_mismatch("3.9.1", home)
+
+
+def test_the_archive_url_is_sigv4_in_the_bucket_s_own_region(s3_env, monkeypatch):
+    """SigV2 on the global endpoint is refused by SigV4-only regions and new buckets: the client signs SigV4 in the
+    region S3 says the bucket is in, at AWS_ENDPOINT_URL when one is set (an S3-compatible server)."""
+    import urllib.request
+
+    import boto3
+
+    from sdk.backends.envcache import stored_env
+    from sdk.store import open_store
+
+    env, _ = s3_env
+    bucket = f"{s3_env[1]}-eu"
+    boto3.session.Session().client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(
+        Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-central-1"})
+    store = open_store(f"s3://{bucket}/runs")
+    store.put_bytes(".envs/abc/meta.json", json.dumps({"archive": "env.tar.gz"}).encode())
+    store.put_bytes(".envs/abc/env.tar.gz", b"the archive")
+    meta, url = stored_env(store, "abc", sign=True)
+    assert url.startswith(f"{env['AWS_ENDPOINT_URL']}/{bucket}/runs/.envs/abc/env.tar.gz?")
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in url and "%2Feu-central-1%2Fs3%2F" in url and "AWSAccessKeyId" not in url
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        assert answer.read() == b"the archive"
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # on AWS itself: the region's own endpoint, not s3.amazonaws.com
+    url = store.presign_get("k", 60)
+    assert url.startswith(f"https://{bucket}.s3.eu-central-1.amazonaws.com/runs/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&")

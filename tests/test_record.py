@@ -284,6 +284,7 @@ def test_the_node_records_the_s3_object_it_downloads_and_keeps_earlier_starts(s3
     assert first.packages == installed_packages() and first.torch.version
     second = write_node_record(spec, folder)
     assert [p["packages_hash"] for p in second.previous] == [first.packages_hash]
+    assert second.previous[0]["data"] == [f.model_dump(mode="json") for f in first.data]  # a recovered node
     folder.write_json(CLIENT_RECORD, {"rerun_of": {"run_id": "r0", "uri": "s3://x/r0"}})
     summary = RunSummary(run_id="r1", model="tiny:llama", method="lora", objective="sft", precision="fp32",
                          trainable_params=1, total_params=2, trainable_percent=50.0, resident_memory_bytes=1,
@@ -292,3 +293,96 @@ def test_the_node_records_the_s3_object_it_downloads_and_keeps_earlier_starts(s3
     folder.write_json("summary.json", summary.model_dump(mode="json"))
     keep_rerun_of(folder, summary)
     assert folder.summary().rerun_of == "r0"
+
+
+def hand_run(store, run_id: str, source, *, record: bool = True):
+    """A finished run folder built by hand (no training): spec.json, status, and the client record of `source`."""
+    from sdk.runs.record import write_client_record
+    from sdk.store import open_store
+
+    spec = load_recipe("tiny", [f"data.source={source}", f"output={store}"])
+    folder = RunFolder(open_store(str(store)), run_id)
+    folder.write_json("spec.json", spec.model_dump(mode="json"))
+    folder.write_status("succeeded")
+    if record:
+        write_client_record(spec, folder, backend="local")
+    return folder
+
+
+def test_a_file_added_to_or_removed_from_a_folder_source_is_a_change(tmp_path, finetune_home):
+    from sdk.runs.rerun import DataChanged, DataMissing, plan_rerun
+
+    data = tmp_path / "folder"
+    data.mkdir()
+    for name in ("a", "b"):
+        write_rows(data / f"{name}.jsonl", 8)
+    folder = hand_run(tmp_path / "store", "r0", data)
+    assert [(f.source, f.files) for f in folder.read_model(CLIENT_RECORD, sdk.core.record.ClientRecord).folders] \
+        == [(str(data), ["a.jsonl", "b.jsonl"])]
+    assert plan_rerun(folder.uri).checked == 2
+    write_rows(data / "c.jsonl", 8)
+    with pytest.raises(DataChanged) as refused:
+        plan_rerun(folder.uri)
+    (line,) = str(refused.value).splitlines()
+    assert f"data.source: folder {data}: files changed since run r0: added c.jsonl (--allow" in line, line
+    (data / "c.jsonl").rename(data / "b.jsonl.bak")
+    (data / "b.jsonl").unlink()
+    allowed = plan_rerun(folder.uri, allow_data_change=True)  # the folder still reads: the rerun can run on it
+    assert allowed.checked == 1 and allowed.rerun.data_changes == [
+        f"data.source: folder {data}: files changed since run r0: removed b.jsonl"]
+    shutil.rmtree(data)
+    with pytest.raises(DataMissing, match=f"{data}: no such folder now .*the rerun cannot read it$"):
+        plan_rerun(folder.uri, allow_data_change=True)
+
+
+def test_a_missing_data_file_is_said_to_be_missing_with_no_flag_to_suggest(tmp_path, finetune_home, cli_here):
+    data = tmp_path / "rows.jsonl"
+    write_rows(data, 8)
+    folder = hand_run(tmp_path / "store", "r0", data)
+    digest = hashlib.sha256(data.read_bytes()).hexdigest()
+    data.unlink()
+    refused = cli_here("rerun", folder.uri, "--allow-data-change")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert line == f"error: data.source: {data}: no such file now (run r0 read sha256 {digest}): the rerun cannot " \
+                   "read it", line
+
+
+def test_diff_never_says_no_differences_for_what_it_could_not_compare(tmp_path, finetune_home, cli_here):
+    data = tmp_path / "rows.jsonl"
+    write_rows(data, 8)
+    with_record, without = (hand_run(tmp_path / "store", r, data, record=r == "a") for r in ("a", "b"))
+    found = sdk.runs.diff.diff_runs(with_record.uri, without.uri)
+    assert found.same and found.compared == ["spec"]
+    text = cli_here("diff", with_record.uri, without.uri).stdout.splitlines()
+    assert "no differences in the spec" in text
+    assert "data, packages, hardware, environment: not compared (b has no record: launched before records)" in text
+    assert not [line for line in text if "no differences" in line and "data" in line]
+
+
+@pytest.mark.parametrize("name,body,field", [
+    (NODE_RECORD, {"started": "abc", "product": {"version": "1"}, "python": "3", "platform": "x"}, "started"),
+    (CLIENT_RECORD, {"submitted": 1.0, "backend": "local", "product": {"version": "1"}, "python": "3",
+                     "platform": "x", "data": [{"field": "data.source", "source": "x", "kind": "nope"}]},
+     "data.0.kind"),
+    ("cost.json", {"backend": "local", "hourly_usd": "abc"}, "hourly_usd"),
+])
+def test_a_record_or_cost_file_with_a_wrong_field_is_one_line_naming_it(tmp_path, finetune_home, cli_here, name,
+                                                                        body, field):
+    from sdk.core.errors import StoreError
+    from sdk.runs.cost import read_billing
+    from sdk.runs.record import read_record
+
+    data = tmp_path / "rows.jsonl"
+    write_rows(data, 8)
+    folder = hand_run(tmp_path / "store", "r0", data)
+    other = hand_run(tmp_path / "store", "r1", data)
+    folder.write_json(name, body)
+    read = read_billing if name == "cost.json" else read_record
+    with pytest.raises(StoreError, match=f"^{folder.uri}/{name}: {field}: "):
+        read(folder)
+    for args in (("status", folder.uri, "--json"), *([("diff", folder.uri, other.uri)] if read is read_record else [])):
+        shown = cli_here(*args)
+        assert shown.returncode == 2 and "Traceback" not in shown.stderr, shown.stderr
+        (line,) = shown.stderr.strip().splitlines()
+        assert line.startswith(f"error: {folder.uri}/{name}: {field}: "), line

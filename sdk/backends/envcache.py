@@ -95,12 +95,9 @@ def stored_env(store: Any, key: str, *, sign: bool) -> tuple[dict[str, Any] | No
     if not store.exists(meta_key):
         return None, None
     meta = json.loads(store.get_bytes(meta_key))
-    if not sign or not hasattr(store, "client"):
+    if not sign or not hasattr(store, "presign_get"):
         return meta, None
-    url = store.client.generate_presigned_url(
-        "get_object", Params={"Bucket": store.bucket, "Key": store._key(f"{ENVS}/{key}/{meta['archive']}")},
-        ExpiresIn=URL_SECONDS)
-    return meta, url
+    return meta, store.presign_get(f"{ENVS}/{key}/{meta['archive']}", URL_SECONDS)  # SigV4, the bucket's region
 
 
 def find(output: str, stack: str, folder: Any) -> Found:

@@ -46,6 +46,14 @@ class DataFile(_Kept):
         return self.source, self.path or self.source
 
 
+class FolderFiles(_Kept):
+    """A folder source's data files as the client listed them: a file added or removed since is a change."""
+
+    field: str
+    source: str  # as the spec names it
+    files: list[str] = Field(default_factory=list)  # relative names, sorted (sdk.data.rows.folder_files)
+
+
 class Product(_Kept):
     version: str
     git_commit: str | None = None  # the source tree the product runs from, when it runs from one
@@ -84,6 +92,7 @@ class ClientRecord(_Kept):
     recipe: RecipeGiven | None = None  # None: submitted as a spec object (Python, a sweep trial, the API)
     data: list[DataFile] = Field(default_factory=list)
     files: list[DataFile] = Field(default_factory=list)  # shipped with the run (files.json)
+    folders: list[FolderFiles] = Field(default_factory=list)  # each folder source's file list
     rerun_of: RerunOf | None = None
 
 

@@ -89,6 +89,14 @@ def fingerprint(field: str, source: str, *, declared: str = "auto",
     return [DataFile(**base, kind="hf_dataset" if is_hub_id(source) else "missing")]
 
 
+def folder_listing(source: str, declared: str = "auto") -> list[str] | None:
+    """A folder source's data files, as sorted relative names; None when the source is not a folder here."""
+    if source.startswith(("s3://", "builtin:")):
+        return None
+    path = Path(source).expanduser()
+    return sorted(f.relative_to(path).as_posix() for f in folder_files(path, declared)) if path.is_dir() else None
+
+
 def fingerprints(spec: Any, *, s3_copy: Callable[[str], Path] | None = None) -> list[DataFile]:
     return [f for field, source, declared in spec_sources(spec)
             for f in fingerprint(field, source, declared=declared, s3_copy=s3_copy)]
@@ -99,7 +107,7 @@ class Recheck:
     """One recorded file against its bytes now: same, changed (with both hashes), or why it cannot be told."""
 
     file: DataFile
-    state: str  # same | changed | unchecked
+    state: str  # same | changed | missing (a local file gone) | unchecked
     was: str | None = None
     now: str | None = None
     why: str | None = None
@@ -108,6 +116,8 @@ class Recheck:
         name = self.file.path or self.file.source
         if self.state == "changed":
             return f"{self.file.field}: {name} changed since run {run_id}: {self.was} then, {self.now} now"
+        if self.state == "missing":
+            return f"{self.file.field}: {name}: no such file now (run {run_id} read {self.was})"
         return f"{self.file.field}: {name}: {self.why}"
 
 
@@ -122,7 +132,7 @@ def recheck(item: DataFile) -> Recheck:
         return _recheck_s3(item)
     path = Path(item.path or item.source).expanduser()
     if not path.is_file():
-        return Recheck(item, "changed", was=f"sha256 {item.sha256}", now="no such file")
+        return Recheck(item, "missing", was=f"sha256 {item.sha256}", now="no such file")
     digest, _ = sha256_file(path)
     return Recheck(item, "same" if digest == item.sha256 else "changed", was=f"sha256 {item.sha256}",
                    now=f"sha256 {digest}")

@@ -19,6 +19,8 @@ IGNORED = {
     "summary: memory, generations' text, per-phase times other than train_s and total_s": "see finetune metrics",
 }
 
+GROUPS = ("spec", "data", "packages", "hardware", "environment", "metrics")
+
 # The summary's final metrics compared (dotted paths into summary.json; a section compares every number in it).
 METRICS = ("first_loss", "last_loss", "train_loss", "eval_loss", "steps", "train_rows", "eval_rows",
            "label_accuracy", "generation_metrics", "forgetting", "judge", "reward", "runtime_s.train_s",
@@ -40,7 +42,8 @@ class RunDiff(BaseModel):
     hardware: dict[str, list[Any]] = Field(default_factory=dict)
     environment: dict[str, list[Any]] = Field(default_factory=dict)
     metrics: dict[str, list[Any]] = Field(default_factory=dict)
-    not_compared: list[str] = Field(default_factory=list)  # what a missing record or summary left out, and why
+    compared: list[str] = Field(default_factory=lambda: list(GROUPS))  # the groups both runs let us compare
+    not_compared: list[str] = Field(default_factory=list)  # "groups: not compared (why)": a missing record or summary
     ignored: dict[str, str] = Field(default_factory=lambda: dict(IGNORED))
 
     @property
@@ -60,10 +63,15 @@ class RunDiff(BaseModel):
             out += [f"  +{name} {v}" for name, v in self.packages.get("added", {}).items()]
             out += [f"  -{name} {v}" for name, v in self.packages.get("removed", {}).items()]
         if self.same:
-            out.append("no differences in the spec, data, packages, hardware, environment or final metrics")
-        out += [f"not compared: {line}" for line in self.not_compared]
+            out.append(f"no differences in {_words(self.compared)}")
+        out += self.not_compared
         out.append("ignored (never a difference; --json says why): " + ", ".join(self.ignored))
         return out
+
+
+def _words(groups: list[str]) -> str:
+    named = [{"spec": "the spec", "metrics": "final metrics"}.get(g, g) for g in groups]
+    return ", ".join(named[:-1]) + f" or {named[-1]}" if len(named) > 1 else "".join(named)
 
 
 def _show(value: Any) -> str:
@@ -132,15 +140,20 @@ class _Side:
         self.run, self.record, self.summary = run, run.record(), run.summary()
         self.node = self.record.node if self.record is not None else None
 
-    def missing(self) -> list[str]:
+    def missing(self, compared: list[str]) -> list[str]:
+        """One line per thing this side lacks: the groups that kept them from being compared, and why."""
+        lacks = []
         if self.record is None:
-            out = [f"{self.run.id} has no run record (it ran before records were kept): its data files, packages and "
-                   "image are unknown"]
-        else:
-            out = [f"{self.run.id}'s node never wrote its record: its packages, hardware and environment are unknown"] \
-                if self.node is None else []
+            lacks.append((("data files", "packages", "hardware", "environment"), "has no record: launched before records"))
+        elif self.node is None:
+            lacks.append((("packages", "hardware", "environment"), "has no node record: its node never started"))
         if self.summary is None:
-            out.append(f"{self.run.id} has no summary (it did not finish): its final metrics are unknown")
+            lacks.append((("data", "hardware", "metrics"), "has no summary: it did not finish"))
+        out = []
+        for groups, why in lacks:
+            shown = [("data files" if "data rows" in compared else "data") if g == "data files" else g
+                     for g in groups if g == "data files" or not {g, f"{g} rows"} & set(compared)]
+            out.append(f"{', '.join(shown)}: not compared ({self.run.id} {why})")
         return out
 
 
@@ -150,9 +163,12 @@ def diff_runs(run_a: str, run_b: str) -> RunDiff:
     from sdk.runs import get_run
 
     a, b = _Side(get_run(run_a)), _Side(get_run(run_b))
-    out = RunDiff(a=a.run.id, b=b.run.id, spec=differing(_spec(a.run), _spec(b.run)),
-                  not_compared=a.missing() + b.missing())
     records, nodes, summaries = a.record and b.record, a.node and b.node, a.summary and b.summary
+    known = {"data": records or summaries, "packages": nodes, "environment": nodes, "hardware": nodes or summaries,
+             "metrics": summaries}
+    compared = ["data rows" if g == "data" and not records else g for g in GROUPS if known.get(g, True)]
+    out = RunDiff(a=a.run.id, b=b.run.id, spec=differing(_spec(a.run), _spec(b.run)), compared=compared,
+                  not_compared=a.missing(compared) + b.missing(compared))
     data = {**(_files(a.record) if records else {}), **(_rows(a.summary) if summaries else {})}, \
         {**(_files(b.record) if records else {}), **(_rows(b.summary) if summaries else {})}
     out.data = differing(*data)

@@ -16,6 +16,7 @@ from sdk.core.record import (
     NODE_RECORD,
     ClientRecord,
     DataFile,
+    FolderFiles,
     NodeRecord,
     RecipeGiven,
     RerunOf,
@@ -61,6 +62,21 @@ def _data(spec: Any) -> list[DataFile]:
     return out
 
 
+def _folders(spec: Any) -> list[FolderFiles]:
+    """Each folder source's file list, so that a rerun sees a file added to it or removed from it."""
+    from sdk.data.fingerprint import folder_listing, spec_sources
+
+    out = []
+    for field, source, declared in spec_sources(spec):
+        try:
+            names = folder_listing(source, declared)
+        except OSError:
+            names = None
+        if names is not None:
+            out.append(FolderFiles(field=field, source=source, files=names))
+    return out
+
+
 def _shipped(folder: Any) -> list[DataFile]:
     from sdk.store.runfolder import FILES_INDEX
 
@@ -74,7 +90,7 @@ def write_client_record(spec: Any, folder: Any, *, backend: str, given: Provenan
     given = given or Provenance()
     record = ClientRecord(submitted=time.time(), backend=backend, product=product(), python=python_version(),
                           platform=platform_name(), recipe=given.recipe, data=_data(spec), files=_shipped(folder),
-                          rerun_of=given.rerun)
+                          folders=_folders(spec), rerun_of=given.rerun)
     folder.write_json(CLIENT_RECORD, record.model_dump(mode="json", exclude_none=True))
     if given.lock is not None:
         folder.write_json(LOCK, given.lock)
@@ -82,9 +98,9 @@ def write_client_record(spec: Any, folder: Any, *, backend: str, given: Provenan
 
 
 def read_record(folder: Any) -> RunRecord | None:
-    """Both parts as stored; None for a run from before records (neither part exists)."""
-    client, node = folder.read_json(CLIENT_RECORD), folder.read_json(NODE_RECORD)
+    """Both parts as stored; None for a run from before records (neither part exists). A part with a wrong field
+    is a StoreError naming its file and the field."""
+    client, node = folder.read_model(CLIENT_RECORD, ClientRecord), folder.read_model(NODE_RECORD, NodeRecord)
     if client is None and node is None:
         return None
-    return RunRecord(client=ClientRecord.model_validate(client) if client else None,
-                     node=NodeRecord.model_validate(node) if node else None)
+    return RunRecord(client=client, node=node)

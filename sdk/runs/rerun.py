@@ -5,6 +5,7 @@ node installs them from lock.json; this machine cannot be reinstalled, so a loca
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sdk.core.errors import FinetuneError, LaunchError
@@ -17,6 +18,10 @@ RESTORE = {"skypilot": "lock", "local": "compare"}
 
 class DataChanged(FinetuneError):
     """A file the run read has other bytes now; the message names it and both hashes."""
+
+
+class DataMissing(FinetuneError):
+    """A file or folder the run read is gone: no flag makes a rerun of the same spec read it."""
 
 
 @dataclass
@@ -71,8 +76,35 @@ def _spec(source: Any, overrides: list[str]) -> Any:
                       locate=lambda path: next((w for p, w in origin.items() if tuple(path[:len(p)]) == p), None))
 
 
+def _check_folders(plan: RerunPlan, record: RunRecord) -> tuple[list[str], list[str], set[str]]:
+    """Each folder source the record lists, listed again: a file added or removed is a change (one line per folder),
+    a folder gone is missing. Returns (changed lines, missing lines, recorded paths no longer there)."""
+    from sdk.data.fingerprint import folder_listing, spec_sources
+
+    declared = {src: kind for _, src, kind in spec_sources(plan.spec)}
+    changed, missing, gone = [], [], set()
+    for folder in record.client.folders if record.client else []:
+        if folder.source not in declared:
+            continue
+        now = folder_listing(folder.source, declared[folder.source])
+        base = Path(folder.source).expanduser().resolve()
+        removed = sorted(set(folder.files) - set(now or []))
+        gone |= {str(base / name) for name in removed}
+        if now is None:
+            missing.append(f"{folder.field}: {folder.source}: no such folder now (run {plan.rerun.run_id} read "
+                           f"{len(folder.files)} file(s) from it)")
+            continue
+        added = sorted(set(now) - set(folder.files))
+        parts = [f"{what} {', '.join(names)}" for what, names in (("added", added), ("removed", removed)) if names]
+        if parts:
+            changed.append(f"{folder.field}: folder {folder.source}: files changed since run {plan.rerun.run_id}: "
+                           + "; ".join(parts))
+    return changed, missing, gone
+
+
 def _check_data(plan: RerunPlan, record: RunRecord, *, allow: bool) -> None:
-    """Every file the record names that the new spec still reads, hashed again; DataChanged unless allowed."""
+    """Every file the record names that the new spec still reads, hashed again, and each folder source listed again;
+    DataChanged unless allowed; DataMissing (no flag helps: the rerun cannot read it) when a file or folder is gone."""
     from sdk.data.fingerprint import recheck, spec_sources
     from sdk.runs.shipping import check_shipped
 
@@ -83,15 +115,17 @@ def _check_data(plan: RerunPlan, record: RunRecord, *, allow: bool) -> None:
     recorded = {f.source for f in files}
     plan.rerun.unchecked += [f"{fld}: {src}: not in run {plan.rerun.run_id}'s record (an override changed it)"
                              for fld, src, _ in spec_sources(plan.spec) if src not in recorded]
-    changed = []
-    for item in files:
+    changed, missing, gone = _check_folders(plan, record)
+    for item in (f for f in files if f.path not in gone):  # a file removed from its folder: said once, above
         result = recheck(item)
         if result.state == "same":
             plan.checked += 1
-        elif result.state == "changed":
-            changed.append(result.line(plan.rerun.run_id))
+        elif result.state in ("changed", "missing"):
+            (changed if result.state == "changed" else missing).append(result.line(plan.rerun.run_id))
         else:
             plan.rerun.unchecked.append(result.line(plan.rerun.run_id))
+    if missing:
+        raise DataMissing("; ".join(missing) + ": the rerun cannot read it")
     if changed and not allow:
         raise DataChanged("\n".join(changed) + " (--allow-data-change runs on it anyway, and records that)")
     plan.rerun.data_changes = changed

@@ -44,12 +44,11 @@ def sign_runs(run_uris: Sequence[str], *, seconds: int = GRANT_SECONDS) -> str:
     for uri in dict.fromkeys(run_uris):
         folder = RunFolder.from_uri(uri)
         store = folder.store
-        if not hasattr(store, "client"):
+        if not hasattr(store, "presign_get"):
             raise StoreError(f"{uri}: only runs in an s3:// store can be granted to a serving node")
         files = {}
         for rel in served_keys(store.list(f"{folder.run_id}/"), folder.run_id):
-            files[rel] = store.client.generate_presigned_url(
-                "get_object", Params={"Bucket": store.bucket, "Key": store._key(f"{folder.run_id}/{rel}")}, ExpiresIn=seconds)
+            files[rel] = store.presign_get(f"{folder.run_id}/{rel}", seconds)  # SigV4, the bucket's own region
         runs[uri] = {"run_id": folder.run_id, "files": files}
     payload = {"expires": time.time() + seconds, "runs": runs}
     encoded = base64.b64encode(gzip.compress(json.dumps(payload).encode())).decode()

@@ -11,15 +11,19 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from sdk.core.errors import RunNotFound, StoreError
 from sdk.core.metric_names import read_row
 from sdk.store import Store, check_replaceable, fetch_dir, open_store, read_manifest, split_run_uri
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from sdk.core.spec import FineTuneSpec
     from sdk.core.summary import RunSummary
+
+M = TypeVar("M", bound="BaseModel")
 
 SPEC = "spec.json"
 STATUS = "status.json"
@@ -90,6 +94,23 @@ class RunFolder:
             return json.loads(raw)
         except ValueError:
             raise StoreError(f"{self.store.url(self.key(name))}: not valid JSON") from None
+
+    def read_model(self, name: str, model: type[M]) -> M | None:
+        """A JSON file typed as `model`; None when absent or empty. A wrong field is one StoreError line naming the
+        file's URI and the field, never pydantic's report."""
+        from pydantic import ValidationError
+
+        data = self.read_json(name)
+        if not data:
+            return None
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+            more = f"; {exc.error_count() - 1} more error(s)" if exc.error_count() > 1 else ""
+            raise StoreError(f"{self.store.url(self.key(name))}: {where}: {first['msg']} "
+                             f"(got {first.get('input')!r:.60}{more})") from None
 
     def exists(self) -> bool:
         return self.store.exists(self.key(SPEC))

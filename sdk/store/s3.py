@@ -65,6 +65,7 @@ class S3Store:
             raise StoreError(f"{uri}: needs a bucket: s3://bucket/prefix")
         self.uri = f"s3://{rest}"
         self._client = client
+        self._region: str | None = None
 
     @property
     def client(self) -> Any:
@@ -144,6 +145,32 @@ class S3Store:
     def head(self, key: str) -> dict[str, Any]:
         """The object's metadata (ETag, VersionId when the bucket keeps versions, ContentLength), without its bytes."""
         return _retry(self._where(key), "read", lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(key)))
+
+    def presign_get(self, key: str, seconds: int) -> str:
+        """A GET URL for one object, SigV4 in the bucket's own region (SigV2 on the global endpoint is refused by
+        SigV4-only regions and new buckets); AWS_ENDPOINT_URL (an S3-compatible server) is honoured."""
+        import boto3
+        from botocore.config import Config
+
+        custom = bool(os.environ.get("AWS_ENDPOINT_URL"))
+        style = "path" if custom or "." in self.bucket else "virtual"  # a dotted name breaks the TLS wildcard
+        signer = boto3.session.Session().client("s3", region_name=self.region(), config=Config(
+            signature_version="s3v4", s3={"addressing_style": style}))
+        return signer.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
+                                             ExpiresIn=seconds)
+
+    def region(self) -> str:
+        """The bucket's region: asked of S3 once (GetBucketLocation), else AWS_REGION, the client's, us-east-1."""
+        if self._region is None:
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            try:
+                where = self.client.get_bucket_location(Bucket=self.bucket).get("LocationConstraint")
+                found = {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(where, where)
+            except (BotoCoreError, ClientError):
+                found = None
+            self._region = found or os.environ.get("AWS_REGION") or self.client.meta.region_name or "us-east-1"
+        return self._region
 
     def list(self, prefix: str) -> list[str]:
         full = self._key(prefix)
