@@ -449,7 +449,7 @@ def tool_row(cities, *, parallel=None):
     return row if parallel is None else {**row, "parallel_tool_calls": parallel}
 
 
-def test_tools_rows_upload_and_take_a_job_and_parallel_tool_calls_false_allows_one_call_per_message(queued_api, tmp_path):
+def test_tools_rows_take_a_job_and_parallel_tool_calls_false_allows_one_call_per_message(queued_api, tmp_path):
     client = queued_api
     rows = [tool_row(["Paris"], parallel=False), tool_row(["Rome", "Oslo"]), tool_row(["Lima", "Cairo"], parallel=True)]
     uploaded = upload(client, tmp_path / "tools.jsonl", rows)

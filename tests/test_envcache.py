@@ -55,14 +55,16 @@ def world(tmp_path_factory, moto_server):
     make_wheel(wheels, "beta", "2.0")
     dist = root / "dist"
     pth = f"{ROOT}\n{sysconfig.get_paths()['purelib']}\n"
-    wheel = make_wheel(dist, "finetune", "0.1.0", requires=('alpha ; extra == "train"',), files={"finetune_dev.pth": pth})
+    wheel = make_wheel(dist, "finetune", "0.1.0", requires=('alpha ; extra == "train"',),
+                       files={"finetune_dev.pth": pth})
     (dist / "constraints.txt").write_text("torch==2.13.0\n")
     shim = root / "shim"
     shim.mkdir()
     calls = root / "calls"
+    uv = shutil.which("uv")
     (shim / "uv").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n"
-                             f"if [ \"$1\" = pip ] && [ \"$2\" = install ]; then shift 2; exec {shutil.which('uv')} pip install "
-                             f"--offline --no-index --find-links {wheels} \"$@\"; fi\nexec {shutil.which('uv')} \"$@\"\n")
+                             f"if [ \"$1\" = pip ] && [ \"$2\" = install ]; then shift 2; exec {uv} pip install "
+                             f"--offline --no-index --find-links {wheels} \"$@\"; fi\nexec {uv} \"$@\"\n")
     (shim / "uv").chmod(0o755)
     bucket = "envcache"
     env = {"AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -300,7 +302,8 @@ def test_the_archive_url_is_sigv4_in_the_bucket_s_own_region(s3_env, monkeypatch
     store.put_bytes(".envs/abc/env.tar.gz", b"the archive")
     meta, url = stored_env(store, "abc", sign=True)
     assert url.startswith(f"{env['AWS_ENDPOINT_URL']}/{bucket}/runs/.envs/abc/env.tar.gz?")
-    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in url and "%2Feu-central-1%2Fs3%2F" in url and "AWSAccessKeyId" not in url
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in url and "%2Feu-central-1%2Fs3%2F" in url
+    assert "AWSAccessKeyId" not in url
     with urllib.request.urlopen(url, timeout=30) as answer:
         assert answer.read() == b"the archive"
     monkeypatch.delenv("AWS_ENDPOINT_URL")  # on AWS itself: the region's own endpoint, not s3.amazonaws.com

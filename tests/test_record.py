@@ -279,7 +279,8 @@ def test_the_node_records_the_s3_object_it_downloads_and_keeps_earlier_starts(s3
     folder = RunFolder(open_store(f"s3://{bucket}/runs"), "r1")
     first = write_node_record(spec, folder)
     (item, _) = first.data
-    assert (item.kind, item.sha256, item.etag) == ("s3", hashlib.sha256(body).hexdigest(), hashlib.md5(body).hexdigest())
+    assert (item.kind, item.sha256) == ("s3", hashlib.sha256(body).hexdigest())
+    assert item.etag == hashlib.md5(body).hexdigest()
     assert list((tmp_path / "scratch" / "data").rglob("rows.jsonl"))  # the copy the data phase reads, not a second one
     assert first.packages == installed_packages() and first.torch.version
     second = write_node_record(spec, folder)

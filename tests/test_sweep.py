@@ -294,8 +294,9 @@ def test_the_budget_counts_what_finished_trials_spent_and_launches_nothing_past_
         folder = RunFolder(store, run_id)
         folder.write_json("spec.json", spec.model_dump(mode="json"))
         seconds = next(spends)  # at $3600 an hour: $1 a second
-        folder.write_json(COST_FILE, Billing(backend="local", hourly_usd=3600.0, price_source="given", final=True, parts=[
-            CostPart(name=run_id, start=1000.0, end=1000.0 + seconds)]).model_dump(mode="json"))
+        part = CostPart(name=run_id, start=1000.0, end=1000.0 + seconds)
+        folder.write_json(COST_FILE, Billing(backend="local", hourly_usd=3600.0, price_source="given", final=True,
+                                             parts=[part]).model_dump(mode="json"))
         folder.write_status("succeeded")
         return Run(folder.uri)
 

@@ -5,7 +5,6 @@ launches it again, which SkyPilot records as another cluster of that name: each 
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from sdk.core.billing import Billing, BillingView, CostPart

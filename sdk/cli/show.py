@@ -119,13 +119,15 @@ def _print_sweep(handle, *, json_out: bool = False) -> None:
         console.print(f"note: {status.note}", markup=False)
     keys = list(record.grid)
     table = Table(box=None, pad_edge=False)
-    for column in ("#", "trial", *[k.rsplit(".", 1)[-1] for k in keys], "state", record.metric.replace("_", " "), "eval loss", "cost", "error"):
+    for column in ("#", "trial", *[k.rsplit(".", 1)[-1] for k in keys], "state", record.metric.replace("_", " "),
+                   "eval loss", "cost", "error"):
         table.add_column(column, no_wrap=column == "trial", overflow="fold")
     for r in rows:
         metric = "-" if r.metric is None else f"{r.metric:.4g}"
         eval_loss = "-" if r.eval_loss is None else f"{r.eval_loss:.4f}"
         usd = "-" if r.cost_usd is None else f"${r.cost_usd:,.2f}"
-        table.add_row(str(r.rank or "-"), r.trial, *[str(r.values.get(k)) for k in keys], r.state, metric, eval_loss, usd,
+        table.add_row(str(r.rank or "-"), r.trial, *[str(r.values.get(k)) for k in keys], r.state, metric, eval_loss,
+                      usd,
                       r.error if r.error and r.state != "succeeded" else "")
     console.print(table)
     if rows and rows[0].metric is not None:

@@ -348,7 +348,7 @@ def estimate_cost(spec: FineTuneSpec, *, backend: str) -> CostEstimate:
     if backend == "local":
         if given:
             return CostEstimate(gpu=None, gpus=0, hourly_usd=given, hours=None, usd=None,
-                                note=f"this machine at ${given:,.2f}/h (resources.hourly_price); its speed is not known")
+                                note=f"this machine at ${given:,.2f}/h (resources.hourly_price); its speed is unknown")
         return CostEstimate(gpu=None, gpus=0, hourly_usd=0.0, hours=None, usd=0.0, note="local machine")
     accelerators = spec.resources.accelerators or {}
     gpu = next(iter(accelerators), None) or next(iter(rank_accelerators(spec)), None)

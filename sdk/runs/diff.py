@@ -144,7 +144,8 @@ class _Side:
         """One line per thing this side lacks: the groups that kept them from being compared, and why."""
         lacks = []
         if self.record is None:
-            lacks.append((("data files", "packages", "hardware", "environment"), "has no record: launched before records"))
+            lacks.append((("data files", "packages", "hardware", "environment"),
+                          "has no record: launched before records"))
         elif self.node is None:
             lacks.append((("packages", "hardware", "environment"), "has no node record: its node never started"))
         if self.summary is None:

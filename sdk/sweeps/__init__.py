@@ -88,7 +88,8 @@ def sweep(spec: FineTuneSpec, *, grid: Mapping[str, Sequence[Any]], backend: str
     total = total_usd(costs)
     record = SweepRecord(
         sweep_id=sweep_id, name=name or spec.name or "sweep", grid={k: list(v) for k, v in grid.items()}, metric=chosen.name,
-        goal=chosen.goal, metric_source=chosen.source, max_parallel=max_parallel, backend=backend_name, output=spec.output, estimate_usd=total, budget=budget,
+        goal=chosen.goal, metric_source=chosen.source, max_parallel=max_parallel, backend=backend_name,
+        output=spec.output, estimate_usd=total, budget=budget,
         trials=[Trial(index=i, name=t.name or f"trial-{i}", values=values, spec=t.model_dump(mode="json"))
                 for i, (values, t) in enumerate(trials)],
     )
