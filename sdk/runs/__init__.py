@@ -15,7 +15,7 @@ from sdk.core.errors import LaunchError, RunNotFound, StoreError
 from sdk.core.spec import DEFAULT_OUTPUT, FineTuneSpec
 from sdk.core.summary import RunSummary
 from sdk.machine import registry
-from sdk.runs.record import Provenance, RunRecord, read_record, write_client_record
+from sdk.runs.record import Provenance, RunRecord, client_record, read_record, write_client_record
 from sdk.store import FETCHED, check_replaceable, contained, fetch_dir, open_store
 from sdk.store.runfolder import ADAPTER, LAUNCH, LOG, SPEC, TERMINAL, RunFolder, RunState, new_run_id
 
@@ -332,6 +332,7 @@ def submit(spec: FineTuneSpec, *, backend: str = "auto", check_data: bool = True
     from sdk.runs.cost import check_max_cost, start_billing
 
     estimate = check_max_cost(spec, backend=name)
+    known = client_record(spec, backend=name, given=provenance)  # before the folder: the data hashed first
     store = open_store(spec.output)
     if run_id is not None and (not run_id or "/" in run_id or run_id in (".", "..")):
         raise LaunchError(f"run id {run_id!r}: not a folder name")
@@ -340,7 +341,7 @@ def submit(spec: FineTuneSpec, *, backend: str = "auto", check_data: bool = True
         raise LaunchError(f"{folder.uri} already exists; refusing to overwrite a run")
     folder.write_json(SPEC, spec.model_dump(mode="json"))
     ship(spec, folder)
-    write_client_record(spec, folder, backend=name, given=provenance)  # the run record's client part; a rerun's lock
+    write_client_record(spec, folder, backend=name, given=provenance, record=known)  # and a rerun's lock
     folder.write_status("pending", backend=name)
     start_billing(spec, folder, backend=name, estimate=estimate)
     try:

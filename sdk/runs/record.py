@@ -85,12 +85,23 @@ def _shipped(folder: Any) -> list[DataFile]:
                      sha256=entry["sha256"]) for name, entry in index.items()]
 
 
-def write_client_record(spec: Any, folder: Any, *, backend: str, given: Provenance | None = None) -> ClientRecord:
-    """record/client.json (and, for a rerun onto a cluster, lock.json) into a new run folder."""
+def client_record(spec: Any, *, backend: str, given: Provenance | None = None) -> ClientRecord:
+    """What the client knows before the run folder exists. Hashing the data takes time, and a sweep driver killed
+    between the folder's creation and the node's start leaves a folder whose node never reports: that stretch must
+    stay short, so this runs first."""
     given = given or Provenance()
-    record = ClientRecord(submitted=time.time(), backend=backend, product=product(), python=python_version(),
-                          platform=platform_name(), recipe=given.recipe, data=_data(spec), files=_shipped(folder),
-                          folders=_folders(spec), rerun_of=given.rerun)
+    return ClientRecord(submitted=time.time(), backend=backend, product=product(), python=python_version(),
+                        platform=platform_name(), recipe=given.recipe, data=_data(spec), folders=_folders(spec),
+                        rerun_of=given.rerun)
+
+
+def write_client_record(spec: Any, folder: Any, *, backend: str, given: Provenance | None = None,
+                        record: ClientRecord | None = None) -> ClientRecord:
+    """record/client.json (`record`, else made now; with the files shipped into the folder) and, for a rerun onto
+    a cluster, lock.json, into a new run folder."""
+    given = given or Provenance()
+    record = record or client_record(spec, backend=backend, given=given)
+    record = record.model_copy(update={"files": _shipped(folder)})
     folder.write_json(CLIENT_RECORD, record.model_dump(mode="json", exclude_none=True))
     if given.lock is not None:
         folder.write_json(LOCK, given.lock)
