@@ -14,6 +14,7 @@ from sdk.core.errors import SpecError
 from sdk.core.spec import FineTuneSpec
 from sdk.store.runfolder import LAUNCH, TERMINAL, RunFolder
 
+GIVEN_PRICE = "resources.hourly_price"  # the price source of a price the spec gives
 WATCH_S = 30.0  # how often a waiting client reads the spend (a SkyPilot cost report is one API call)
 
 
@@ -49,7 +50,7 @@ def start_billing(spec: FineTuneSpec, folder: RunFolder, *, backend: str, estima
     is used as is; locally it is 0 unless given; a cloud price comes from what SkyPilot launched (update_billing)."""
     r = spec.resources
     if r.hourly_price is not None:
-        hourly, source = r.hourly_price, "resources.hourly_price"
+        hourly, source = r.hourly_price, GIVEN_PRICE
     elif backend == "local":
         hourly, source = 0.0, "this machine (set resources.hourly_price to price it)"
     else:
@@ -70,8 +71,8 @@ def update_billing(folder: RunFolder, billing: Billing, view: Any) -> Billing:
     """Merge the backend's billing view (a price and its parts, or None) and finish when everything has ended."""
     if view is None:
         return billing
-    hourly = billing.hourly_usd if billing.price_source == "resources.hourly_price" else view.hourly_usd
-    source = billing.price_source if billing.price_source == "resources.hourly_price" else view.price_source
+    given = billing.price_source == GIVEN_PRICE  # the user's price stands over the backend's
+    hourly, source = (billing.hourly_usd, billing.price_source) if given else (view.hourly_usd, view.price_source)
     parts = view.parts or billing.parts
     done = folder.status().get("state") in TERMINAL and bool(parts) and all(p.end is not None for p in parts)
     updated = billing.model_copy(update={"hourly_usd": hourly, "price_source": source or billing.price_source,
@@ -84,12 +85,11 @@ def update_billing(folder: RunFolder, billing: Billing, view: Any) -> Billing:
 def backend_of(folder: RunFolder) -> tuple[Any, Any]:
     """The backend and handle the launching client recorded (launch.json): a client elsewhere, reading only the
     store, asks the same backend for the billing (or finds the local node's final status)."""
-    launch = folder.read_json(LAUNCH) or {}
-    try:
-        from sdk.backends import get_backend
+    from sdk.runs import _from_entry  # a launch record has a registry row's shape
 
-        backend = get_backend(launch["backend"])
-        return backend, backend.Info.model_validate(launch["info"])
+    try:
+        run = _from_entry({**(folder.read_json(LAUNCH) or {}), "uri": folder.uri})
+        return run._backend(), run.info
     except Exception:  # no launch record (yet), or a backend this client does not have
         return None, None
 
