@@ -10,7 +10,6 @@ product (its version is recorded). A Hub dataset is not a file here: the summary
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,22 +18,11 @@ from typing import Any
 
 from sdk.core.record import DataFile
 from sdk.data.rows import folder_files, is_hub_id
-
-CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+from sdk.store.manifest import sha256_file
 
 
 def _hashed(path: Path) -> dict[str, Any]:
-    digest, size = sha256_file(path)
-    return {"sha256": digest, "size": size}
+    return {"sha256": sha256_file(path), "size": path.stat().st_size}
 
 
 def spec_sources(spec: Any) -> list[tuple[str, str, str]]:
@@ -63,7 +51,7 @@ def s3_sha256(uri: str) -> str:
     with tempfile.TemporaryDirectory(prefix="finetune-rehash-") as tmp:
         local = Path(tmp) / "object"
         open_store(parent).download_file(name, local)
-        return sha256_file(local)[0]
+        return sha256_file(local)
 
 
 def fingerprint(field: str, source: str, *, declared: str = "auto",
@@ -77,7 +65,8 @@ def fingerprint(field: str, source: str, *, declared: str = "auto",
         head = s3_head(source)
         digest = size = None
         if s3_copy is not None:
-            digest, size = sha256_file(s3_copy(source))
+            copy = s3_copy(source)
+            digest, size = sha256_file(copy), copy.stat().st_size
             again = s3_head(source)
             if again["etag"] != head["etag"]:  # replaced while it was read: the hash and the ETag would not match
                 head = {**again, "etag": None, "version_id": None}
@@ -133,7 +122,7 @@ def recheck(item: DataFile) -> Recheck:
     path = Path(item.path or item.source).expanduser()
     if not path.is_file():
         return Recheck(item, "missing", was=f"sha256 {item.sha256}", now="no such file")
-    digest, _ = sha256_file(path)
+    digest = sha256_file(path)
     return Recheck(item, "same" if digest == item.sha256 else "changed", was=f"sha256 {item.sha256}",
                    now=f"sha256 {digest}")
 
