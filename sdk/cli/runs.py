@@ -44,16 +44,16 @@ def launch(
     _check_data(spec, dry_run=dry_run)
     from sdk.backends import choose_backend
 
-    _warn_short_session(spec, choose_backend(spec, chosen))
+    name = choose_backend(spec, chosen)
+    _warn_short_session(spec, name)
     from sdk.runs.cost import unpriced_limit
 
-    unpriced = unpriced_limit(spec, backend=choose_backend(spec, chosen))
+    unpriced = unpriced_limit(spec, backend=name)
     if unpriced:
         _console(stderr=True).print(f"warning: {unpriced}", markup=False, highlight=False)
     if dry_run:
         from sdk.runs.cost import check_max_cost
 
-        name = choose_backend(spec, chosen)
         estimate = check_max_cost(spec, backend=name)  # a plan already over resources.max_cost is refused here
         _console().print(f"would run {spec.method.name} on {spec.model.id} ({spec.train.length}) with backend "
                          f"{name}, output {spec.output}")
